@@ -1,0 +1,3 @@
+"""mednf: medical datasets as neural fields (MedFuncta / MedNF)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""Random context subsets (γ·N of the N coordinates) chosen per signal and per step.
+
+The subset of signal ``s`` at step ``t`` is a pure function of ``(seed, s, t)``: every coordinate gets a
+32-bit key from an integer hash and the ``n`` smallest keys win. Because nothing depends on which other
+signals share the batch, on the device, or on a generator's state, a fit gives the same latents whatever
+the batch size or the number of ranks, and CPU and GPU draw identical subsets.
+
+The hash is the 32-bit "xor-shift-multiply" finaliser (multiplier 0x45d9f3b), evaluated in int64 with
+every product kept below 2^63, so the result is exact on every backend.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_MASK32 = 0xFFFFFFFF
+_MULT = 0x45D9F3B  # < 2^31, so (x < 2^32) · _MULT < 2^63
+_GOLDEN = 0x9E3779B1
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """Bijective 32-bit integer hash on int64 tensors holding values in [0, 2^32)."""
+    x = ((x ^ (x >> 16)) * _MULT) & _MASK32
+    x = ((x ^ (x >> 16)) * _MULT) & _MASK32
+    return x ^ (x >> 16)
+
+
+def context_size(num_points: int, ratio: float) -> int:
+    """Number of coordinates in a context of ratio γ (floor, as the official code, at least 1)."""
+    return max(1, int(ratio * num_points))
+
+
+def random_context(
+    signal_ids: Tensor, num_points: int, ratio: float, *, seed: int, step: int
+) -> Tensor:
+    """Indices of a random γ-subset of the coordinates for each signal.
+
+    Args:
+        signal_ids: ``[B]`` int64 stream id of each signal (its global index, or a meta-batch slot).
+        num_points: N, coordinates per signal.
+        ratio: γ in (0, 1].
+        seed, step: together with the id, fully determine the subset.
+    Returns:
+        ``[B, n]`` int64 indices into the N coordinates, n = :func:`context_size`, in increasing key order.
+    """
+    device = signal_ids.device
+    base = torch.full_like(signal_ids, seed & _MASK32, dtype=torch.int64)
+    h = _mix32(_mix32(base) ^ (signal_ids.to(torch.int64) & _MASK32))
+    h = _mix32(h ^ (step & _MASK32))  # [B]
+    points = torch.arange(num_points, device=device, dtype=torch.int64) * _GOLDEN  # [N]
+    keys = _mix32((h[:, None] + points[None, :]) & _MASK32)  # [B, N]
+    n = context_size(num_points, ratio)
+    return torch.argsort(keys, dim=1, stable=True)[:, :n]
+
+
+def gather_context(coords: Tensor, values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Select each signal's context.
+
+    Args:
+        coords: ``[N, C]`` shared grid. values: ``[B, N, D]``. index: ``[B, n]``.
+    Returns:
+        ``([B, n, C], [B, n, D])`` coordinates and target values of each signal's context.
+    """
+    D = values.shape[-1]
+    sub_values = torch.gather(values, 1, index[..., None].expand(-1, -1, D))
+    return coords[index], sub_values

@@ -1,0 +1,146 @@
+"""Test-time fitting: one latent per signal, θ frozen, batched over signals (no drop_last).
+
+For each batch: φ₀ = 0, then H SGD steps ``φ ← φ − α ∇_φ MSE(full context)``. With
+``grad_rescale`` (the official code's test-time variant) each step's gradient of signal s is scaled by
+``‖∇ on a random γ-subset‖ / ‖∇ on the full context‖`` of that signal. Subsets come from
+:mod:`mednf.context`, keyed by the signal's global index, so the latents do not depend on the batch size,
+the order of batches or the rank that fits them.
+
+Batches are sized to a memory budget unless a batch size is given; every signal is fitted, the last
+batch may be smaller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mednf import field as nf
+from mednf.config import ConfigError, FieldConfig, FitConfig
+from mednf.context import gather_context, random_context
+from mednf.meta import check_signals, mse_to_psnr, signal_mse
+
+# Bytes kept per coordinate and hidden unit during one fit step (activations saved for backward,
+# their gradients and temporaries), measured with torch.profiler on CPU: see benchmarks/RESULTS.md.
+_BYTES_PER_UNIT = 24
+_DEFAULT_CPU_BUDGET_MB = 1024.0
+
+
+@dataclass
+class FitResult:
+    latents: Tensor  # [S, P] float32, on CPU
+    mse: Tensor  # [S] full-context MSE of the clamped reconstruction
+    psnr: Tensor  # [S] dB (data range 1)
+
+
+def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: torch.device) -> int:
+    """Signals per batch that fit the memory budget (explicit ``fit.batch_size`` wins)."""
+    if fit.batch_size is not None:
+        return fit.batch_size
+    budget_mb = fit.memory_budget_mb
+    if budget_mb is None:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget_mb = 0.5 * free / 2**20
+        else:
+            budget_mb = _DEFAULT_CPU_BUDGET_MB
+    per_signal = num_points * cfg.hidden_dim * cfg.num_sine_layers * _BYTES_PER_UNIT
+    return max(1, int(budget_mb * 2**20 // per_signal))
+
+
+def fit_batch(
+    params: nf.Params,
+    targets: Tensor,
+    coords: Tensor,
+    cfg: FieldConfig,
+    fit: FitConfig,
+    signal_ids: Tensor,
+    *,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Fit latents for one batch.
+
+    Args:
+        params: θ, without ``requires_grad``.
+        targets: ``[B, N, D]`` on the grid ``coords [N, C]``.
+        signal_ids: ``[B]`` global indices (keys of the rescaling subsets).
+    Returns:
+        ``(φ [B, P], MSE of the clamped reconstruction [B])``.
+    """
+    B, N = targets.shape[:2]
+    phi = targets.new_zeros(B, cfg.latent_dim)
+    for step in range(fit.steps):
+        phi.requires_grad_(True)
+        mse = signal_mse(nf.forward(params, phi, coords, cfg), targets)
+        (grad,) = torch.autograd.grad(mse.sum(), phi)  # [B, P]
+        if fit.grad_rescale:
+            index = random_context(signal_ids, N, fit.rescale_ratio, seed=seed, step=step)
+            sub_coords, sub_targets = gather_context(coords, targets, index)
+            sub_mse = signal_mse(nf.forward(params, phi, sub_coords, cfg), sub_targets)
+            (sub_grad,) = torch.autograd.grad(sub_mse.sum(), phi)
+            scale = sub_grad.norm(dim=1) / (grad.norm(dim=1) + 1e-16)  # [B]
+            grad = grad * scale[:, None]
+        phi = (phi - fit.lr * grad).detach()
+    with torch.no_grad():
+        recon = nf.forward(params, phi, coords, cfg).clamp_(0.0, 1.0)
+        mse = signal_mse(recon, targets)
+    return phi, mse
+
+
+def as_float_signals(signals: Tensor | np.ndarray) -> Tensor:
+    """uint8 (0..255) or float (0..1) array/tensor → float32 tensor (no copy for float32 input)."""
+    tensor = torch.as_tensor(signals)
+    if tensor.dtype == torch.uint8:
+        return tensor.to(torch.float32) / 255.0
+    return tensor.to(torch.float32)
+
+
+def fit_latents(
+    params: nf.Params,
+    signals: Tensor | np.ndarray,
+    cfg: FieldConfig,
+    fit: FitConfig,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    first_index: int = 0,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> FitResult:
+    """Fit a latent for every signal.
+
+    Args:
+        params: θ (any device; moved to ``device``).
+        signals: ``[S, D, *spatial]`` float in [0, 1] or uint8; stays where it is, batches are moved.
+        first_index: global index of ``signals[0]`` (keys of the rescaling subsets when sharded).
+        on_batch: called with (signals done, total) after each batch, e.g. to drive a progress bar.
+    Returns:
+        :class:`FitResult` with S latents, MSEs and PSNRs, in input order.
+    """
+    device = torch.device(device)
+    if signals.ndim != cfg.in_dims + 2 or signals.shape[1] != cfg.out_dims:
+        raise ConfigError(
+            f"signals shape = {tuple(signals.shape)} is invalid: expected [S, {cfg.out_dims}, "
+            f"{', '.join(['S'] * cfg.in_dims)}]; check channels (out_dims) and dimensionality (in_dims)"
+        )
+    theta = {k: v.detach().to(device) for k, v in params.items()}
+    spatial = tuple(signals.shape[2:])
+    coords = nf.coordinate_grid(spatial, device=device)
+    total = signals.shape[0]
+    batch = auto_batch_size(cfg, coords.shape[0], fit, device)
+    latents = torch.empty(total, cfg.latent_dim)
+    mses = torch.empty(total)
+    for start in range(0, total, batch):
+        stop = min(start + batch, total)
+        chunk = as_float_signals(signals[start:stop]).to(device)
+        check_signals(chunk, f"signals[{start}:{stop}]")
+        ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
+        phi, mse = fit_batch(theta, nf.to_points(chunk), coords, cfg, fit, ids, seed=seed)
+        latents[start:stop] = phi.cpu()
+        mses[start:stop] = mse.cpu()
+        if on_batch is not None:
+            on_batch(stop, total)
+    return FitResult(latents, mses, mse_to_psnr(mses))

@@ -1,0 +1,47 @@
+"""Seeded procedural head phantoms in the Shepp–Logan tradition (no download needed).
+
+Each image is a sum of ellipses: a skull, a brain, a few tissue structures and 0–3 bright "lesions";
+the label is the number of lesions. Images are gray, float32 in [0, 1], shape ``[S, 1, size, size]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NUM_CLASSES = 4  # 0, 1, 2 or 3 lesions
+
+
+def _ellipse_mask(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    u = (xx - cx) * c + (yy - cy) * s
+    v = -(xx - cx) * s + (yy - cy) * c
+    return (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
+
+
+def make_phantoms(count: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``count`` phantoms.
+
+    Returns:
+        ``(images [count, 1, size, size] float32 in [0, 1], labels [count] int64 in 0..3)``.
+    """
+    rng = np.random.default_rng(seed)
+    axis = np.linspace(-1.0, 1.0, size, dtype=np.float64)
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    images = np.zeros((count, size, size), dtype=np.float64)
+    labels = rng.integers(0, NUM_CLASSES, size=count)
+    for i in range(count):
+        img = images[i]
+        ry, rx = rng.uniform(0.78, 0.92), rng.uniform(0.62, 0.76)
+        tilt = rng.uniform(-0.2, 0.2)
+        img[_ellipse_mask(yy, xx, 0.0, 0.0, ry, rx, tilt)] = 0.85  # skull
+        img[_ellipse_mask(yy, xx, 0.0, 0.0, ry - 0.07, rx - 0.07, tilt)] = 0.25  # brain
+        for _ in range(rng.integers(2, 5)):  # ventricles and other structures, darker or brighter
+            cy, cx = rng.uniform(-0.4, 0.4, size=2)
+            mask = _ellipse_mask(yy, xx, cy, cx, rng.uniform(0.08, 0.3), rng.uniform(0.05, 0.2), rng.uniform(0, np.pi))
+            img[mask] += rng.uniform(-0.15, 0.2)
+        for _ in range(labels[i]):  # lesions: small bright spots
+            cy, cx = rng.uniform(-0.45, 0.45, size=2)
+            radius = rng.uniform(0.04, 0.09)
+            img[_ellipse_mask(yy, xx, cy, cx, radius, radius * rng.uniform(0.7, 1.0), 0.0)] = 0.95
+    images = np.clip(images, 0.0, 1.0).astype(np.float32)
+    return images[:, None], labels.astype(np.int64)

@@ -1,0 +1,45 @@
+"""Named engine configurations shipped with mednf (``engine.toml`` beside this file).
+
+The paper's configurations live in data, not in code branches: ``get_preset("2d-64")`` returns an
+:class:`~mednf.config.EngineConfig`; ``preset_names()`` lists them. Channels (``out_dims``) follow the
+data, so callers override ``field.out_dims`` for RGB sets: ``get_preset("2d-64").replace(field={"out_dims": 3})``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from mednf.config import ConfigError, EngineConfig
+
+
+@cache
+def _table() -> dict[str, dict[str, Any]]:
+    text = resources.files(__package__).joinpath("engine.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def preset_names() -> list[str]:
+    return list(_table())
+
+
+def preset_description(name: str) -> str:
+    return str(_entry(name).get("description", ""))
+
+
+def _entry(name: str) -> dict[str, Any]:
+    table = _table()
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"preset = {name!r} is unknown: expected one of {', '.join(table)}{hint}")
+    return table[name]
+
+
+def get_preset(name: str) -> EngineConfig:
+    """The named preset as a validated :class:`EngineConfig`."""
+    entry = {k: v for k, v in _entry(name).items() if k != "description"}
+    return EngineConfig.from_dict(entry)
