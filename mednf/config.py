@@ -53,7 +53,8 @@ class FieldConfig:
     - paper (Table 1): ``omega_first`` and ``omega_last`` (ω of the first / last sine layer);
     - official configs: ``omega_first`` and ``omega_increment`` (ω_k = ω_1 + (k-1)·increment).
 
-    Exactly one of ``omega_last`` / ``omega_increment`` may be set (neither → constant ω).
+    When ``omega_increment`` is set it wins and ``omega_last`` is set to the ω it implies;
+    ``omega_last=None`` and no increment give a constant ω.
 
     ``shift_mode`` says where the shift enters the sine:
 
@@ -85,19 +86,17 @@ class FieldConfig:
         _positive_int("hidden_dim (L)", self.hidden_dim, "set the layer width, e.g. 256")
         _positive_int("latent_dim (P)", self.latent_dim, "set the latent size, e.g. 2048")
         _finite_positive("omega_first", self.omega_first, "set ω of the first sine layer, e.g. 20")
-        _require(self.omega_last is None or self.omega_increment is None, "omega_last/omega_increment",
-                 (self.omega_last, self.omega_increment), "at most one of the two",
-                 "give the schedule as (omega_first, omega_last) or as (omega_first, omega_increment)")
-        if self.omega_last is not None:
-            _finite_positive("omega_last", self.omega_last, "set ω of the last sine layer, e.g. 400")
         if self.omega_increment is not None:
             _require(isinstance(self.omega_increment, (int, float)) and math.isfinite(self.omega_increment),
                      "omega_increment", self.omega_increment, "a finite number",
                      "set the per-layer ω increment, e.g. 5")
-            last = self.omega_first + (self.num_layers - 2) * self.omega_increment
+            last = self.omega_first + (self.num_sine_layers - 1) * self.omega_increment
             _require(last > 0, "omega_increment", self.omega_increment,
                      f"a schedule whose every ω is > 0 (the last would be {last})",
                      "use a smaller negative increment or a larger omega_first")
+            object.__setattr__(self, "omega_last", float(last))  # the increment form wins; keep both in sync
+        if self.omega_last is not None:
+            _finite_positive("omega_last", self.omega_last, "set ω of the last sine layer, e.g. 400")
         _require(self.shift_mode in ("inside", "outside"), "shift_mode", self.shift_mode,
                  "'inside' (official code) or 'outside' (paper Eq. 1)", "pick one of the two")
 
@@ -112,7 +111,7 @@ class FieldConfig:
         n = self.num_sine_layers
         if self.omega_increment is not None:
             return tuple(self.omega_first + k * self.omega_increment for k in range(n))
-        if self.omega_last is None or n == 1:
+        if self.omega_last is None or n == 1:  # constant ω
             return (float(self.omega_first),) * n
         step = (self.omega_last - self.omega_first) / (n - 1)
         return tuple(self.omega_first + k * step for k in range(n))

@@ -1,0 +1,20 @@
+"""Shared fixtures: where the real MedMNIST files are (../shared/data/medmnist beside the checkout)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_MEDMNIST = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
+
+
+def load_npz(name: str) -> dict[str, np.ndarray]:
+    """Arrays of a real MedMNIST file, or skip the test with the reason."""
+    path = SHARED_MEDMNIST / name
+    if not path.is_file():
+        pytest.skip(f"real MedMNIST file {path} is absent (set MEDNF_TEST_MEDMNIST to its folder)")
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
