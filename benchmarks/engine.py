@@ -103,7 +103,7 @@ def _non_negative(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--preset", default="cpu-small", help=f"engine preset: {', '.join(preset_names())}")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--size", type=_positive, default=28, help="spatial side (line / square / cube by in_dims)")

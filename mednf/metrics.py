@@ -1,7 +1,9 @@
 """Reconstruction metrics per signal: PSNR and SSIM (data range 1).
 
 SSIM comes from torchmetrics (maintained, runs on the tensors' device, has 2D and 3D Gaussian windows);
-its 2D values are checked against scikit-image on real MedMNIST images in the tests.
+its 2D values are checked against scikit-image on real MedMNIST images in the tests. torchmetrics averages
+the SSIM map over the whole (reflect-padded) image; we average over the interior where the 11-tap window
+fits, as scikit-image and the reference implementation of Wang et al. do, so numbers match the usual ones.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import torch
 from torch import Tensor
 
 from mednf.config import ConfigError
+
+_SSIM_TAPS = 11  # Gaussian window, σ = 1.5 (torchmetrics' and scikit-image's default)
 
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
@@ -28,7 +32,14 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
         )
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    values = structural_similarity_index_measure(
-        pred.float(), target.float(), data_range=1.0, reduction="none"
+    if min(pred.shape[2:]) < _SSIM_TAPS:
+        raise ConfigError(
+            f"SSIM input of spatial size {tuple(pred.shape[2:])} is too small: expected every side ≥ {_SSIM_TAPS} "
+            "(the Gaussian window); decode at a larger size"
+        )
+    _, ssim_map = structural_similarity_index_measure(
+        pred.float(), target.float(), data_range=1.0, reduction="none", return_full_image=True
     )
-    return torch.as_tensor(values).reshape(pred.shape[0])
+    pad = (_SSIM_TAPS - 1) // 2
+    interior = ssim_map[(..., *[slice(pad, -pad)] * (pred.dim() - 2))]
+    return interior.flatten(1).mean(dim=1)
