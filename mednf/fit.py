@@ -72,21 +72,22 @@ def fit_batch(
         ``(φ [B, P], MSE of the clamped reconstruction [B])``.
     """
     B, N = targets.shape[:2]
+    field = nf.prepare(params, cfg)
     phi = targets.new_zeros(B, cfg.latent_dim)
     for step in range(fit.steps):
         phi.requires_grad_(True)
-        mse = signal_mse(nf.forward(params, phi, coords, cfg), targets)
+        mse = signal_mse(nf.forward_prepared(field, phi, coords), targets)
         (grad,) = torch.autograd.grad(mse.sum(), phi)  # [B, P]
         if fit.grad_rescale:
             index = random_context(signal_ids, N, fit.rescale_ratio, seed=seed, step=step)
             sub_coords, sub_targets = gather_context(coords, targets, index)
-            sub_mse = signal_mse(nf.forward(params, phi, sub_coords, cfg), sub_targets)
+            sub_mse = signal_mse(nf.forward_prepared(field, phi, sub_coords), sub_targets)
             (sub_grad,) = torch.autograd.grad(sub_mse.sum(), phi)
             scale = sub_grad.norm(dim=1) / (grad.norm(dim=1) + 1e-16)  # [B]
             grad = grad * scale[:, None]
         phi = (phi - fit.lr * grad).detach()
     with torch.no_grad():
-        recon = nf.forward(params, phi, coords, cfg).clamp_(0.0, 1.0)
+        recon = nf.forward_prepared(field, phi, coords).clamp_(0.0, 1.0)
         mse = signal_mse(recon, targets)
     return phi, mse
 

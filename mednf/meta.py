@@ -50,10 +50,9 @@ def mse_to_psnr(mse: Tensor) -> Tensor:
 
 
 def inner_loop(
-    params: nf.Params,
+    field: nf.PreparedField,
     targets: Tensor,
     coords: Tensor,
-    cfg: FieldConfig,
     *,
     lr: float,
     contexts: list[Tensor | None],
@@ -63,6 +62,7 @@ def inner_loop(
     """Run ``len(contexts)`` SGD steps on the latents of a batch.
 
     Args:
+        field: θ folded by :func:`mednf.field.prepare` (once per meta-iteration).
         targets: ``[B, N, D]`` values on the full grid ``coords [N, C]``.
         contexts: per step, ``[B, n]`` context indices, or ``None`` for the full context.
         create_graph: keep the graph of each step (second-order meta-gradients).
@@ -71,7 +71,7 @@ def inner_loop(
         ``(φ [B, P], MSE of the last step's context [B])``.
     """
     B = targets.shape[0]
-    phi = latents if latents is not None else targets.new_zeros(B, cfg.latent_dim)
+    phi = latents if latents is not None else targets.new_zeros(B, field.cfg.latent_dim)
     if not phi.requires_grad:
         phi = phi.requires_grad_(True)
     last_mse = targets.new_zeros(B)
@@ -80,7 +80,7 @@ def inner_loop(
             sub_coords, sub_targets = coords, targets
         else:
             sub_coords, sub_targets = gather_context(coords, targets, index)
-        mse = signal_mse(nf.forward(params, phi, sub_coords, cfg), sub_targets)  # [B]
+        mse = signal_mse(nf.forward_prepared(field, phi, sub_coords), sub_targets)  # [B]
         (grad,) = torch.autograd.grad(mse.sum(), phi, create_graph=create_graph)
         phi = phi - lr * grad
         last_mse = mse.detach()
@@ -108,10 +108,11 @@ def meta_objective(
     Args:
         targets: ``[B, N, D]``; coords: ``[N, C]``; contexts: G entries of ``[B, n]`` indices (or None).
     """
+    field = nf.prepare(params, cfg)
     phi, inner_mse = inner_loop(
-        params, targets, coords, cfg, lr=meta.inner_lr, contexts=contexts, create_graph=not meta.first_order
+        field, targets, coords, lr=meta.inner_lr, contexts=contexts, create_graph=not meta.first_order
     )
-    outer = signal_mse(nf.forward(params, phi, coords, cfg), targets)  # [B]
+    outer = signal_mse(nf.forward_prepared(field, phi, coords), targets)  # [B]
     return MetaOutput(outer.mean(), outer.detach(), inner_mse, phi)
 
 
