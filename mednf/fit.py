@@ -1,6 +1,7 @@
 """Test-time fitting: one latent per signal, θ frozen, batched over signals (no drop_last).
 
-For each batch: φ₀ = 0, then H SGD steps ``φ ← φ − α ∇_φ MSE(full context)``. With
+For each batch: φ₀ = 0, then H SGD steps ``φ ← φ − α ∇_φ MSE(full context)``, the gradient from the
+chunked hand-written backward of :mod:`mednf.latent_grad` (θ is frozen, only ∇_φ is needed). With
 ``grad_rescale`` (the official code's test-time variant) each step's gradient of signal s is scaled by
 ``‖∇ on a random γ-subset‖ / ‖∇ on the full context‖`` of that signal. Subsets come from
 :mod:`mednf.context`, keyed by the signal's global index, so the latents do not depend on the batch size,
@@ -21,13 +22,15 @@ from torch import Tensor
 
 from mednf import field as nf
 from mednf.config import ConfigError, FieldConfig, FitConfig
-from mednf.context import gather_context, random_context
+from mednf.context import random_context
+from mednf.latent_grad import latent_gradient
 from mednf.meta import check_signals, mse_to_psnr, signal_mse
 
-# Bytes kept per coordinate and hidden unit during one fit step (activations saved for backward,
-# their gradients and temporaries), measured with torch.profiler on CPU: see benchmarks/RESULTS.md.
-_BYTES_PER_UNIT = 24
+# Bytes per (point, hidden unit, sine layer) of one unchunked fit step: cos(z) kept for the backward
+# (4 B) plus as much again for activations and temporaries. An estimate from the algorithm, not measured.
+_BYTES_PER_UNIT = 8
 _DEFAULT_CPU_BUDGET_MB = 1024.0
+_CPU_CHUNK_ROWS = 2048
 
 
 @dataclass
@@ -61,6 +64,7 @@ def fit_batch(
     signal_ids: Tensor,
     *,
     seed: int = 0,
+    chunk_rows: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Fit latents for one batch.
 
@@ -68,24 +72,26 @@ def fit_batch(
         params: θ, without ``requires_grad``.
         targets: ``[B, N, D]`` on the grid ``coords [N, C]``.
         signal_ids: ``[B]`` global indices (keys of the rescaling subsets).
+        chunk_rows: (signal, point) rows per chunk of the hand-written backward; None → 2048 on CPU
+            (cache-sized, measured fastest here), all points at once on GPU.
     Returns:
         ``(φ [B, P], MSE of the clamped reconstruction [B])``.
     """
     B, N = targets.shape[:2]
     field = nf.prepare(params, cfg)
     phi = targets.new_zeros(B, cfg.latent_dim)
+    if chunk_rows is None and targets.device.type == "cpu":
+        chunk_rows = _CPU_CHUNK_ROWS
     for step in range(fit.steps):
-        phi.requires_grad_(True)
-        mse = signal_mse(nf.forward_prepared(field, phi, coords), targets)
-        (grad,) = torch.autograd.grad(mse.sum(), phi)  # [B, P]
+        weights = None
         if fit.grad_rescale:
-            index = random_context(signal_ids, N, fit.rescale_ratio, seed=seed, step=step)
-            sub_coords, sub_targets = gather_context(coords, targets, index)
-            sub_mse = signal_mse(nf.forward_prepared(field, phi, sub_coords), sub_targets)
-            (sub_grad,) = torch.autograd.grad(sub_mse.sum(), phi)
-            scale = sub_grad.norm(dim=1) / (grad.norm(dim=1) + 1e-16)  # [B]
-            grad = grad * scale[:, None]
-        phi = (phi - fit.lr * grad).detach()
+            index = random_context(signal_ids, N, fit.rescale_ratio, seed=seed, step=step)  # [B, n]
+            weights = targets.new_zeros(B, N).scatter_(1, index, N / index.shape[1])
+        grad, sub_grad, _ = latent_gradient(field, phi, coords, targets, chunk_rows=chunk_rows,
+                                            subset_weights=weights)
+        if sub_grad is not None:
+            grad *= (sub_grad.norm(dim=1) / (grad.norm(dim=1) + 1e-16))[:, None]
+        phi = phi - fit.lr * grad
     with torch.no_grad():
         recon = nf.forward_prepared(field, phi, coords).clamp_(0.0, 1.0)
         mse = signal_mse(recon, targets)

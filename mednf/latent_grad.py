@@ -1,0 +1,84 @@
+"""∇_φ of the per-signal MSE with θ frozen, by a hand-written backward pass in point chunks.
+
+The test-time fit needs only the gradient w.r.t. the latents, and the MSE is a sum over points, so the
+points can be processed in chunks: forward through all layers keeping cos(z) of the chunk, backward
+to the per-layer biases, accumulate, next chunk. The working set is one chunk's activations instead of
+the whole ``[B, N, L]`` stack per layer, which keeps the memory-bound elementwise work in cache on CPU and
+bounds memory on GPU. The layer maths (``h_k = h_{k-1} + sin(z_k)``, ``z_k = W'_k h_{k-1} + bias_k(φ)``):
+
+    ∂L/∂z_k      = ∂L/∂h_k ⊙ cos(z_k)
+    ∂L/∂h_{k-1}  = ∂L/∂h_k + ∂L/∂z_k W'_k          (k ≥ 1, residual)
+    ∂L/∂bias_k   = Σ_points ∂L/∂z_k
+    ∂L/∂φ        = [∂L/∂bias_1 … ∂L/∂bias_{K-1}] · shift_weight
+
+Each point's backward is independent of the others, so the gradient of the MSE on a subset of the
+points (the official code's test-time gradient rescaling) is a weighted sum of the same per-point terms:
+``subset_weights`` (N/n on the subset, 0 elsewhere) gives it from the same pass, with no second forward.
+
+It is tested against autograd (tests/test_latent_grad.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mednf.field import PreparedField, check_coords
+
+
+@torch.no_grad()
+def latent_gradient(
+    field: PreparedField,
+    latents: Tensor,
+    coords: Tensor,
+    targets: Tensor,
+    *,
+    chunk_rows: int | None = None,
+    subset_weights: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Gradient of ``Σ_signals MSE_signal`` w.r.t. the latents, and the per-signal MSE.
+
+    Args:
+        field: prepared θ. latents: ``[B, P]``. coords: ``[N, C]`` or ``[B, N, C]``. targets: ``[B, N, D]``.
+        chunk_rows: about how many (signal, point) rows to process at once; None → all points at once.
+        subset_weights: ``[B, N]``, N/n on each signal's subset of n points and 0 elsewhere, to also get
+            the gradient of the subset MSE.
+    Returns:
+        ``(∇_φ [B, P], ∇_φ of the subset MSE [B, P] or None, MSE [B])`` — MSE of the raw (unclamped) output.
+    """
+    cfg = field.cfg
+    B, N, D = targets.shape
+    check_coords(coords, cfg, B)
+    layers = cfg.num_sine_layers
+    biases = torch.addmm(field.shift_bias, latents, field.shift_weight.t()).view(B, layers, 1, cfg.hidden_dim)
+    sums = 1 if subset_weights is None else 2  # full-context gradient, and the subset one
+    bias_grad = latents.new_zeros(B, sums, layers, cfg.hidden_dim)
+    squared = latents.new_zeros(B)
+    step = N if chunk_rows is None else max(1, chunk_rows // B)
+    scale = 2.0 / (N * D)  # ∂(mean squared error)/∂output
+    for start in range(0, N, step):
+        stop = min(start + step, N)
+        chunk = coords[..., start:stop, :]
+        if subset_weights is not None:  # [B, 2, n]: row 0 sums every point, row 1 weighs the subset
+            weights = torch.stack([torch.ones_like(subset_weights[:, start:stop]), subset_weights[:, start:stop]], 1)
+        cosines = []
+        h = torch.matmul(chunk, field.weights[0].t()) + biases[:, 0]  # [B, n, L]
+        cosines.append(torch.cos(h))
+        h.sin_()
+        for k in range(1, layers):
+            z = torch.matmul(h, field.weights[k].t()).add_(biases[:, k])
+            cosines.append(torch.cos(z))
+            h.add_(z.sin_())
+        error = torch.matmul(h, field.last_weight.t()).add_(field.last_bias).sub_(targets[:, start:stop])  # [B, n, D]
+        squared += error.square().sum(dim=(1, 2))
+        grad_h = torch.matmul(error.mul_(scale), field.last_weight)  # [B, n, L]
+        for k in range(layers - 1, -1, -1):
+            grad_z = cosines[k].mul_(grad_h)
+            if subset_weights is None:
+                bias_grad[:, 0, k] += grad_z.sum(dim=1)
+            else:
+                bias_grad[:, :, k] += torch.bmm(weights, grad_z)  # [B, 2, L]
+            if k > 0:
+                grad_h.add_(torch.matmul(grad_z, field.weights[k]))
+    grads = torch.matmul(bias_grad.view(B, sums, -1), field.shift_weight)  # [B, sums, P]
+    return grads[:, 0], (grads[:, 1] if sums == 2 else None), squared / (N * D)
