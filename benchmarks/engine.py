@@ -38,7 +38,9 @@ output gradient by every weight matrix once (the weight gradients, the other ≈
 Fit, per signal (H SGD steps on φ with θ frozen, then one evaluation of the result)::
 
     H · (F(N) forward + F(N) backward-to-latent) + F(N) final forward  =  (2H + 1) · F(N)
-    + H · 2 · F(n_r)                  if fit.grad_rescale (forward + backward-to-latent on the subset)
+
+With ``fit.grad_rescale`` the official code spends another H · 2 · F(n_r) on a separate subset pass; mednf
+gets the subset gradient from the same pass (mednf/latent_grad.py), so that work is not counted.
 
 Meta-iteration, per signal (second order, the default): the inner loop records, with ``create_graph``,
 G × (F(n) forward + F(n) backward-to-latent) = 2G·F(n), then the outer forward F(N) on the full grid. The
@@ -234,10 +236,7 @@ def meta_flops_per_signal(cfg: EngineConfig, num_points: int) -> int:
 def fit_flops_per_signal(cfg: EngineConfig, num_points: int) -> int:
     """Modelled FLOPs to fit one signal (see the module docstring)."""
     H = cfg.fit.steps
-    total = (2 * H + 1) * forward_flops(cfg, num_points)
-    if cfg.fit.grad_rescale:
-        total += H * 2 * forward_flops(cfg, context_size(num_points, cfg.fit.rescale_ratio))
-    return total
+    return (2 * H + 1) * forward_flops(cfg, num_points)
 
 
 # ---------------------------------------------------------------------------------------------- phases

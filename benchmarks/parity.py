@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from official_style import OfficialStyleModel, fit_batch, meta_step  # noqa: E402
+from official_style import OfficialStyleModel, fit_batch, meta_step
 
-from mednf import field as nf  # noqa: E402
-from mednf.config import FieldConfig, FitConfig, MetaConfig  # noqa: E402
-from mednf.fit import fit_latents  # noqa: E402
-from mednf.meta import MetaLearner, mse_to_psnr, signal_mse  # noqa: E402
+from mednf import field as nf
+from mednf.config import FieldConfig, FitConfig, MetaConfig
+from mednf.fit import fit_latents
+from mednf.meta import MetaLearner, mse_to_psnr, signal_mse
 
 DATA = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 

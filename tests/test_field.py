@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from reference import OfficialStyleSIREN
 
 from mednf import field as nf
 from mednf.config import FieldConfig
-from reference import OfficialStyleSIREN
 
 
 @pytest.mark.parametrize("C,D", [(1, 1), (2, 1), (2, 3), (3, 1), (3, 3)])

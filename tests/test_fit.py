@@ -25,7 +25,7 @@ def test_every_signal_fitted_and_independent_of_batch_size(rescale):
     params, signals = _params(), _signals(7)
     fit = FitConfig(steps=5, lr=1e-2, grad_rescale=rescale, rescale_ratio=0.3)
     results = {b: fit_latents(params, signals, CFG, FitConfig(**{**fit.__dict__, "batch_size": b})) for b in (1, 3, 7)}
-    for b, res in results.items():
+    for res in results.values():
         assert res.latents.shape == (7, 6) and res.psnr.shape == (7,) and torch.isfinite(res.psnr).all()
     torch.testing.assert_close(results[3].latents, results[1].latents, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(results[7].latents, results[1].latents, rtol=1e-5, atol=1e-6)

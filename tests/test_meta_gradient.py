@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from reference import OfficialStyleSIREN, per_signal_meta_gradient
 
 from mednf import field as nf
 from mednf.config import FieldConfig, MetaConfig
 from mednf.meta import MetaLearner, meta_objective, sample_contexts
-from reference import OfficialStyleSIREN, per_signal_meta_gradient
 
 SPATIAL = {1: (24,), 2: (6, 5), 3: (3, 4, 3)}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import load_npz
 
 from mednf.metrics import psnr, ssim
-from conftest import load_npz
 
 
 def test_psnr_formula():

@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 import torch
+from conftest import load_npz
 
 from mednf import field as nf
 from mednf.config import FieldConfig, FitConfig, MetaConfig
 from mednf.fit import fit_latents
 from mednf.meta import MetaLearner, mse_to_psnr, signal_mse
-from conftest import load_npz
 
 
 def _train_and_evaluate(train: np.ndarray, test: np.ndarray, cfg: FieldConfig, meta: MetaConfig,
