@@ -58,7 +58,7 @@ def meta_step(model: OfficialStyleModel, optimizer: torch.optim.Optimizer, grid:
     outer.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    return float(outer)
+    return float(outer.detach())
 
 
 def fit_batch(model: OfficialStyleModel, grid: Tensor, targets: Tensor, latent_dim: int, steps: int, lr: float,
