@@ -71,3 +71,12 @@ def test_cli_bad_input_is_one_line_and_nonzero():
     result = runner.invoke(main, ["demo", "--steps", "0"])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "--steps" in result.output
+
+
+def test_cli_demo_and_presets_run():
+    runner = CliRunner()
+    result = runner.invoke(main, ["demo", "--steps", "3", "--size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "test PSNR after H=10" in result.output
+    listed = runner.invoke(main, ["presets"])
+    assert listed.exit_code == 0 and "2d-64-official" in listed.output and "ω 20→400" in listed.output
