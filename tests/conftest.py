@@ -11,6 +11,22 @@ import pytest
 SHARED_MEDMNIST = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 
 
+MEASURED: list[str] = []
+
+
+def report(line: str) -> None:
+    """Record a measured number; all of them are printed at the end of the test run."""
+    print(line)
+    MEASURED.append(line)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if MEASURED:
+        terminalreporter.section("numbers measured by the tests")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
+
+
 def load_npz(name: str) -> dict[str, np.ndarray]:
     """Arrays of a real MedMNIST file, or skip the test with the reason."""
     path = SHARED_MEDMNIST / name

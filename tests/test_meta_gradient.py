@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import report
 from reference import OfficialStyleSIREN, per_signal_meta_gradient
 
 from mednf import field as nf
@@ -53,7 +54,7 @@ def test_batched_meta_gradient_equals_per_signal_reference(C, D, dtype):
                                         latent_dim=cfg.latent_dim)
     ref = model.grads_as_params(cfg)
     err = _relative_error(grads, ref)
-    print(f"C={C} D={D} {dtype}: relative meta-gradient error {err:.2e}")
+    report(f"batched vs per-signal meta-gradient, C={C} D={D} {dtype}: relative error {err:.2e}")
     assert err <= 1e-5
     assert torch.allclose(loss, ref_loss, rtol=1e-5)
 
@@ -64,7 +65,7 @@ def test_second_order_terms_are_present():
     first_meta = MetaConfig(inner_steps=meta.inner_steps, context_ratio=meta.context_ratio, first_order=True)
     _, first = _batched_grads(cfg, first_meta, params, coords, targets, contexts)
     diff = _relative_error(first, second)
-    print(f"relative difference first- vs second-order meta-gradient: {diff:.3e}")
+    report(f"relative difference first- vs second-order meta-gradient: {diff:.3e}")
     assert diff > 1e-3
     # the first-order switch matches the reference's first-order variant
     model = OfficialStyleSIREN.from_params(params, cfg)
@@ -89,7 +90,7 @@ def test_meta_gradient_matches_finite_differences():
     first_meta = MetaConfig(inner_steps=meta.inner_steps, context_ratio=meta.context_ratio, first_order=True)
     _, first = _batched_grads(cfg, first_meta, params, coords, targets, contexts)
     first_order = sum(float((first[k] * direction[k]).sum()) for k in params)
-    print(f"directional derivative: finite {finite:.10f}  second-order {analytic:.10f}  first-order {first_order:.10f}")
+    report(f"meta-gradient directional derivative: finite {finite:.10f}  second-order {analytic:.10f}  first-order {first_order:.10f}")
     assert abs(finite - analytic) <= 1e-6 * max(1.0, abs(finite))
     assert abs(finite - first_order) > 1e3 * abs(finite - analytic)
 

@@ -1,7 +1,8 @@
 """Meta-learning on real MedMNIST files lifts held-out PSNR well above the two trivial baselines.
 
-Numbers are printed (run with -s to see them); the PSNR bars are set from measured runs of these exact
-configs (benchmarks/RESULTS.md) with a margin.
+The numbers are listed at the end of the test run ("numbers measured by the tests"). The bars are margins
+below what these exact configs measured here (Pneumonia: 21.5 dB vs 18.1 zero latent / 18.6 mean image;
+Adrenal3D: 21.6 dB vs 16.2 / 20.2 on 32 test volumes).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 
 import numpy as np
 import torch
-from conftest import load_npz
+from conftest import load_npz, report
 
 from mednf import field as nf
 from mednf.config import FieldConfig, FitConfig, MetaConfig
@@ -38,7 +39,7 @@ def _train_and_evaluate(train: np.ndarray, test: np.ndarray, cfg: FieldConfig, m
 
 
 def _report(name: str, r: dict[str, float]) -> None:
-    print(f"\n{name}: test PSNR after H {r['test']:.2f} dB | zero latent {r['zero']:.2f} dB | "
+    report(f"{name}: test PSNR after H {r['test']:.2f} dB | zero latent {r['zero']:.2f} dB | "
           f"train-mean image {r['mean']:.2f} dB | {r['sec_per_iter']:.3f} s/meta-iteration")
 
 
