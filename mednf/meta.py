@@ -11,7 +11,7 @@ One meta-iteration on a batch of B signals:
    ``first_order`` is set (ablation); AdamW(β), cosine annealing, gradient-norm clipping.
 
 Plain batched autograd was chosen over ``torch.func.vmap(grad(...))``: it gives the same gradient and was
-faster in eager mode on CPU (see ../shared/NOTES-ecosystem.md and benchmarks/RESULTS.md).
+faster in eager mode on CPU (measured and written down in ../shared/NOTES-ecosystem.md).
 """
 
 from __future__ import annotations
