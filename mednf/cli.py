@@ -5,21 +5,22 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from mednf.config import ConfigError
+from mednf.errors import MednfError
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn configuration errors into a one-line message and exit status 2."""
+    """Turn user errors (:class:`MednfError`) into a one-line message and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ConfigError as err:
+        except MednfError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(2)
 
@@ -56,3 +57,92 @@ def presets() -> None:
             f"{name:16s} K={f.num_layers:<3d} L={f.hidden_dim:<4d} P={f.latent_dim:<6d} "
             f"ω {f.omegas[0]:g}→{f.omegas[-1]:g}  {preset_description(name)}"
         )
+
+
+def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``--set meta.inner_steps=5`` → ``{"meta": {"inner_steps": 5}}`` (values parsed as TOML)."""
+    import tomllib
+
+    from mednf.config import ConfigError
+
+    sections: dict[str, dict[str, Any]] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r} is invalid: expected SECTION.KEY=VALUE, e.g. --set meta.inner_steps=5")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()  # bare words are strings: --set field.shift_mode=outside
+        sections.setdefault(section, {})[name] = value
+    return sections
+
+
+@main.command()
+@click.argument("name")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory [default: $MEDNF_HOME/<Name>].")
+@click.option("--gpu", type=int, default=None, help="Build on cuda:N (default: CPU).")
+@click.option("--cpu", "force_cpu", is_flag=True, help="Build on the CPU (the default).")
+@click.option("--steps", type=int, help="Meta-iterations (meta.steps).")
+@click.option("--batch-size", type=int, help="Meta batch size B (meta.batch_size).")
+@click.option("--latent-dim", type=int, help="Latent size P (field.latent_dim).")
+@click.option("--fit-steps", type=int, help="Test-time fit steps H (fit.steps).")
+@click.option("--size", type=int, help="MedMNIST resolution (28, 64, 128, 224); 128/224 use the paper's presets.")
+@click.option("--preset", help="Engine preset instead of the builder's (see `mednf presets`).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Any engine or build setting, e.g. --set meta.inner_steps=5 --set build.val_every=100.")
+@click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
+              help="Folder with MedMNIST npz files [env MEDMNIST_ROOT; default ~/.medmnist].")
+@click.option("--source-npz", type=click.Path(path_type=Path), help="Build from this npz (MedMNIST layout) instead.")
+@click.option("--max-samples", type=int, help="Use only the first N samples of each split (quick trial builds).")
+@click.option("--no-download", is_flag=True, help="Fail instead of downloading a missing MedMNIST file.")
+@click.option("--resume", is_flag=True, help="Continue an unfinished build (what a rerun does anyway).")
+@click.option("--restart", is_flag=True, help="Discard an earlier build in the output directory and start over.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_friendly
+def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: int | None,
+          batch_size: int | None, latent_dim: int | None, fit_steps: int | None, size: int | None,
+          preset: str | None, settings: tuple[str, ...], medmnist_root: Path | None, source_npz: Path | None,
+          max_samples: int | None, no_download: bool, resume: bool, restart: bool, quiet: bool) -> None:
+    """Build the MedNF sub-dataset NAME (a builder name, see `mednf list`, or a builder .toml file).
+
+    Meta-learns the shared network, fits a latent for every image of every split and writes the dataset
+    (manifest last). Rerunning the same command resumes an interrupted build.
+    """
+    from mednf.build import BuildOptions
+    from mednf.build import build as run_build
+    from mednf.config import ConfigError
+
+    if gpu is not None and force_cpu:
+        raise ConfigError("--gpu and --cpu were both given: expected one of them; drop one")
+    if resume and restart:
+        raise ConfigError("--resume and --restart were both given: expected one of them; drop one")
+    sections = _parse_set(settings)
+    build_overrides = sections.pop("build", {})
+    for section, key, value in (("meta", "steps", steps), ("meta", "batch_size", batch_size),
+                                ("field", "latent_dim", latent_dim), ("fit", "steps", fit_steps)):
+        if value is not None:
+            sections.setdefault(section, {})[key] = value
+    for key, value in build_overrides.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"--set build.{key}={value!r} is invalid: expected an integer ≥ 1")
+    options = BuildOptions(out=out, gpu=gpu, size=size, preset=preset, overrides=sections,
+                           build_overrides=build_overrides, medmnist_root=medmnist_root, source_npz=source_npz,
+                           max_samples=max_samples, download=not no_download, restart=restart, progress=not quiet)
+    run_build(name, options)
+
+
+@main.command(name="list")
+def list_builders() -> None:
+    """List the builders: modality, size, channels, task and split counts."""
+    from mednf.specs import builder_names, load_builder
+
+    click.echo(f"{'name':13s} {'modality':26s} {'size':>7s} {'ch':>3s} {'task':12s} {'train':>7s} {'val':>6s} "
+               f"{'test':>6s}  preset")
+    for name in builder_names():
+        s = load_builder(name)
+        size = "×".join([str(s.source.size)] * s.source.dims)
+        tag = "" if s.paper else " (extra)" if s.source.kind != "phantom" else " (embedded)"
+        click.echo(f"{s.name:13s} {s.modality[:26]:26s} {size:>7s} {s.source.channels:>3d} {s.labels.task:12s} "
+                   f"{s.splits['train']:>7d} {s.splits['val']:>6d} {s.splits['test']:>6d}  {s.preset}{tag}")

@@ -17,10 +17,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mednf.errors import MednfError
+
 ShiftMode = Literal["inside", "outside"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MednfError, ValueError):
     """A hyper-parameter has an invalid value (message: name, value, expectation, fix)."""
 
 

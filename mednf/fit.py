@@ -25,6 +25,7 @@ from mednf.config import ConfigError, FieldConfig, FitConfig
 from mednf.context import random_context
 from mednf.latent_grad import latent_gradient
 from mednf.meta import check_signals, mse_to_psnr, signal_mse
+from mednf.metrics import SSIM_WINDOW, ssim
 
 # Bytes per (point, hidden unit, sine layer) of one unchunked fit step: cos(z) kept for the backward
 # (4 B) plus as much again for activations and temporaries. An estimate from the algorithm, not measured.
@@ -38,6 +39,7 @@ class FitResult:
     latents: Tensor  # [S, P] float32, on CPU
     mse: Tensor  # [S] full-context MSE of the clamped reconstruction
     psnr: Tensor  # [S] dB (data range 1)
+    ssim: Tensor | None = None  # [S] when asked for (images/volumes with every side ≥ 11)
 
 
 def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: torch.device) -> int:
@@ -65,7 +67,8 @@ def fit_batch(
     *,
     seed: int = 0,
     chunk_rows: int | None = None,
-) -> tuple[Tensor, Tensor]:
+    return_recon: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Fit latents for one batch.
 
     Args:
@@ -75,7 +78,8 @@ def fit_batch(
         chunk_rows: (signal, point) rows per chunk of the hand-written backward; None → 2048 on CPU
             (cache-sized, measured fastest here), all points at once on GPU.
     Returns:
-        ``(φ [B, P], MSE of the clamped reconstruction [B])``.
+        ``(φ [B, P], MSE of the clamped reconstruction [B])``, plus that reconstruction ``[B, N, D]``
+        when ``return_recon``.
     """
     B, N = targets.shape[:2]
     field = nf.prepare(params, cfg)
@@ -95,7 +99,7 @@ def fit_batch(
     with torch.no_grad():
         recon = nf.forward_prepared(field, phi, coords).clamp_(0.0, 1.0)
         mse = signal_mse(recon, targets)
-    return phi, mse
+    return (phi, mse, recon) if return_recon else (phi, mse)
 
 
 def as_float_signals(signals: Tensor | np.ndarray) -> Tensor:
@@ -116,6 +120,7 @@ def fit_latents(
     seed: int = 0,
     first_index: int = 0,
     on_batch: Callable[[int, int], None] | None = None,
+    with_ssim: bool = False,
 ) -> FitResult:
     """Fit a latent for every signal.
 
@@ -124,6 +129,8 @@ def fit_latents(
         signals: ``[S, D, *spatial]`` float in [0, 1] or uint8; stays where it is, batches are moved.
         first_index: global index of ``signals[0]`` (keys of the rescaling subsets when sharded).
         on_batch: called with (signals done, total) after each batch, e.g. to drive a progress bar.
+        with_ssim: also report SSIM per signal (:func:`mednf.metrics.ssim`); NaN where it is undefined
+            (1D signals, or a side shorter than the 11-tap window).
     Returns:
         :class:`FitResult` with S latents, MSEs and PSNRs, in input order.
     """
@@ -140,14 +147,18 @@ def fit_latents(
     batch = auto_batch_size(cfg, coords.shape[0], fit, device)
     latents = torch.empty(total, cfg.latent_dim)
     mses = torch.empty(total)
+    ssims = torch.full((total,), float("nan")) if with_ssim else None
+    ssim_defined = cfg.in_dims >= 2 and min(spatial) >= SSIM_WINDOW
     for start in range(0, total, batch):
         stop = min(start + batch, total)
         chunk = as_float_signals(signals[start:stop]).to(device)
         check_signals(chunk, f"signals[{start}:{stop}]")
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
-        phi, mse = fit_batch(theta, nf.to_points(chunk), coords, cfg, fit, ids, seed=seed)
+        phi, mse, recon = fit_batch(theta, nf.to_points(chunk), coords, cfg, fit, ids, seed=seed, return_recon=True)
+        if ssims is not None and ssim_defined:
+            ssims[start:stop] = ssim(nf.from_points(recon, spatial), chunk).cpu()
         latents[start:stop] = phi.cpu()
         mses[start:stop] = mse.cpu()
         if on_batch is not None:
             on_batch(stop, total)
-    return FitResult(latents, mses, mse_to_psnr(mses))
+    return FitResult(latents, mses, mse_to_psnr(mses), ssims)

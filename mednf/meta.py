@@ -17,6 +17,7 @@ faster in eager mode on CPU (measured and written down in ../shared/NOTES-ecosys
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,27 +103,38 @@ def meta_objective(
     cfg: FieldConfig,
     meta: MetaConfig,
     contexts: list[Tensor | None],
+    loss_divisor: int | None = None,
 ) -> MetaOutput:
     """Meta-loss of one batch, differentiable w.r.t. θ (second order unless ``meta.first_order``).
 
     Args:
         targets: ``[B, N, D]``; coords: ``[N, C]``; contexts: G entries of ``[B, n]`` indices (or None).
+        loss_divisor: None → mean over the B signals; else sum / divisor (a rank's share of a global
+            batch of that size, so that summing the ranks' gradients gives the global mean).
     """
     field = nf.prepare(params, cfg)
     phi, inner_mse = inner_loop(
         field, targets, coords, lr=meta.inner_lr, contexts=contexts, create_graph=not meta.first_order
     )
     outer = signal_mse(nf.forward_prepared(field, phi, coords), targets)  # [B]
-    return MetaOutput(outer.mean(), outer.detach(), inner_mse, phi)
+    loss = outer.mean() if loss_divisor is None else outer.sum() / loss_divisor
+    return MetaOutput(loss, outer.detach(), inner_mse, phi)
 
 
 def sample_contexts(
-    meta: MetaConfig, batch: int, num_points: int, *, seed: int, iteration: int, device: torch.device
+    meta: MetaConfig, batch: int, num_points: int, *, seed: int, iteration: int, device: torch.device,
+    positions: Tensor | None = None, global_batch: int | None = None,
 ) -> list[Tensor | None]:
-    """The G context index sets of one meta-iteration (``None`` entries when γ = 1)."""
+    """The G context index sets of one meta-iteration (``None`` entries when γ = 1).
+
+    Subsets are keyed by each signal's slot ``iteration · global_batch + position`` in the global batch,
+    so a rank that holds positions ``r::world`` of the batch draws the same subsets as one process would.
+    """
     if meta.context_ratio >= 1.0:
         return [None] * meta.inner_steps
-    slots = torch.arange(batch, device=device, dtype=torch.int64) + iteration * batch
+    if positions is None:
+        positions = torch.arange(batch, dtype=torch.int64)
+    slots = positions.to(device, torch.int64) + iteration * (global_batch or batch)
     return [
         random_context(slots, num_points, meta.context_ratio, seed=seed, step=g) for g in range(meta.inner_steps)
     ]
@@ -168,11 +180,23 @@ class MetaLearner:
             self._grids[spatial] = nf.coordinate_grid(spatial, device=self.device)
         return self._grids[spatial]
 
-    def step(self, signals: Tensor) -> dict[str, float]:
+    def step(
+        self,
+        signals: Tensor,
+        *,
+        positions: Tensor | None = None,
+        global_batch: int | None = None,
+        reduce_grads: Callable[[list[Tensor]], None] | None = None,
+    ) -> dict[str, float]:
         """One meta-iteration on channels-first signals ``[B, D, *spatial]`` in [0, 1].
 
-        Returns the meta-loss, mean PSNR on the full context after G steps, mean PSNR of the last inner
-        context, the gradient norm before clipping and the learning rate used.
+        Data-parallel use (one call per rank, same iteration): ``positions`` ``[B]`` are the signals'
+        positions in the global batch of size ``global_batch``, and ``reduce_grads`` sums the gradient
+        tensors over the ranks in place (an all-reduce) before clipping. The update then equals one
+        process's step on the whole global batch.
+
+        Returns the (local) meta-loss, mean PSNR on the full context after G steps, mean PSNR of the last
+        inner context, the gradient norm before clipping and the learning rate used.
         """
         cfg = self.field_cfg
         if signals.dim() != cfg.in_dims + 2 or signals.shape[1] != cfg.out_dims:
@@ -188,11 +212,13 @@ class MetaLearner:
         targets = nf.to_points(signals)  # [B, N, D]
         contexts = sample_contexts(
             self.meta_cfg, targets.shape[0], coords.shape[0], seed=self.seed, iteration=self.iteration,
-            device=self.device,
+            device=self.device, positions=positions, global_batch=global_batch,
         )
-        out = meta_objective(self.params, targets, coords, cfg, self.meta_cfg, contexts)
+        out = meta_objective(self.params, targets, coords, cfg, self.meta_cfg, contexts, loss_divisor=global_batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if reduce_grads is not None:
+            reduce_grads([p.grad for p in self.params.values()])
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.meta_cfg.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()

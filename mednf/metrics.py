@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mednf.config import ConfigError
 
-_SSIM_TAPS = 11  # Gaussian window, σ = 1.5 (torchmetrics' and scikit-image's default)
+SSIM_WINDOW = 11  # Gaussian window, σ = 1.5 (torchmetrics' and scikit-image's default)
 
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
@@ -32,14 +32,14 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
         )
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    if min(pred.shape[2:]) < _SSIM_TAPS:
+    if min(pred.shape[2:]) < SSIM_WINDOW:
         raise ConfigError(
-            f"SSIM input of spatial size {tuple(pred.shape[2:])} is too small: expected every side ≥ {_SSIM_TAPS} "
+            f"SSIM input of spatial size {tuple(pred.shape[2:])} is too small: expected every side ≥ {SSIM_WINDOW} "
             "(the Gaussian window); decode at a larger size"
         )
     _, ssim_map = structural_similarity_index_measure(
         pred.float(), target.float(), data_range=1.0, reduction="none", return_full_image=True
     )
-    pad = (_SSIM_TAPS - 1) // 2
+    pad = (SSIM_WINDOW - 1) // 2
     interior = ssim_map[(..., *[slice(pad, -pad)] * (pred.dim() - 2))]
     return interior.flatten(1).mean(dim=1)

@@ -1,0 +1,421 @@
+"""``mednf build``: one sub-dataset from its builder spec to a complete, verified dataset directory.
+
+Stages, each resumable (state in ``<out>/.partial``):
+
+1. **meta-training** (:mod:`mednf.trainer`): checkpoints, validation, best θ kept;
+2. **fitting**: every sample of train/val/test in blocks of ``block_rows`` rows (= one Zarr chunk);
+   block ``b`` of a split belongs to rank ``b mod world``; a finished block leaves a record
+   (``.partial/blocks/<split>-<b>.npz``: PSNR, SSIM) written after its latents, so a block without a
+   record is simply fitted again;
+3. **finalize** (rank 0): check that every row was written, write ``index.parquet``,
+   ``model.safetensors`` and the card, checksum every file, write ``mednf.json`` last, drop ``.partial``.
+
+A build directory is locked (``fcntl.flock`` on ``<out>/.lock``, released by the OS even on SIGKILL)
+while a build runs in it. The build's identity (spec, engine, source) is stored on first start; a rerun
+with other settings is refused unless ``--restart``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mednf.config import ConfigError, EngineConfig
+from mednf.distributed import Dist, setup
+from mednf.errors import BuildError, MednfError
+from mednf.fit import fit_latents
+from mednf.sources import SourceData, load_source
+from mednf.specs import SPLITS, BuilderSpec, load_builder, resolve_engine
+from mednf.store import (
+    CARD,
+    FORMAT_VERSION,
+    INDEX,
+    LATENTS,
+    LOG,
+    MANIFEST,
+    MODEL,
+    WORK,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_content,
+    create_latent_arrays,
+    file_table,
+    index_columns,
+    open_latent_array,
+    save_params,
+    verify_dataset,
+    write_index,
+    write_latent_block,
+)
+from mednf.trainer import MetaTrainer
+
+log = logging.getLogger("mednf.build")
+
+
+def mednf_home() -> Path:
+    """Where datasets live by default: ``$MEDNF_HOME`` or ``~/.cache/mednf``."""
+    return Path(os.environ.get("MEDNF_HOME") or "~/.cache/mednf").expanduser()
+
+
+@dataclass
+class BuildOptions:
+    out: Path | None = None  # default: $MEDNF_HOME/<Name>
+    gpu: int | None = None  # None → CPU
+    size: int | None = None
+    preset: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # engine sections
+    build_overrides: dict[str, int] = field(default_factory=dict)  # [build] settings
+    medmnist_root: Path | None = None
+    source_npz: Path | None = None
+    max_samples: int | None = None
+    download: bool = True
+    restart: bool = False
+    progress: bool = True
+
+
+def resolve_device(gpu: int | None) -> torch.device:
+    """``--gpu N`` → cuda:N (checked), None → CPU."""
+    if gpu is None:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--gpu {gpu} was given but CUDA is not available (torch {torch.__version__}); "
+                          "drop --gpu to build on the CPU, or install a CUDA build of torch")
+    count = torch.cuda.device_count()
+    if not 0 <= gpu < count:
+        raise ConfigError(f"--gpu {gpu} is out of range: this machine has {count} GPU(s), 0..{count - 1}")
+    return torch.device("cuda", gpu)
+
+
+def prepare_spec(name_or_path: str | Path, options: BuildOptions) -> tuple[BuilderSpec, EngineConfig]:
+    """The spec with --size/--preset/[build] overrides applied, and its engine config."""
+    spec = load_builder(name_or_path)
+    if options.size is not None:
+        spec = spec.with_size(options.size)
+    if options.preset is not None:
+        spec = dataclasses.replace(spec, preset=options.preset)
+    if options.build_overrides:
+        known = {f.name for f in dataclasses.fields(spec.build)}
+        unknown = sorted(set(options.build_overrides) - known)
+        if unknown:
+            raise ConfigError(f"build settings {unknown} are unknown: expected {sorted(known)}; check --set build.*")
+        spec = dataclasses.replace(spec, build=dataclasses.replace(spec.build, **options.build_overrides))
+    if options.max_samples is not None and options.max_samples < 1:
+        raise ConfigError(f"--max-samples {options.max_samples} is invalid: expected an integer ≥ 1")
+    return spec, resolve_engine(spec, options.overrides)
+
+
+@contextmanager
+def _directory_lock(out: Path, dist: Dist):
+    """Exclusive lock on ``out`` for the whole build (rank 0 holds it; all ranks learn the outcome)."""
+    handle = None
+    error = ""
+    if dist.is_main:
+        handle = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole build)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            handle.close()
+            handle = None
+            error = (f"{out} is being built by another process (pid {pid}); wait for it to finish, "
+                     "or build into another --out directory")
+    if not dist.agree(not error):
+        raise BuildError(error or f"{out} is locked by another build (see rank 0)")
+    try:
+        yield
+    finally:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def _identity(spec: BuilderSpec, cfg: EngineConfig, source: SourceData) -> dict[str, Any]:
+    """What makes two runs the same build (JSON-normalised, so it compares equal after a round trip)."""
+    identity = {"builder": spec.to_dict() | {"path": ""}, "engine": cfg.to_dict(), "source": source.description}
+    return json.loads(json.dumps(identity))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} → {new!r}"]
+
+
+def _check_identity(work: Path, identity: dict[str, Any], dist: Dist) -> None:
+    path = work / "build.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != identity:
+            differ = _differences(old, identity)
+            raise BuildError(f"{work.parent} holds an unfinished build with other settings ({'; '.join(differ[:3])}); "
+                             "rerun with the same options, or pass --restart to discard it")
+    elif dist.is_main:
+        atomic_write_json(path, identity)
+
+
+def _setup_logging(out: Path, dist: Dist) -> logging.Handler | None:
+    log.setLevel(logging.INFO)
+    if not dist.is_main:
+        return None
+    handler = logging.FileHandler(out / LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def _say(message: str, dist: Dist) -> None:
+    """Log to build.log and, on rank 0, to the console (above any progress bar)."""
+    log.info(message)
+    if dist.is_main:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+def _blocks(count: int, rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + rows, count)) for start in range(0, count, rows)]
+
+
+def _fit_splits(out: Path, work: Path, theta: dict[str, torch.Tensor], cfg: EngineConfig, spec: BuilderSpec,
+                source: SourceData, device: torch.device, dist: Dist, progress: bool) -> None:
+    """Fit every block this rank owns and has not finished (each block's record holds its seconds)."""
+    from tqdm.auto import tqdm
+
+    records = work / "blocks"
+    records.mkdir(exist_ok=True)
+    rows = spec.build.block_rows
+    todo: list[tuple[str, int, int, int]] = []
+    total = 0
+    for split in SPLITS:
+        for b, (start, stop) in enumerate(_blocks(len(source.splits[split].images), rows)):
+            if b % dist.world != dist.rank:
+                continue
+            total += stop - start
+            if not (records / f"{split}-{b:06d}.npz").is_file():
+                todo.append((split, b, start, stop))
+    done_before = total - sum(stop - start for _, _, start, stop in todo)
+    if done_before:
+        _say(f"fitting: {done_before} of {total} samples were already done, resuming", dist)
+    bar = tqdm(total=total, initial=done_before, desc="fitting", unit="signal", dynamic_ncols=True,
+               disable=not (progress and dist.is_main))
+    for split, b, start, stop in todo:
+        block_started = time.perf_counter()
+        data = source.splits[split]
+        result = fit_latents(theta, data.images[start:stop], cfg.field, cfg.fit, device=device, seed=spec.seed,
+                             first_index=start, with_ssim=True,
+                             on_batch=lambda n, _t, base=bar.n: bar.update(base + n - bar.n))
+        write_latent_block(out, split, start, result.latents.numpy())
+        record = records / f"{split}-{b:06d}.npz"
+        buffer = io.BytesIO()
+        np.savez(buffer, psnr=result.psnr.numpy(), ssim=result.ssim.numpy(), start=np.int64(start),
+                 seconds=np.float64(time.perf_counter() - block_started))
+        atomic_write_bytes(record, buffer.getvalue())  # after the latents: a record means the block is done
+        log.info(f"fitted {split}[{start}:{stop}] mean PSNR {float(result.psnr.mean()):.2f} dB")
+    bar.close()
+
+
+def _collect_records(work: Path, split: str, count: int, rows: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-sample PSNR and SSIM of a split from its block records, and the fit seconds they took."""
+    psnr = np.full(count, np.nan, dtype=np.float32)
+    ssim = np.full(count, np.nan, dtype=np.float32)
+    seconds = 0.0
+    for b, (start, stop) in enumerate(_blocks(count, rows)):
+        path = work / "blocks" / f"{split}-{b:06d}.npz"
+        if not path.is_file():
+            raise BuildError(f"block {split}[{start}:{stop}] has no record in {path.parent}; rerun the build to fit it")
+        with np.load(path, allow_pickle=False) as rec:
+            if int(rec["start"]) != start or len(rec["psnr"]) != stop - start:
+                raise BuildError(f"{path} does not describe rows {start}:{stop}; rerun with --restart")
+            psnr[start:stop], ssim[start:stop] = rec["psnr"], rec["ssim"]
+            seconds += float(rec["seconds"])
+    return psnr, ssim, seconds
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
+              theta: dict[str, torch.Tensor], summary: Any, device: torch.device, dist: Dist) -> dict[str, Any]:
+    from mednf import __version__
+    from mednf.card import render_card
+
+    rows = spec.build.block_rows
+    fit_seconds = 0.0  # summed over blocks (and ranks), across resumed runs
+    stats, cols = {}, {k: [] for k in ("names", "rows", "source", "labels", "psnr", "ssim")}
+    for split in SPLITS:
+        data = source.splits[split]
+        count = len(data.images)
+        psnr, ssim, seconds = _collect_records(work, split, count, rows)
+        fit_seconds += seconds
+        latents = open_latent_array(out, split)[:]
+        missing = int(np.isnan(latents).any(axis=1).sum())
+        if latents.shape != (count, cfg.field.latent_dim) or missing:
+            raise BuildError(f"latents of split {split!r} have shape {latents.shape} with {missing} unwritten rows, "
+                             f"expected ({count}, {cfg.field.latent_dim}); rerun with --restart")
+        stats[split] = {"count": count, "psnr_mean": float(psnr.mean()), "psnr_std": float(psnr.std()),
+                        "ssim_mean": float(np.nanmean(ssim)) if np.isfinite(ssim).any() else None}
+        for key, value in zip(cols, (split, np.arange(count), data.source_index, data.labels, psnr, ssim)):
+            cols[key].append(value)
+    write_index(out / INDEX, index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
+                                           cols["psnr"], cols["ssim"], spec.labels.task == "multi-label"))
+    save_params(out / MODEL, theta, metadata={"format": "mednf-theta",
+                                              "field": json.dumps(dataclasses.asdict(cfg.field))})
+    import numcodecs
+    import pyarrow
+    import zarr
+
+    manifest: dict[str, Any] = {
+        "format": "mednf",
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "builder": spec.to_dict(),
+        "engine": cfg.to_dict(),
+        "seed": spec.seed,
+        "fit_seed": spec.seed,  # rescaling subsets keyed by (fit_seed, row within the split, step)
+        "source": source.description,
+        "labels": {"task": spec.labels.task, "names": list(spec.labels.names)},
+        "latent": {"dim": cfg.field.latent_dim, "dtype": "float32", "chunk_rows": rows, "store": LATENTS},
+        "splits": stats,
+        "meta_training": {"steps": summary.steps, "best_step": summary.best_step,
+                          "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
+                          "history": summary.history, "seconds": summary.seconds},
+        "fit": {"seconds": fit_seconds, "signals_per_second": sum(v["count"] for v in stats.values()) / fit_seconds},
+        "software": {"mednf": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
+                     "numcodecs": numcodecs.__version__, "pyarrow": pyarrow.__version__,
+                     "python": platform.python_version()},
+        "device": _device_name(device),
+        "world_size": dist.world,
+        "build_seconds": summary.seconds + fit_seconds,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_bytes(out / CARD, render_card(manifest).encode("utf-8"))
+    manifest["files"] = file_table(out)
+    check_content(out, manifest)  # counts and files, before the manifest makes the dataset "complete"
+    atomic_write_json(out / MANIFEST, manifest)  # last: its presence means "complete"
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _clear(out: Path) -> None:
+    """--restart: remove an earlier build's files (only mednf's own names)."""
+    for name in (MANIFEST, MODEL, INDEX, CARD, WORK, LATENTS):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path:
+    """Build (or resume, or confirm) a dataset; returns its directory. See the module docstring."""
+    options = options or BuildOptions()
+    spec, cfg = prepare_spec(name_or_path, options)
+    device = resolve_device(options.gpu)
+    out = Path(options.out or mednf_home() / spec.name).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise BuildError(f"output directory {out} is not writable ({err.strerror}); choose another --out") from None
+    dist = setup(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    handler = None
+    try:
+        with _directory_lock(out, dist):
+            handler = _setup_logging(out, dist)
+            return _build_locked(out, spec, cfg, options, device, dist)
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        dist.close()
+
+
+def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: BuildOptions,
+                  device: torch.device, dist: Dist) -> Path:
+    started = time.perf_counter()
+    work = out / WORK
+    if options.restart and dist.is_main:
+        _clear(out)
+    dist.barrier()
+    if (out / MANIFEST).is_file():
+        manifest = verify_dataset(out, checksums=False)
+        done = {"builder": manifest["builder"] | {"path": ""}, "engine": manifest["engine"]}
+        wanted = json.loads(json.dumps({"builder": spec.to_dict() | {"path": ""}, "engine": cfg.to_dict()}))
+        if done != wanted:
+            raise BuildError(f"{out} holds a complete {manifest['name']} built with other settings "
+                             f"({'; '.join(_differences(done, wanted)[:3])}); pass --restart to rebuild it, "
+                             "or choose another --out")
+        _say(f"{spec.name} is already complete in {out} (pass --restart to build it again)", dist)
+        return out
+    _say(f"building {spec.name} into {out} on {_device_name(device)}"
+         + (f", {dist.world} processes" if dist.enabled else ""), dist)
+    # rank 0 reads (and if needed downloads) first; the others then read the verified file
+    source, error = None, ""
+    for turn in ("main", "others"):
+        if (turn == "main") == dist.is_main:
+            try:
+                source = load_source(spec, root=options.medmnist_root, source_npz=options.source_npz,
+                                     max_samples=options.max_samples, download_missing=options.download,
+                                     progress=options.progress, warn=lambda m: _say(f"warning: {m}", dist))
+            except MednfError as err:
+                error = str(err)
+        if not dist.agree(not error):
+            raise BuildError(error or "reading the source data failed on another rank (see its message)")
+    assert source is not None
+    identity = _identity(spec, cfg, source)
+    work.mkdir(exist_ok=True)
+    dist.barrier()
+    _check_identity(work, identity, dist)
+    _say(f"source: {source.description.get('file', source.description['kind'])}, splits {source.counts()}; "
+         f"engine: K={cfg.field.num_layers} L={cfg.field.hidden_dim} P={cfg.field.latent_dim}, "
+         f"{cfg.meta.steps} meta-iterations of B={cfg.meta.batch_size}", dist)
+
+    trainer = MetaTrainer(cfg, spec.build, source.splits["train"].images, source.splits["val"].images, work,
+                          seed=spec.seed, device=device, dist=dist, log=lambda m: _say(m, dist))
+    summary = trainer.run(progress=options.progress)
+    theta = trainer.best_params()
+    _say(f"meta-training done: best validation PSNR {summary.best_val_psnr:.2f} dB at iteration "
+         f"{summary.best_step}", dist)
+
+    created = work / "latents-created"
+    if dist.is_main and not created.is_file():
+        attrs = {"name": spec.name, "latent_dim": cfg.field.latent_dim}
+        create_latent_arrays(out, source.counts(), cfg.field.latent_dim, spec.build.block_rows, attrs)
+        atomic_write_bytes(created, b"")
+    dist.barrier()
+    _fit_splits(out, work, theta, cfg, spec, source, device, dist, options.progress)
+    dist.barrier()
+    if dist.is_main:
+        manifest = _finalize(out, work, spec, cfg, source, theta, summary, device, dist)
+        line = ", ".join(f"{s} {v['count']} @ {v['psnr_mean']:.2f} dB" for s, v in manifest["splits"].items())
+        _say(f"done: {out} ({line}); {(time.perf_counter() - started) / 60:.1f} min this run", dist)
+    dist.barrier()
+    return out

@@ -1,0 +1,69 @@
+"""Process-group helpers for ``torchrun`` builds (torch.distributed; gloo on CPU, NCCL on CUDA).
+
+A plain ``mednf build`` is world size 1 and never touches torch.distributed. Under ``torchrun`` (the
+``WORLD_SIZE``/``RANK`` variables are set) :func:`setup` joins the group; meta-training all-reduces
+gradients (:meth:`Dist.sum_`), fitting shards row blocks by rank, rank 0 writes the shared files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (immutable)  where collective tensors live (cuda for NCCL)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def sum_(self, tensors: list[Tensor]) -> None:
+        """In-place sum over ranks, coalesced into one flat buffer (one all-reduce per call)."""
+        if not self.enabled:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def agree(self, ok: bool) -> bool:
+        """True only if every rank says True (used to stop all ranks together on an error)."""
+        if not self.enabled:
+            return ok
+        flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
+        torch.distributed.all_reduce(flag)
+        return float(flag) == 0.0
+
+    def close(self) -> None:
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def setup(device: torch.device) -> Dist:
+    """Join the torchrun process group if there is one (backend from the device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(),
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device)

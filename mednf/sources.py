@@ -1,0 +1,248 @@
+"""Raw data for a build: MedMNIST npz files (verified, downloaded when missing) and generated phantoms.
+
+MedMNIST files are read with numpy, not through ``medmnist``'s classes: those assert the official
+sample counts (so a user's own smaller file could not be read) and ``medmnist`` pulls torchvision. The
+file name, URL and md5 of every size come from the builder file, a copy of ``medmnist.INFO`` that
+``tests/test_builders.py`` compares against the installed medmnist.
+
+Where a file is looked for: ``--medmnist-root`` / ``root=``, else ``$MEDMNIST_ROOT``, else medmnist's
+default ``~/.medmnist``. A missing file is downloaded (``urllib``, timeout, progress bar) to a temporary
+name beside the target, its md5 checked while streaming, then renamed: a half-downloaded or corrupt file
+never sits under the real name. ``$MEDNF_MEDMNIST_URL`` replaces the URL template (mirrors, tests).
+
+Images are returned channels first, ``[N, D, *spatial]``, as stored (uint8 0..255, or float in [0, 1]);
+the engine converts each batch to float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mednf.errors import SourceError
+from mednf.phantoms import make_phantoms
+from mednf.specs import SPLITS, BuilderSpec
+
+DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")  # medmnist.info.DEFAULT_ROOT
+_HTTP_TIMEOUT_S = 60
+_CHUNK = 1 << 20
+
+
+@dataclass
+class SplitData:
+    images: np.ndarray  # [N, D, *spatial] uint8 or float32 in [0, 1] (may be a non-contiguous view)
+    labels: np.ndarray  # [N, L] int64 (L = 1, or the number of labels for multi-label)
+    source_index: np.ndarray  # [N] int64: index of each sample in the source split
+
+
+@dataclass
+class SourceData:
+    splits: dict[str, SplitData]
+    description: dict[str, object]  # what was read: kind, file, md5, official or not, URL
+
+    def counts(self) -> dict[str, int]:
+        return {s: len(d.images) for s, d in self.splits.items()}
+
+
+class SourceWarning(UserWarning):
+    """The data is usable but is not the official release (e.g. a user's own smaller npz)."""
+
+
+def medmnist_root(root: str | Path | None = None) -> Path:
+    """The folder MedMNIST files are looked for in (argument, ``$MEDMNIST_ROOT``, ``~/.medmnist``)."""
+    chosen = root or os.environ.get("MEDMNIST_ROOT") or DEFAULT_MEDMNIST_ROOT
+    return Path(chosen).expanduser()
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_url(spec: BuilderSpec) -> str:
+    template = os.environ.get("MEDNF_MEDMNIST_URL") or spec.source.url
+    return template.format(file=spec.source.file_name)
+
+
+def download(url: str, target: Path, md5: str, *, progress: bool = True) -> None:
+    """Stream ``url`` to ``target`` through a temporary file; the md5 is checked before the rename."""
+    from tqdm.auto import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    digest = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT_S) as response, open(partial, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}",
+                      disable=not progress) as bar:
+                while block := response.read(_CHUNK):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            if total is not None and out.tell() != total:
+                raise SourceError(f"download of {url} is truncated: got {out.tell()} of {total} bytes; run again")
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+        partial.unlink(missing_ok=True)
+        if isinstance(err, SourceError):
+            raise
+        reason = getattr(err, "reason", err)
+        raise SourceError(
+            f"{target.name} is missing and could not be downloaded from {url} ({reason}); download it "
+            f"yourself and put it at {target}, or point --medmnist-root / MEDMNIST_ROOT at a folder that has it"
+        ) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    actual = digest.hexdigest()
+    if actual != md5:
+        partial.unlink(missing_ok=True)
+        raise SourceError(f"download of {url} has md5 {actual}, expected {md5}; the file was discarded, run again "
+                          "(or check the mirror in MEDNF_MEDMNIST_URL)")
+    os.replace(partial, target)
+
+
+def _expected_md5(spec: BuilderSpec) -> str:
+    md5 = spec.source.md5.get(str(spec.source.size))
+    if md5 is None:
+        raise SourceError(f"size = {spec.source.size} has no official file for {spec.name}: expected one of "
+                          f"{sorted(int(s) for s in spec.source.md5)}; pick another --size")
+    return md5
+
+
+def locate_medmnist(spec: BuilderSpec, root: str | Path | None = None, *, download_missing: bool = True,
+                    progress: bool = True) -> tuple[Path, str]:
+    """Path of the verified official npz of ``spec`` (downloaded if missing) and its md5."""
+    expected = _expected_md5(spec)
+    path = medmnist_root(root) / spec.source.file_name
+    if not path.is_file():
+        if not download_missing:
+            raise SourceError(f"{path} is missing; download {source_url(spec)} to that path or allow downloads")
+        download(source_url(spec), path, expected, progress=progress)
+    actual = file_md5(path)
+    if actual != expected:
+        raise SourceError(
+            f"{path} has md5 {actual}, expected {expected} (official {spec.source.file_name}); delete it to "
+            "download it again, or pass your own file with --source-npz"
+        )
+    return path, actual
+
+
+def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
+    """Read and validate the three splits of a MedMNIST-layout npz (``{split}_images``, ``{split}_labels``)."""
+    src = spec.source
+    spatial = (src.size,) * src.dims
+    gray_shape = spatial if src.channels == 1 else (*spatial, src.channels)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise SourceError(f"{path} is not a readable npz file ({err}); replace it with a MedMNIST .npz") from None
+    splits = {}
+    with archive:
+        for split in SPLITS:
+            keys = (f"{split}_images", f"{split}_labels")
+            missing = [k for k in keys if k not in archive.files]
+            if missing:
+                raise SourceError(f"{path} lacks {missing}: expected keys {{train,val,test}}_{{images,labels}} "
+                                  f"(found {sorted(archive.files)}); use a MedMNIST-layout npz")
+            try:
+                images, labels = archive[keys[0]], archive[keys[1]]
+            except ValueError as err:  # object arrays need pickle: refused
+                raise SourceError(f"{path}: {keys[0]} cannot be read without pickle ({err}); "
+                                  "store plain numeric arrays") from None
+            if images.shape[1:] != gray_shape:
+                raise SourceError(f"{path}: {keys[0]} has shape {images.shape}, expected [N, {', '.join(map(str, gray_shape))}] "
+                                  f"for {spec.name} at size {src.size}; check --size and the file")
+            _check_pixels(images, f"{path}: {keys[0]}")
+            labels = labels.reshape(len(labels), -1) if labels.ndim == 1 else labels
+            expected_l = spec.labels.num_classes if spec.labels.task == "multi-label" else 1
+            if labels.ndim != 2 or labels.shape != (len(images), expected_l):
+                raise SourceError(f"{path}: {keys[1]} has shape {labels.shape}, expected ({len(images)}, {expected_l}); "
+                                  "one row of labels per image")
+            if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or (
+                    labels.max(initial=0) >= (2 if spec.labels.task == "multi-label" else spec.labels.num_classes)):
+                raise SourceError(f"{path}: {keys[1]} holds values outside the {spec.labels.num_classes} labels of "
+                                  f"{spec.name} (dtype {labels.dtype}); check the file belongs to this builder")
+            if src.channels == 3:
+                images = np.moveaxis(images, -1, 1)  # [N, H, W, 3] → [N, 3, H, W] view
+            else:
+                images = images[:, None]
+            splits[split] = SplitData(images, labels.astype(np.int64), np.arange(len(images), dtype=np.int64))
+    return splits
+
+
+def _check_pixels(images: np.ndarray, what: str) -> None:
+    if images.dtype == np.uint8:
+        return
+    if not np.issubdtype(images.dtype, np.floating):
+        raise SourceError(f"{what} has dtype {images.dtype}: expected uint8 (0..255) or float in [0, 1]; convert it")
+    bad = ~np.isfinite(images)
+    if bad.any():
+        raise SourceError(f"{what} has {int(bad.sum())} NaN/inf pixels; clean or drop those images")
+    lo, hi = float(images.min(initial=0.0)), float(images.max(initial=0.0))
+    if lo < 0.0 or hi > 1.0:
+        raise SourceError(f"{what} has float pixels in [{lo:g}, {hi:g}]: expected [0, 1]; rescale it")
+
+
+def phantom_source(spec: BuilderSpec) -> dict[str, SplitData]:
+    """PhantomNF: every split generated from the spec's seed (split i uses seed·1000 + i)."""
+    splits = {}
+    for i, split in enumerate(SPLITS):
+        images, labels = make_phantoms(spec.splits[split], spec.source.size, seed=spec.seed * 1000 + i)
+        splits[split] = SplitData(images, labels[:, None], np.arange(len(images), dtype=np.int64))
+    return splits
+
+
+def load_source(
+    spec: BuilderSpec,
+    *,
+    root: str | Path | None = None,
+    source_npz: str | Path | None = None,
+    max_samples: int | None = None,
+    download_missing: bool = True,
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+) -> SourceData:
+    """All three splits of a builder's data, validated (and limited to ``max_samples`` per split)."""
+    warn = warn or (lambda msg: warnings.warn(msg, SourceWarning, stacklevel=3))
+    if spec.source.kind == "phantom":
+        splits = phantom_source(spec)
+        description: dict[str, object] = {"kind": "phantom", "size": spec.source.size, "seed": spec.seed,
+                                          "official": True}
+    else:
+        expected = _expected_md5(spec)
+        if source_npz is not None:
+            path = Path(source_npz).expanduser()
+            if not path.is_file():
+                raise SourceError(f"--source-npz {path} does not exist; give the path of a MedMNIST-layout .npz")
+            md5 = file_md5(path)
+        else:
+            path, md5 = locate_medmnist(spec, root, download_missing=download_missing, progress=progress)
+        splits = read_npz(path, spec)
+        official = md5 == expected
+        counts = {s: len(d.images) for s, d in splits.items()}
+        if official and counts != spec.splits:
+            raise SourceError(f"{path} has split counts {counts}, but {spec.path} expects {spec.splits}; "
+                              "fix [splits] in the builder file")
+        if not official:
+            warn(f"{path} is not the official {spec.source.file_name} (md5 {md5}, official {expected}); "
+                 f"building from it anyway with split counts {counts}")
+        description = {"kind": "medmnist", "flag": spec.source.flag, "size": spec.source.size,
+                       "file": spec.source.file_name, "md5": md5, "official": official,
+                       "url": source_url(spec), "license": spec.source.license}
+    if max_samples is not None:
+        splits = {s: SplitData(d.images[:max_samples], d.labels[:max_samples], d.source_index[:max_samples])
+                  for s, d in splits.items()}
+        description["max_samples"] = max_samples
+    return SourceData(splits, description)

@@ -1,0 +1,193 @@
+"""Meta-training for a build: resumable, validated, data-parallel under torchrun.
+
+Wraps :class:`mednf.meta.MetaLearner` with what a long run needs:
+
+- **Batches** are a pure function of (seed, iteration): position ``t·B + j`` of the training stream is
+  element ``(t·B + j) mod N`` of the permutation of epoch ``(t·B + j) // N``. Inner-loop contexts are
+  keyed the same way (:mod:`mednf.context`). There is no RNG state to save: a resumed run continues
+  with exactly the batches and subsets the uninterrupted run would have drawn.
+- **Checkpoints** (θ, AdamW moments, scheduler, iteration, validation history) go into one safetensors
+  file with the scalars as JSON metadata, written atomically every ``checkpoint_every`` iterations.
+- **Validation**: every ``val_every`` iterations and at the end, the fixed val subset is fitted with the
+  test-time fit (H steps) and its mean PSNR recorded; the best θ is kept (paper §4.3) and returned.
+- **Data parallel**: rank r takes positions ``r::world`` of each global batch, gradients are summed
+  across ranks before clipping, validation rows are sharded and their PSNR sums all-reduced. Rank 0
+  writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mednf.config import EngineConfig
+from mednf.distributed import Dist
+from mednf.fit import as_float_signals, fit_latents
+from mednf.meta import MetaLearner
+from mednf.specs import BuildSettings
+from mednf.store import load_params, save_params
+
+LAST = "meta-last.safetensors"
+BEST = "meta-best.safetensors"
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    best_step: int
+    best_val_psnr: float
+    history: list[dict[str, float]] = field(default_factory=list)  # validation points
+    seconds: float = 0.0  # wall time of this process's meta-training (all runs of a resumed build)
+    resumed_from: int = 0
+
+
+def batch_positions(seed: int, iteration: int, batch: int, num_samples: int) -> np.ndarray:
+    """Training-set indices of global batch ``iteration`` ``[B]``: epoch-wise permutations, no RNG state."""
+    stream = np.arange(iteration * batch, (iteration + 1) * batch, dtype=np.int64)
+    epochs, offsets = np.divmod(stream, num_samples)
+    out = np.empty(batch, dtype=np.int64)
+    for epoch in np.unique(epochs):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(num_samples)
+        mask = epochs == epoch
+        out[mask] = perm[offsets[mask]]
+    return out
+
+
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON-able rest."""
+    tensors, scalars = {}, {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in rest["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+class MetaTrainer:
+    """Runs meta-training from the last checkpoint in ``work`` to ``cfg.meta.steps``."""
+
+    def __init__(self, cfg: EngineConfig, settings: BuildSettings, train_images: np.ndarray,
+                 val_images: np.ndarray, work: Path, *, seed: int, device: torch.device, dist: Dist,
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg, self.settings, self.work, self.seed = cfg, settings, work, seed
+        self.train_images = train_images  # [N, D, *spatial] uint8 or float
+        self.val_images = val_images[: settings.val_samples]
+        self.device, self.dist, self.log = device, dist, log
+        self.learner = MetaLearner(cfg.field, cfg.meta, seed=seed, device=device)
+        self.history: list[dict[str, float]] = []
+        self.best_step, self.best_psnr = -1, float("-inf")
+        self.seconds = 0.0
+        self.resumed_from = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, path: Path, *, with_optimizer: bool) -> None:
+        state = self.learner.state_dict()
+        tensors = {f"theta.{k}": v for k, v in state["params"].items()}
+        meta: dict[str, Any] = {"iteration": state["iteration"], "seed": state["seed"], "history": self.history,
+                                "best_step": self.best_step, "best_val_psnr": self.best_psnr,
+                                "seconds": self.seconds, "engine": self.cfg.to_dict()}
+        if with_optimizer:
+            opt_tensors, opt_rest = _optimizer_tensors(state["optimizer"])
+            tensors.update(opt_tensors)
+            meta.update(optimizer=opt_rest, scheduler=state["scheduler"])
+        save_params(path, tensors, metadata={"mednf": json.dumps(meta)})
+
+    def _resume(self) -> None:
+        path = self.work / LAST
+        if not path.is_file():
+            return
+        tensors, metadata = load_params(path)
+        meta = json.loads(metadata["mednf"])
+        if meta["engine"] != self.cfg.to_dict():
+            from mednf.errors import BuildError
+
+            raise BuildError(f"{path} was written with other hyper-parameters than this build's; rerun with the "
+                             "same options, or pass --restart to discard the unfinished build")
+        params = {k.removeprefix("theta."): v for k, v in tensors.items() if k.startswith("theta.")}
+        optim = _optimizer_state({k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
+        self.learner.load_state_dict({"params": params, "optimizer": optim, "scheduler": meta["scheduler"],
+                                      "iteration": meta["iteration"], "seed": meta["seed"]})
+        self.history = meta["history"]
+        self.best_step, self.best_psnr = meta["best_step"], meta["best_val_psnr"]
+        self.seconds = meta["seconds"]
+        self.resumed_from = meta["iteration"]
+        self.log(f"resuming meta-training at iteration {self.resumed_from} from {path}")
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> float:
+        """Mean PSNR of the fixed val subset after the test-time fit (sharded over ranks)."""
+        mine = self.val_images[self.dist.rank::self.dist.world]
+        total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        if len(mine):
+            result = fit_latents(self.learner.detached_params(), mine, self.cfg.field, self.cfg.fit,
+                                 device=self.device, seed=self.seed)
+            total += torch.tensor([float(result.psnr.double().sum()), float(len(mine))], device=total.device)
+        self.dist.sum_([total])
+        return float(total[0] / total[1])
+
+    # ------------------------------------------------------------------ loop
+    def run(self, *, progress: bool = True) -> TrainSummary:
+        from tqdm.auto import tqdm
+
+        self._resume()
+        meta, dist = self.cfg.meta, self.dist
+        steps, batch = meta.steps, meta.batch_size
+        mine = np.arange(dist.rank, batch, dist.world)  # this rank's positions in every global batch
+        positions = torch.from_numpy(mine)
+        bar = tqdm(total=steps, initial=self.learner.iteration, desc="meta-training", unit="it",
+                   disable=not (progress and dist.is_main), dynamic_ncols=True)
+        reduce = dist.sum_ if dist.enabled else None
+        stats: dict[str, float] = {}
+        while self.learner.iteration < steps:
+            started = time.perf_counter()
+            it = self.learner.iteration
+            idx = batch_positions(self.seed, it, batch, len(self.train_images))[mine]
+            signals = as_float_signals(np.ascontiguousarray(self.train_images[idx]))
+            stats = self.learner.step(signals, positions=positions, global_batch=batch, reduce_grads=reduce)
+            done = self.learner.iteration
+            if done % self.settings.val_every == 0 or done == steps:
+                val = self.validate()
+                self.history.append({"step": done, "val_psnr": val, "train_psnr": stats["psnr"]})
+                improved = val > self.best_psnr
+                if improved:
+                    self.best_step, self.best_psnr = done, val
+                    if dist.is_main:
+                        self._save(self.work / BEST, with_optimizer=False)
+                self.log(f"iteration {done}: val PSNR {val:.2f} dB (fit H={self.cfg.fit.steps}) "
+                         f"{'new best' if improved else f'best {self.best_psnr:.2f} dB at {self.best_step}'}")
+            self.seconds += time.perf_counter() - started
+            if dist.is_main and (done % self.settings.checkpoint_every == 0 or done == steps):
+                self._save(self.work / LAST, with_optimizer=True)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", refresh=False)
+            bar.update(1)
+        bar.close()
+        dist.barrier()
+        return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from)
+
+    def best_params(self) -> dict[str, torch.Tensor]:
+        """θ of the best validation (the final θ if there was no validation yet)."""
+        path = self.work / BEST
+        if path.is_file():
+            tensors, _ = load_params(path)
+            return {k.removeprefix("theta."): v for k, v in tensors.items() if k.startswith("theta.")}
+        return {k: v.cpu() for k, v in self.learner.detached_params().items()}
