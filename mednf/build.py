@@ -367,8 +367,10 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
     dist.barrier()
     if (out / MANIFEST).is_file():
         manifest = verify_dataset(out, checksums=False)
-        done = {"builder": manifest["builder"] | {"path": ""}, "engine": manifest["engine"]}
-        wanted = json.loads(json.dumps({"builder": spec.to_dict() | {"path": ""}, "engine": cfg.to_dict()}))
+        done = {"builder": manifest["builder"] | {"path": ""}, "engine": manifest["engine"],
+                "max_samples": manifest["source"].get("max_samples")}
+        wanted = json.loads(json.dumps({"builder": spec.to_dict() | {"path": ""}, "engine": cfg.to_dict(),
+                                        "max_samples": options.max_samples}))
         if done != wanted:
             raise BuildError(f"{out} holds a complete {manifest['name']} built with other settings "
                              f"({'; '.join(_differences(done, wanted)[:3])}); pass --restart to rebuild it, "

@@ -146,3 +146,7 @@ def list_builders() -> None:
         tag = "" if s.paper else " (extra)" if s.source.kind != "phantom" else " (embedded)"
         click.echo(f"{s.name:13s} {s.modality[:26]:26s} {size:>7s} {s.source.channels:>3d} {s.labels.task:12s} "
                    f"{s.splits['train']:>7d} {s.splits['val']:>6d} {s.splits['test']:>6d}  {s.preset}{tag}")
+
+
+if __name__ == "__main__":
+    main()

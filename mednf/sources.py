@@ -21,6 +21,8 @@ import os
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +148,7 @@ def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
     gray_shape = spatial if src.channels == 1 else (*spatial, src.channels)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise SourceError(f"{path} is not a readable npz file ({err}); replace it with a MedMNIST .npz") from None
     splits = {}
     with archive:
@@ -161,6 +163,8 @@ def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
             except ValueError as err:  # object arrays need pickle: refused
                 raise SourceError(f"{path}: {keys[0]} cannot be read without pickle ({err}); "
                                   "store plain numeric arrays") from None
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                raise SourceError(f"{path}: {split} arrays are damaged ({err}); download or write the file again") from None
             if images.shape[1:] != gray_shape:
                 raise SourceError(f"{path}: {keys[0]} has shape {images.shape}, expected [N, {', '.join(map(str, gray_shape))}] "
                                   f"for {spec.name} at size {src.size}; check --size and the file")

@@ -86,7 +86,7 @@ class BuilderSpec:
 
     def with_size(self, size: int) -> BuilderSpec:
         """The same sub-dataset at another MedMNIST resolution; the paper preset follows the size."""
-        sizes = {int(s) for s in self.source.md5} if self.source.kind == "medmnist" else {size}
+        sizes = {int(s) for s in self.source.md5} if self.source.kind == "medmnist" else {size}  # phantoms: any
         if size not in sizes:
             raise ConfigError(f"size = {size} is not available for {self.name}: expected one of "
                               f"{sorted(sizes)}; pick a MedMNIST size that exists")

@@ -131,7 +131,10 @@ class MetaTrainer:
         self.best_step, self.best_psnr = meta["best_step"], meta["best_val_psnr"]
         self.seconds = meta["seconds"]
         self.resumed_from = meta["iteration"]
-        self.log(f"resuming meta-training at iteration {self.resumed_from} from {path}")
+        if self.resumed_from >= self.cfg.meta.steps:
+            self.log(f"meta-training finished in an earlier run ({self.resumed_from} iterations)")
+        else:
+            self.log(f"resuming meta-training at iteration {self.resumed_from} from {path}")
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> float:

@@ -1,0 +1,131 @@
+"""`mednf build` end to end: PhantomNF (tiny preset) and the real MedMNIST files, checked against the
+format and against independent recomputation (decode with θ from the file, per-sample refit)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+from conftest import SHARED_MEDMNIST, report
+from safetensors.torch import load_file
+
+from mednf.build import BuildOptions, build
+from mednf.config import EngineConfig
+from mednf.field import decode
+from mednf.fit import fit_latents
+from mednf.meta import mse_to_psnr
+from mednf.phantoms import make_phantoms
+from mednf.store import verify_dataset
+
+TINY = {"preset": "tiny", "size": 32, "max_samples": 20, "progress": False,
+            "build_overrides": {"block_rows": 8, "val_every": 10, "val_samples": 6}}
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "PhantomNF"
+    build("phantomnf", BuildOptions(out=out, **TINY))
+    return out
+
+
+def test_manifest_and_checksums(phantom_dir):
+    manifest = verify_dataset(phantom_dir)  # sizes + sha256 of every file, one index row per sample
+    assert manifest["name"] == "PhantomNF" and manifest["format_version"] == 1
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 20, "val": 20, "test": 20}
+    assert manifest["engine"]["field"]["latent_dim"] == 32 and manifest["builder"]["preset"] == "tiny"
+    assert manifest["source"] == {"kind": "phantom", "size": 32, "seed": 0, "official": True, "max_samples": 20}
+    assert manifest["meta_training"]["steps"] == 20 and manifest["meta_training"]["best_step"] in (10, 20)
+    assert {"mednf", "torch", "zarr"} <= set(manifest["software"])
+    assert "model.safetensors" in manifest["files"] and "index.parquet" in manifest["files"]
+    assert any(name.startswith("latents.zarr/") for name in manifest["files"])
+    assert not (phantom_dir / ".partial").exists()
+    assert sorted(p.name for p in phantom_dir.iterdir()) == [
+        ".lock", "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json", "model.safetensors"]
+
+
+def test_rows_labels_and_psnr_recomputed_independently(phantom_dir):
+    manifest = json.loads((phantom_dir / "mednf.json").read_text())
+    cfg = EngineConfig.from_dict(manifest["engine"])
+    theta = load_file(phantom_dir / "model.safetensors")
+    index = pq.read_table(phantom_dir / "index.parquet").to_pydict()
+    group = zarr.open_group(str(phantom_dir / "latents.zarr"), mode="r")
+    for i, split in enumerate(("train", "val", "test")):
+        images, labels = make_phantoms(manifest["builder"]["splits"][split], 32, seed=i)
+        images, labels = images[:20], labels[:20]
+        rows = [j for j, s in enumerate(index["split"]) if s == split]
+        assert [index["row"][j] for j in rows] == list(range(20))
+        assert [index["source_index"][j] for j in rows] == list(range(20))
+        assert [index["label"][j] for j in rows] == labels.tolist()
+        latents = torch.from_numpy(group[split][:])  # [20, P]
+        recon = decode(theta, latents, cfg.field, (32, 32))  # [20, 1, 32, 32]
+        psnr = mse_to_psnr((recon - torch.from_numpy(images)).pow(2).flatten(1).mean(1))
+        np.testing.assert_allclose([index["psnr"][j] for j in rows], psnr.numpy(), atol=1e-3)
+        stats = manifest["splits"][split]
+        assert stats["psnr_mean"] == pytest.approx(float(psnr.mean()), abs=1e-3)
+        assert f"| {split} | 20 | {stats['psnr_mean']:.2f}" in (phantom_dir / "README.md").read_text()
+
+
+def test_stored_latents_equal_a_per_sample_fit(phantom_dir):
+    """Blocks, batches and the rank/resume logic must not change a latent: refit each image alone."""
+    manifest = json.loads((phantom_dir / "mednf.json").read_text())
+    cfg = EngineConfig.from_dict(manifest["engine"])
+    theta = load_file(phantom_dir / "model.safetensors")
+    images, _ = make_phantoms(manifest["builder"]["splits"]["test"], 32, seed=2)
+    stored = zarr.open_array(str(phantom_dir / "latents.zarr" / "test"), mode="r")[:]
+    for i in (0, 7, 8, 19):  # first row, block edges, last row
+        alone = fit_latents(theta, images[i:i + 1], cfg.field, cfg.fit, seed=manifest["fit_seed"], first_index=i)
+        np.testing.assert_allclose(stored[i], alone.latents[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_card_front_matter(phantom_dir):
+    card = (phantom_dir / "README.md").read_text()
+    assert card.startswith("---\n") and "license: cc0-1.0" in card and "pretty_name: PhantomNF" in card
+    assert "first 20 samples of each split only" in card and "$" not in card.split("```python")[0]
+
+
+def test_rerun_reports_complete_and_other_settings_are_refused(phantom_dir):
+    from mednf.errors import BuildError
+
+    build("phantomnf", BuildOptions(out=phantom_dir, **TINY))  # same settings: nothing to do
+    with pytest.raises(BuildError, match="built with other settings .*engine.meta.steps: 20 → 30"):
+        build("phantomnf", BuildOptions(out=phantom_dir, overrides={"meta": {"steps": 30}}, **TINY))
+
+
+@pytest.mark.slow
+def test_real_breastmnist_64_build(tmp_path):
+    if not (SHARED_MEDMNIST / "breastmnist_64.npz").is_file():
+        pytest.skip(f"real MedMNIST file {SHARED_MEDMNIST / 'breastmnist_64.npz'} is absent")
+    out = tmp_path / "BreastNF"
+    build("breastnf", BuildOptions(out=out, preset="tiny", medmnist_root=SHARED_MEDMNIST, progress=False,
+                                   overrides={"meta": {"steps": 40}}))
+    manifest = verify_dataset(out)
+    assert manifest["source"]["official"] and manifest["source"]["md5"] == "742edef2a1fd1524b2efff4bd7ba9364"
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 546, "val": 78, "test": 156}
+    index = pq.read_table(out / "index.parquet").to_pydict()
+    test_labels = [label for split, label in zip(index["split"], index["label"]) if split == "test"]
+    with np.load(SHARED_MEDMNIST / "breastmnist_64.npz") as data:
+        np.testing.assert_array_equal(test_labels, data["test_labels"][:, 0])
+    test = manifest["splits"]["test"]
+    report(f"BreastNF build (real breastmnist_64.npz, preset tiny, 40 meta steps): test PSNR "
+           f"{test['psnr_mean']:.2f} dB, SSIM {test['ssim_mean']:.3f}")
+    assert test["psnr_mean"] > 15.0
+
+
+@pytest.mark.slow
+def test_real_pneumoniamnist_28_build(tmp_path):
+    if not (SHARED_MEDMNIST / "pneumoniamnist.npz").is_file():
+        pytest.skip(f"real MedMNIST file {SHARED_MEDMNIST / 'pneumoniamnist.npz'} is absent")
+    out = tmp_path / "PneumoniaNF"
+    build("pneumonianf", BuildOptions(out=out, size=28, preset="tiny", medmnist_root=SHARED_MEDMNIST,
+                                      progress=False, overrides={"meta": {"steps": 40}}))
+    manifest = verify_dataset(out)
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 4708, "val": 524, "test": 624}
+    assert manifest["source"]["file"] == "pneumoniamnist.npz" and manifest["source"]["official"]
+    test = manifest["splits"]["test"]
+    report(f"PneumoniaNF build (real pneumoniamnist.npz 28², preset tiny, 40 meta steps): test PSNR "
+           f"{test['psnr_mean']:.2f} dB, SSIM {test['ssim_mean']:.3f}")
+    assert test["psnr_mean"] > 15.0
