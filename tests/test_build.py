@@ -129,3 +129,84 @@ def test_real_pneumoniamnist_28_build(tmp_path):
     report(f"PneumoniaNF build (real pneumoniamnist.npz 28², preset tiny, 40 meta steps): test PSNR "
            f"{test['psnr_mean']:.2f} dB, SSIM {test['ssim_mean']:.3f}")
     assert test["psnr_mean"] > 15.0
+
+
+@pytest.mark.slow
+def test_real_adrenalmnist3d_build_goes_through_the_same_path(tmp_path):
+    if not (SHARED_MEDMNIST / "adrenalmnist3d.npz").is_file():
+        pytest.skip(f"real MedMNIST file {SHARED_MEDMNIST / 'adrenalmnist3d.npz'} is absent")
+    out = tmp_path / "AdrenalNF3D"
+    build("adrenalnf3d", BuildOptions(out=out, preset="tiny", medmnist_root=SHARED_MEDMNIST, max_samples=24,
+                                      progress=False, build_overrides={"block_rows": 16}))
+    manifest = verify_dataset(out)
+    assert manifest["engine"]["field"]["in_dims"] == 3 and manifest["source"]["official"]
+    cfg = EngineConfig.from_dict(manifest["engine"])
+    theta = load_file(out / "model.safetensors")
+    latents = torch.from_numpy(zarr.open_array(str(out / "latents.zarr" / "test"), mode="r")[:3])
+    with np.load(SHARED_MEDMNIST / "adrenalmnist3d.npz") as data:
+        volumes = torch.from_numpy(data["test_images"][:3, None].astype(np.float32) / 255)  # [3, 1, 28, 28, 28]
+    recon = decode(theta, latents, cfg.field, (28, 28, 28))
+    psnr = mse_to_psnr((recon - volumes).pow(2).flatten(1).mean(1))
+    index = pq.read_table(out / "index.parquet").to_pydict()
+    stored = [p for s, p in zip(index["split"], index["psnr"]) if s == "test"][:3]
+    np.testing.assert_allclose(stored, psnr.numpy(), atol=1e-3)
+    report(f"AdrenalNF3D build (real adrenalmnist3d.npz 28³, preset tiny, 24 per split): test PSNR "
+           f"{manifest['splits']['test']['psnr_mean']:.2f} dB, SSIM {manifest['splits']['test']['ssim_mean']:.3f}")
+
+
+def test_command_line_overrides_are_recorded(tmp_path):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    out = tmp_path / "P"
+    result = CliRunner().invoke(main, [
+        "build", "phantomnf", "--out", str(out), "--preset", "tiny", "--size", "16", "--max-samples", "6",
+        "--steps", "3", "--batch-size", "4", "--latent-dim", "16", "--fit-steps", "2", "--quiet",
+        "--set", "meta.inner_steps=1", "--set", "field.shift_mode=outside", "--set", "build.val_samples=2"])
+    assert result.exit_code == 0, result.output
+    manifest = verify_dataset(out)
+    engine = manifest["engine"]
+    assert (engine["meta"]["steps"], engine["meta"]["batch_size"], engine["meta"]["inner_steps"]) == (3, 4, 1)
+    assert (engine["field"]["latent_dim"], engine["field"]["shift_mode"], engine["fit"]["steps"]) == (16, "outside", 2)
+    assert manifest["builder"]["build"]["val_samples"] == 2 and manifest["builder"]["source"]["size"] == 16
+
+
+def test_the_best_validated_theta_is_the_one_saved(tmp_path):
+    """Replay meta-training independently up to the best validation step: that θ is model.safetensors."""
+    from mednf.meta import MetaLearner
+    from mednf.trainer import batch_positions
+
+    out = tmp_path / "P"
+    build("phantomnf", BuildOptions(out=out, preset="tiny", size=16, max_samples=16, progress=False,
+                                    overrides={"meta": {"steps": 8, "meta_lr": 0.05}},
+                                    build_overrides={"val_every": 1, "val_samples": 4}))
+    manifest = verify_dataset(out)
+    history = manifest["meta_training"]["history"]
+    assert [h["step"] for h in history] == list(range(1, 9))
+    best = max(history, key=lambda h: h["val_psnr"])
+    assert manifest["meta_training"]["best_step"] == best["step"]
+    cfg = EngineConfig.from_dict(manifest["engine"])
+    images, _ = make_phantoms(manifest["builder"]["splits"]["train"], 16, seed=0)
+    learner = MetaLearner(cfg.field, cfg.meta, seed=0)
+    for it in range(best["step"]):
+        learner.step(torch.from_numpy(images[:16][batch_positions(0, it, cfg.meta.batch_size, 16)]))
+    saved = load_file(out / "model.safetensors")
+    for name, value in learner.detached_params().items():
+        np.testing.assert_allclose(saved[name].numpy(), value.numpy(), rtol=1e-6, atol=1e-7)
+    report(f"best-checkpoint test: validation PSNR per step {[round(h['val_psnr'], 2) for h in history]}, "
+           f"best at step {best['step']}")
+
+
+def test_dermanf_card_carries_the_non_commercial_licence(phantom_dir):
+    from mednf.card import render_card
+    from mednf.specs import load_builder
+
+    manifest = json.loads((phantom_dir / "mednf.json").read_text())
+    manifest["builder"] = json.loads(json.dumps(load_builder("dermanf").to_dict()))
+    manifest["name"] = "DermaNF"
+    manifest["source"] = {"kind": "medmnist", "flag": "dermamnist", "size": 64, "file": "dermamnist_64.npz",
+                          "md5": "b70a2f5635c6199aeaa28c31d7202e1f", "official": True, "license": "CC BY-NC 4.0"}
+    card = render_card(manifest)
+    assert "license: cc-by-nc-4.0" in card and "Non-commercial use only" in card and "yang2023medmnist" in card
+    assert "HAM10000" in card and "dermamnist_64.npz" in card
