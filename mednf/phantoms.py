@@ -35,13 +35,13 @@ def make_phantoms(count: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray
         tilt = rng.uniform(-0.2, 0.2)
         img[_ellipse_mask(yy, xx, 0.0, 0.0, ry, rx, tilt)] = 0.85  # skull
         img[_ellipse_mask(yy, xx, 0.0, 0.0, ry - 0.07, rx - 0.07, tilt)] = 0.25  # brain
-        for _ in range(rng.integers(2, 5)):  # ventricles and other structures, darker or brighter
+        for _ in range(rng.integers(2, 5)):  # ventricles and other structures, clearly darker or brighter
             cy, cx = rng.uniform(-0.4, 0.4, size=2)
             mask = _ellipse_mask(yy, xx, cy, cx, rng.uniform(0.08, 0.3), rng.uniform(0.05, 0.2), rng.uniform(0, np.pi))
-            img[mask] += rng.uniform(-0.15, 0.2)
-        for _ in range(labels[i]):  # lesions: small bright spots
+            img[mask] += rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.3)
+        for _ in range(labels[i]):  # lesions: bright spots, large enough to survive a CPU-sized field
             cy, cx = rng.uniform(-0.45, 0.45, size=2)
-            radius = rng.uniform(0.04, 0.09)
+            radius = rng.uniform(0.07, 0.12)
             img[_ellipse_mask(yy, xx, cy, cx, radius, radius * rng.uniform(0.7, 1.0), 0.0)] = 0.95
     images = np.clip(images, 0.0, 1.0).astype(np.float32)
     return images[:, None], labels.astype(np.int64)
