@@ -106,8 +106,8 @@ def prepare_spec(name_or_path: str | Path, options: BuildOptions) -> tuple[Build
     spec = load_builder(name_or_path)
     if options.size is not None:
         spec = spec.with_size(options.size)
-    if options.preset is not None:
-        spec = dataclasses.replace(spec, preset=options.preset)
+    if options.preset is not None:  # another preset replaces the builder's whole [engine] section
+        spec = dataclasses.replace(spec, preset=options.preset, engine_overrides={})
     if options.build_overrides:
         known = {f.name for f in dataclasses.fields(spec.build)}
         unknown = sorted(set(options.build_overrides) - known)

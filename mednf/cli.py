@@ -89,7 +89,7 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--latent-dim", type=int, help="Latent size P (field.latent_dim).")
 @click.option("--fit-steps", type=int, help="Test-time fit steps H (fit.steps).")
 @click.option("--size", type=int, help="MedMNIST resolution (28, 64, 128, 224); 128/224 use the paper's presets.")
-@click.option("--preset", help="Engine preset instead of the builder's (see `mednf presets`).")
+@click.option("--preset", help="Engine preset instead of the builder's [engine] section (see `mednf presets`).")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Any engine or build setting, e.g. --set meta.inner_steps=5 --set build.val_every=100.")
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",

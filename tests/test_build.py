@@ -179,13 +179,13 @@ def test_the_best_validated_theta_is_the_one_saved(tmp_path):
 
     out = tmp_path / "P"
     build("phantomnf", BuildOptions(out=out, preset="tiny", size=16, max_samples=16, progress=False,
-                                    overrides={"meta": {"steps": 8, "meta_lr": 0.05}},
+                                    overrides={"meta": {"steps": 8, "meta_lr": 0.03}},
                                     build_overrides={"val_every": 1, "val_samples": 4}))
     manifest = verify_dataset(out)
     history = manifest["meta_training"]["history"]
     assert [h["step"] for h in history] == list(range(1, 9))
     best = max(history, key=lambda h: h["val_psnr"])
-    assert manifest["meta_training"]["best_step"] == best["step"]
+    assert manifest["meta_training"]["best_step"] == best["step"] < 8  # β 0.03 overshoots: best is not last
     cfg = EngineConfig.from_dict(manifest["engine"])
     images, _ = make_phantoms(manifest["builder"]["splits"]["train"], 16, seed=0)
     learner = MetaLearner(cfg.field, cfg.meta, seed=0)

@@ -73,7 +73,7 @@ def test_user_builder_file(tmp_path):
 
     source = resources.files("mednf.builders").joinpath("phantomnf.toml").read_text()
     path = tmp_path / "mine.toml"
-    path.write_text(source.replace('name = "PhantomNF"', 'name = "MyPhantoms"').replace("train = 800", "train = 10"))
+    path.write_text(source.replace('name = "PhantomNF"', 'name = "MyPhantoms"').replace("train = 600", "train = 10"))
     spec = load_builder(str(path))
     assert spec.name == "MyPhantoms" and spec.splits["train"] == 10 and spec.path == str(path)
 
