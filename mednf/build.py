@@ -62,7 +62,7 @@ from mednf.store import (
     write_index,
     write_latent_block,
 )
-from mednf.trainer import MetaTrainer
+from mednf.trainer import MetaTrainer, TrainSummary
 
 log = logging.getLogger("mednf.build")
 
@@ -259,7 +259,7 @@ def _device_name(device: torch.device) -> str:
 
 
 def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
-              theta: dict[str, torch.Tensor], summary: Any, device: torch.device, dist: Dist) -> dict[str, Any]:
+              theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist) -> dict[str, Any]:
     from mednf import __version__
     from mednf.card import render_card
 

@@ -29,6 +29,7 @@ import torch
 
 from mednf.config import EngineConfig
 from mednf.distributed import Dist
+from mednf.errors import BuildError
 from mednf.fit import as_float_signals, fit_latents
 from mednf.meta import MetaLearner
 from mednf.specs import BuildSettings
@@ -119,8 +120,6 @@ class MetaTrainer:
         tensors, metadata = load_params(path)
         meta = json.loads(metadata["mednf"])
         if meta["engine"] != self.cfg.to_dict():
-            from mednf.errors import BuildError
-
             raise BuildError(f"{path} was written with other hyper-parameters than this build's; rerun with the "
                              "same options, or pass --restart to discard the unfinished build")
         params = {k.removeprefix("theta."): v for k, v in tensors.items() if k.startswith("theta.")}
