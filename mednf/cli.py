@@ -148,5 +148,86 @@ def list_builders() -> None:
                    f"{s.splits['train']:>7d} {s.splits['val']:>6d} {s.splits['test']:>6d}  {s.preset}{tag}")
 
 
+@main.command()
+@click.argument("name")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_friendly
+def info(name: str, root: Path | None, as_json: bool) -> None:
+    """Summary of a built dataset: counts, latent size, hyper-parameters, PSNR/SSIM, licence."""
+    import json
+
+    from mednf.dataset import info as dataset_info
+
+    summary = dataset_info(name, root)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    f, m = summary["engine"]["field"], summary["engine"]["meta"]
+    click.echo(f"{summary['name']}  ({summary['path']}, {summary['size_bytes'] / 2**20:.1f} MiB)")
+    click.echo(f"  latent P={summary['latent_dim']}  network K={f['num_layers']} L={f['hidden_dim']} "
+               f"ω {f['omega_first']:g}→{(f['omega_last'] or f['omega_first']):g}  meta {m['steps']} it, B={m['batch_size']}")
+    click.echo(f"  labels: {summary['labels']['task']}, {len(summary['labels']['names'])} classes; "
+               f"licence: {summary['license']}")
+    for split, s in summary["splits"].items():
+        ssim = f"{s['ssim_mean']:.3f}" if s["ssim_mean"] is not None else "—"
+        click.echo(f"  {split:5s} {s['count']:7d} samples  PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB  SSIM {ssim}")
+
+
+def _parse_indices(text: str, n: int) -> list[int]:
+    """``0:16``, ``3``, ``1,5,9`` or ``-4:`` → positions (checked against ``n``)."""
+    from mednf.config import ConfigError
+
+    try:
+        if ":" in text:
+            parts = [int(p) if p else None for p in text.split(":")]
+            return list(range(n))[slice(*parts)]
+        positions = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--indices {text!r} is invalid: expected START:STOP, a number, or a comma list") from None
+    bad = [p for p in positions if not -n <= p < n]
+    if bad:
+        raise ConfigError(f"--indices {bad} are out of range: the split has {n} samples (0..{n - 1})")
+    return [p % n for p in positions]
+
+
+@main.command()
+@click.argument("name")
+@click.option("--split", default="test", show_default=True)
+@click.option("--indices", default="0:16", show_default=True, help="START:STOP, N, or a comma list.")
+@click.option("--size", type=int, help="Decode at this side length (default: the training resolution).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="grid.png, or x.npy for the raw array.")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
+@click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
+              help="Where the source npz is, to show inputs beside reconstructions.")
+@click.option("--gpu", type=int, default=None, help="Decode on cuda:N.")
+@_friendly
+def decode(name: str, split: str, indices: str, size: int | None, out: Path, root: Path | None,
+           medmnist_root: Path | None, gpu: int | None) -> None:
+    """Decode latents of NAME to images: a PNG grid (inputs beside reconstructions when the source
+    images are available) or the raw array as .npy."""
+    import numpy as np
+
+    from mednf.build import resolve_device
+    from mednf.config import ConfigError
+    from mednf.dataset import load
+    from mednf.grid import save_grid
+    from mednf.sources import source_images
+
+    if out.suffix.lower() not in (".png", ".npy"):
+        raise ConfigError(f"--out {out} is invalid: expected a .png or .npy file name")
+    ds = load(name, split, root=root)
+    positions = _parse_indices(indices, len(ds))
+    images = ds.decode(positions, size=size, device=resolve_device(gpu))  # [n, D, *spatial]
+    if out.suffix.lower() == ".npy":
+        np.save(out, images.numpy())
+        click.echo(f"wrote {out}: array {tuple(images.shape)} float32 in [0, 1]")
+        return
+    inputs = source_images(ds.manifest, split, ds.source_index[positions], medmnist_root)
+    save_grid(out, images.numpy(), inputs)
+    click.echo(f"wrote {out}: {len(positions)} reconstructions at {tuple(images.shape[2:])}"
+               + (" beside their inputs" if inputs is not None else " (source images not available)"))
+
+
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 NUM_CLASSES = 4  # 0, 1, 2 or 3 lesions
+GENERATOR_VERSION = 2  # bump when the drawing changes: built datasets record it (their inputs regenerate only if equal)
 
 
 def _ellipse_mask(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float) -> np.ndarray:

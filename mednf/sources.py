@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mednf.errors import SourceError
-from mednf.phantoms import make_phantoms
+from mednf.phantoms import GENERATOR_VERSION, make_phantoms
 from mednf.specs import SPLITS, BuilderSpec
 
 DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")  # medmnist.info.DEFAULT_ROOT
@@ -223,7 +223,7 @@ def load_source(
     if spec.source.kind == "phantom":
         splits = phantom_source(spec)
         description: dict[str, object] = {"kind": "phantom", "size": spec.source.size, "seed": spec.seed,
-                                          "official": True}
+                                          "generator": GENERATOR_VERSION, "official": True}
     else:
         expected = _expected_md5(spec)
         if source_npz is not None:
@@ -250,3 +250,23 @@ def load_source(
                   for s, d in splits.items()}
         description["max_samples"] = max_samples
     return SourceData(splits, description)
+
+
+def source_images(manifest: dict, split: str, source_index: np.ndarray,
+                  root: str | Path | None = None) -> np.ndarray | None:
+    """The original images ``[n, D, *spatial]`` (float in [0, 1]) of a built dataset's samples, when they
+    can be had without a download: phantoms are regenerated, MedMNIST files are read from the root if
+    present with the md5 the manifest recorded. None otherwise."""
+    source = manifest["source"]
+    spec = BuilderSpec.from_dict(manifest["builder"])
+    if source["kind"] == "phantom":
+        if source.get("generator") != GENERATOR_VERSION:
+            return None  # drawn by another version of mednf.phantoms
+        data = phantom_source(spec)[split]
+    else:
+        path = medmnist_root(root) / spec.source.file_name
+        if not path.is_file() or file_md5(path) != source["md5"]:
+            return None
+        data = read_npz(path, spec)[split]
+    images = data.images[np.asarray(source_index)]
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)

@@ -84,6 +84,14 @@ class BuilderSpec:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuilderSpec:
+        """Inverse of :meth:`to_dict` (e.g. the ``builder`` entry of a manifest)."""
+        labels = data["labels"]
+        return cls(**{**data, "source": SourceSpec(**data["source"]),
+                      "labels": LabelSpec(task=labels["task"], names=tuple(labels["names"])),
+                      "build": BuildSettings(**data["build"])})
+
     def with_size(self, size: int) -> BuilderSpec:
         """The same sub-dataset at another MedMNIST resolution; the paper preset follows the size."""
         sizes = {int(s) for s in self.source.md5} if self.source.kind == "medmnist" else {size}  # phantoms: any

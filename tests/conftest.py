@@ -34,3 +34,18 @@ def load_npz(name: str) -> dict[str, np.ndarray]:
         pytest.skip(f"real MedMNIST file {path} is absent (set MEDNF_TEST_MEDMNIST to its folder)")
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
+
+
+# PhantomNF with the `tiny` preset at 32², 20 samples per split, blocks of 8 rows: seconds to build.
+TINY = {"preset": "tiny", "size": 32, "max_samples": 20, "progress": False,
+        "build_overrides": {"block_rows": 8, "val_every": 10, "val_samples": 6}}
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A real dataset built by `mednf build` once per test session (read-only for the tests)."""
+    from mednf.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("built") / "PhantomNF"
+    build("phantomnf", BuildOptions(out=out, **TINY))
+    return out

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr
-from conftest import SHARED_MEDMNIST, report
+from conftest import SHARED_MEDMNIST, TINY, report
 from safetensors.torch import load_file
 
 from mednf.build import BuildOptions, build
@@ -21,23 +21,14 @@ from mednf.meta import mse_to_psnr
 from mednf.phantoms import make_phantoms
 from mednf.store import verify_dataset
 
-TINY = {"preset": "tiny", "size": 32, "max_samples": 20, "progress": False,
-            "build_overrides": {"block_rows": 8, "val_every": 10, "val_samples": 6}}
-
-
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("build") / "PhantomNF"
-    build("phantomnf", BuildOptions(out=out, **TINY))
-    return out
-
 
 def test_manifest_and_checksums(phantom_dir):
     manifest = verify_dataset(phantom_dir)  # sizes + sha256 of every file, one index row per sample
     assert manifest["name"] == "PhantomNF" and manifest["format_version"] == 1
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 20, "val": 20, "test": 20}
     assert manifest["engine"]["field"]["latent_dim"] == 32 and manifest["builder"]["preset"] == "tiny"
-    assert manifest["source"] == {"kind": "phantom", "size": 32, "seed": 0, "official": True, "max_samples": 20}
+    assert manifest["source"] == {"kind": "phantom", "size": 32, "seed": 0, "generator": 2, "official": True,
+                                  "max_samples": 20}
     assert manifest["meta_training"]["steps"] == 20 and manifest["meta_training"]["best_step"] in (10, 20)
     assert {"mednf", "torch", "zarr"} <= set(manifest["software"])
     assert "model.safetensors" in manifest["files"] and "index.parquet" in manifest["files"]

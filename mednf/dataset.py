@@ -1,0 +1,295 @@
+"""``mednf.load``: a built MedNF dataset as a PyTorch dataset, a Hugging Face dataset, and decoded images.
+
+- :class:`MedNFDataset` *is* a ``torch.utils.data.Dataset``: ``ds[i]`` → ``{'latent': [P], 'label',
+  'index', 'psnr'}``; slices, lists and index arrays return a batch (stacked tensors). The split's latent
+  matrix is read from Zarr once, on first use, in the process that uses it (so ``DataLoader`` workers
+  each open the store themselves; nothing opened is inherited through fork or pickled to spawn).
+- ``ds.decode(indices, size=...)`` renders latents with θ at any resolution, batched, on CPU or GPU;
+  ``ds.with_images(size)`` returns a view whose items also carry ``image``.
+- ``ds.to_hf()`` builds a ``datasets.Dataset`` whose latent column wraps the in-memory matrix without a
+  copy (Arrow ``fixed_size_list<float>[P]`` over the numpy buffer), labels as ``ClassLabel``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mednf.build import mednf_home
+from mednf.config import ConfigError, EngineConfig
+from mednf.errors import MednfError
+from mednf.specs import SPLITS
+from mednf.store import INDEX, LATENTS, MANIFEST, MODEL, load_params, read_manifest, verify_dataset
+
+IndexLike = int | slice | Sequence[int] | np.ndarray | Tensor
+
+
+class NotFoundError(MednfError):
+    """No dataset of that name or path is available locally."""
+
+
+def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Path:
+    """A dataset directory from a path, or from a name (case-insensitive) in ``root`` / ``$MEDNF_HOME``."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise NotFoundError(f"{path} has no {MANIFEST}: it is not a complete MedNF dataset (an unfinished "
+                                "build resumes when you rerun `mednf build`)")
+        return path
+    home = Path(root).expanduser() if root else mednf_home()
+    name = str(name_or_path)
+    candidates = [p for p in home.iterdir() if (p / MANIFEST).is_file()] if home.is_dir() else []
+    for candidate in candidates:
+        if candidate.name.lower() == name.lower():
+            return candidate
+    known = sorted(p.name for p in candidates)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise NotFoundError(f"dataset {name!r} is not in {home} (found: {', '.join(known) or 'none'}){hint}; "
+                        f"build it with `mednf build {name.lower()}` or give the path of a dataset directory")
+
+
+def _check_split(split: str, manifest: dict[str, Any]) -> None:
+    if split not in manifest["splits"]:
+        raise ConfigError(f"split = {split!r} is invalid: expected one of {', '.join(manifest['splits'])} "
+                          "(or None for all splits)")
+
+
+class MedNFDataset(torch.utils.data.Dataset):
+    """One split of a MedNF dataset (see the module docstring)."""
+
+    def __init__(self, root: str | Path, split: str, *, device: str | torch.device | None = None,
+                 image_size: int | Sequence[int] | None = None, verify: bool = True) -> None:
+        self.root = Path(root)
+        self.manifest = verify_dataset(self.root, checksums=False) if verify else read_manifest(self.root)
+        _check_split(split, self.manifest)
+        self.split = split
+        self.name: str = self.manifest["name"]
+        self.config = EngineConfig.from_dict(self.manifest["engine"])
+        self.label_names: list[str] = list(self.manifest["labels"]["names"])
+        self.multi_label = self.manifest["labels"]["task"] == "multi-label"
+        self.device = torch.device(device) if device is not None else None
+        self.image_size = image_size
+        self._read_index()
+        self._latents: np.ndarray | None = None
+        self._theta: dict[str, Tensor] | None = None
+
+    def _read_index(self) -> None:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.root / INDEX)
+        table = table.filter(pc.equal(table["split"].cast("string"), self.split)).sort_by("row")
+        self.rows = table["row"].to_numpy()  # [N], 0..N-1 (verified)
+        self.source_index = table["source_index"].to_numpy()  # [N]
+        self.psnr = table["psnr"].to_numpy()  # [N]
+        if self.multi_label:
+            flat = table["labels"].combine_chunks().flatten().to_numpy()
+            self.labels = flat.reshape(len(table), -1).astype(np.int8)  # [N, L]
+        else:
+            self.labels = table["label"].to_numpy()  # [N]
+        self._index_table = table
+
+    # ----------------------------------------------------------------- latents
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers (spawn) reopen what they need
+        state = self.__dict__.copy()
+        state["_latents"] = None
+        state["_theta"] = None
+        return state
+
+    @property
+    def latents(self) -> np.ndarray:
+        """The split's latent matrix ``[N, P]`` float32, read from Zarr on first use (then kept)."""
+        if self._latents is None:
+            import zarr
+
+            array = zarr.open_array(str(self.root / LATENTS / self.split), mode="r")
+            self._latents = np.ascontiguousarray(array[:], dtype=np.float32)
+        return self._latents
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _positions(self, idx: IndexLike) -> np.ndarray | int:
+        n = len(self)
+        if isinstance(idx, (int, np.integer)) or (isinstance(idx, Tensor) and idx.dim() == 0):
+            i = int(idx)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of range for {self.name} {self.split} with {n} samples")
+            return i % n
+        if isinstance(idx, slice):
+            return np.arange(n)[idx]
+        arr = np.asarray(idx.cpu() if isinstance(idx, Tensor) else idx)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise IndexError(f"boolean mask of shape {arr.shape} does not match {n} samples")
+            return np.flatnonzero(arr)
+        arr = arr.astype(np.int64).reshape(-1)
+        if arr.size and (arr.min() < -n or arr.max() >= n):
+            raise IndexError(f"indices out of range for {self.name} {self.split} with {n} samples")
+        return arr % n
+
+    def __getitem__(self, idx: IndexLike) -> dict[str, Any]:
+        pos = self._positions(idx)
+        if isinstance(pos, int):
+            label = torch.from_numpy(self.labels[pos].copy()) if self.multi_label else int(self.labels[pos])
+            item = {"latent": torch.from_numpy(self.latents[pos].copy()), "label": label,
+                    "index": int(self.source_index[pos]), "psnr": float(self.psnr[pos])}
+            if self.image_size is not None:
+                item["image"] = self.decode([pos], size=self.image_size)[0]
+            return item
+        batch = {"latent": torch.from_numpy(self.latents[pos]), "label": torch.from_numpy(self.labels[pos]),
+                 "index": torch.from_numpy(self.source_index[pos]), "psnr": torch.from_numpy(self.psnr[pos])}
+        if self.image_size is not None:
+            batch["image"] = self.decode(pos, size=self.image_size)
+        return batch
+
+    # ----------------------------------------------------------------- decoding
+    @property
+    def native_size(self) -> tuple[int, ...]:
+        src = self.manifest["builder"]["source"]
+        return (src["size"],) * src["dims"]
+
+    def theta(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """θ (shared network) on ``device``."""
+        if self._theta is None:
+            self._theta, _ = load_params(self.root / MODEL)
+        device = torch.device(device or self.device or "cpu")
+        return {k: v.to(device) for k, v in self._theta.items()}
+
+    def decode(self, indices: IndexLike | None = None, *, size: int | Sequence[int] | None = None,
+               device: str | torch.device | None = None, batch_size: int = 256) -> Tensor:
+        """Images (or volumes) ``[n, D, *size]`` in [0, 1] from the latents at ``indices`` (default all).
+
+        ``size`` may differ from the training resolution (the field is continuous); default native.
+        Runs in batches on ``device`` (default: the dataset's device, else CPU); returns a CPU tensor.
+        """
+        from mednf.field import decode as decode_field
+
+        pos = np.arange(len(self)) if indices is None else np.atleast_1d(self._positions(indices))
+        spatial = self._spatial(size)
+        device = torch.device(device or self.device or "cpu")
+        theta = self.theta(device)
+        out = torch.empty((len(pos), self.config.field.out_dims, *spatial))
+        for start in range(0, len(pos), batch_size):
+            chunk = torch.from_numpy(self.latents[pos[start:start + batch_size]]).to(device)
+            out[start:start + len(chunk)] = decode_field(theta, chunk, self.config.field, spatial).cpu()
+        return out
+
+    def _spatial(self, size: int | Sequence[int] | None) -> tuple[int, ...]:
+        dims = len(self.native_size)
+        if size is None:
+            return self.native_size
+        spatial = (int(size),) * dims if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+        if len(spatial) != dims or min(spatial) < 1:
+            raise ConfigError(f"size = {size!r} is invalid: expected a positive side length or {dims} of them")
+        return spatial
+
+    def with_images(self, size: int | Sequence[int] | None = None) -> MedNFDataset:
+        """A view whose items also hold ``image`` ``[D, *size]`` decoded on access (default native size)."""
+        view = object.__new__(MedNFDataset)
+        view.__dict__.update(self.__dict__)
+        view.image_size = self._spatial(size)
+        return view
+
+    # ----------------------------------------------------------------- Hugging Face
+    def hf_features(self):
+        from datasets import ClassLabel, Features, List, Value
+
+        P = self.config.field.latent_dim
+        label = (List(Value("int8"), length=len(self.label_names)) if self.multi_label
+                 else ClassLabel(names=self.label_names))
+        return Features({"latent": List(Value("float32"), length=P), "label": label, "index": Value("int64"),
+                         "psnr": Value("float32")})
+
+    def to_hf(self, *, decode: bool = False, size: int | Sequence[int] | None = None):
+        """This split as a ``datasets.Dataset`` (latent column shares memory with :attr:`latents`).
+
+        ``decode=True`` adds an on-access transform that decodes an ``image`` column (``size`` as
+        :meth:`decode`).
+        """
+        import datasets
+        import pyarrow as pa
+        from datasets.table import InMemoryTable
+
+        latents = self.latents
+        N, P = latents.shape
+        values = pa.Array.from_buffers(pa.float32(), N * P, [None, pa.py_buffer(latents)])
+        label = (pa.FixedSizeListArray.from_arrays(pa.array(self.labels.reshape(-1), pa.int8()), self.labels.shape[1])
+                 if self.multi_label else pa.array(self.labels, pa.int64()))
+        table = pa.table({"latent": pa.FixedSizeListArray.from_arrays(values, P), "label": label,
+                          "index": pa.array(self.source_index, pa.int64()), "psnr": pa.array(self.psnr, pa.float32())})
+        info = datasets.DatasetInfo(features=self.hf_features(), description=f"{self.name} ({self.split})")
+        hf = datasets.Dataset(InMemoryTable(table), info=info, split=datasets.NamedSplit(self.split))
+        if decode:
+            spatial, field_cfg, theta = self._spatial(size), self.config.field, self.theta()
+
+            def add_images(batch: dict[str, list]) -> dict[str, list]:
+                from mednf.field import decode as decode_field
+
+                phi = torch.as_tensor(np.asarray(batch["latent"], dtype=np.float32))
+                batch["image"] = list(decode_field(theta, phi, field_cfg, spatial))
+                return batch
+
+            hf = hf.with_transform(add_images)
+        return hf
+
+    def __repr__(self) -> str:
+        return (f"MedNFDataset({self.name!r}, split={self.split!r}, samples={len(self)}, "
+                f"latent_dim={self.config.field.latent_dim}, root='{self.root}')")
+
+
+@dataclasses.dataclass
+class MedNFDatasetDict:
+    """All splits of one dataset (``mednf.load(..., split=None)``)."""
+
+    splits: dict[str, MedNFDataset]
+
+    def __getitem__(self, split: str) -> MedNFDataset:
+        return self.splits[split]
+
+    def keys(self):
+        return self.splits.keys()
+
+    def to_hf(self, **kwargs):
+        import datasets
+
+        return datasets.DatasetDict({name: ds.to_hf(**kwargs) for name, ds in self.splits.items()})
+
+
+def load(name_or_path: str | Path, split: str | None = "train", *, root: str | Path | None = None,
+         source: str = "auto", download: bool = True, device: str | torch.device | None = None
+         ) -> MedNFDataset | MedNFDatasetDict:
+    """A MedNF dataset: a directory, a name in the cache (``root`` / ``$MEDNF_HOME``), or (``download``)
+    a name fetched from Zenodo / the HF Hub.
+
+    ``split`` is ``"train"``, ``"val"``, ``"test"``, or None for all three (:class:`MedNFDatasetDict`).
+    """
+    if source not in ("auto", "local", "zenodo", "hf"):
+        raise ConfigError(f"source = {source!r} is invalid: expected 'auto', 'local', 'zenodo' or 'hf'")
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split = {split!r} is invalid: expected one of {', '.join(SPLITS)} (or None for all)")
+    path = find_dataset(name_or_path, root)
+    if split is None:
+        manifest = read_manifest(path)
+        return MedNFDatasetDict({s: MedNFDataset(path, s, device=device) for s in manifest["splits"]})
+    return MedNFDataset(path, split, device=device)
+
+
+def info(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """Manifest summary: counts, P, hyper-parameters, PSNR/SSIM per split, licence, source, path."""
+    path = find_dataset(name_or_path, root)
+    m = read_manifest(path)
+    return {"name": m["name"], "path": str(path), "splits": m["splits"], "latent_dim": m["latent"]["dim"],
+            "labels": m["labels"], "engine": m["engine"], "source": m["source"],
+            "license": m["builder"]["source"]["license"], "created": m["created"], "device": m["device"],
+            "meta_training": {k: v for k, v in m["meta_training"].items() if k != "history"},
+            "software": m["software"], "size_bytes": sum(f["size"] for f in m["files"].values())}
+
