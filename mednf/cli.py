@@ -229,5 +229,42 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
                + (" beside their inputs" if inputs is not None else " (source images not available)"))
 
 
+@main.command()
+@click.argument("name")
+@click.option("--source", type=click.Choice(["zenodo"]), default="zenodo", show_default=True)
+@click.option("--root", type=click.Path(path_type=Path), help="Cache folder [default: $MEDNF_HOME].")
+@_friendly
+def download(name: str, source: str, root: Path | None) -> None:
+    """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest)."""
+    from mednf.dataset import NotFoundError, find_dataset
+    from mednf.hub import download_zenodo, registry_entry
+
+    key, _ = registry_entry(name)
+    try:
+        path = find_dataset(key, root)
+        click.echo(f"{key} is already in {path}")
+        return
+    except NotFoundError:
+        pass
+    path = download_zenodo(key, root=root)
+    click.echo(f"downloaded and verified {key} into {path}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["zenodo"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
+@_friendly
+def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
+    """Write a publishable copy of a built dataset (zenodo: one archive + SHA256SUMS + registry entry)."""
+    from mednf.dataset import find_dataset
+    from mednf.hub import export_zenodo
+
+    archive = export_zenodo(find_dataset(name, root), out)
+    click.echo(f"wrote {archive} ({archive.stat().st_size / 2**20:.1f} MiB), {out / 'SHA256SUMS'}, "
+               f"{out / 'registry-entry.toml'}")
+
+
 if __name__ == "__main__":
     main()

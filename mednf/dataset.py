@@ -276,7 +276,19 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
         raise ConfigError(f"source = {source!r} is invalid: expected 'auto', 'local', 'zenodo' or 'hf'")
     if split is not None and split not in SPLITS:
         raise ConfigError(f"split = {split!r} is invalid: expected one of {', '.join(SPLITS)} (or None for all)")
-    path = find_dataset(name_or_path, root)
+    try:
+        path = find_dataset(name_or_path, root)
+        if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
+            raise ConfigError(f"source = {source!r} was given with a local path {name_or_path}; use source='auto'")
+    except NotFoundError:
+        if not download or source == "local" or Path(name_or_path).expanduser().is_dir():
+            raise
+        if source == "hf":
+            raise NotFoundError(f"{name_or_path!r} is not cached and downloads from the HF Hub are not available in "
+                                "this version of mednf; use source='zenodo' or build it with `mednf build`") from None
+        from mednf.hub import download_zenodo
+
+        path = download_zenodo(str(name_or_path), root=root)
     if split is None:
         manifest = read_manifest(path)
         return MedNFDatasetDict({s: MedNFDataset(path, s, device=device) for s in manifest["splits"]})

@@ -17,6 +17,7 @@ the engine converts each batch to float32.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -95,7 +96,7 @@ def download(url: str, target: Path, md5: str, *, progress: bool = True) -> None
                     bar.update(len(block))
             if total is not None and out.tell() != total:
                 raise SourceError(f"download of {url} is truncated: got {out.tell()} of {total} bytes; run again")
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
         partial.unlink(missing_ok=True)
         if isinstance(err, SourceError):
             raise

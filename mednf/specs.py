@@ -106,7 +106,8 @@ class BuilderSpec:
 
 def _builtin_files() -> dict[str, Any]:
     folder = resources.files("mednf.builders")
-    return {p.name.removesuffix(".toml"): p for p in folder.iterdir() if p.name.endswith(".toml")}
+    return {p.name.removesuffix(".toml"): p for p in folder.iterdir()
+            if p.name.endswith(".toml") and p.name != "registry.toml"}
 
 
 def builder_names() -> list[str]:

@@ -1,0 +1,139 @@
+"""Benchmark reading a MedNF dataset through ``mednf.load``: PyTorch view, DataLoader, ``to_hf``, decode.
+
+Usage::
+
+    python benchmarks/load.py --rows 100000 --latent-dim 2048          # the issue's targets (CPU)
+    python benchmarks/load.py --rows 20000 --decode-device cuda        # decode on a GPU
+
+A dataset of that size is written once into a temporary folder with mednf's own writers
+(:mod:`mednf.store`): a tiny real PhantomNF build supplies the manifest, then its train split is replaced
+by ``--rows`` random latents (and labels), θ by a freshly initialised network of the paper's 2D shape
+with P = ``--latent-dim``, and the manifest's counts and checksums are rewritten. Only the reader is
+measured, so the latents need not come from a fit.
+
+Measured (best of ``--repeats``; each a fresh ``MedNFDataset`` unless said otherwise):
+
+- **sequential**: ``DataLoader(ds, batch_size=256)`` over the whole split, 0 and 2 workers (includes the
+  first read of the Zarr array by each process);
+- **random access**: ``ds[i]`` for random single indices (latent + label + index + psnr), matrix already
+  read; and ``DataLoader(shuffle=True, batch_size=256)`` with 0 and 2 workers;
+- **to_hf**: ``ds.to_hf()`` on a dataset whose matrix is already in memory, and the same including the
+  Zarr read;
+- **decode**: ``ds.decode`` of ``--decode-count`` latents at the native 64² size, images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mednf.build import BuildOptions, build
+from mednf.dataset import MedNFDataset
+from mednf.field import init_params
+from mednf.presets import get_preset
+from mednf.store import (MANIFEST, MODEL, atomic_write_json, create_latent_arrays, file_table, index_columns,
+                         save_params, write_index, write_latent_block)
+
+
+def make_dataset(out: Path, rows: int, latent_dim: int) -> None:
+    """A dataset with ``rows`` train latents of size ``latent_dim`` (see the module docstring)."""
+    build("phantomnf", BuildOptions(out=out, preset="tiny", size=64, max_samples=8, progress=False))
+    manifest = json.loads((out / MANIFEST).read_text())
+    counts = {"train": rows, "val": 8, "test": 8}
+    field = get_preset("2d-64").field
+    field_dict = {**manifest["engine"]["field"], **{k: getattr(field, k) for k in
+                                                     ("num_layers", "hidden_dim", "omega_first", "omega_last")},
+                  "latent_dim": latent_dim}
+    manifest["engine"]["field"] = field_dict
+    manifest["latent"]["dim"] = latent_dim
+    rng = np.random.default_rng(0)
+    create_latent_arrays(out, counts, latent_dim, 1024, {"name": manifest["name"], "latent_dim": latent_dim})
+    cols: dict[str, list] = {k: [] for k in ("names", "rows", "source", "labels", "psnr", "ssim")}
+    for split, n in counts.items():
+        for start in range(0, n, 1024):
+            stop = min(start + 1024, n)
+            write_latent_block(out, split, start, rng.standard_normal((stop - start, latent_dim), np.float32) * 0.01)
+        for key, value in zip(cols, (split, np.arange(n), np.arange(n), rng.integers(0, 4, (n, 1)),
+                                     rng.uniform(20, 30, n), rng.uniform(0.5, 1, n))):
+            cols[key].append(value)
+        manifest["splits"][split]["count"] = n
+    write_index(out / "index.parquet", index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
+                                                    cols["psnr"], cols["ssim"], multi_label=False))
+    from mednf.config import FieldConfig
+
+    save_params(out / MODEL, init_params(FieldConfig(**field_dict), generator=torch.Generator().manual_seed(0)))
+    manifest["files"] = file_table(out)
+    atomic_write_json(out / MANIFEST, manifest)
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--latent-dim", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--random-items", type=int, default=20_000)
+    parser.add_argument("--decode-count", type=int, default=64)
+    parser.add_argument("--decode-device", default="cpu")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "PhantomNF"
+        start = time.perf_counter()
+        make_dataset(root, args.rows, args.latent_dim)
+        print(f"wrote {args.rows}×{args.latent_dim} dataset in {time.perf_counter() - start:.1f} s")
+        results: dict[str, float] = {}
+        n = args.rows
+
+        def sequential(workers: int, shuffle: bool = False) -> None:
+            ds = MedNFDataset(root, "train", verify=False)
+            loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers, shuffle=shuffle)
+            total = sum(len(b["latent"]) for b in loader)
+            assert total == n
+
+        for workers in (0, 2):
+            results[f"sequential_w{workers}"] = n / best_of(args.repeats, lambda w=workers: sequential(w))
+            results[f"shuffled_w{workers}"] = n / best_of(args.repeats, lambda w=workers: sequential(w, True))
+        ds = MedNFDataset(root, "train", verify=False)
+        _ = ds.latents
+        picks = np.random.default_rng(1).integers(0, n, args.random_items)
+        results["random_items"] = args.random_items / best_of(args.repeats, lambda: [ds[int(i)] for i in picks])
+        results["to_hf_s"] = best_of(args.repeats, ds.to_hf)
+        results["to_hf_with_read_s"] = best_of(args.repeats, lambda: MedNFDataset(root, "train", verify=False).to_hf())
+        device = torch.device(args.decode_device)
+        ds.decode(range(4), device=device)  # warm-up
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+        def decode_run() -> None:
+            ds.decode(range(args.decode_count), device=device)
+            sync()
+
+        results["decode_images_per_s"] = args.decode_count / best_of(args.repeats, decode_run)
+    print(f"| rows × P | seq. 0 workers | seq. 2 workers | shuffled 0 w | shuffled 2 w | random ds[i] | to_hf "
+          f"| to_hf incl. read | decode 64² ({args.decode_device}) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {n}×{args.latent_dim} | {results['sequential_w0']:,.0f}/s | {results['sequential_w2']:,.0f}/s "
+          f"| {results['shuffled_w0']:,.0f}/s | {results['shuffled_w2']:,.0f}/s | {results['random_items']:,.0f}/s "
+          f"| {results['to_hf_s']:.3f} s | {results['to_hf_with_read_s']:.2f} s "
+          f"| {results['decode_images_per_s']:.1f} img/s |")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Published copies of MedNF datasets: export for Zenodo, verified download from Zenodo into the cache.
+
+**Registry** (``builders/registry.toml``, shipped; ``$MEDNF_REGISTRY`` replaces it): per dataset the
+Zenodo record id and the sha256 + size of each file of the record. A download trusts nothing else.
+
+**Download** (:func:`download_zenodo`): list the record through Zenodo's REST API
+(``GET {base}/api/records/{id}``), fetch each registry file whole (HTTP timeout, progress bar) to a
+temporary name, check size, then sha256 (registry) and md5 (Zenodo's own checksum), then rename. The
+archive is unpacked into a temporary folder (tar entries with absolute paths, ``..``, links or devices
+are refused), the dataset is verified against its manifest (sha256 of every file), and only then moved
+to ``$MEDNF_HOME/<Name>``. Any failure leaves nothing that looks usable; the next call starts again.
+``$MEDNF_OFFLINE=1`` forbids the network. ``$MEDNF_ZENODO_URL`` replaces ``https://zenodo.org``.
+
+**Export** (:func:`export_zenodo`): ``<out>/<Name>.tar`` (the manifest's files, uncompressed: the latents
+are already compressed) plus ``SHA256SUMS`` and the registry entry to paste, for a maintainer to upload.
+
+Libraries: urllib (stdlib) for two plain GETs with timeouts, tarfile for the archive. Only bytes,
+JSON, safetensors, Zarr and Parquet are read from a download: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import tarfile
+import tomllib
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mednf.build import mednf_home
+from mednf.errors import MednfError
+from mednf.store import MANIFEST, verify_dataset
+
+_TIMEOUT_S = 60
+_CHUNK = 1 << 20
+DEFAULT_ZENODO = "https://zenodo.org"
+
+
+class DownloadError(MednfError):
+    """A download failed or did not verify; nothing was kept."""
+
+
+def registry() -> dict[str, dict[str, Any]]:
+    """Name → entry of every published dataset (keys as written, e.g. ``DermaNF``)."""
+    override = os.environ.get("MEDNF_REGISTRY")
+    if override:
+        text = Path(override).read_text(encoding="utf-8")
+    else:
+        text = resources.files("mednf.builders").joinpath("registry.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def registry_entry(name: str) -> tuple[str, dict[str, Any]]:
+    for key, entry in registry().items():
+        if key.lower() == name.lower():
+            return key, entry
+    raise DownloadError(f"no published copy of {name!r} is registered (known: {', '.join(registry()) or 'none'}); "
+                        f"build it with `mednf build {name.lower()}`")
+
+
+def _offline_check(what: str, url: str, target: Path) -> None:
+    if os.environ.get("MEDNF_OFFLINE", "") not in ("", "0"):
+        raise DownloadError(f"{what} is not in the cache and MEDNF_OFFLINE is set; download {url} and unpack it "
+                            f"to {target}, or unset MEDNF_OFFLINE")
+
+
+def _get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError, json.JSONDecodeError) as err:
+        raise DownloadError(f"could not read {url} ({getattr(err, 'reason', err)}); check the network "
+                            "(or MEDNF_ZENODO_URL) and try again") from None
+
+
+def fetch_verified(url: str, target: Path, *, size: int, sha256: str, md5: str | None = None,
+                   progress: bool = True) -> None:
+    """Stream ``url`` to ``target`` via a temporary file; size, sha256 (and md5) must match first."""
+    from tqdm.auto import tqdm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
+    written = 0
+    try:
+        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response, open(partial, "wb") as out, tqdm(
+                total=size, unit="B", unit_scale=True, desc=f"download {target.name}", disable=not progress) as bar:
+            while block := response.read(_CHUNK):
+                out.write(block)
+                for digest in digests.values():
+                    digest.update(block)
+                written += len(block)
+                bar.update(len(block))
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
+        partial.unlink(missing_ok=True)
+        raise DownloadError(f"download of {url} failed after {written} of {size} bytes "
+                            f"({getattr(err, 'reason', err)}); nothing was kept, run again") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    problems = []
+    if written != size:
+        problems.append(f"size {written} bytes, expected {size}")
+    elif digests["sha256"].hexdigest() != sha256:
+        problems.append(f"sha256 {digests['sha256'].hexdigest()}, expected {sha256}")
+    elif md5 is not None and digests["md5"].hexdigest() != md5:
+        problems.append(f"md5 {digests['md5'].hexdigest()}, expected {md5} (Zenodo)")
+    if problems:
+        partial.unlink(missing_ok=True)
+        raise DownloadError(f"{target.name} from {url} has {problems[0]}; it was discarded, run again")
+    os.replace(partial, target)
+
+
+def safe_extract(archive: Path, into: Path) -> None:
+    """Unpack a tar, refusing absolute paths, ``..``, links and special files (before writing anything)."""
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        for member in members:
+            parts = Path(member.name).parts
+            if member.name.startswith(("/", "\\")) or ".." in parts or not (member.isfile() or member.isdir()):
+                raise DownloadError(f"{archive.name} holds an unsafe entry {member.name!r} (absolute path, '..', "
+                                    "link or device); refusing to unpack it")
+        tar.extractall(into, members=members, filter="data")
+
+
+def download_zenodo(name: str, *, root: str | Path | None = None, base_url: str | None = None,
+                    progress: bool = True) -> Path:
+    """Fetch, verify and unpack the registered Zenodo copy of ``name`` into the cache; its path."""
+    key, entry = registry_entry(name)
+    home = Path(root).expanduser() if root else mednf_home()
+    target = home / key
+    base = (base_url or os.environ.get("MEDNF_ZENODO_URL") or DEFAULT_ZENODO).rstrip("/")
+    record_id = str(entry.get("zenodo_record", ""))
+    if not record_id:
+        raise DownloadError(f"{key} has no Zenodo record in the registry; try --source hf or build it")
+    api = f"{base}/api/records/{record_id}"
+    _offline_check(key, api, target)
+    record = _get_json(api)
+    listed = {f["key"]: f for f in record.get("files", [])}
+    downloads = home / ".downloads"
+    work = home / f".{key}.unpack-{os.getpid()}"
+    try:
+        for file_name, expected in entry["files"].items():
+            if file_name not in listed:
+                raise DownloadError(f"Zenodo record {record_id} has no file {file_name!r} (it has: "
+                                    f"{', '.join(sorted(listed)) or 'nothing'}); the registry and record disagree")
+            meta = listed[file_name]
+            url = meta.get("links", {}).get("self") or f"{base}/records/{record_id}/files/{file_name}?download=1"
+            md5 = meta.get("checksum", "").removeprefix("md5:") or None
+            fetch_verified(url, downloads / file_name, size=int(expected["size"]), sha256=expected["sha256"],
+                           md5=md5, progress=progress)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        for file_name in entry["files"]:
+            safe_extract(downloads / file_name, work)
+        unpacked = work / key
+        if not (unpacked / MANIFEST).is_file():
+            raise DownloadError(f"the archive of {key} does not hold {key}/{MANIFEST}; the record is not a mednf export")
+        verify_dataset(unpacked, checksums=True)
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete earlier copy (a complete one is never downloaded again)
+        os.replace(unpacked, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for file_name in entry["files"]:
+            (downloads / file_name).unlink(missing_ok=True)
+    return target
+
+
+def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
+    """Write ``<out>/<Name>.tar`` (+ ``SHA256SUMS``, ``registry-entry.toml``) from a verified dataset."""
+    dataset = Path(dataset)
+    manifest = verify_dataset(dataset, checksums=True)
+    name = manifest["name"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / f"{name}.tar"
+    partial = archive.with_name(f".{archive.name}.part")
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in [*sorted(manifest["files"]), MANIFEST]:
+            tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False)
+    os.replace(partial, archive)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    size = archive.stat().st_size
+    (out / "SHA256SUMS").write_text(f"{digest}  {archive.name}\n", encoding="utf-8")
+    (out / "registry-entry.toml").write_text(
+        f'[{name}]\nzenodo_record = "<record id after publishing>"\n'
+        f'files = {{ "{archive.name}" = {{ sha256 = "{digest}", size = {size} }} }}\n', encoding="utf-8")
+    return archive
