@@ -37,8 +37,17 @@ from mednf.build import BuildOptions, build
 from mednf.dataset import MedNFDataset
 from mednf.field import init_params
 from mednf.presets import get_preset
-from mednf.store import (MANIFEST, MODEL, atomic_write_json, create_latent_arrays, file_table, index_columns,
-                         save_params, write_index, write_latent_block)
+from mednf.store import (
+    MANIFEST,
+    MODEL,
+    atomic_write_json,
+    create_latent_arrays,
+    file_table,
+    index_columns,
+    save_params,
+    write_index,
+    write_latent_block,
+)
 
 
 def make_dataset(out: Path, rows: int, latent_dim: int) -> None:
