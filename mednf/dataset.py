@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,18 @@ class MedNFDataset(torch.utils.data.Dataset):
             batch["image"] = self.decode(pos, size=self.image_size)
         return batch
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """What a ``DataLoader`` calls for one batch: one gather for all rows, then per-sample views
+        (``default_collate`` stacks them again)."""
+        if self.image_size is not None:
+            return [self[i] for i in indices]
+        pos = self._positions(indices)
+        latents = torch.from_numpy(self.latents[pos]).unbind(0)
+        labels = torch.from_numpy(self.labels[pos]).unbind(0) if self.multi_label else self.labels[pos].tolist()
+        return [{"latent": latent, "label": label, "index": index, "psnr": psnr}
+                for latent, label, index, psnr in zip(latents, labels, self.source_index[pos].tolist(),
+                                                      self.psnr[pos].tolist())]
+
     # ----------------------------------------------------------------- decoding
     @property
     def native_size(self) -> tuple[int, ...]:
@@ -227,7 +241,12 @@ class MedNFDataset(torch.utils.data.Dataset):
         table = pa.table({"latent": pa.FixedSizeListArray.from_arrays(values, P), "label": label,
                           "index": pa.array(self.source_index, pa.int64()), "psnr": pa.array(self.psnr, pa.float32())})
         info = datasets.DatasetInfo(features=self.hf_features(), description=f"{self.name} ({self.split})")
-        hf = datasets.Dataset(InMemoryTable(table), info=info, split=datasets.NamedSplit(self.split))
+        # datasets would otherwise fingerprint the table by serialising all of it (7 s for 100k × 2048);
+        # the manifest's checksums already identify the content
+        files = json.dumps(self.manifest["files"], sort_keys=True) + self.split
+        fingerprint = hashlib.sha256(files.encode()).hexdigest()[:16]
+        hf = datasets.Dataset(InMemoryTable(table), info=info, split=datasets.NamedSplit(self.split),
+                              fingerprint=fingerprint)
         if decode:
             spatial, field_cfg, theta = self._spatial(size), self.config.field, self.theta()
 
