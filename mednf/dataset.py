@@ -300,13 +300,14 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
         if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
             raise ConfigError(f"source = {source!r} was given with a local path {name_or_path}; use source='auto'")
     except NotFoundError:
-        if not download or source == "local" or Path(name_or_path).expanduser().is_dir():
-            raise
+        from mednf.hub import download_zenodo, is_registered
+
+        if not download or source == "local" or Path(name_or_path).expanduser().is_dir() \
+                or not is_registered(str(name_or_path)):
+            raise  # nothing to download: the local error (with its "did you mean") is the useful one
         if source == "hf":
             raise NotFoundError(f"{name_or_path!r} is not cached and downloads from the HF Hub are not available in "
                                 "this version of mednf; use source='zenodo' or build it with `mednf build`") from None
-        from mednf.hub import download_zenodo
-
         path = download_zenodo(str(name_or_path), root=root)
     if split is None:
         manifest = read_manifest(path)

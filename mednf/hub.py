@@ -56,6 +56,10 @@ def registry() -> dict[str, dict[str, Any]]:
     return tomllib.loads(text)
 
 
+def is_registered(name: str) -> bool:
+    return any(key.lower() == name.lower() for key in registry())
+
+
 def registry_entry(name: str) -> tuple[str, dict[str, Any]]:
     for key, entry in registry().items():
         if key.lower() == name.lower():
