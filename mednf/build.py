@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import io
 import json
 import logging
@@ -272,13 +273,19 @@ def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, sourc
         psnr, ssim, seconds = _collect_records(work, split, count, rows)
         fit_seconds += seconds
         array = open_latent_array(out, split)
-        # unwritten rows read as the fill value NaN; checked block by block to bound memory
-        missing = sum(int(np.isnan(array[a:b]).any(axis=1).sum()) for a, b in _blocks(count, rows))
+        # unwritten rows read as the fill value NaN; checked block by block to bound memory. The digest of
+        # the raw float32 rows identifies the content independently of compression (HF copies use it).
+        missing, digest = 0, hashlib.sha256()
+        for a, b in _blocks(count, rows):
+            block = np.ascontiguousarray(array[a:b], dtype="<f4")
+            missing += int(np.isnan(block).any(axis=1).sum())
+            digest.update(block.tobytes())
         if array.shape != (count, cfg.field.latent_dim) or missing:
             raise BuildError(f"latents of split {split!r} have shape {array.shape} with {missing} unwritten rows, "
                              f"expected ({count}, {cfg.field.latent_dim}); rerun with --restart")
         stats[split] = {"count": count, "psnr_mean": float(psnr.mean()), "psnr_std": float(psnr.std()),
-                        "ssim_mean": float(np.nanmean(ssim)) if np.isfinite(ssim).any() else None}
+                        "ssim_mean": float(np.nanmean(ssim)) if np.isfinite(ssim).any() else None,
+                        "latents_sha256": digest.hexdigest()}
         for key, value in zip(cols, (split, np.arange(count), data.source_index, data.labels, psnr, ssim)):
             cols[key].append(value)
     write_index(out / INDEX, index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],

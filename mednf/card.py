@@ -31,7 +31,7 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def front_matter(manifest: dict[str, Any]) -> str:
+def front_matter(manifest: dict[str, Any], configs: list[dict[str, Any]] | None = None) -> str:
     from huggingface_hub import DatasetCardData
 
     builder = manifest["builder"]
@@ -43,12 +43,14 @@ def front_matter(manifest: dict[str, Any]) -> str:
         task_categories=["image-classification"],
         tags=["medical", "neural-fields", "medfuncta", "mednf", "implicit-neural-representations"],
         size_categories=[_size_category(total)],
+        **({"configs": configs} if configs else {}),
     )
     return data.to_yaml().strip()
 
 
-def render_card(manifest: dict[str, Any]) -> str:
-    """The Markdown card of a built dataset (all numbers read from ``manifest``)."""
+def render_card(manifest: dict[str, Any], configs: list[dict[str, Any]] | None = None) -> str:
+    """The Markdown card of a built dataset (all numbers read from ``manifest``); ``configs`` are the
+    Hub's ``data_files`` entries of an HF export."""
     template = Template(resources.files("mednf.cards").joinpath("dataset_card.md").read_text(encoding="utf-8"))
     builder, engine, source = manifest["builder"], manifest["engine"], manifest["source"]
     field, meta, fit = engine["field"], engine["meta"], engine["fit"]
@@ -77,7 +79,7 @@ def render_card(manifest: dict[str, Any]) -> str:
     labels = manifest["labels"]
     names = ", ".join(labels["names"][:16]) + (" …" if len(labels["names"]) > 16 else "")
     return template.substitute(
-        front_matter=front_matter(manifest),
+        front_matter=front_matter(manifest, configs),
         name=manifest["name"],
         summary=summary,
         latent_dim=field["latent_dim"],

@@ -231,13 +231,13 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
 
 @main.command()
 @click.argument("name")
-@click.option("--source", type=click.Choice(["zenodo"]), default="zenodo", show_default=True)
+@click.option("--source", type=click.Choice(["zenodo", "hf"]), default="zenodo", show_default=True)
 @click.option("--root", type=click.Path(path_type=Path), help="Cache folder [default: $MEDNF_HOME].")
 @_friendly
 def download(name: str, source: str, root: Path | None) -> None:
     """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest)."""
     from mednf.dataset import NotFoundError, find_dataset
-    from mednf.hub import download_zenodo, registry_entry
+    from mednf.hub import download_hf, download_zenodo, registry_entry
 
     key, _ = registry_entry(name)
     try:
@@ -246,21 +246,27 @@ def download(name: str, source: str, root: Path | None) -> None:
         return
     except NotFoundError:
         pass
-    path = download_zenodo(key, root=root)
+    path = (download_hf if source == "hf" else download_zenodo)(key, root=root)
     click.echo(f"downloaded and verified {key} into {path}")
 
 
 @main.command()
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(["zenodo"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["zenodo", "hf"]), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
 @_friendly
 def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
-    """Write a publishable copy of a built dataset (zenodo: one archive + SHA256SUMS + registry entry)."""
+    """Write a publishable copy of a built dataset: zenodo (one archive + SHA256SUMS + registry entry) or
+    hf (Parquet shards + card with data_files, loadable by datasets.load_dataset, + manifest and θ)."""
     from mednf.dataset import find_dataset
-    from mednf.hub import export_zenodo
+    from mednf.hub import export_hf, export_zenodo
 
+    if fmt == "hf":
+        folder = export_hf(find_dataset(name, root), out)
+        click.echo(f"wrote {folder}: data/*.parquet, README.md, mednf.json, model.safetensors "
+                   "(upload with `huggingface-cli upload --repo-type dataset`)")
+        return
     archive = export_zenodo(find_dataset(name, root), out)
     click.echo(f"wrote {archive} ({archive.stat().st_size / 2**20:.1f} MiB), {out / 'SHA256SUMS'}, "
                f"{out / 'registry-entry.toml'}")

@@ -92,6 +92,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         self.rows = table["row"].to_numpy()  # [N], 0..N-1 (verified)
         self.source_index = table["source_index"].to_numpy()  # [N]
         self.psnr = table["psnr"].to_numpy()  # [N]
+        self.ssim = table["ssim"].to_numpy()  # [N] (NaN where undefined)
         if self.multi_label:
             flat = table["labels"].combine_chunks().flatten().to_numpy()
             self.labels = flat.reshape(len(table), -1).astype(np.int8)  # [N, L]
@@ -221,7 +222,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         label = (List(Value("int8"), length=len(self.label_names)) if self.multi_label
                  else ClassLabel(names=self.label_names))
         return Features({"latent": List(Value("float32"), length=P), "label": label, "index": Value("int64"),
-                         "psnr": Value("float32")})
+                         "psnr": Value("float32"), "ssim": Value("float32")})
 
     def to_hf(self, *, decode: bool = False, size: int | Sequence[int] | None = None):
         """This split as a ``datasets.Dataset`` (latent column shares memory with :attr:`latents`).
@@ -239,7 +240,8 @@ class MedNFDataset(torch.utils.data.Dataset):
         label = (pa.FixedSizeListArray.from_arrays(pa.array(self.labels.reshape(-1), pa.int8()), self.labels.shape[1])
                  if self.multi_label else pa.array(self.labels, pa.int64()))
         table = pa.table({"latent": pa.FixedSizeListArray.from_arrays(values, P), "label": label,
-                          "index": pa.array(self.source_index, pa.int64()), "psnr": pa.array(self.psnr, pa.float32())})
+                          "index": pa.array(self.source_index, pa.int64()), "psnr": pa.array(self.psnr, pa.float32()),
+                          "ssim": pa.array(self.ssim, pa.float32())})
         info = datasets.DatasetInfo(features=self.hf_features(), description=f"{self.name} ({self.split})")
         # datasets would otherwise fingerprint the table by serialising all of it (7 s for 100k × 2048);
         # the manifest's checksums already identify the content
@@ -300,15 +302,13 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
         if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
             raise ConfigError(f"source = {source!r} was given with a local path {name_or_path}; use source='auto'")
     except NotFoundError:
-        from mednf.hub import download_zenodo, is_registered
+        from mednf.hub import download_hf, download_zenodo, is_registered
 
         if not download or source == "local" or Path(name_or_path).expanduser().is_dir() \
                 or not is_registered(str(name_or_path)):
             raise  # nothing to download: the local error (with its "did you mean") is the useful one
-        if source == "hf":
-            raise NotFoundError(f"{name_or_path!r} is not cached and downloads from the HF Hub are not available in "
-                                "this version of mednf; use source='zenodo' or build it with `mednf build`") from None
-        path = download_zenodo(str(name_or_path), root=root)
+        path = download_hf(str(name_or_path), root=root) if source == "hf" else download_zenodo(
+            str(name_or_path), root=root)
     if split is None:
         manifest = read_manifest(path)
         return MedNFDatasetDict({s: MedNFDataset(path, s, device=device) for s in manifest["splits"]})

@@ -17,25 +17,35 @@ class Loopback:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, str] = {}
         self.requests: list[str] = []
+        self.headers: dict[str, dict[str, str]] = {}  # extra response headers per path
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
-            def do_GET(self) -> None:
+            def do_HEAD(self) -> None:
+                self.do_GET(head=True)
+
+            def do_GET(self, head: bool = False) -> None:
                 path = self.path.split("?", 1)[0]
-                owner.requests.append(path)
+                owner.requests.append(("HEAD " if head else "") + path)
                 body = owner.files.get(path)
                 fault = owner.faults.get(path)
                 if body is None or fault == "error":
                     self.send_response(404 if body is None else 500)
+                    if body is None:
+                        self.send_header("X-Error-Code", "EntryNotFound")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in owner.headers.get(path, {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
+                if head:
+                    return
                 if fault == "truncate":
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()

@@ -1,0 +1,128 @@
+"""HF Hub: `mednf export --format hf` is loadable by `datasets.load_dataset`, and `mednf.load(...,
+source="hf")` downloads it with huggingface_hub.snapshot_download from a real loopback server that speaks
+the Hub routes it uses (revision, tree, HEAD/GET resolve), then verifies and rebuilds mednf's format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from loopback import Loopback
+
+import mednf
+from mednf.cli import main
+from mednf.hub import DownloadError, export_hf
+
+REPO = "mednf/PhantomNF"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def exported(phantom_dir, tmp_path_factory):
+    return export_hf(phantom_dir, tmp_path_factory.mktemp("hf") / "PhantomNF")
+
+
+def test_load_dataset_on_the_export_equals_the_dataset(exported, phantom_dir):
+    import datasets
+
+    loaded = datasets.load_dataset(str(exported))
+    assert set(loaded) == {"train", "val", "test"}
+    for split in ("train", "test"):
+        ours = mednf.load(phantom_dir, split=split)
+        theirs = loaded[split]
+        assert theirs.features == ours.hf_features()
+        np.testing.assert_array_equal(np.asarray(theirs["latent"], dtype=np.float32), ours.latents)
+        assert theirs["label"] == ours.labels.tolist() and theirs["index"] == ours.source_index.tolist()
+    card = (exported / "README.md").read_text()
+    assert "configs:" in card and "data/train-*.parquet" in card
+
+
+@pytest.fixture
+def hub(exported, tmp_path, monkeypatch):
+    """A loopback Hub serving the export as dataset repo mednf/PhantomNF (revision main = SHA)."""
+    with Loopback() as server:
+        files = sorted(p for p in exported.rglob("*") if p.is_file())
+        rel = {p: p.relative_to(exported).as_posix() for p in files}
+        server.files[f"/api/datasets/{REPO}/revision/main"] = json.dumps(
+            {"id": REPO, "sha": SHA, "siblings": [{"rfilename": r} for r in rel.values()]}).encode()
+        server.files[f"/api/datasets/{REPO}/tree/{SHA}"] = json.dumps(
+            [{"type": "file", "path": r, "size": p.stat().st_size, "oid": hashlib.sha1(p.read_bytes()).hexdigest()}
+             for p, r in rel.items()]).encode()
+        for p, r in rel.items():
+            path = f"/datasets/{REPO}/resolve/{SHA}/{r}"
+            server.files[path] = p.read_bytes()
+            server.headers[path] = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha1(p.read_bytes()).hexdigest()}"'}
+        (tmp_path / "registry.toml").write_text(f'[PhantomNF]\nhf_repo = "{REPO}"\nhf_revision = "main"\n')
+        monkeypatch.setenv("MEDNF_REGISTRY", str(tmp_path / "registry.toml"))
+        monkeypatch.setenv("MEDNF_HF_ENDPOINT", server.url)
+        monkeypatch.delenv("MEDNF_OFFLINE", raising=False)
+        server.cache = tmp_path / "cache"
+        yield server
+
+
+def test_hf_download_rebuilds_a_verified_dataset(hub, phantom_dir, monkeypatch):
+    ds = mednf.load("PhantomNF", split="test", root=hub.cache, source="hf")
+    original = mednf.load(phantom_dir, split="test")
+    np.testing.assert_array_equal(ds.latents, original.latents)
+    np.testing.assert_array_equal(ds.labels, original.labels)
+    torch_items = ds[0:3]
+    assert torch_items["latent"].shape == (3, 32)
+    from mednf.store import verify_dataset
+
+    manifest = verify_dataset(hub.cache / "PhantomNF")
+    assert manifest["origin"]["hf_repo"] == REPO
+    count = len(hub.requests)
+    monkeypatch.setenv("MEDNF_OFFLINE", "1")
+    mednf.load("PhantomNF", split="train", root=hub.cache, source="hf")  # cached: no request
+    assert len(hub.requests) == count
+    assert [p.name for p in hub.cache.iterdir()] == ["PhantomNF"]  # no snapshot or rebuild folder left
+
+
+@pytest.mark.parametrize("target, fault, message", [
+    ("data/val-00000-of-00001.parquet", "garbage", "val-00000-of-00001.parquet of mednf/PhantomNF is not a readable"),
+    ("model.safetensors", "garbage", "sha256|could not download"),
+    ("mednf.json", "error", "could not download"),
+])
+def test_hf_bad_content_is_detected_and_nothing_kept(hub, target, fault, message):
+    hub.faults[f"/datasets/{REPO}/resolve/{SHA}/{target}"] = fault
+    with pytest.raises(DownloadError, match=message):
+        mednf.load("PhantomNF", root=hub.cache, source="hf")
+    assert not hub.cache.exists() or list(hub.cache.iterdir()) == []
+    hub.faults.clear()
+    assert len(mednf.load("PhantomNF", split="val", root=hub.cache, source="hf")) == 20  # retry works
+
+
+def test_hf_offline_without_a_copy(hub, monkeypatch):
+    monkeypatch.setenv("MEDNF_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="MEDNF_OFFLINE"):
+        mednf.load("PhantomNF", root=hub.cache, source="hf")
+    assert hub.requests == []
+
+
+def test_cli_export_hf_and_download_hf(hub, phantom_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(phantom_dir), "--format", "hf", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 0 and (tmp_path / "x" / "data" / "test-00000-of-00001.parquet").is_file()
+    result = runner.invoke(main, ["download", "PhantomNF", "--source", "hf", "--root", str(hub.cache)])
+    assert result.exit_code == 0 and "downloaded and verified" in result.output, result.output
+
+
+def test_hf_valid_parquet_with_altered_latents_is_refused(hub, exported):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(exported / "data" / "val-00000-of-00001.parquet")
+    latents = table["latent"].combine_chunks().flatten().to_numpy().reshape(len(table), -1).copy()
+    latents[3, 5] += 1e-3  # one value in one row
+    column = pa.FixedSizeListArray.from_arrays(pa.array(latents.reshape(-1)), latents.shape[1])
+    buffer = io.BytesIO()
+    pq.write_table(table.set_column(0, "latent", column), buffer)
+    hub.files[f"/datasets/{REPO}/resolve/{SHA}/data/val-00000-of-00001.parquet"] = buffer.getvalue()
+    with pytest.raises(DownloadError, match="split 'val' of mednf/PhantomNF has 20 rows with latent digest"):
+        mednf.load("PhantomNF", root=hub.cache, source="hf")
+    assert not (hub.cache / "PhantomNF").exists()
