@@ -57,6 +57,7 @@ from mednf.store import (
     create_latent_arrays,
     file_table,
     index_columns,
+    mednf_home,
     open_latent_array,
     save_params,
     verify_dataset,
@@ -66,11 +67,6 @@ from mednf.store import (
 from mednf.trainer import MetaTrainer, TrainSummary
 
 log = logging.getLogger("mednf.build")
-
-
-def mednf_home() -> Path:
-    """Where datasets live by default: ``$MEDNF_HOME`` or ``~/.cache/mednf``."""
-    return Path(os.environ.get("MEDNF_HOME") or "~/.cache/mednf").expanduser()
 
 
 @dataclass
@@ -322,7 +318,7 @@ def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, sourc
     }
     atomic_write_bytes(out / CARD, render_card(manifest).encode("utf-8"))
     manifest["files"] = file_table(out)
-    check_content(out, manifest)  # counts and files, before the manifest makes the dataset "complete"
+    check_content(out, manifest, checksums=False)  # counts and files (just hashed), before "complete"
     atomic_write_json(out / MANIFEST, manifest)  # last: its presence means "complete"
     shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -351,9 +347,10 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
         probe.unlink()
     except OSError as err:
         raise BuildError(f"output directory {out} is not writable ({err.strerror}); choose another --out") from None
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
+        torch.cuda.set_device(device)
     dist = setup(device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
     handler = None
     try:
         with _directory_lock(out, dist):
@@ -383,6 +380,8 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
             raise BuildError(f"{out} holds a complete {manifest['name']} built with other settings "
                              f"({'; '.join(_differences(done, wanted)[:3])}); pass --restart to rebuild it, "
                              "or choose another --out")
+        if dist.is_main:
+            shutil.rmtree(work, ignore_errors=True)  # killed between the manifest and the clean-up
         _say(f"{spec.name} is already complete in {out} (pass --restart to build it again)", dist)
         return out
     _say(f"building {spec.name} into {out} on {_device_name(device)}"

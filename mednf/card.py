@@ -55,7 +55,8 @@ def render_card(manifest: dict[str, Any], configs: list[dict[str, Any]] | None =
     builder, engine, source = manifest["builder"], manifest["engine"], manifest["source"]
     field, meta, fit = engine["field"], engine["meta"], engine["fit"]
     rows = "\n".join(
-        f"| {split} | {s['count']} | {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} | {s['ssim_mean']:.4f} |"
+        f"| {split} | {s['count']} | {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} | "
+        + (f"{s['ssim_mean']:.4f} |" if s["ssim_mean"] is not None else "— |")
         for split, s in manifest["splits"].items()
     )
     src = builder["source"]

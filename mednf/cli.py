@@ -181,10 +181,14 @@ def _parse_indices(text: str, n: int) -> list[int]:
     try:
         if ":" in text:
             parts = [int(p) if p else None for p in text.split(":")]
-            return list(range(n))[slice(*parts)]
+            positions = list(range(n))[slice(*parts)]
+            if not positions:
+                raise ValueError
+            return positions
         positions = [int(p) for p in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--indices {text!r} is invalid: expected START:STOP, a number, or a comma list") from None
+    except (ValueError, TypeError):
+        raise ConfigError(f"--indices {text!r} is invalid: expected START:STOP (non-empty, split of {n}), a number, "
+                          "or a comma list") from None
     bad = [p for p in positions if not -n <= p < n]
     if bad:
         raise ConfigError(f"--indices {bad} are out of range: the split has {n} samples (0..{n - 1})")

@@ -2,8 +2,11 @@
 
 - :class:`MedNFDataset` *is* a ``torch.utils.data.Dataset``: ``ds[i]`` → ``{'latent': [P], 'label',
   'index', 'psnr'}``; slices, lists and index arrays return a batch (stacked tensors). The split's latent
-  matrix is read from Zarr once, on first use, in the process that uses it (so ``DataLoader`` workers
-  each open the store themselves; nothing opened is inherited through fork or pickled to spawn).
+  matrix is read from Zarr once, on first use, in the process that uses it (``DataLoader`` workers open
+  the store themselves; nothing opened is pickled to spawned workers). A worker that reads it holds its
+  own copy (ChestNF train: 640 MB); read ``ds.latents`` before creating the loader to share the parent's
+  copy with forked workers. A ``DataLoader`` fetches each batch with one gather (``__getitems__``), so
+  workers rarely pay off unless items are decoded to images.
 - ``ds.decode(indices, size=...)`` renders latents with θ at any resolution, batched, on CPU or GPU;
   ``ds.with_images(size)`` returns a view whose items also carry ``image``.
 - ``ds.to_hf()`` builds a ``datasets.Dataset`` whose latent column wraps the in-memory matrix without a
@@ -24,11 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.build import mednf_home
 from mednf.config import ConfigError, EngineConfig
 from mednf.errors import MednfError
 from mednf.specs import SPLITS
-from mednf.store import INDEX, LATENTS, MANIFEST, MODEL, load_params, read_manifest, verify_dataset
+from mednf.store import INDEX, LATENTS, MANIFEST, MODEL, load_params, mednf_home, read_manifest, verify_dataset
 
 IndexLike = int | slice | Sequence[int] | np.ndarray | Tensor
 
@@ -95,7 +97,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         self.ssim = table["ssim"].to_numpy()  # [N] (NaN where undefined)
         if self.multi_label:
             flat = table["labels"].combine_chunks().flatten().to_numpy()
-            self.labels = flat.reshape(len(table), -1).astype(np.int8)  # [N, L]
+            self.labels = flat.reshape(len(table), len(self.label_names)).astype(np.int8)  # [N, L]
         else:
             self.labels = table["label"].to_numpy()  # [N]
         self._index_table = table
@@ -157,14 +159,17 @@ class MedNFDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         """What a ``DataLoader`` calls for one batch: one gather for all rows, then per-sample views
         (``default_collate`` stacks them again)."""
-        if self.image_size is not None:
-            return [self[i] for i in indices]
         pos = self._positions(indices)
+        images = self.decode(pos, size=self.image_size).unbind(0) if self.image_size is not None else None
         latents = torch.from_numpy(self.latents[pos]).unbind(0)
         labels = torch.from_numpy(self.labels[pos]).unbind(0) if self.multi_label else self.labels[pos].tolist()
-        return [{"latent": latent, "label": label, "index": index, "psnr": psnr}
-                for latent, label, index, psnr in zip(latents, labels, self.source_index[pos].tolist(),
-                                                      self.psnr[pos].tolist())]
+        items = [{"latent": latent, "label": label, "index": index, "psnr": psnr}
+                 for latent, label, index, psnr in zip(latents, labels, self.source_index[pos].tolist(),
+                                                       self.psnr[pos].tolist())]
+        if images is not None:
+            for item, image in zip(items, images):
+                item["image"] = image
+        return items
 
     # ----------------------------------------------------------------- decoding
     @property
@@ -174,17 +179,19 @@ class MedNFDataset(torch.utils.data.Dataset):
 
     def theta(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
         """θ (shared network) on ``device``."""
-        if self._theta is None:
-            self._theta, _ = load_params(self.root / MODEL)
         device = torch.device(device or self.device or "cpu")
-        return {k: v.to(device) for k, v in self._theta.items()}
+        if self._theta is None or next(iter(self._theta.values())).device != device:
+            params, _ = load_params(self.root / MODEL)
+            self._theta = {k: v.to(device) for k, v in params.items()}  # cached on the last device used
+        return self._theta
 
     def decode(self, indices: IndexLike | None = None, *, size: int | Sequence[int] | None = None,
-               device: str | torch.device | None = None, batch_size: int = 256) -> Tensor:
+               device: str | torch.device | None = None, batch_size: int | None = None) -> Tensor:
         """Images (or volumes) ``[n, D, *size]`` in [0, 1] from the latents at ``indices`` (default all).
 
         ``size`` may differ from the training resolution (the field is continuous); default native.
         Runs in batches on ``device`` (default: the dataset's device, else CPU); returns a CPU tensor.
+        ``batch_size`` None → as many signals as keep one layer's activations near 256 MiB.
         """
         from mednf.field import decode as decode_field
 
@@ -192,6 +199,9 @@ class MedNFDataset(torch.utils.data.Dataset):
         spatial = self._spatial(size)
         device = torch.device(device or self.device or "cpu")
         theta = self.theta(device)
+        if batch_size is None:
+            points = int(np.prod(spatial))
+            batch_size = max(1, (1 << 26) // (points * self.config.field.hidden_dim))
         out = torch.empty((len(pos), self.config.field.out_dims, *spatial))
         for start in range(0, len(pos), batch_size):
             chunk = torch.from_numpy(self.latents[pos[start:start + batch_size]]).to(device)
@@ -251,12 +261,13 @@ class MedNFDataset(torch.utils.data.Dataset):
                               fingerprint=fingerprint)
         if decode:
             spatial, field_cfg, theta = self._spatial(size), self.config.field, self.theta()
+            device = next(iter(theta.values())).device
 
             def add_images(batch: dict[str, list]) -> dict[str, list]:
                 from mednf.field import decode as decode_field
 
-                phi = torch.as_tensor(np.asarray(batch["latent"], dtype=np.float32))
-                batch["image"] = list(decode_field(theta, phi, field_cfg, spatial))
+                phi = torch.as_tensor(np.asarray(batch["latent"], dtype=np.float32)).to(device)
+                batch["image"] = list(decode_field(theta, phi, field_cfg, spatial).cpu())
                 return batch
 
             hf = hf.with_transform(add_images)

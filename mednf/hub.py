@@ -33,9 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mednf.build import mednf_home
 from mednf.errors import MednfError
-from mednf.store import MANIFEST, verify_dataset
+from mednf.store import MANIFEST, mednf_home, sha256_file, unfinished_build, verify_dataset
 
 _TIMEOUT_S = 60
 _CHUNK = 1 << 20
@@ -68,6 +67,12 @@ def registry_entry(name: str) -> tuple[str, dict[str, Any]]:
                         f"build it with `mednf build {name.lower()}`")
 
 
+def _check_target(target: Path) -> None:
+    if unfinished_build(target):
+        raise DownloadError(f"{target} holds an unfinished `mednf build`; finish it (rerun the build) or remove it, "
+                            "or download into another --root")
+
+
 def _offline_check(what: str, url: str, target: Path) -> None:
     if os.environ.get("MEDNF_OFFLINE", "") not in ("", "0"):
         raise DownloadError(f"{what} is not in the cache and MEDNF_OFFLINE is set; download {url} and unpack it "
@@ -96,10 +101,12 @@ def fetch_verified(url: str, target: Path, *, size: int, sha256: str, md5: str |
         with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response, open(partial, "wb") as out, tqdm(
                 total=size, unit="B", unit_scale=True, desc=f"download {target.name}", disable=not progress) as bar:
             while block := response.read(_CHUNK):
+                written += len(block)
+                if written > size:
+                    break  # longer than the registry says: reported below, never stored
                 out.write(block)
                 for digest in digests.values():
                     digest.update(block)
-                written += len(block)
                 bar.update(len(block))
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
         partial.unlink(missing_ok=True)
@@ -110,7 +117,7 @@ def fetch_verified(url: str, target: Path, *, size: int, sha256: str, md5: str |
         raise
     problems = []
     if written != size:
-        problems.append(f"size {written} bytes, expected {size}")
+        problems.append(f"size {'more than ' if written > size else ''}{written} bytes, expected {size}")
     elif digests["sha256"].hexdigest() != sha256:
         problems.append(f"sha256 {digests['sha256'].hexdigest()}, expected {sha256}")
     elif md5 is not None and digests["md5"].hexdigest() != md5:
@@ -144,6 +151,7 @@ def download_zenodo(name: str, *, root: str | Path | None = None, base_url: str 
     if not record_id:
         raise DownloadError(f"{key} has no Zenodo record in the registry; try --source hf or build it")
     api = f"{base}/api/records/{record_id}"
+    _check_target(target)
     _offline_check(key, api, target)
     record = _get_json(api)
     listed = {f["key"]: f for f in record.get("files", [])}
@@ -190,7 +198,7 @@ def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
         for rel in [*sorted(manifest["files"]), MANIFEST]:
             tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False)
     os.replace(partial, archive)
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    digest = sha256_file(archive)
     size = archive.stat().st_size
     (out / "SHA256SUMS").write_text(f"{digest}  {archive.name}\n", encoding="utf-8")
     (out / "registry-entry.toml").write_text(
@@ -247,7 +255,6 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
         create_latent_arrays,
         file_table,
         index_columns,
-        sha256_file,
         write_index,
         write_latent_block,
     )
@@ -259,6 +266,7 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
     home = Path(root).expanduser() if root else mednf_home()
     target = home / key
     endpoint = endpoint or os.environ.get("MEDNF_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    _check_target(target)
     _offline_check(key, f"{endpoint}/datasets/{repo}", target)
     snapshot = home / f".{key}.hf-{os.getpid()}"
     build = home / f".{key}.rebuild-{os.getpid()}"
@@ -312,7 +320,7 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
         atomic_write_bytes(build / CARD, render_card(manifest).encode("utf-8"))
         manifest["origin"] = {"hf_repo": repo, "revision": revision, "endpoint": endpoint}
         manifest["files"] = file_table(build)
-        check_content(build, manifest)
+        check_content(build, manifest, checksums=False)  # file_table just hashed every file
         atomic_write_json(build / MANIFEST, manifest)
         if target.exists():
             shutil.rmtree(target)

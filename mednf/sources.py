@@ -98,8 +98,6 @@ def download(url: str, target: Path, md5: str, *, progress: bool = True) -> None
                 raise SourceError(f"download of {url} is truncated: got {out.tell()} of {total} bytes; run again")
     except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
         partial.unlink(missing_ok=True)
-        if isinstance(err, SourceError):
-            raise
         reason = getattr(err, "reason", err)
         raise SourceError(
             f"{target.name} is missing and could not be downloaded from {url} ({reason}); download it "
@@ -166,6 +164,8 @@ def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
                                   "store plain numeric arrays") from None
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
                 raise SourceError(f"{path}: {split} arrays are damaged ({err}); download or write the file again") from None
+            if len(images) == 0:
+                raise SourceError(f"{path}: {keys[0]} is empty; every split needs at least one image")
             if images.shape[1:] != gray_shape:
                 raise SourceError(f"{path}: {keys[0]} has shape {images.shape}, expected [N, {', '.join(map(str, gray_shape))}] "
                                   f"for {spec.name} at size {src.size}; check --size and the file")

@@ -40,6 +40,16 @@ WORK = ".partial"
 _NOT_CONTENT = {MANIFEST, LOG, WORK, ".lock"}
 
 
+def mednf_home() -> Path:
+    """Where datasets live by default: ``$MEDNF_HOME`` or ``~/.cache/mednf``."""
+    return Path(os.environ.get("MEDNF_HOME") or "~/.cache/mednf").expanduser()
+
+
+def unfinished_build(path: Path) -> bool:
+    """True if ``path`` holds a build in progress or interrupted (never to be replaced by a download)."""
+    return (path / WORK).exists() or ((path / ".lock").exists() and not (path / MANIFEST).exists())
+
+
 class FormatError(MednfError):
     """A dataset directory is incomplete or does not match its manifest."""
 

@@ -138,11 +138,13 @@ class MetaTrainer:
     # ------------------------------------------------------------------ validation
     def validate(self) -> float:
         """Mean PSNR of the fixed val subset after the test-time fit (sharded over ranks)."""
-        mine = self.val_images[self.dist.rank::self.dist.world]
+        n, world, rank = len(self.val_images), self.dist.world, self.dist.rank
+        start, stop = rank * n // world, (rank + 1) * n // world  # contiguous: keys match one process's
+        mine = self.val_images[start:stop]
         total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         if len(mine):
             result = fit_latents(self.learner.detached_params(), mine, self.cfg.field, self.cfg.fit,
-                                 device=self.device, seed=self.seed)
+                                 device=self.device, seed=self.seed, first_index=start)
             total += torch.tensor([float(result.psnr.double().sum()), float(len(mine))], device=total.device)
         self.dist.sum_([total])
         return float(total[0] / total[1])
@@ -167,7 +169,8 @@ class MetaTrainer:
             signals = as_float_signals(np.ascontiguousarray(self.train_images[idx]))
             stats = self.learner.step(signals, positions=positions, global_batch=batch, reduce_grads=reduce)
             done = self.learner.iteration
-            if done % self.settings.val_every == 0 or done == steps:
+            validated = done % self.settings.val_every == 0 or done == steps
+            if validated:
                 val = self.validate()
                 self.history.append({"step": done, "val_psnr": val, "train_psnr": stats["psnr"]})
                 improved = val > self.best_psnr
@@ -178,7 +181,8 @@ class MetaTrainer:
                 self.log(f"iteration {done}: val PSNR {val:.2f} dB (fit H={self.cfg.fit.steps}) "
                          f"{'new best' if improved else f'best {self.best_psnr:.2f} dB at {self.best_step}'}")
             self.seconds += time.perf_counter() - started
-            if dist.is_main and (done % self.settings.checkpoint_every == 0 or done == steps):
+            # with every validation too, so a newer meta-best never outlives the run it came from
+            if dist.is_main and (validated or done % self.settings.checkpoint_every == 0):
                 self._save(self.work / LAST, with_optimizer=True)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", refresh=False)
             bar.update(1)

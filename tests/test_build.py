@@ -201,3 +201,12 @@ def test_dermanf_card_carries_the_non_commercial_licence(phantom_dir):
     card = render_card(manifest)
     assert "license: cc-by-nc-4.0" in card and "Non-commercial use only" in card and "yang2023medmnist" in card
     assert "HAM10000" in card and "dermamnist_64.npz" in card
+
+
+def test_images_too_small_for_ssim_still_build_and_render(tmp_path):
+    out = tmp_path / "P"
+    build("phantomnf", BuildOptions(out=out, preset="tiny", size=8, max_samples=4, progress=False,
+                                    overrides={"meta": {"steps": 2}}, build_overrides={"val_samples": 2}))
+    manifest = verify_dataset(out)
+    assert manifest["splits"]["test"]["ssim_mean"] is None
+    assert "| test | 4 |" in (out / "README.md").read_text() and "| — |" in (out / "README.md").read_text()

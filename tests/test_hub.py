@@ -151,3 +151,11 @@ def test_cli_export_and_download(zenodo, phantom_dir, tmp_path):
     assert "already in" in result.output
     result = runner.invoke(main, ["download", "chestnf", "--root", str(zenodo.cache)])
     assert result.exit_code == 2 and "no published copy of 'chestnf'" in result.output
+
+
+def test_download_never_replaces_an_unfinished_build(zenodo, archive):
+    zenodo.publish(archive)
+    (zenodo.cache / "PhantomNF" / ".partial").mkdir(parents=True)
+    with pytest.raises(DownloadError, match="holds an unfinished `mednf build`"):
+        mednf.load("PhantomNF", root=zenodo.cache)
+    assert (zenodo.cache / "PhantomNF" / ".partial").is_dir() and zenodo.requests == []

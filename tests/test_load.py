@@ -139,6 +139,7 @@ def test_cli_info_and_decode(phantom_dir, tmp_path):
     assert result.exit_code == 0
     np.testing.assert_allclose(np.load(npy), mednf.load(phantom_dir, "val").decode([1, 4]).numpy())
     for args, expected in ((["--indices", "99"], "out of range"), (["--out", str(tmp_path / "x.jpg")], ".png or .npy"),
-                           (["--indices", "a:b"], "START:STOP")):
+                           (["--indices", "a:b"], "START:STOP"), (["--indices", "5:2"], "non-empty"),
+                           (["--indices", "1:2:3:4"], "START:STOP")):
         result = runner.invoke(main, ["decode", str(phantom_dir), "--out", str(png), *args])
         assert result.exit_code == 2 and expected in result.output and result.output.count("\n") == 1
