@@ -13,6 +13,9 @@ to ``$MEDNF_HOME/<Name>``. Any failure leaves nothing that looks usable; the nex
 
 **Export** (:func:`export_zenodo`): ``<out>/<Name>.tar`` (the manifest's files, uncompressed: the latents
 are already compressed) plus ``SHA256SUMS`` and the registry entry to paste, for a maintainer to upload.
+:func:`export_hf` writes an HF dataset repository (Parquet + card); :func:`download_hf` fetches one with
+``huggingface_hub.snapshot_download`` and verifies it against the manifest, which the registry pins by
+sha256 (``manifest_sha256``) when the entry has one.
 
 Libraries: urllib (stdlib) for two plain GETs with timeouts, tarfile for the archive. Only bytes,
 JSON, safetensors, Zarr and Parquet are read from a download: nothing is unpickled.
@@ -39,6 +42,7 @@ from mednf.store import MANIFEST, mednf_home, sha256_file, unfinished_build, ver
 _TIMEOUT_S = 60
 _CHUNK = 1 << 20
 DEFAULT_ZENODO = "https://zenodo.org"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
 class DownloadError(MednfError):
@@ -137,6 +141,9 @@ def safe_extract(archive: Path, into: Path) -> None:
             if member.name.startswith(("/", "\\")) or ".." in parts or not (member.isfile() or member.isdir()):
                 raise DownloadError(f"{archive.name} holds an unsafe entry {member.name!r} (absolute path, '..', "
                                     "link or device); refusing to unpack it")
+            if member.name.lower().endswith(_PICKLE_SUFFIXES):
+                raise DownloadError(f"{archive.name} holds {member.name!r}, a pickle-based file; mednf's format has "
+                                    "no pickle and never unpickles a download, refusing the archive")
         tar.extractall(into, members=members, filter="data")
 
 
@@ -229,6 +236,10 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     (out / "README.md").write_text(render_card(manifest, configs), encoding="utf-8")
     for name in (MANIFEST, "model.safetensors"):
         shutil.copyfile(dataset / name, out / name)
+    # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
+    (out.parent / f"{out.name}.registry-entry.toml").write_text(
+        f'[{manifest["name"]}]\nhf_repo = "<org>/{manifest["name"]}"\nhf_revision = "<commit after upload>"\n'
+        f'manifest_sha256 = "{sha256_file(out / MANIFEST)}"\n', encoding="utf-8")
     return out
 
 
@@ -277,6 +288,10 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
             raise DownloadError(f"could not download {repo} from {endpoint} ({str(err).splitlines()[0]}); "
                                 "nothing was kept, run again") from None
+        pinned = entry.get("manifest_sha256")
+        if pinned and (snapshot / MANIFEST).is_file() and sha256_file(snapshot / MANIFEST) != pinned:
+            raise DownloadError(f"{MANIFEST} of {repo} has sha256 {sha256_file(snapshot / MANIFEST)}, the registry "
+                                f"pins {pinned}; discarded")
         try:
             manifest = json.loads((snapshot / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:

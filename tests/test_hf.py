@@ -126,3 +126,19 @@ def test_hf_valid_parquet_with_altered_latents_is_refused(hub, exported):
     with pytest.raises(DownloadError, match="split 'val' of mednf/PhantomNF has 20 rows with latent digest"):
         mednf.load("PhantomNF", root=hub.cache, source="hf")
     assert not (hub.cache / "PhantomNF").exists()
+
+
+def test_hf_manifest_pinned_by_the_registry(hub, exported, tmp_path):
+    entry = (exported.parent / "PhantomNF.registry-entry.toml").read_text()
+    pinned = entry.split('manifest_sha256 = "')[1].split('"')[0]
+    assert pinned == hashlib.sha256((exported / "mednf.json").read_bytes()).hexdigest()
+    registry = tmp_path / "registry.toml"
+    registry.write_text(registry.read_text() + f'manifest_sha256 = "{pinned}"\n')
+    assert len(mednf.load("PhantomNF", split="test", root=hub.cache, source="hf")) == 20
+    import shutil
+
+    shutil.rmtree(hub.cache / "PhantomNF")
+    registry.write_text(registry.read_text().replace(pinned, "0" * 64))  # a manifest the registry does not know
+    with pytest.raises(DownloadError, match="the registry pins 0000"):
+        mednf.load("PhantomNF", root=hub.cache, source="hf")
+    assert not (hub.cache / "PhantomNF").exists()

@@ -115,10 +115,11 @@ def _tar(entries: dict[str, bytes], symlink: str | None = None) -> bytes:
 
 @pytest.mark.parametrize("entries, symlink", [({"PhantomNF/../../evil.txt": b"x"}, None),
                                               ({"/tmp/evil.txt": b"x"}, None),
-                                              ({"PhantomNF/mednf.json": b"{}"}, "PhantomNF/model.safetensors")])
+                                              ({"PhantomNF/mednf.json": b"{}"}, "PhantomNF/model.safetensors"),
+                                              ({"PhantomNF/model.pt": b"\x80\x04cos\nsystem\n."}, None)])
 def test_unsafe_archive_is_refused_before_writing(zenodo, tmp_path, entries, symlink):
     zenodo.publish(_tar(entries, symlink))  # registry sha256 matches: only the unpacking can catch it
-    with pytest.raises(DownloadError, match="unsafe entry"):
+    with pytest.raises(DownloadError, match="unsafe entry|pickle-based file"):
         mednf.load("PhantomNF", root=zenodo.cache)
     assert not (tmp_path / "evil.txt").exists() and not (zenodo.cache / "PhantomNF").exists()
 
