@@ -17,6 +17,7 @@ Measured (best of ``--repeats``; each a fresh ``MedNFDataset`` unless said other
   fresh dataset (includes the first read and decompression of the Zarr array by each process);
 - **sequential / shuffled, warm**: the same after ``ds.latents`` was read in the parent (forked workers
   share it);
+- **ds.dataloader**: the same through :meth:`MedNFDataset.dataloader` (index batches, no per-sample collate);
 - **random access**: ``ds[i]`` for random single indices (latent + label + index + psnr), matrix already
   read;
 - **to_hf**: ``ds.to_hf()`` on a dataset whose matrix is already in memory, and the same including the
@@ -110,11 +111,14 @@ def main() -> None:
         results: dict[str, float] = {}
         n = args.rows
 
-        def sequential(workers: int, shuffle: bool = False, warm: bool = False) -> None:
+        def sequential(workers: int, shuffle: bool = False, warm: bool = False, batched: bool = False) -> None:
             ds = MedNFDataset(root, "train", verify=False)
             if warm:
                 _ = ds.latents  # read in the parent: forked workers share it
-            loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers, shuffle=shuffle)
+            if batched:
+                loader = ds.dataloader(256, shuffle=shuffle, num_workers=workers)
+            else:
+                loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers, shuffle=shuffle)
             total = sum(len(b["latent"]) for b in loader)
             assert total == n
 
@@ -123,6 +127,10 @@ def main() -> None:
             results[f"sequential_warm_w{workers}"] = n / best_of(args.repeats, lambda w=workers: sequential(w, warm=True))
             results[f"shuffled_warm_w{workers}"] = n / best_of(args.repeats,
                                                                lambda w=workers: sequential(w, True, warm=True))
+            results[f"batched_cold_w{workers}"] = n / best_of(args.repeats,
+                                                              lambda w=workers: sequential(w, batched=True))
+            results[f"batched_shuffled_warm_w{workers}"] = n / best_of(
+                args.repeats, lambda w=workers: sequential(w, True, warm=True, batched=True))
         ds = MedNFDataset(root, "train", verify=False)
         _ = ds.latents
         picks = np.random.default_rng(1).integers(0, n, args.random_items)
@@ -138,11 +146,13 @@ def main() -> None:
             sync()
 
         results["decode_images_per_s"] = args.decode_count / best_of(args.repeats, decode_run)
-    print("| rows × P | workers | sequential, cold | sequential, warm | shuffled, warm |")
-    print("|---|---:|---:|---:|---:|")
+    print("| rows × P | workers | sequential, cold | sequential, warm | shuffled, warm "
+          "| ds.dataloader, cold | ds.dataloader shuffled, warm |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for w in (0, 2):
         print(f"| {n}×{args.latent_dim} | {w} | {results[f'sequential_w{w}']:,.0f}/s "
-              f"| {results[f'sequential_warm_w{w}']:,.0f}/s | {results[f'shuffled_warm_w{w}']:,.0f}/s |")
+              f"| {results[f'sequential_warm_w{w}']:,.0f}/s | {results[f'shuffled_warm_w{w}']:,.0f}/s "
+              f"| {results[f'batched_cold_w{w}']:,.0f}/s | {results[f'batched_shuffled_warm_w{w}']:,.0f}/s |")
     print(f"\nrandom ds[i]: {results['random_items']:,.0f} items/s; to_hf: {results['to_hf_s']:.3f} s "
           f"({results['to_hf_with_read_s']:.2f} s including the Zarr read); decode 64² on {args.decode_device}: "
           f"{results['decode_images_per_s']:.1f} images/s")

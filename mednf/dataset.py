@@ -171,6 +171,16 @@ class MedNFDataset(torch.utils.data.Dataset):
                 item["image"] = image
         return items
 
+    def dataloader(self, batch_size: int = 256, *, shuffle: bool = False, drop_last: bool = False,
+                   generator: torch.Generator | None = None, **kwargs: Any) -> torch.utils.data.DataLoader:
+        """A ``DataLoader`` that hands whole index batches to :meth:`__getitem__`: one gather per batch and
+        no per-sample dicts to collate (several times faster than ``DataLoader(ds, batch_size=...)``, same
+        batches). ``kwargs`` go to ``DataLoader`` (``num_workers``, ``pin_memory``, …)."""
+        from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+        order = RandomSampler(self, generator=generator) if shuffle else SequentialSampler(self)
+        return DataLoader(self, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None, **kwargs)
+
     # ----------------------------------------------------------------- decoding
     @property
     def native_size(self) -> tuple[int, ...]:

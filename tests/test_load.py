@@ -143,3 +143,16 @@ def test_cli_info_and_decode(phantom_dir, tmp_path):
                            (["--indices", "1:2:3:4"], "START:STOP")):
         result = runner.invoke(main, ["decode", str(phantom_dir), "--out", str(png), *args])
         assert result.exit_code == 2 and expected in result.output and result.output.count("\n") == 1
+
+
+def test_batched_dataloader_gives_the_same_batches(phantom_dir):
+    ds = mednf.load(phantom_dir, split="train")
+    plain = list(torch.utils.data.DataLoader(ds, batch_size=6))
+    batched = list(ds.dataloader(6, num_workers=2))
+    assert [len(b["latent"]) for b in batched] == [6, 6, 6, 2]
+    for a, b in zip(plain, batched):
+        torch.testing.assert_close(a["latent"], b["latent"])
+        assert a["label"].tolist() == b["label"].tolist() and a["index"].tolist() == b["index"].tolist()
+    shuffled = torch.cat([b["index"] for b in ds.dataloader(6, shuffle=True,
+                                                            generator=torch.Generator().manual_seed(0))])
+    assert sorted(shuffled.tolist()) == list(range(20)) and shuffled.tolist() != list(range(20))
