@@ -1,7 +1,8 @@
 """mednf: medical datasets as neural fields (MedFuncta / MedNF).
 
 ``mednf.load(name_or_path, split=...)`` and ``mednf.info(name)`` are the entry points for users of a
-built dataset (see :mod:`mednf.dataset`); they import their dependencies on first call.
+built dataset (see :mod:`mednf.dataset`); ``mednf.encode`` fits new images into a space,
+``mednf.evaluate`` and ``mednf.classify`` measure one. All import their dependencies on first call.
 """
 
 from __future__ import annotations
@@ -23,3 +24,24 @@ def info(*args: Any, **kwargs: Any) -> Any:
     from mednf.dataset import info as _info
 
     return _info(*args, **kwargs)
+
+
+def encode(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`mednf.encoding.encode`."""
+    from mednf.encoding import encode as _encode
+
+    return _encode(*args, **kwargs)
+
+
+def evaluate(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`mednf.evaluation.evaluate`."""
+    from mednf.evaluation import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)
+
+
+def classify(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`mednf.classification.classify`."""
+    from mednf.classification import classify as _classify
+
+    return _classify(*args, **kwargs)

@@ -171,7 +171,8 @@ def info(name: str, root: Path | None, as_json: bool) -> None:
                f"licence: {summary['license']}")
     for split, s in summary["splits"].items():
         ssim = f"{s['ssim_mean']:.3f}" if s["ssim_mean"] is not None else "—"
-        click.echo(f"  {split:5s} {s['count']:7d} samples  PSNR {s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB  SSIM {ssim}")
+        psnr = f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB" if s["psnr_mean"] is not None else "not measured"
+        click.echo(f"  {split:5s} {s['count']:7d} samples  PSNR {psnr}  SSIM {ssim}")
 
 
 def _parse_indices(text: str, n: int) -> list[int]:
@@ -274,6 +275,142 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
     archive = export_zenodo(find_dataset(name, root), out)
     click.echo(f"wrote {archive} ({archive.stat().st_size / 2**20:.1f} MiB), {out / 'SHA256SUMS'}, "
                f"{out / 'registry-entry.toml'}")
+
+
+@main.command(name="eval")
+@click.argument("name")
+@click.option("--split", default="test", show_default=True, help="A split, or 'all'.")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for summary.json and samples.parquet "
+              "[default: ./<Name>-eval].")
+@click.option("--plot", type=click.Path(path_type=Path), help="PNG: inputs, reconstructions, |error| maps.")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
+@click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
+              help="Where the source npz is [default: $MEDMNIST_ROOT or ~/.medmnist].")
+@click.option("--gpu", type=int, default=None, help="Decode on cuda:N.")
+@_friendly
+def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path | None,
+          medmnist_root: Path | None, gpu: int | None) -> None:
+    """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
+    from mednf.build import resolve_device
+    from mednf.dataset import find_dataset
+    from mednf.evaluation import evaluate, save_error_grid, write_report
+    from mednf.store import read_manifest
+
+    path = find_dataset(name, root)
+    manifest = read_manifest(path)
+    splits = None if split == "all" else [split]
+    if splits and split not in manifest["splits"]:
+        from mednf.config import ConfigError
+
+        raise ConfigError(f"--split {split!r} is invalid: expected one of {', '.join(manifest['splits'])} or all")
+    device = resolve_device(gpu)
+    report = evaluate(path, splits, medmnist_root=medmnist_root, device=device)
+    folder = write_report(report, out or Path(f"{manifest['name']}-eval"))
+    click.echo(f"{report.name}: decoded vs source images ({report.seconds:.1f} s on {report.device})")
+    for s, summary in report.summary()["splits"].items():
+        stored = summary["stored_psnr_mean"]
+        ssim = f"{summary['ssim_mean']:.4f}" if summary["ssim_mean"] is not None else "—"
+        click.echo(f"  {s:5s} {summary['count']:7d}  MSE {summary['mse_mean']:.5f}  PSNR {summary['psnr_mean']:.2f} ± "
+                   f"{summary['psnr_std']:.2f} dB  SSIM {ssim}"
+                   + (f"  (recorded at build: {stored:.2f} dB)" if stored is not None else ""))
+    click.echo(f"wrote {folder / 'summary.json'} and {folder / 'samples.parquet'}")
+    if plot is not None:
+        save_error_grid(path, plot, split=splits[0] if splits else "test", medmnist_root=medmnist_root, device=device)
+        click.echo(f"wrote {plot}: inputs, reconstructions, |error| (rows)")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--model", "model", type=click.Choice(["knn", "mlp", "all"]), default="all", show_default=True)
+@click.option("--features", type=click.Choice(["latents", "pixels", "both"]), default="both", show_default=True,
+              help="Latents, the raw-pixel baseline, or both in one table.")
+@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True, help="MLP epochs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the report as JSON.")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
+@click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
+              help="Where the source npz is (pixel baseline).")
+@click.option("--gpu", type=int, default=None, help="Train the MLP on cuda:N.")
+@_friendly
+def classify(name: str, model: str, features: str, epochs: int, seed: int, json_out: Path | None,
+             root: Path | None, medmnist_root: Path | None, gpu: int | None) -> None:
+    """k-NN (k = 1, 3) and the paper's MLP on NAME's latents, beside the same on raw pixels (Table 4)."""
+    import json
+
+    from mednf.build import resolve_device
+    from mednf.classification import classify as run
+
+    models = ("knn", "mlp") if model == "all" else (model,)
+    feats = ("latents", "pixels") if features == "both" else (features,)
+    report = run(name, models, features=feats, root=root, medmnist_root=medmnist_root, epochs=epochs, seed=seed,
+                 device=resolve_device(gpu))
+    click.echo(report.to_markdown())
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {json_out}")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="latents.npz (latents, psnr, ssim).")
+@click.option("--key", help="Array of IMAGES to encode [default: images, test_images, or the only one].")
+@click.option("--resample", is_flag=True, help="Resize images of another size to the space's resolution.")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
+@click.option("--gpu", type=int, default=None, help="Fit on cuda:N.")
+@_friendly
+def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, root: Path | None,
+           gpu: int | None) -> None:
+    """Fit latents for the images of an .npz into NAME's space (its θ and fit settings)."""
+    import numpy as np
+
+    from mednf.build import resolve_device
+    from mednf.encoding import encode as run
+    from mednf.encoding import read_images_npz
+    from mednf.store import atomic_write_bytes
+
+    result = run(read_images_npz(images, key), name, resample=resample, root=root, device=resolve_device(gpu))
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, latents=result.latents, psnr=result.psnr, ssim=result.ssim)
+    atomic_write_bytes(out, buffer.getvalue())
+    click.echo(f"wrote {out}: {len(result.latents)} latents of P={result.latents.shape[1]} in the {result.space} "
+               f"space, PSNR {result.psnr.mean():.2f} ± {result.psnr.std():.2f} dB")
+
+
+@main.command(name="import-official")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Sub-dataset, e.g. ChestNF (its builder gives labels and split sizes).")
+@click.option("--out", type=click.Path(path_type=Path), help="New dataset folder [default: $MEDNF_HOME/<Name>].")
+@click.option("--w0", type=float, help="ω of the first layer, only for a model.pt that is a plain state dict.")
+@click.option("--w0-increment", type=float, help="ω increment per layer (with --w0; official 2D configs: 5).")
+@click.option("--measure", is_flag=True, help="Also decode every latent and record PSNR/SSIM (needs the MedMNIST file).")
+@click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
+              help="Where the source npz is (label check, --measure).")
+@click.option("--gpu", type=int, default=None, help="Measure on cuda:N.")
+@_friendly
+def import_official(directory: Path, name: str, out: Path | None, w0: float | None, w0_increment: float | None,
+                    measure: bool, medmnist_root: Path | None, gpu: int | None) -> None:
+    """Convert the official MedNF release layout (model.pt, {train,val,test}/datapoint_{i}.pt) into
+    mednf's format, reading it weights-only (no arbitrary unpickling)."""
+    from mednf.build import resolve_device
+    from mednf.official_import import import_official as run
+    from mednf.specs import load_builder
+    from mednf.store import mednf_home, read_manifest
+
+    target = out or mednf_home() / load_builder(name).name
+    path = run(directory, name, target, medmnist_root=medmnist_root, measure=measure, w0=w0,
+               w0_increment=w0_increment, device=resolve_device(gpu))
+    manifest = read_manifest(path)
+    counts = ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items())
+    dropped = {s: len(v) for s, v in manifest["origin"]["missing"].items() if v}
+    click.echo(f"imported {manifest['name']} into {path}: {counts}")
+    if dropped:
+        click.echo("  without a datapoint in the release (the official fit dropped incomplete batches): "
+                   + ", ".join(f"{s} {n}" for s, n in dropped.items()) + " (listed in mednf.json origin.missing)")
+    if not manifest["source"]["labels_checked"]:
+        click.echo("  labels not checked against MedMNIST (file not found locally; give --medmnist-root)")
 
 
 if __name__ == "__main__":

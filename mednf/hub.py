@@ -11,14 +11,20 @@ are refused), the dataset is verified against its manifest (sha256 of every file
 to ``$MEDNF_HOME/<Name>``. Any failure leaves nothing that looks usable; the next call starts again.
 ``$MEDNF_OFFLINE=1`` forbids the network. ``$MEDNF_ZENODO_URL`` replaces ``https://zenodo.org``.
 
+**The paper's release** (registry ``layout = "official"``, record 10.5281/zenodo.14898708) holds the
+official research code's layout, not this one: the files whose names contain the dataset's name are
+fetched and checked against Zenodo's md5 (no sha256 is published), unpacked (zip or tar, same refusals, the
+``.pt`` files allowed) and imported by :mod:`mednf.official_import`, which reads them weights-only.
+
 **Export** (:func:`export_zenodo`): ``<out>/<Name>.tar`` (the manifest's files, uncompressed: the latents
 are already compressed) plus ``SHA256SUMS`` and the registry entry to paste, for a maintainer to upload.
 :func:`export_hf` writes an HF dataset repository (Parquet + card); :func:`download_hf` fetches one with
 ``huggingface_hub.snapshot_download`` and verifies it against the manifest, which the registry pins by
 sha256 (``manifest_sha256``) when the entry has one.
 
-Libraries: urllib (stdlib) for two plain GETs with timeouts, tarfile for the archive. Only bytes,
-JSON, safetensors, Zarr and Parquet are read from a download: nothing is unpickled.
+Libraries: urllib (stdlib) for two plain GETs with timeouts, tarfile/zipfile for the archives. Only
+bytes, JSON, safetensors, Zarr and Parquet are read from a mednf copy; the official release's ``.pt``
+files go through torch's weights-only unpickler with an allow-list: nothing is unpickled freely.
 """
 
 from __future__ import annotations
@@ -92,9 +98,9 @@ def _get_json(url: str) -> Any:
                             "(or MEDNF_ZENODO_URL) and try again") from None
 
 
-def fetch_verified(url: str, target: Path, *, size: int, sha256: str, md5: str | None = None,
+def fetch_verified(url: str, target: Path, *, size: int, sha256: str | None, md5: str | None = None,
                    progress: bool = True) -> None:
-    """Stream ``url`` to ``target`` via a temporary file; size, sha256 (and md5) must match first."""
+    """Stream ``url`` to ``target`` via a temporary file; size, sha256 and md5 (those given) must match first."""
     from tqdm.auto import tqdm
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +128,7 @@ def fetch_verified(url: str, target: Path, *, size: int, sha256: str, md5: str |
     problems = []
     if written != size:
         problems.append(f"size {'more than ' if written > size else ''}{written} bytes, expected {size}")
-    elif digests["sha256"].hexdigest() != sha256:
+    elif sha256 is not None and digests["sha256"].hexdigest() != sha256:
         problems.append(f"sha256 {digests['sha256'].hexdigest()}, expected {sha256}")
     elif md5 is not None and digests["md5"].hexdigest() != md5:
         problems.append(f"md5 {digests['md5'].hexdigest()}, expected {md5} (Zenodo)")
@@ -132,16 +138,41 @@ def fetch_verified(url: str, target: Path, *, size: int, sha256: str, md5: str |
     os.replace(partial, target)
 
 
-def safe_extract(archive: Path, into: Path) -> None:
-    """Unpack a tar, refusing absolute paths, ``..``, links and special files (before writing anything)."""
+def _unsafe_name(name: str) -> bool:
+    """An archive member name that could land outside the target: absolute, drive-letter, or with ``..``."""
+    posix = name.replace("\\", "/")
+    return not name or posix.startswith("/") or ".." in Path(posix).parts or (len(name) > 1 and name[1] == ":")
+
+
+def safe_extract_zip(archive: Path, into: Path) -> None:
+    """Unpack a zip, refusing absolute paths, ``..`` and symbolic links (before writing anything)."""
+    import stat
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            for info in infos:
+                if _unsafe_name(info.filename) or stat.S_ISLNK(info.external_attr >> 16):
+                    raise DownloadError(f"{archive.name} holds an unsafe entry {info.filename!r} (absolute path, "
+                                        "'..' or link); refusing to unpack it")
+            zf.extractall(into)
+    except zipfile.BadZipFile as err:
+        raise DownloadError(f"{archive.name} is not a readable zip ({err}); discarded, run again") from None
+
+
+def safe_extract(archive: Path, into: Path, *, allow_torch_files: bool = False) -> None:
+    """Unpack a tar, refusing absolute paths, ``..``, links and special files (before writing anything).
+
+    Pickle-based files are refused too, unless ``allow_torch_files`` (the official release's ``.pt`` files,
+    which :mod:`mednf.official` reads weights-only and allow-listed, never with ``pickle``)."""
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
         for member in members:
-            parts = Path(member.name).parts
-            if member.name.startswith(("/", "\\")) or ".." in parts or not (member.isfile() or member.isdir()):
+            if _unsafe_name(member.name) or not (member.isfile() or member.isdir()):
                 raise DownloadError(f"{archive.name} holds an unsafe entry {member.name!r} (absolute path, '..', "
                                     "link or device); refusing to unpack it")
-            if member.name.lower().endswith(_PICKLE_SUFFIXES):
+            if member.name.lower().endswith(_PICKLE_SUFFIXES) and not (allow_torch_files and member.name.endswith(".pt")):
                 raise DownloadError(f"{archive.name} holds {member.name!r}, a pickle-based file; mednf's format has "
                                     "no pickle and never unpickles a download, refusing the archive")
         tar.extractall(into, members=members, filter="data")
@@ -161,6 +192,8 @@ def download_zenodo(name: str, *, root: str | Path | None = None, base_url: str 
     _check_target(target)
     _offline_check(key, api, target)
     record = _get_json(api)
+    if entry.get("layout") == "official":
+        return _download_official(key, record, record_id, base, home, target, progress)
     listed = {f["key"]: f for f in record.get("files", [])}
     downloads = home / ".downloads"
     work = home / f".{key}.unpack-{os.getpid()}"
@@ -189,6 +222,69 @@ def download_zenodo(name: str, *, root: str | Path | None = None, base_url: str 
         shutil.rmtree(work, ignore_errors=True)
         for file_name in entry["files"]:
             (downloads / file_name).unlink(missing_ok=True)
+    return target
+
+
+def _record_files(record: dict[str, Any]) -> list[dict[str, Any]]:
+    files = record.get("files", [])
+    return files if isinstance(files, list) else list(files.get("entries", {}).values())  # both API shapes
+
+
+def official_files(record: dict[str, Any], name: str, record_id: str) -> list[dict[str, Any]]:
+    """The record's files of sub-dataset ``name``: keys that contain it, case-insensitively."""
+    files = _record_files(record)
+    chosen = [f for f in files if name.lower() in str(f.get("key", "")).lower()]
+    if not chosen:
+        held = ", ".join(sorted(str(f.get("key")) for f in files)) or "nothing"
+        raise DownloadError(f"Zenodo record {record_id} has no file named like {name!r} (it holds: {held}); "
+                            "download the right file by hand and run `mednf import-official`")
+    return chosen
+
+
+def _download_official(key: str, record: dict[str, Any], record_id: str, base: str, home: Path, target: Path,
+                       progress: bool) -> Path:
+    """The paper's own release: fetch the sub-dataset's archive(s), check Zenodo's md5, unpack safely and
+    import with the allow-listed reader of :mod:`mednf.official_import` into the cache."""
+    from mednf.official import find_release_root
+    from mednf.official_import import import_official
+
+    chosen = official_files(record, key, record_id)
+    downloads = home / ".downloads"
+    work = home / f".{key}.official-{os.getpid()}"
+    imported = home / f".{key}.imported-{os.getpid()}"
+    fetched: dict[str, dict[str, Any]] = {}
+    try:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        for meta in chosen:
+            file_name = Path(str(meta["key"])).name
+            md5 = str(meta.get("checksum", "")).removeprefix("md5:")
+            if len(md5) != 32 or not isinstance(meta.get("size"), int):
+                raise DownloadError(f"Zenodo record {record_id} lists {file_name} without an md5 checksum and size; "
+                                    "it cannot be verified, refusing it")
+            url = meta.get("links", {}).get("self") or f"{base}/records/{record_id}/files/{file_name}?download=1"
+            archive = downloads / file_name
+            fetch_verified(url, archive, size=meta["size"], sha256=None, md5=md5, progress=progress)
+            lower = file_name.lower()
+            if lower.endswith(".zip"):
+                safe_extract_zip(archive, work)
+            elif lower.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+                safe_extract(archive, work, allow_torch_files=True)
+            else:
+                raise DownloadError(f"{file_name} of Zenodo record {record_id} is not a zip or tar archive; "
+                                    "download it by hand and run `mednf import-official`")
+            archive.unlink()
+            fetched[file_name] = {"md5": md5, "size": meta["size"], "url": url}
+        import_official(find_release_root(work), key, imported, progress=progress,
+                        origin={"zenodo_record": record_id, "zenodo": base, "files": fetched})
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete earlier copy (a complete one is never downloaded again)
+        os.replace(imported, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(imported, ignore_errors=True)
+        for meta in chosen:
+            (downloads / Path(str(meta["key"])).name).unlink(missing_ok=True)
     return target
 
 

@@ -1,0 +1,258 @@
+"""``mednf import-official``: turn one sub-dataset of the official MedNF release into mednf's format.
+
+Reads the release with :mod:`mednf.official` (weights-only, allow-listed), checks it against the builder
+of the named sub-dataset (channels, dimensionality, label schema, split sizes), and writes a normal MedNF
+dataset (``model.safetensors``, ``latents.zarr``, ``index.parquet``, card, manifest last) into a temporary
+folder that is renamed to ``out`` only when complete. The manifest's ``origin`` says that the data came from
+the official release, how it was read, and which source samples have no datapoint: the official fit dropped
+each split's last incomplete batch, so those rows are absent (``origin.missing``), never invented.
+
+Reconstruction PSNR/SSIM are measured only when asked (``measure=True``, needs the MedMNIST file): on a
+CPU decoding a whole official split takes hours. Without it the index holds NaN and ``mednf eval`` measures
+later. Labels are compared with the MedMNIST file whenever it is present locally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mednf.errors import MednfError
+from mednf.official import OfficialFormatError, missing_indices, read_official_model, read_split
+from mednf.specs import SPLITS, BuilderSpec, load_builder, resolve_engine
+
+OFFICIAL_DOI = "10.5281/zenodo.14898708"
+
+
+class OfficialImportError(MednfError):
+    """The release does not fit the named sub-dataset, or the output cannot be written."""
+
+
+def _check_labels(labels: np.ndarray, spec: BuilderSpec, where: str) -> np.ndarray:
+    """Labels ``[n, w]`` as the index stores them (``[n, 1]`` class, or ``[n, L]`` 0/1 for multi-label)."""
+    names = spec.labels.names
+    if spec.labels.task == "multi-label":
+        if labels.shape[1] != len(names) or not np.isin(labels, (0, 1)).all():
+            raise OfficialImportError(f"{where} has labels of width {labels.shape[1]} with values {np.unique(labels)[:5]}: "
+                               f"expected {len(names)} 0/1 flags for {spec.name}; is --name right?")
+        return labels
+    if labels.shape[1] != 1 or labels.min() < 0 or labels.max() >= len(names):
+        raise OfficialImportError(f"{where} has labels of width {labels.shape[1]} in [{labels.min()}, {labels.max()}]: "
+                           f"expected one class id in 0..{len(names) - 1} for {spec.name}; is --name right?")
+    return labels
+
+
+def _local_source(spec: BuilderSpec, medmnist_root: str | Path | None):
+    """The verified MedMNIST splits if the official file is already on disk (no download; phantoms are
+    regenerated), else None."""
+    from mednf.sources import SourceError, locate_medmnist, phantom_source, read_npz
+
+    if spec.source.kind == "phantom":
+        return phantom_source(spec)
+    try:
+        path, _ = locate_medmnist(spec, medmnist_root, download_missing=False, progress=False)
+    except SourceError:
+        return None
+    return read_npz(path, spec)
+
+
+def _source_description(spec: BuilderSpec) -> dict[str, Any]:
+    """What the release was fitted to, as ``mednf build`` records it (the official MedMNIST file)."""
+    from mednf.phantoms import GENERATOR_VERSION
+    from mednf.sources import source_url
+
+    if spec.source.kind == "phantom":
+        return {"kind": "phantom", "size": spec.source.size, "seed": spec.seed, "generator": GENERATOR_VERSION,
+                "official": True}
+    return {"kind": "medmnist", "flag": spec.source.flag, "size": spec.source.size, "file": spec.source.file_name,
+            "md5": spec.source.md5[str(spec.source.size)], "official": True, "url": source_url(spec),
+            "license": spec.source.license}
+
+
+def import_official(directory: str | Path, name: str, out: str | Path, *, medmnist_root: str | Path | None = None,
+                    measure: bool = False, w0: float | None = None, w0_increment: float | None = None,
+                    origin: dict[str, Any] | None = None, device: str | torch.device | None = None,
+                    progress: bool = True) -> Path:
+    """Import the official release folder ``directory`` (model.pt, train/, val/, test/) of sub-dataset
+    ``name`` (e.g. ``"ChestNF"``) into ``out`` (must not exist yet); returns ``out``."""
+    from tqdm.auto import tqdm
+
+    from mednf import __version__
+    from mednf.card import render_card
+    from mednf.store import (
+        CARD,
+        FORMAT_VERSION,
+        INDEX,
+        LATENTS,
+        MANIFEST,
+        MODEL,
+        atomic_write_bytes,
+        atomic_write_json,
+        check_content,
+        create_latent_arrays,
+        file_table,
+        index_columns,
+        save_params,
+        write_index,
+        write_latent_block,
+    )
+
+    started = time.perf_counter()
+    directory, out = Path(directory).expanduser(), Path(out).expanduser()
+    spec = load_builder(name)
+    if out.exists() and any(out.iterdir()):
+        raise OfficialImportError(f"--out {out} exists and is not empty; remove it or choose another folder")
+    if not directory.is_dir():
+        raise OfficialFormatError(f"{directory} is not a folder; give the official release folder of {spec.name} "
+                                  "(model.pt, train/, val/, test/)")
+    absent = [s for s in SPLITS if not (directory / s).is_dir()]
+    if absent:
+        raise OfficialFormatError(f"{directory} has no {', '.join(absent)}/ folder: expected the official layout "
+                                  "model.pt, train/, val/, test/")
+    model = read_official_model(directory / "model.pt", w0=w0, w0_increment=w0_increment)
+    field = model.field
+    if (field.in_dims, field.out_dims) != (spec.source.dims, spec.source.channels):
+        raise OfficialImportError(f"model.pt is a {field.in_dims}D field with {field.out_dims} channel(s), {spec.name} has "
+                           f"{spec.source.dims}D images with {spec.source.channels}; is --name right?")
+
+    total = sum(len(list((directory / s).glob("datapoint_*.pt"))) for s in SPLITS)
+    splits = {}
+    with tqdm(total=total, desc=f"read {spec.name} datapoints", unit="file", disable=not progress) as bar:
+        for split in SPLITS:
+            part = read_split(directory / split, field.latent_dim, progress=bar.update)
+            expected = spec.splits[split]
+            if part.indices[-1] >= expected:
+                raise OfficialImportError(f"{directory / split} has datapoint_{part.indices[-1]}.pt, but {spec.name} {split} has "
+                                   f"{expected} samples (0..{expected - 1}); is --name right?")
+            part.labels = _check_labels(part.labels, spec, str(directory / split))
+            splits[split] = part
+    missing = {s: missing_indices(p.indices, spec.splits[s]) for s, p in splits.items()}
+
+    source = _local_source(spec, medmnist_root)
+    labels_checked = False
+    if source is not None:
+        for split, part in splits.items():
+            truth = source[split].labels[part.indices]
+            wrong = int((truth != part.labels).any(axis=1).sum())
+            if wrong:
+                raise OfficialImportError(f"{wrong} of {len(part.indices)} {split} labels differ from {spec.source.file_name} "
+                                   f"at the same indices; the release is not {spec.name} at {spec.source.size}px")
+        labels_checked = True
+    elif measure:
+        from mednf.sources import medmnist_root as default_root
+
+        raise OfficialImportError(f"measuring needs {default_root(medmnist_root) / spec.source.file_name} (official md5); "
+                           "download it there or leave out --measure")
+
+    cfg = resolve_engine(spec).replace(field=dataclasses.asdict(field))
+    rows = spec.build.block_rows
+    work = out.parent / f".{out.name}.import-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        save_params(work / MODEL, model.theta, metadata={"format": "mednf-theta", "field": json.dumps(
+            dataclasses.asdict(field)), "origin": "official MedNF release"})
+        create_latent_arrays(work, {s: len(p.indices) for s, p in splits.items()}, field.latent_dim, rows,
+                             {"name": spec.name, "latent_dim": field.latent_dim})
+        stats, cols = {}, {k: [] for k in ("names", "rows", "source", "labels", "psnr", "ssim")}
+        for split, part in splits.items():
+            n = len(part.indices)
+            for start in range(0, n, rows):
+                write_latent_block(work, split, start, part.latents[start:start + rows])
+            psnr = np.full(n, np.nan, dtype=np.float32)
+            ssim = np.full(n, np.nan, dtype=np.float32)
+            if measure:
+                psnr, ssim = _measure(model.theta, field, part.latents, source[split].images[part.indices],
+                                      device, progress, split)
+            stats[split] = {
+                "count": n,
+                "psnr_mean": float(psnr.mean()) if measure else None,
+                "psnr_std": float(psnr.std()) if measure else None,
+                "ssim_mean": float(np.nanmean(ssim)) if measure and np.isfinite(ssim).any() else None,
+                "latents_sha256": hashlib.sha256(np.ascontiguousarray(part.latents, dtype="<f4").tobytes()).hexdigest(),
+            }
+            for key, value in zip(cols, (split, np.arange(n), part.indices, part.labels, psnr, ssim)):
+                cols[key].append(value)
+        write_index(work / INDEX, index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
+                                                cols["psnr"], cols["ssim"], spec.labels.task == "multi-label"))
+        import numcodecs
+        import pyarrow
+        import zarr
+
+        manifest: dict[str, Any] = {
+            "format": "mednf",
+            "format_version": FORMAT_VERSION,
+            "name": spec.name,
+            "builder": spec.to_dict(),
+            "engine": cfg.to_dict(),
+            "seed": spec.seed,
+            "fit_seed": spec.seed,
+            "source": {**_source_description(spec), "labels_checked": labels_checked},
+            "labels": {"task": spec.labels.task, "names": list(spec.labels.names)},
+            "latent": {"dim": field.latent_dim, "dtype": "float32", "chunk_rows": rows, "store": LATENTS},
+            "splits": stats,
+            "origin": {
+                "kind": "official-release",
+                "doi": OFFICIAL_DOI,
+                **(origin or {"folder": str(directory)}),
+                "model_file": "whole pickled module (read with inert stand-ins)" if model.whole_module
+                else "state dict",
+                "w0s": list(model.w0s),
+                "missing": missing,
+                "missing_note": "source indices without a datapoint: the official fit dropped each split's last "
+                                "incomplete batch",
+                "measured": measure,
+            },
+            "meta_training": {"steps": None, "best_step": None, "by": "the MedFuncta authors (official release)",
+                              "history": []},
+            "fit": None,
+            "software": {"mednf": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
+                         "numcodecs": numcodecs.__version__, "pyarrow": pyarrow.__version__,
+                         "python": platform.python_version()},
+            "device": str(device or "cpu"),
+            "world_size": 1,
+            "build_seconds": time.perf_counter() - started,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_bytes(work / CARD, render_card(manifest).encode("utf-8"))
+        manifest["files"] = file_table(work)
+        check_content(work, manifest, checksums=False)
+        atomic_write_json(work / MANIFEST, manifest)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _measure(theta, field, latents: np.ndarray, images: np.ndarray, device, progress: bool, split: str,
+             batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """PSNR and SSIM ``[n]`` of the decoded latents ``[n, P]`` against ``images`` (uint8 or float, channels-first)."""
+    from tqdm.auto import tqdm
+
+    from mednf.evaluation import reconstruction_metrics
+    from mednf.field import decode
+    from mednf.fit import as_float_signals
+
+    device = torch.device(device or "cpu")
+    theta = {k: v.to(device) for k, v in theta.items()}
+    spatial = tuple(images.shape[2:])
+    psnr, ssim = np.empty(len(latents), np.float32), np.empty(len(latents), np.float32)
+    for a in tqdm(range(0, len(latents), batch), desc=f"measure {split}", disable=not progress):
+        phi = torch.from_numpy(latents[a:a + batch]).to(device)
+        decoded = decode(theta, phi, field, spatial).cpu()
+        _, p, s = reconstruction_metrics(decoded, as_float_signals(images[a:a + batch]))
+        psnr[a:a + batch], ssim[a:a + batch] = p.numpy(), s.numpy()
+    return psnr, ssim
