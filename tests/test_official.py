@@ -77,6 +77,9 @@ def test_import_round_trip_decodes_like_the_reference_forward(tmp_path):
         np.testing.assert_array_equal(ds.latents, latents[:kept].numpy())
         np.testing.assert_array_equal(ds.labels, labels[:kept, 0].numpy())
         assert np.isnan(ds.psnr).all()  # not measured unless asked
+    # each file saved a row of a batch tensor, so its storage holds the whole batch; only the row is imported
+    row = torch.load(tmp_path / "release" / "train" / "datapoint_5.pt", weights_only=True)["modulations"]
+    assert row.untyped_storage().nbytes() == 4 * P * 4 and row.storage_offset() == P
     ds = mednf.load(out, split="test")
     coords = nf.coordinate_grid((64, 64))
     with torch.no_grad():
