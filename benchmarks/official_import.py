@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from official_fixture import make_model, write_release  # noqa: E402
+from official_fixture import make_model, write_release
 
-from mednf.official_import import import_official  # noqa: E402
-from mednf.sources import phantom_source  # noqa: E402
-from mednf.specs import load_builder  # noqa: E402
+from mednf.official_import import import_official
+from mednf.sources import phantom_source
+from mednf.specs import load_builder
 
 
 def main() -> None:
