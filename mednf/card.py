@@ -105,7 +105,7 @@ def render_card(manifest: dict[str, Any], configs: list[dict[str, Any]] | None =
         shift_mode=field["shift_mode"],
         meta_steps=meta["steps"],
         best_step=manifest["meta_training"]["best_step"] if manifest["meta_training"]["best_step"] is not None
-        else "— (trained by the MedFuncta authors)",
+        else "— (trained by the MedFuncta authors; settings shown are mednf's preset, assumed)",
         inner_steps=meta["inner_steps"],
         inner_lr=meta["inner_lr"],
         context_ratio=meta["context_ratio"],

@@ -10,6 +10,7 @@ antialiasing otherwise).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,8 @@ def read_images_npz(path: str | Path, key: str | None = None) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise EncodeError(f"{path} does not exist; give an .npz with an image array")
+    if not zipfile.is_zipfile(path):
+        raise EncodeError(f"{path} is not an .npz archive (a .npy file?); save the images with numpy.savez(path, images=...)")
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())

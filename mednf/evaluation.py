@@ -86,7 +86,7 @@ def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
     return images
 
 
-def evaluate(name_or_path: str | Path, splits: Iterable[str] | None = ("test",), *, root: str | Path | None = None,
+def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("test",), *, root: str | Path | None = None,
              medmnist_root: str | Path | None = None, device: str | torch.device | None = None,
              batch_size: int = 256, progress: bool = True) -> EvalReport:
     """Decode every latent of ``splits`` (None: all) and compare with the source images."""
@@ -98,7 +98,14 @@ def evaluate(name_or_path: str | Path, splits: Iterable[str] | None = ("test",),
     device = torch.device(device or "cpu")
     start = time.perf_counter()
     dsets = load(path, split=None, device=device)
-    names = list(dsets.keys()) if splits is None else list(splits)
+    available = list(dsets.keys())
+    names = available if splits is None else [splits] if isinstance(splits, str) else list(splits)
+    unknown = [s for s in names if s not in available]
+    if unknown or not names:
+        from mednf.config import ConfigError
+
+        raise ConfigError(f"splits = {unknown or names!r} is invalid: expected some of {', '.join(available)} "
+                          "(or None for all)")
     report = EvalReport(name=dsets[names[0]].name if names else str(path), device=str(device))
     for split in names:
         ds = dsets[split]

@@ -33,6 +33,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import tarfile
 import tomllib
@@ -144,6 +145,15 @@ def _unsafe_name(name: str) -> bool:
     return not name or posix.startswith("/") or ".." in Path(posix).parts or (len(name) > 1 and name[1] == ":")
 
 
+def _check_space(archive: Path, unpacked_bytes: int, into: Path) -> None:
+    """Refuse an archive whose declared contents would not fit on the disk (or a decompression bomb)."""
+    into.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(into).free
+    if unpacked_bytes > free - (1 << 30):
+        raise DownloadError(f"{archive.name} unpacks to {unpacked_bytes / 2**30:.1f} GiB, {into} has "
+                            f"{free / 2**30:.1f} GiB free; free space (keep 1 GiB spare) or use another --root")
+
+
 def safe_extract_zip(archive: Path, into: Path) -> None:
     """Unpack a zip, refusing absolute paths, ``..`` and symbolic links (before writing anything)."""
     import stat
@@ -156,9 +166,11 @@ def safe_extract_zip(archive: Path, into: Path) -> None:
                 if _unsafe_name(info.filename) or stat.S_ISLNK(info.external_attr >> 16):
                     raise DownloadError(f"{archive.name} holds an unsafe entry {info.filename!r} (absolute path, "
                                         "'..' or link); refusing to unpack it")
+            _check_space(archive, sum(info.file_size for info in infos), into)
             zf.extractall(into)
-    except zipfile.BadZipFile as err:
-        raise DownloadError(f"{archive.name} is not a readable zip ({err}); discarded, run again") from None
+    except (zipfile.BadZipFile, NotImplementedError) as err:
+        raise DownloadError(f"{archive.name} is not a readable zip ({err}); unpack it with another tool and run "
+                            "`mednf import-official`") from None
 
 
 def safe_extract(archive: Path, into: Path, *, allow_torch_files: bool = False) -> None:
@@ -175,6 +187,7 @@ def safe_extract(archive: Path, into: Path, *, allow_torch_files: bool = False) 
             if member.name.lower().endswith(_PICKLE_SUFFIXES) and not (allow_torch_files and member.name.endswith(".pt")):
                 raise DownloadError(f"{archive.name} holds {member.name!r}, a pickle-based file; mednf's format has "
                                     "no pickle and never unpickles a download, refusing the archive")
+        _check_space(archive, sum(m.size for m in members), into)
         tar.extractall(into, members=members, filter="data")
 
 
@@ -193,7 +206,7 @@ def download_zenodo(name: str, *, root: str | Path | None = None, base_url: str 
     _offline_check(key, api, target)
     record = _get_json(api)
     if entry.get("layout") == "official":
-        return _download_official(key, record, record_id, base, home, target, progress)
+        return _download_official(key, entry, record, record_id, base, home, target, progress)
     listed = {f["key"]: f for f in record.get("files", [])}
     downloads = home / ".downloads"
     work = home / f".{key}.unpack-{os.getpid()}"
@@ -230,25 +243,40 @@ def _record_files(record: dict[str, Any]) -> list[dict[str, Any]]:
     return files if isinstance(files, list) else list(files.get("entries", {}).values())  # both API shapes
 
 
-def official_files(record: dict[str, Any], name: str, record_id: str) -> list[dict[str, Any]]:
-    """The record's files of sub-dataset ``name``: keys that contain it, case-insensitively."""
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_SAFE_FILE_NAME = re.compile(r"^[\w.+-]+$")
+
+
+def official_files(record: dict[str, Any], name: str, record_id: str,
+                   pinned: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The record's archives of sub-dataset ``name``: the registry's pinned file names when it has them,
+    else the zip/tar files whose names contain ``name`` (case-insensitively)."""
     files = _record_files(record)
-    chosen = [f for f in files if name.lower() in str(f.get("key", "")).lower()]
+    held = ", ".join(sorted(str(f.get("key")) for f in files)) or "nothing"
+    if pinned:
+        by_key = {str(f.get("key")): f for f in files}
+        absent = [k for k in pinned if k not in by_key]
+        if absent:
+            raise DownloadError(f"Zenodo record {record_id} has no file {absent[0]!r} (it holds: {held}); the "
+                                "registry and the record disagree")
+        return [by_key[k] for k in pinned]
+    chosen = [f for f in files if name.lower() in str(f.get("key", "")).lower()
+              and str(f.get("key", "")).lower().endswith(_ARCHIVE_SUFFIXES)]
     if not chosen:
-        held = ", ".join(sorted(str(f.get("key")) for f in files)) or "nothing"
-        raise DownloadError(f"Zenodo record {record_id} has no file named like {name!r} (it holds: {held}); "
-                            "download the right file by hand and run `mednf import-official`")
+        raise DownloadError(f"Zenodo record {record_id} has no zip/tar archive named like {name!r} (it holds: "
+                            f"{held}); download the right file by hand and run `mednf import-official`")
     return chosen
 
 
-def _download_official(key: str, record: dict[str, Any], record_id: str, base: str, home: Path, target: Path,
-                       progress: bool) -> Path:
+def _download_official(key: str, entry: dict[str, Any], record: dict[str, Any], record_id: str, base: str,
+                       home: Path, target: Path, progress: bool) -> Path:
     """The paper's own release: fetch the sub-dataset's archive(s), check Zenodo's md5, unpack safely and
     import with the allow-listed reader of :mod:`mednf.official_import` into the cache."""
     from mednf.official import find_release_root
     from mednf.official_import import import_official
 
-    chosen = official_files(record, key, record_id)
+    pinned = entry.get("files") or {}
+    chosen = official_files(record, key, record_id, pinned)
     downloads = home / ".downloads"
     work = home / f".{key}.official-{os.getpid()}"
     imported = home / f".{key}.imported-{os.getpid()}"
@@ -257,11 +285,19 @@ def _download_official(key: str, record: dict[str, Any], record_id: str, base: s
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         for meta in chosen:
-            file_name = Path(str(meta["key"])).name
+            file_name = str(meta["key"])
+            if not _SAFE_FILE_NAME.match(file_name):
+                raise DownloadError(f"Zenodo record {record_id} lists a file named {file_name!r}; refusing a name "
+                                    "that is not a plain file name")
             md5 = str(meta.get("checksum", "")).removeprefix("md5:")
             if len(md5) != 32 or not isinstance(meta.get("size"), int):
                 raise DownloadError(f"Zenodo record {record_id} lists {file_name} without an md5 checksum and size; "
                                     "it cannot be verified, refusing it")
+            pin = pinned.get(file_name, {})
+            if pin and (pin.get("md5", md5) != md5 or pin.get("size", meta["size"]) != meta["size"]):
+                raise DownloadError(f"Zenodo record {record_id} now lists {file_name} with md5 {md5} and size "
+                                    f"{meta['size']}; the registry pins md5 {pin.get('md5')} and size {pin.get('size')} "
+                                    "(a changed record or mirror), refusing it")
             url = meta.get("links", {}).get("self") or f"{base}/records/{record_id}/files/{file_name}?download=1"
             archive = downloads / file_name
             fetch_verified(url, archive, size=meta["size"], sha256=None, md5=md5, progress=progress)
@@ -274,7 +310,7 @@ def _download_official(key: str, record: dict[str, Any], record_id: str, base: s
                 raise DownloadError(f"{file_name} of Zenodo record {record_id} is not a zip or tar archive; "
                                     "download it by hand and run `mednf import-official`")
             archive.unlink()
-            fetched[file_name] = {"md5": md5, "size": meta["size"], "url": url}
+            fetched[file_name] = {"md5": md5, "size": meta["size"], "url": url, "pinned_by_registry": bool(pin)}
         import_official(find_release_root(work), key, imported, progress=progress,
                         origin={"zenodo_record": record_id, "zenodo": base, "files": fetched})
         if target.exists():
@@ -284,7 +320,8 @@ def _download_official(key: str, record: dict[str, Any], record_id: str, base: s
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(imported, ignore_errors=True)
         for meta in chosen:
-            (downloads / Path(str(meta["key"])).name).unlink(missing_ok=True)
+            if _SAFE_FILE_NAME.match(str(meta["key"])):
+                (downloads / str(meta["key"])).unlink(missing_ok=True)
     return target
 
 

@@ -25,6 +25,7 @@ as a view of it, which is copied out here, never read by raw offsets.
 
 from __future__ import annotations
 
+import pickle
 import re
 import zipfile
 from collections.abc import Callable
@@ -76,7 +77,7 @@ class OfficialModel:
 def _scan_globals(path: Path) -> list[str]:
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except (RuntimeError, ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+    except (RuntimeError, ValueError, OSError, zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as err:
         raise OfficialFormatError(f"{path} is not a readable torch.save file ({str(err).splitlines()[0]}); "
                                   "expected the official release's model.pt") from None
 
@@ -92,18 +93,28 @@ def _load_restricted(path: Path, names: list[str]) -> Any:
                                   f"({str(err).splitlines()[0]}); it is not an official MedNF model.pt") from None
 
 
-def _flatten_module(obj: Any, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+def _flatten_module(obj: Any, prefix: str = "", seen: set[int] | None = None
+                    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
     """State dict and per-module plain attributes of an inert module tree (``_parameters``/``_modules``)."""
+    seen = set() if seen is None else seen
+    if not isinstance(obj, _Inert) or id(obj) in seen or prefix.count(".") > 64:
+        raise OfficialFormatError(f"model.pt has a malformed module tree at {prefix.rstrip('.') or 'the top'!r} "
+                                  "(a cycle or a non-module child); it is not an official MedNF model.pt")
+    seen.add(id(obj))
     tensors: dict[str, Tensor] = {}
     attributes: dict[str, dict[str, Any]] = {prefix.rstrip("."): {k: v for k, v in vars(obj).items()
                                                                    if not k.startswith("_")}}
+    for store in ("_parameters", "_buffers", "_modules"):
+        if not isinstance(getattr(obj, store, None) or {}, dict):
+            raise OfficialFormatError(f"model.pt: {prefix or 'the model'}{store} is not a dict; it is not an official "
+                                      "MedNF model.pt")
     for store in ("_parameters", "_buffers"):
         for key, value in (getattr(obj, store, None) or {}).items():
             if isinstance(value, Tensor):
                 tensors[prefix + key] = value
     for key, child in (getattr(obj, "_modules", None) or {}).items():
         if child is not None:
-            sub_tensors, sub_attributes = _flatten_module(child, f"{prefix}{key}.")
+            sub_tensors, sub_attributes = _flatten_module(child, f"{prefix}{key}.", seen)
             tensors.update(sub_tensors)
             attributes.update(sub_attributes)
     return tensors, attributes
@@ -147,6 +158,7 @@ def read_official_model(path: str | Path, *, w0: float | None = None, w0_increme
     required = [f"layers.{k}.{part}.{p}" for k in hidden for part in ("linear", "modulate_shift_layer")
                 for p in ("weight", "bias")] + ["last_layer.linear.weight", "last_layer.linear.bias"]
     missing = [k for k in required if k not in state]
+    missing += [f"layers.{k}.linear.weight" for k in range(len(hidden)) if k not in hidden]
     if not hidden or hidden != list(range(len(hidden))) or missing:
         raise OfficialFormatError(f"{path} lacks {', '.join(missing[:4]) or 'layers.0.linear.weight'}: expected the "
                                   "state dict of LatentModulatedSIREN (layers.{k}.linear, layers.{k}.modulate_shift_layer, "
@@ -164,9 +176,10 @@ def read_official_model(path: str | Path, *, w0: float | None = None, w0_increme
                 w0_increment is not None and len(w0s) > 1 and not np.isclose(w0_increment, w0s[1] - w0s[0])):
             raise OfficialFormatError(f"--w0 {w0} / --w0-increment {w0_increment} disagree with the w0s stored in "
                                       f"{path} ({w0s[0]:g} + {w0s[1] - w0s[0] if len(w0s) > 1 else 0:g}·k); leave them out")
-    elif w0 is None:
-        raise OfficialFormatError(f"{path} is a plain state dict without the layers' w0; give --w0 and --w0-increment "
-                                  "(the official 2D configs use 10 and 5)")
+    elif w0 is None or (w0_increment is None and len(hidden) > 1):
+        kind = "a module without its layers' w0" if whole else "a plain state dict without the layers' w0"
+        raise OfficialFormatError(f"{path} is {kind}; give both --w0 and --w0-increment (the official 2D configs use "
+                                  "10 and 5)")
     else:
         w0s = [w0 + k * (w0_increment or 0.0) for k in range(len(hidden))]
     omega_first, increment = _linear_schedule(w0s, path)
@@ -211,7 +224,11 @@ def datapoint_files(split_dir: Path) -> dict[int, Path]:
     for path in split_dir.iterdir():
         match = _DATAPOINT.match(path.name)
         if match:
-            found[int(match.group(1))] = path
+            index = int(match.group(1))
+            if index in found:
+                raise OfficialFormatError(f"{split_dir} has both {found[index].name} and {path.name} for sample {index}; "
+                                          "remove the one that does not belong")
+            found[index] = path
     return found
 
 
@@ -229,8 +246,13 @@ def read_datapoint(path: Path) -> tuple[Tensor, Tensor]:
     if not isinstance(latent, Tensor) or latent.dim() not in (1, 2) or (latent.dim() == 2 and latent.shape[0] != 1):
         raise OfficialFormatError(f"{path}: 'modulations' is {getattr(latent, 'shape', type(latent).__name__)}, "
                                   "expected a tensor [P]")
-    label = torch.as_tensor(label)
-    return latent.reshape(-1).to(torch.float32).clone(), label.reshape(-1).to(torch.int64).clone()
+    try:
+        label = torch.as_tensor(label).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise OfficialFormatError(f"{path}: 'label' is {type(label).__name__}, expected integer class ids") from None
+    if label.is_floating_point() and not torch.equal(label, label.round()):
+        raise OfficialFormatError(f"{path}: 'label' holds non-integer values {label[:4].tolist()}; expected class ids")
+    return latent.reshape(-1).to(torch.float32).clone(), label.to(torch.int64).clone()
 
 
 def read_split(split_dir: Path, latent_dim: int, *, progress: Callable[[int], None] | None = None) -> OfficialSplit:

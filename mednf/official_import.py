@@ -110,7 +110,7 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     started = time.perf_counter()
     directory, out = Path(directory).expanduser(), Path(out).expanduser()
     spec = load_builder(name)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OfficialImportError(f"--out {out} exists and is not empty; remove it or choose another folder")
     if not directory.is_dir():
         raise OfficialFormatError(f"{directory} is not a folder; give the official release folder of {spec.name} "
@@ -137,6 +137,12 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
             part.labels = _check_labels(part.labels, spec, str(directory / split))
             splits[split] = part
     missing = {s: missing_indices(p.indices, spec.splits[s]) for s, p in splits.items()}
+    for split, absent in missing.items():
+        # the official fit drops only the *last* incomplete batch: a gap elsewhere means a damaged copy
+        if absent and absent != list(range(absent[0], spec.splits[split])):
+            gaps = [i for i in absent if i < len(splits[split].indices)]
+            raise OfficialImportError(f"{directory / split} lacks datapoints {gaps[:5]} inside the split (not only a "
+                                      "dropped last batch); the release is incomplete, unpack or download it again")
 
     source = _local_source(spec, medmnist_root)
     labels_checked = False
@@ -214,7 +220,9 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
                 "measured": measure,
             },
             "meta_training": {"steps": None, "best_step": None, "by": "the MedFuncta authors (official release)",
-                              "history": []},
+                              "history": [],
+                              "note": "engine.meta and engine.fit are mednf's preset for this builder, assumed, not "
+                                      "read from the release; only engine.field is read from model.pt"},
             "fit": None,
             "software": {"mednf": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
                          "numcodecs": numcodecs.__version__, "pyarrow": pyarrow.__version__,

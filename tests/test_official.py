@@ -93,7 +93,7 @@ def test_state_dict_model_needs_w0_and_then_matches(tmp_path):
     model = make_model(latent_dim=P, w0=7.0, increment=3.0)
     splits = {s: (torch.randn(n, P) * 0.3, _labels("PhantomNF", s, n)) for s, n in COUNTS.items()}
     write_release(tmp_path / "release", model, splits, state_dict_only=True)
-    with pytest.raises(OfficialFormatError, match="plain state dict without the layers' w0; give --w0"):
+    with pytest.raises(OfficialFormatError, match="plain state dict without the layers' w0; give both --w0 and --w0-increment"):
         read_official_model(tmp_path / "release" / "model.pt")
     loaded = read_official_model(tmp_path / "release" / "model.pt", w0=7.0, w0_increment=3.0)
     assert loaded.w0s == (7.0, 10.0, 13.0) and not loaded.whole_module
@@ -225,7 +225,7 @@ def test_official_record_downloads_verifies_and_imports(official_zenodo, tmp_pat
 def test_official_record_without_the_dataset_lists_its_files(official_zenodo, tmp_path):
     _release(tmp_path / "other")
     official_zenodo.publish({"DermaNF.zip": _zip(tmp_path / "other", "DermaNF"), "README.md": b"hi"})
-    with pytest.raises(DownloadError, match=r"no file named like 'PhantomNF' \(it holds: DermaNF.zip, README.md\)"):
+    with pytest.raises(DownloadError, match=r"no zip/tar archive named like 'PhantomNF' \(it holds: DermaNF.zip, README.md\)"):
         mednf.load("PhantomNF", root=official_zenodo.cache)
 
 
@@ -266,3 +266,42 @@ def test_official_tar_with_a_symlink_is_refused(official_zenodo, tmp_path):
     official_zenodo.publish({"PhantomNF.tar": buffer.getvalue()})
     with pytest.raises(DownloadError, match="unsafe entry 'PhantomNF/model.pt'"):
         mednf.load("PhantomNF", root=official_zenodo.cache)
+
+
+def test_damaged_releases_get_one_line_errors(tmp_path):
+    _release(tmp_path / "r1")
+    (tmp_path / "r1" / "train" / "datapoint_2.pt").unlink()  # a hole inside the split, not a dropped last batch
+    with pytest.raises(OfficialImportError, match=r"lacks datapoints \[2\] inside the split"):
+        import_official(tmp_path / "r1", "phantomnf", tmp_path / "out", progress=False)
+    _release(tmp_path / "r2")
+    (tmp_path / "r2" / "val" / "datapoint_01.pt").write_bytes((tmp_path / "r2" / "val" / "datapoint_1.pt").read_bytes())
+    with pytest.raises(OfficialFormatError, match="both datapoint_0?1.pt and datapoint_0?1.pt for sample 1"):
+        import_official(tmp_path / "r2", "phantomnf", tmp_path / "out", progress=False)
+    _release(tmp_path / "r3")
+    torch.save(make_model(latent_dim=P).state_dict(), tmp_path / "r3" / "model.pt")
+    with pytest.raises(OfficialFormatError, match="give both --w0 and --w0-increment"):
+        read_official_model(tmp_path / "r3" / "model.pt", w0=10.0)
+    torch.save(make_model(latent_dim=P).state_dict(), tmp_path / "r3" / "model.pt", pickle_protocol=4)
+    with pytest.raises(OfficialFormatError, match=r"not a readable torch.save file \(Unsupported operand"):
+        read_official_model(tmp_path / "r3" / "model.pt")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OfficialImportError, match="exists and is not empty"):
+        import_official(tmp_path / "r3", "phantomnf", tmp_path / "file", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_registry_pins_win_over_name_matching(official_zenodo, tmp_path):
+    _, splits = _release(tmp_path / "release")
+    body = _zip(tmp_path / "release", "PhantomNF")
+    official_zenodo.publish({"PhantomNF-notes.md": b"# notes", "mednf-phantomnf-v1.zip": body})
+    registry = tmp_path / "registry.toml"
+    base = registry.read_text()
+    registry.write_text(base + f'files = {{ "mednf-phantomnf-v1.zip" = {{ md5 = "{"0" * 32}", size = {len(body)} }} }}\n')
+    with pytest.raises(DownloadError, match="the registry pins md5 0000.*refusing it"):
+        mednf.load("PhantomNF", root=official_zenodo.cache)
+    registry.write_text(base + f'files = {{ "mednf-phantomnf-v1.zip" = {{ md5 = "{hashlib.md5(body).hexdigest()}", '
+                               f'size = {len(body)} }} }}\n')
+    ds = mednf.load("PhantomNF", split="train", root=official_zenodo.cache)  # the .md is never fetched
+    np.testing.assert_array_equal(ds.latents, splits["train"][0][:8].numpy())
+    assert ds.manifest["origin"]["files"]["mednf-phantomnf-v1.zip"]["pinned_by_registry"] is True
+    assert not any("notes" in r for r in official_zenodo.requests)
