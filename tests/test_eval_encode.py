@@ -122,3 +122,15 @@ def test_split_names_and_file_kinds_are_checked(phantom_dir, tmp_path):
     np.save(tmp_path / "imgs.npy", np.zeros((2, 32, 32), np.float32))
     result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "imgs.npy"), "--out", str(tmp_path / "x.npz")])
     assert result.exit_code == 2 and "not an .npz archive (a .npy file?)" in result.output
+
+
+def test_classify_cli_prints_the_table_and_writes_json(phantom_dir, tmp_path):
+    result = CliRunner().invoke(main, ["classify", str(phantom_dir), "--model", "knn", "--features", "both",
+                                       "--json", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    assert "1-NN" in result.output and "3-NN" in result.output and "pixels" in result.output
+    assert "Chance" in result.output or "chance" in result.output
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["results"] and all(row["model"] in ("1-NN", "3-NN") for row in report["results"])
+    result = CliRunner().invoke(main, ["classify", str(phantom_dir), "--model", "svm"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
