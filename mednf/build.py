@@ -44,7 +44,6 @@ from mednf.sources import SourceData, load_source
 from mednf.specs import SPLITS, BuilderSpec, load_builder, resolve_engine
 from mednf.store import (
     CARD,
-    FORMAT_VERSION,
     INDEX,
     LATENTS,
     LOG,
@@ -57,9 +56,11 @@ from mednf.store import (
     create_latent_arrays,
     file_table,
     index_columns,
+    manifest_header,
     mednf_home,
     open_latent_array,
     save_params,
+    software_versions,
     verify_dataset,
     write_index,
     write_latent_block,
@@ -257,7 +258,6 @@ def _device_name(device: torch.device) -> str:
 
 def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
               theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist) -> dict[str, Any]:
-    from mednf import __version__
     from mednf.card import render_card
 
     rows = spec.build.block_rows
@@ -288,18 +288,8 @@ def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, sourc
                                            cols["psnr"], cols["ssim"], spec.labels.task == "multi-label"))
     save_params(out / MODEL, theta, metadata={"format": "mednf-theta",
                                               "field": json.dumps(dataclasses.asdict(cfg.field))})
-    import numcodecs
-    import pyarrow
-    import zarr
-
     manifest: dict[str, Any] = {
-        "format": "mednf",
-        "format_version": FORMAT_VERSION,
-        "name": spec.name,
-        "builder": spec.to_dict(),
-        "engine": cfg.to_dict(),
-        "seed": spec.seed,
-        "fit_seed": spec.seed,  # rescaling subsets keyed by (fit_seed, row within the split, step)
+        **manifest_header(spec, cfg),
         "source": source.description,
         "labels": {"task": spec.labels.task, "names": list(spec.labels.names)},
         "latent": {"dim": cfg.field.latent_dim, "dtype": "float32", "chunk_rows": rows, "store": LATENTS},
@@ -308,9 +298,7 @@ def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, sourc
                           "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
                           "history": summary.history, "seconds": summary.seconds},
         "fit": {"seconds": fit_seconds, "signals_per_second": sum(v["count"] for v in stats.values()) / fit_seconds},
-        "software": {"mednf": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
-                     "numcodecs": numcodecs.__version__, "pyarrow": pyarrow.__version__,
-                     "python": platform.python_version()},
+        "software": software_versions(),
         "device": _device_name(device),
         "world_size": dist.world,
         "build_seconds": summary.seconds + fit_seconds,

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -87,11 +86,9 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     ``name`` (e.g. ``"ChestNF"``) into ``out`` (must not exist yet); returns ``out``."""
     from tqdm.auto import tqdm
 
-    from mednf import __version__
     from mednf.card import render_card
     from mednf.store import (
         CARD,
-        FORMAT_VERSION,
         INDEX,
         LATENTS,
         MANIFEST,
@@ -102,7 +99,9 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
         create_latent_arrays,
         file_table,
         index_columns,
+        manifest_header,
         save_params,
+        software_versions,
         write_index,
         write_latent_block,
     )
@@ -191,18 +190,8 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
                 cols[key].append(value)
         write_index(work / INDEX, index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
                                                 cols["psnr"], cols["ssim"], spec.labels.task == "multi-label"))
-        import numcodecs
-        import pyarrow
-        import zarr
-
         manifest: dict[str, Any] = {
-            "format": "mednf",
-            "format_version": FORMAT_VERSION,
-            "name": spec.name,
-            "builder": spec.to_dict(),
-            "engine": cfg.to_dict(),
-            "seed": spec.seed,
-            "fit_seed": spec.seed,
+            **manifest_header(spec, cfg),
             "source": {**_source_description(spec), "labels_checked": labels_checked},
             "labels": {"task": spec.labels.task, "names": list(spec.labels.names)},
             "latent": {"dim": field.latent_dim, "dtype": "float32", "chunk_rows": rows, "store": LATENTS},
@@ -224,9 +213,7 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
                               "note": "engine.meta and engine.fit are mednf's preset for this builder, assumed, not "
                                       "read from the release; only engine.field is read from model.pt"},
             "fit": None,
-            "software": {"mednf": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
-                         "numcodecs": numcodecs.__version__, "pyarrow": pyarrow.__version__,
-                         "python": platform.python_version()},
+            "software": software_versions(),
             "device": str(device or "cpu"),
             "world_size": 1,
             "build_seconds": time.perf_counter() - started,

@@ -186,6 +186,28 @@ def file_table(root: Path) -> dict[str, dict[str, Any]]:
             for p in content_files(root)}
 
 
+def manifest_header(spec: Any, engine: Any) -> dict[str, Any]:
+    """The first manifest fields of a dataset made from builder ``spec`` with ``engine`` (EngineConfig)."""
+    return {"format": "mednf", "format_version": FORMAT_VERSION, "name": spec.name, "builder": spec.to_dict(),
+            "engine": engine.to_dict(), "seed": spec.seed,
+            "fit_seed": spec.seed}  # rescaling subsets keyed by (fit_seed, row within the split, step)
+
+
+def software_versions() -> dict[str, str]:
+    """Versions recorded in a manifest: mednf, torch, zarr, numcodecs, pyarrow, python."""
+    import platform
+
+    import numcodecs
+    import pyarrow
+    import torch
+    import zarr
+
+    from mednf import __version__
+
+    return {"mednf": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
+            "numcodecs": numcodecs.__version__, "pyarrow": pyarrow.__version__, "python": platform.python_version()}
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.is_file():
