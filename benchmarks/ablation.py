@@ -25,7 +25,7 @@ Protocol (the same for every variant)
   and 3e-5 tie for the schedule there.
 - Every variant runs in a fresh subprocess: meta-training for ``--steps`` iterations from θ drawn with
   the same seed, on the same sequence of training batches (seeded epochs over the train split), then
-  :func:`mednf.fit.fit_latents` (the preset's H, α and gradient rescaling, θ frozen) on the same
+  :func:`mednf.engine.fit.fit_latents` (the preset's H, α and gradient rescaling, θ frozen) on the same
   ``--eval-samples`` test images (a fixed random subset, independent of ``--seed``). The variant that
   equals the base is run once and shared between ablations.
 - Reported: mean test-time PSNR (± standard error over images) and the paired difference to the
@@ -171,9 +171,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Meta-train and evaluate one variant (called in a fresh process); returns every number as JSON."""
     import torch
 
-    from mednf.config import EngineConfig
-    from mednf.fit import fit_latents
-    from mednf.meta import MetaLearner
+    from mednf.engine.config import EngineConfig
+    from mednf.engine.fit import fit_latents
+    from mednf.engine.meta import MetaLearner
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -248,8 +248,8 @@ def interleaved_timing(configs: dict[str, dict[str, Any]], dataset: str, device_
     """
     import torch
 
-    from mednf.config import EngineConfig
-    from mednf.meta import MetaLearner
+    from mednf.engine.config import EngineConfig
+    from mednf.engine.meta import MetaLearner
 
     device = torch.device(device_name)
     train = torch.from_numpy(load_split(dataset, "train"))
@@ -319,7 +319,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def variant_config(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     """The full config dict of one variant (the base preset plus the run's and the variant's overrides)."""
-    from mednf.presets import get_preset
+    from mednf.engine.presets import get_preset
 
     base = get_preset(args.preset)
     meta: dict[str, Any] = {"steps": args.steps, **variant.meta}
@@ -432,8 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     import torch
 
-    from mednf.config import ConfigError, EngineConfig
-    from mednf.presets import get_preset
+    from mednf.engine.config import EngineConfig
+    from mednf.engine.presets import get_preset
+    from mednf.errors import ConfigError
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mednf.build import BuildOptions, build
+from mednf.build.pipeline import BuildOptions, build
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ Measurements
 - **meta**: ``--warmup`` untimed meta-iterations, then ``--iters`` timed ones, each on a fresh batch that is
   generated and moved to the device before the clock starts; the device is synchronised before each clock
   read. Reported: median and min seconds per meta-iteration.
-- **fit**: :func:`mednf.fit.fit_latents` once on one batch (warm-up), then timed on ``--fit-signals`` signals
+- **fit**: :func:`mednf.engine.fit.fit_latents` once on one batch (warm-up), then timed on ``--fit-signals`` signals
   already on the device; reported as signals per second.
 - **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` at the start
   of each phase. On CPU the process peak RSS (``ru_maxrss``) read at the end of each phase: it is cumulative
@@ -24,7 +24,7 @@ FLOP model (the TFLOP/s columns are model-based estimates: modelled FLOPs / meas
 -----------------------------------------------------------------------------------------
 Notation: N = points per signal (``size ** C``); n = floor(γN) (at least 1) points in each inner-step context;
 n_r = floor(γ_r N) points in the fit's gradient-rescaling subset; K, L, P, D, C as in
-:class:`mednf.config.FieldConfig`; G inner steps; H fit steps; B signals per meta-batch.
+:class:`mednf.engine.config.FieldConfig`; G inner steps; H fit steps; B signals per meta-batch.
 
 Forward FLOPs of one signal evaluated at p points::
 
@@ -77,11 +77,12 @@ from typing import Any
 
 import torch
 
-from mednf.config import ConfigError, EngineConfig
-from mednf.context import context_size
-from mednf.fit import fit_latents
-from mednf.meta import MetaLearner
-from mednf.presets import get_preset, preset_names
+from mednf.engine.config import EngineConfig
+from mednf.engine.context import context_size
+from mednf.engine.fit import fit_latents
+from mednf.engine.meta import MetaLearner
+from mednf.engine.presets import get_preset, preset_names
+from mednf.errors import ConfigError
 
 _MIB = 2**20
 

@@ -6,7 +6,7 @@ Usage::
     python benchmarks/load.py --rows 20000 --decode-device cuda        # decode on a GPU
 
 A dataset of that size is written once into a temporary folder with mednf's own writers
-(:mod:`mednf.store`): a tiny real PhantomNF build supplies the manifest, then its train split is replaced
+(:mod:`mednf.format.store`): a tiny real PhantomNF build supplies the manifest, then its train split is replaced
 by ``--rows`` random latents (and labels), θ by a freshly initialised network of the paper's 2D shape
 with P = ``--latent-dim``, and the manifest's counts and checksums are rewritten. Only the reader is
 measured, so the latents need not come from a fit.
@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mednf.build import BuildOptions, build
+from mednf.build.pipeline import BuildOptions, build
 from mednf.dataset import MedNFDataset
-from mednf.field import init_params
-from mednf.presets import get_preset
-from mednf.store import (
+from mednf.engine.field import init_params
+from mednf.engine.presets import get_preset
+from mednf.format.store import (
     MANIFEST,
     MODEL,
     atomic_write_json,
@@ -77,7 +77,7 @@ def make_dataset(out: Path, rows: int, latent_dim: int) -> None:
         manifest["splits"][split]["count"] = n
     write_index(out / "index.parquet", index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
                                                     cols["psnr"], cols["ssim"], multi_label=False))
-    from mednf.config import FieldConfig
+    from mednf.engine.config import FieldConfig
 
     save_params(out / MODEL, init_params(FieldConfig(**field_dict), generator=torch.Generator().manual_seed(0)))
     manifest["files"] = file_table(out)

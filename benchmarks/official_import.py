@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from official_fixture import make_model, write_release
 
-from mednf.official_import import import_official
-from mednf.sources import phantom_source
-from mednf.specs import load_builder
+from mednf.remote.official_import import import_official
+from mednf.sources.medmnist import phantom_source
+from mednf.sources.spec import load_builder
 
 
 def main() -> None:

@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_style import OfficialStyleModel, fit_batch, meta_step
 
-from mednf import field as nf
-from mednf.config import FieldConfig, FitConfig, MetaConfig
-from mednf.fit import fit_latents
-from mednf.meta import MetaLearner, mse_to_psnr, signal_mse
+from mednf.engine import field as nf
+from mednf.engine.config import FieldConfig, FitConfig, MetaConfig
+from mednf.engine.fit import fit_latents
+from mednf.engine.meta import MetaLearner, mse_to_psnr, signal_mse
 
 DATA = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 

@@ -13,35 +13,35 @@ __version__ = "0.1.0"
 
 
 def load(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.dataset.load`."""
-    from mednf.dataset import load as _load
+    """See :func:`mednf.loading.load`."""
+    from mednf.loading import load as _load
 
     return _load(*args, **kwargs)
 
 
 def info(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.dataset.info`."""
-    from mednf.dataset import info as _info
+    """See :func:`mednf.loading.info`."""
+    from mednf.loading import info as _info
 
     return _info(*args, **kwargs)
 
 
 def encode(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.encoding.encode`."""
-    from mednf.encoding import encode as _encode
+    """See :func:`mednf.tasks.encode.encode`."""
+    from mednf.tasks.encode import encode as _encode
 
     return _encode(*args, **kwargs)
 
 
 def evaluate(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.evaluation.evaluate`."""
-    from mednf.evaluation import evaluate as _evaluate
+    """See :func:`mednf.tasks.evaluate.evaluate`."""
+    from mednf.tasks.evaluate import evaluate as _evaluate
 
     return _evaluate(*args, **kwargs)
 
 
 def classify(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.classification.classify`."""
-    from mednf.classification import classify as _classify
+    """See :func:`mednf.tasks.classify.classify`."""
+    from mednf.tasks.classify import classify as _classify
 
     return _classify(*args, **kwargs)

@@ -40,7 +40,7 @@ def main() -> None:
 @_friendly
 def demo(steps: int, size: int, seed: int) -> None:
     """Meta-learn and fit on generated phantoms (CPU, no download, ~1 minute)."""
-    from mednf.demo import run_demo
+    from mednf.tasks.demo import run_demo
 
     run_demo(steps=steps, size=size, seed=seed, log=click.echo)
 
@@ -49,7 +49,7 @@ def demo(steps: int, size: int, seed: int) -> None:
 @_friendly
 def presets() -> None:
     """List the engine presets (the paper's configurations and mednf's CPU ones)."""
-    from mednf.presets import get_preset, preset_description, preset_names
+    from mednf.engine.presets import get_preset, preset_description, preset_names
 
     for name in preset_names():
         f = get_preset(name).field
@@ -63,7 +63,7 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``--set meta.inner_steps=5`` → ``{"meta": {"inner_steps": 5}}`` (values parsed as TOML)."""
     import tomllib
 
-    from mednf.config import ConfigError
+    from mednf.errors import ConfigError
 
     sections: dict[str, dict[str, Any]] = {}
     for item in values:
@@ -110,9 +110,9 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
     Meta-learns the shared network, fits a latent for every image of every split and writes the dataset
     (manifest last). Rerunning the same command resumes an interrupted build.
     """
-    from mednf.build import BuildOptions
-    from mednf.build import build as run_build
-    from mednf.config import ConfigError
+    from mednf.build.pipeline import BuildOptions
+    from mednf.build.pipeline import build as run_build
+    from mednf.errors import ConfigError
 
     if gpu is not None and force_cpu:
         raise ConfigError("--gpu and --cpu were both given: expected one of them; drop one")
@@ -136,7 +136,7 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
 @main.command(name="list")
 def list_builders() -> None:
     """List the builders: modality, size, channels, task and split counts."""
-    from mednf.specs import builder_names, load_builder
+    from mednf.sources.spec import builder_names, load_builder
 
     click.echo(f"{'name':13s} {'modality':26s} {'size':>7s} {'ch':>3s} {'task':12s} {'train':>7s} {'val':>6s} "
                f"{'test':>6s}  preset")
@@ -157,7 +157,7 @@ def info(name: str, root: Path | None, as_json: bool) -> None:
     """Summary of a built dataset: counts, latent size, hyper-parameters, PSNR/SSIM, licence."""
     import json
 
-    from mednf.dataset import info as dataset_info
+    from mednf.loading import info as dataset_info
 
     summary = dataset_info(name, root)
     if as_json:
@@ -177,7 +177,7 @@ def info(name: str, root: Path | None, as_json: bool) -> None:
 
 def _parse_indices(text: str, n: int) -> list[int]:
     """``0:16``, ``3``, ``1,5,9`` or ``-4:`` → positions (checked against ``n``)."""
-    from mednf.config import ConfigError
+    from mednf.errors import ConfigError
 
     try:
         if ":" in text:
@@ -213,11 +213,11 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
     images are available) or the raw array as .npy."""
     import numpy as np
 
-    from mednf.build import resolve_device
-    from mednf.config import ConfigError
-    from mednf.dataset import load
-    from mednf.grid import save_grid
-    from mednf.sources import source_images
+    from mednf.build.pipeline import resolve_device
+    from mednf.errors import ConfigError
+    from mednf.loading import load
+    from mednf.sources.medmnist import source_images
+    from mednf.tasks.plots import save_grid
 
     if out.suffix.lower() not in (".png", ".npy"):
         raise ConfigError(f"--out {out} is invalid: expected a .png or .npy file name")
@@ -241,8 +241,9 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
 @_friendly
 def download(name: str, source: str, root: Path | None) -> None:
     """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest)."""
-    from mednf.dataset import NotFoundError, find_dataset
-    from mednf.hub import download_hf, download_zenodo, registry_entry
+    from mednf.errors import NotFoundError
+    from mednf.loading import find_dataset
+    from mednf.remote.hub import download_hf, download_zenodo, registry_entry
 
     key, _ = registry_entry(name)
     try:
@@ -264,8 +265,8 @@ def download(name: str, source: str, root: Path | None) -> None:
 def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
     """Write a publishable copy of a built dataset: zenodo (one archive + SHA256SUMS + registry entry) or
     hf (Parquet shards + card with data_files, loadable by datasets.load_dataset, + manifest and θ)."""
-    from mednf.dataset import find_dataset
-    from mednf.hub import export_hf, export_zenodo
+    from mednf.loading import find_dataset
+    from mednf.remote.hub import export_hf, export_zenodo
 
     if fmt == "hf":
         folder = export_hf(find_dataset(name, root), out)
@@ -291,16 +292,16 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
 def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path | None,
           medmnist_root: Path | None, gpu: int | None) -> None:
     """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
-    from mednf.build import resolve_device
-    from mednf.dataset import find_dataset
-    from mednf.evaluation import evaluate, save_error_grid, write_report
-    from mednf.store import read_manifest
+    from mednf.build.pipeline import resolve_device
+    from mednf.format.store import read_manifest
+    from mednf.loading import find_dataset
+    from mednf.tasks.evaluate import evaluate, save_error_grid, write_report
 
     path = find_dataset(name, root)
     manifest = read_manifest(path)
     splits = None if split == "all" else [split]
     if splits and split not in manifest["splits"]:
-        from mednf.config import ConfigError
+        from mednf.errors import ConfigError
 
         raise ConfigError(f"--split {split!r} is invalid: expected one of {', '.join(manifest['splits'])} or all")
     device = resolve_device(gpu)
@@ -337,8 +338,8 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
     """k-NN (k = 1, 3) and the paper's MLP on NAME's latents, beside the same on raw pixels (Table 4)."""
     import json
 
-    from mednf.build import resolve_device
-    from mednf.classification import classify as run
+    from mednf.build.pipeline import resolve_device
+    from mednf.tasks.classify import classify as run
 
     models = ("knn", "mlp") if model == "all" else (model,)
     feats = ("latents", "pixels") if features == "both" else (features,)
@@ -364,10 +365,10 @@ def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, 
     """Fit latents for the images of an .npz into NAME's space (its θ and fit settings)."""
     import numpy as np
 
-    from mednf.build import resolve_device
-    from mednf.encoding import encode as run
-    from mednf.encoding import read_images_npz
-    from mednf.store import atomic_write_bytes
+    from mednf.build.pipeline import resolve_device
+    from mednf.format.store import atomic_write_bytes
+    from mednf.tasks.encode import encode as run
+    from mednf.tasks.encode import read_images_npz
 
     result = run(read_images_npz(images, key), name, resample=resample, root=root, device=resolve_device(gpu))
     import io
@@ -394,10 +395,10 @@ def import_official(directory: Path, name: str, out: Path | None, w0: float | No
                     measure: bool, medmnist_root: Path | None, gpu: int | None) -> None:
     """Convert the official MedNF release layout (model.pt, {train,val,test}/datapoint_{i}.pt) into
     mednf's format, reading it weights-only (no arbitrary unpickling)."""
-    from mednf.build import resolve_device
-    from mednf.official_import import import_official as run
-    from mednf.specs import load_builder
-    from mednf.store import mednf_home, read_manifest
+    from mednf.build.pipeline import resolve_device
+    from mednf.format.store import mednf_home, read_manifest
+    from mednf.remote.official_import import import_official as run
+    from mednf.sources.spec import load_builder
 
     target = out or mednf_home() / load_builder(name).name
     path = run(directory, name, target, medmnist_root=medmnist_root, measure=measure, w0=w0,

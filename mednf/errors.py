@@ -1,6 +1,7 @@
-"""User-facing errors. Each message is one line: the value, what was expected and the fix.
+"""Every error mednf raises on purpose. Each message is one line: the value, what was expected and the fix.
 
-The CLI prints any :class:`MednfError` as ``error: <message>`` and exits non-zero, without a traceback.
+The CLI prints any :class:`MednfError` as ``error: <message>`` and exits with status 2, without a
+traceback. The subclasses say which stage failed, so callers can catch one kind.
 """
 
 from __future__ import annotations
@@ -10,9 +11,45 @@ class MednfError(Exception):
     """A mistake the user can fix (bad value, missing file, wrong checksum, busy output directory)."""
 
 
+class ConfigError(MednfError, ValueError):
+    """A hyper-parameter, option or builder-file value is invalid (name, value, expectation, fix)."""
+
+
 class SourceError(MednfError):
     """Raw data is missing, corrupt or not what the builder expects."""
 
 
 class BuildError(MednfError):
     """A build cannot start or continue (locked, unwritable, inconsistent with an earlier run)."""
+
+
+class FormatError(MednfError):
+    """A dataset directory is incomplete, damaged, or does not match its manifest."""
+
+
+class NotFoundError(MednfError):
+    """No dataset of that name or path is available locally."""
+
+
+class DownloadError(MednfError):
+    """A download failed or did not verify; nothing was kept."""
+
+
+class OfficialFormatError(MednfError):
+    """A file of the official release is missing, malformed, or not allowed (e.g. a foreign pickle)."""
+
+
+class OfficialImportError(MednfError):
+    """The official release does not fit the named sub-dataset, or the output cannot be written."""
+
+
+class EvalError(MednfError):
+    """An evaluation cannot run (source images unavailable, bad split)."""
+
+
+class ClassifyError(MednfError):
+    """A classification run cannot start (no labels, features unavailable, bad options)."""
+
+
+class EncodeError(MednfError):
+    """Images cannot be encoded into a space (wrong size, layout or file)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mednf.config import FieldConfig
+from mednf.engine.config import FieldConfig
 
 
 class OfficialStyleSIREN(nn.Module):

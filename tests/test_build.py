@@ -13,13 +13,13 @@ import zarr
 from conftest import SHARED_MEDMNIST, TINY, report
 from safetensors.torch import load_file
 
-from mednf.build import BuildOptions, build
-from mednf.config import EngineConfig
-from mednf.field import decode
-from mednf.fit import fit_latents
-from mednf.meta import mse_to_psnr
-from mednf.phantoms import make_phantoms
-from mednf.store import verify_dataset
+from mednf.build.pipeline import BuildOptions, build
+from mednf.engine.config import EngineConfig
+from mednf.engine.field import decode
+from mednf.engine.fit import fit_latents
+from mednf.engine.meta import mse_to_psnr
+from mednf.format.store import verify_dataset
+from mednf.sources.phantoms import make_phantoms
 
 
 def test_manifest_and_checksums(phantom_dir):
@@ -165,8 +165,8 @@ def test_command_line_overrides_are_recorded(tmp_path):
 
 def test_the_best_validated_theta_is_the_one_saved(tmp_path):
     """Replay meta-training independently up to the best validation step: that θ is model.safetensors."""
-    from mednf.meta import MetaLearner
-    from mednf.trainer import batch_positions
+    from mednf.build.trainer import batch_positions
+    from mednf.engine.meta import MetaLearner
 
     out = tmp_path / "P"
     build("phantomnf", BuildOptions(out=out, preset="tiny", size=16, max_samples=16, progress=False,
@@ -190,8 +190,8 @@ def test_the_best_validated_theta_is_the_one_saved(tmp_path):
 
 
 def test_dermanf_card_carries_the_non_commercial_licence(phantom_dir):
-    from mednf.card import render_card
-    from mednf.specs import load_builder
+    from mednf.format.card import render_card
+    from mednf.sources.spec import load_builder
 
     manifest = json.loads((phantom_dir / "mednf.json").read_text())
     manifest["builder"] = json.loads(json.dumps(load_builder("dermanf").to_dict()))

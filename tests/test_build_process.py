@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mednf.cli import main
-from mednf.store import load_params, verify_dataset
+from mednf.format.store import load_params, verify_dataset
 
 # PhantomNF at 32², tiny network, small splits: a build takes seconds; blocks of 8 rows.
 ARGS = ["--preset", "tiny", "--size", "32", "--max-samples", "40", "--quiet",

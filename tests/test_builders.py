@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from mednf.cli import main
-from mednf.config import ConfigError
-from mednf.specs import builder_names, load_builder, resolve_engine
+from mednf.errors import ConfigError
+from mednf.sources.spec import builder_names, load_builder, resolve_engine
 
 PAPER = ["ChestNF", "PathNF", "DermaNF", "OctNF", "PneumoniaNF", "RetinaNF", "TissueNF"]
 

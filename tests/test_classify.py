@@ -12,9 +12,8 @@ import torch
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
-from mednf.classification import ClassifyError, Split, _pixels_unavailable, classify, classify_arrays
-from mednf.config import ConfigError
-from mednf.errors import MednfError, SourceError
+from mednf.errors import ClassifyError, ConfigError, MednfError, SourceError
+from mednf.tasks.classify import Split, _pixels_unavailable, classify, classify_arrays
 
 EPOCHS = 20
 
@@ -32,7 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def phantom_report(tmp_path_factory, one_thread):
     """PhantomNF (tiny preset, 32², 200 / 100 / 200 samples) and its report: every model on latents and pixels."""
-    from mednf.build import BuildOptions, build
+    from mednf.build.pipeline import BuildOptions, build
 
     out = tmp_path_factory.mktemp("classify") / "PhantomNF"
     build("phantomnf", BuildOptions(out=out, preset="tiny", size=32, max_samples=200, progress=False,
@@ -205,7 +204,7 @@ def test_bad_inputs_are_one_line_errors(phantom_report, tmp_path, monkeypatch):
             call()
         assert text in str(err.value) and "\n" not in str(err.value)
     # pixels that cannot be had: a clear error naming the file, its md5 and how to provide it
-    monkeypatch.setattr("mednf.sources.source_images", lambda *a, **k: None)
+    monkeypatch.setattr("mednf.sources.medmnist.source_images", lambda *a, **k: None)
     with pytest.raises(SourceError, match="phantom generator version"):
         classify(path, "knn", features="pixels")
     manifest = {"name": "PneumoniaNF", "source": {"kind": "medmnist", "file": "pneumoniamnist.npz", "md5": "abc"}}

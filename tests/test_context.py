@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mednf.context import context_size, random_context
+from mednf.engine.context import context_size, random_context
 
 
 def test_subsets_are_valid_distinct_and_deterministic():

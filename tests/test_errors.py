@@ -8,12 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mednf import field as nf
 from mednf.cli import main
-from mednf.config import ConfigError, EngineConfig, FieldConfig, FitConfig, MetaConfig
-from mednf.fit import fit_latents
-from mednf.meta import MetaLearner
-from mednf.presets import get_preset
+from mednf.engine import field as nf
+from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
+from mednf.engine.fit import fit_latents
+from mednf.engine.meta import MetaLearner
+from mednf.engine.presets import get_preset
+from mednf.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 import mednf
-import mednf.config
-from mednf import field as nf
+import mednf.engine.config
 from mednf.cli import main
-from mednf.encoding import EncodeError
-from mednf.evaluation import EvalError
-from mednf.sources import source_images
-from mednf.store import load_params
+from mednf.engine import field as nf
+from mednf.errors import EncodeError, EvalError
+from mednf.format.store import load_params
+from mednf.sources.medmnist import source_images
 
 
 def _images(ds) -> np.ndarray:
@@ -117,7 +116,7 @@ def test_encode_cli(phantom_dir, tmp_path):
 
 def test_split_names_and_file_kinds_are_checked(phantom_dir, tmp_path):
     assert list(mednf.evaluate(phantom_dir, "val", progress=False).splits) == ["val"]  # one name as a string
-    with pytest.raises(mednf.config.ConfigError, match=r"splits = \['dev'\] is invalid: expected some of train, val, test"):
+    with pytest.raises(mednf.engine.config.ConfigError, match=r"splits = \['dev'\] is invalid: expected some of train, val, test"):
         mednf.evaluate(phantom_dir, ["dev"], progress=False)
     np.save(tmp_path / "imgs.npy", np.zeros((2, 32, 32), np.float32))
     result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "imgs.npy"), "--out", str(tmp_path / "x.npz")])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from reference import OfficialStyleSIREN
 
-from mednf import field as nf
-from mednf.config import FieldConfig
+from mednf.engine import field as nf
+from mednf.engine.config import FieldConfig
 
 
 @pytest.mark.parametrize("C,D", [(1, 1), (2, 1), (2, 3), (3, 1), (3, 3)])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mednf import field as nf
-from mednf.config import FieldConfig, FitConfig
-from mednf.fit import auto_batch_size, fit_latents
+from mednf.engine import field as nf
+from mednf.engine.config import FieldConfig, FitConfig
+from mednf.engine.fit import auto_batch_size, fit_latents
 
 CFG = FieldConfig(in_dims=2, out_dims=3, num_layers=4, hidden_dim=16, latent_dim=6, omega_first=10, omega_last=30)
 

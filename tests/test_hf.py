@@ -14,7 +14,8 @@ from loopback import Loopback
 
 import mednf
 from mednf.cli import main
-from mednf.hub import DownloadError, export_hf
+from mednf.errors import DownloadError
+from mednf.remote.hub import export_hf
 
 REPO = "mednf/PhantomNF"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -70,7 +71,7 @@ def test_hf_download_rebuilds_a_verified_dataset(hub, phantom_dir, monkeypatch):
     np.testing.assert_array_equal(ds.labels, original.labels)
     torch_items = ds[0:3]
     assert torch_items["latent"].shape == (3, 32)
-    from mednf.store import verify_dataset
+    from mednf.format.store import verify_dataset
 
     manifest = verify_dataset(hub.cache / "PhantomNF")
     assert manifest["origin"]["hf_repo"] == REPO

@@ -14,8 +14,8 @@ from loopback import Loopback
 
 import mednf
 from mednf.cli import main
-from mednf.hub import DownloadError, export_zenodo
-from mednf.store import FormatError
+from mednf.errors import DownloadError, FormatError
+from mednf.remote.hub import export_zenodo
 
 RECORD = "4242"
 

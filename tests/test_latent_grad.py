@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mednf import field as nf
-from mednf.config import FieldConfig
-from mednf.context import gather_context, random_context
-from mednf.latent_grad import latent_gradient
-from mednf.meta import signal_mse
+from mednf.engine import field as nf
+from mednf.engine.config import FieldConfig
+from mednf.engine.context import gather_context, random_context
+from mednf.engine.latent_grad import latent_gradient
+from mednf.engine.meta import signal_mse
 
 SPATIAL = {1: (40,), 2: (7, 6), 3: (4, 3, 5)}
 

@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 
 import mednf
 from mednf.cli import main
-from mednf.config import ConfigError, EngineConfig
-from mednf.dataset import MedNFDataset, NotFoundError
-from mednf.field import decode
+from mednf.dataset import MedNFDataset
+from mednf.engine.config import EngineConfig
+from mednf.engine.field import decode
+from mednf.errors import ConfigError, NotFoundError
 
 
 def stored(phantom_dir, split):

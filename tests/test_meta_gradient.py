@@ -9,9 +9,9 @@ import torch
 from conftest import report
 from reference import OfficialStyleSIREN, per_signal_meta_gradient
 
-from mednf import field as nf
-from mednf.config import FieldConfig, MetaConfig
-from mednf.meta import MetaLearner, meta_objective, sample_contexts
+from mednf.engine import field as nf
+from mednf.engine.config import FieldConfig, MetaConfig
+from mednf.engine.meta import MetaLearner, meta_objective, sample_contexts
 
 SPATIAL = {1: (24,), 2: (6, 5), 3: (3, 4, 3)}
 

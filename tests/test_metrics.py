@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import load_npz
 
-from mednf.metrics import psnr, ssim
+from mednf.engine.metrics import psnr, ssim
 
 
 def test_psnr_formula():

@@ -18,14 +18,14 @@ from loopback import Loopback
 from official_fixture import make_model, reference_forward, write_release
 
 import mednf
-from mednf import field as nf
 from mednf.cli import main
-from mednf.hub import DownloadError
-from mednf.official import OfficialFormatError, read_official_model
-from mednf.official_import import OfficialImportError, import_official
-from mednf.sources import phantom_source
-from mednf.specs import load_builder
-from mednf.store import verify_dataset
+from mednf.engine import field as nf
+from mednf.errors import DownloadError, OfficialFormatError, OfficialImportError
+from mednf.format.store import verify_dataset
+from mednf.remote.official import read_official_model
+from mednf.remote.official_import import import_official
+from mednf.sources.medmnist import phantom_source
+from mednf.sources.spec import load_builder
 
 SHARED_MEDMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
 COUNTS = {"train": 10, "val": 6, "test": 7}  # datapoints fitted per split; batch 4 → 8, 4, 4 kept

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from conftest import load_npz, report
 
-from mednf import field as nf
-from mednf.config import FieldConfig, FitConfig, MetaConfig
-from mednf.fit import fit_latents
-from mednf.meta import MetaLearner, mse_to_psnr, signal_mse
+from mednf.engine import field as nf
+from mednf.engine.config import FieldConfig, FitConfig, MetaConfig
+from mednf.engine.fit import fit_latents
+from mednf.engine.meta import MetaLearner, mse_to_psnr, signal_mse
 
 
 def _train_and_evaluate(train: np.ndarray, test: np.ndarray, cfg: FieldConfig, meta: MetaConfig,

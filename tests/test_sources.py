@@ -12,8 +12,8 @@ import pytest
 from loopback import Loopback
 
 from mednf.errors import SourceError
-from mednf.sources import SourceWarning, load_source
-from mednf.specs import load_builder
+from mednf.sources.medmnist import SourceWarning, load_source
+from mednf.sources.spec import load_builder
 
 BREAST = load_builder("breastnf")
 

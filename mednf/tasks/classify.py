@@ -46,8 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.config import ConfigError
-from mednf.errors import MednfError, SourceError
+from mednf.errors import ClassifyError, ConfigError, SourceError
 
 MODELS = ("knn", "mlp")
 FEATURES = ("latents", "pixels")
@@ -59,8 +58,6 @@ MLP_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's default
 MLP_BATCH_SIZE = 32
 
 
-class ClassifyError(MednfError):
-    """A dataset cannot be classified as asked (a split missing or empty)."""
 
 
 @dataclass
@@ -416,8 +413,8 @@ def _check_training(epochs: int, batch_size: int) -> None:
 
 
 def _pixels_unavailable(manifest: dict[str, Any], medmnist_root: str | Path | None) -> SourceError:
-    from mednf.phantoms import GENERATOR_VERSION
-    from mednf.sources import medmnist_root as resolve_root
+    from mednf.sources.medmnist import medmnist_root as resolve_root
+    from mednf.sources.phantoms import GENERATOR_VERSION
 
     source, name = manifest["source"], manifest["name"]
     hint = "or classify the latents only (--features latents / features=('latents',))"
@@ -440,12 +437,12 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
     "pixels"} (or "all"); train on train, select the MLP epoch on val, report test metrics.
 
     ``name_or_path`` / ``root`` as :func:`mednf.load` (local datasets only, no download); pixels are the
-    source images read with :func:`mednf.sources.source_images` from ``medmnist_root`` (``$MEDMNIST_ROOT``,
+    source images read with :func:`mednf.sources.medmnist.source_images` from ``medmnist_root`` (``$MEDMNIST_ROOT``,
     ``~/.medmnist``) or regenerated (PhantomNF). ``device``: the MLP's (default CPU).
     """
-    from mednf.dataset import load
-    from mednf.sources import source_images
-    from mednf.specs import SPLITS
+    from mednf.loading import load
+    from mednf.sources.medmnist import source_images
+    from mednf.sources.spec import SPLITS
 
     models = _check_models(models)
     features = _names(features, FEATURES, "features", "--features")

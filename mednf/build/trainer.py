@@ -1,10 +1,10 @@
 """Meta-training for a build: resumable, validated, data-parallel under torchrun.
 
-Wraps :class:`mednf.meta.MetaLearner` with what a long run needs:
+Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 
 - **Batches** are a pure function of (seed, iteration): position ``t·B + j`` of the training stream is
   element ``(t·B + j) mod N`` of the permutation of epoch ``(t·B + j) // N``. Inner-loop contexts are
-  keyed the same way (:mod:`mednf.context`). There is no RNG state to save: a resumed run continues
+  keyed the same way (:mod:`mednf.engine.context`). There is no RNG state to save: a resumed run continues
   with exactly the batches and subsets the uninterrupted run would have drawn.
 - **Checkpoints** (θ, AdamW moments, scheduler, iteration, validation history) go into one safetensors
   file with the scalars as JSON metadata, written atomically every ``checkpoint_every`` iterations.
@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.config import EngineConfig
-from mednf.distributed import Dist
+from mednf.engine.config import EngineConfig
+from mednf.build.distributed import Dist
 from mednf.errors import BuildError
-from mednf.fit import as_float_signals, fit_latents
-from mednf.meta import MetaLearner
-from mednf.specs import BuildSettings
-from mednf.store import load_params, save_params
+from mednf.engine.fit import as_float_signals, fit_latents
+from mednf.engine.meta import MetaLearner
+from mednf.sources.spec import BuildSettings
+from mednf.format.store import load_params, save_params
 
 LAST = "meta-last.safetensors"
 BEST = "meta-best.safetensors"

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.config import FieldConfig
-from mednf.errors import MednfError
+from mednf.engine.config import FieldConfig
+from mednf.errors import OfficialFormatError
 
 SPLITS = ("train", "val", "test")
 _DATAPOINT = re.compile(r"^datapoint_(\d+)\.pt$")
@@ -52,8 +52,6 @@ ALLOWED_GLOBALS = (
 )
 
 
-class OfficialFormatError(MednfError):
-    """A file of the official release is missing, malformed, or not allowed (e.g. a foreign pickle)."""
 
 
 class _Inert:
@@ -65,7 +63,7 @@ class _Inert:
 
 @dataclass
 class OfficialModel:
-    theta: dict[str, Tensor]  # mednf layout (see mednf.field), float32 on CPU
+    theta: dict[str, Tensor]  # mednf layout (see mednf.engine.field), float32 on CPU
     field: FieldConfig
     w0s: tuple[float, ...]  # ω of every sine layer, as read (or as given)
     whole_module: bool  # model.pt held a pickled module (else a plain state dict)
@@ -199,7 +197,7 @@ def read_official_model(path: str | Path, *, w0: float | None = None, w0_increme
     theta["shift.bias"] = torch.cat([f32[f"layers.{k}.modulate_shift_layer.bias"] for k in hidden])
     theta["last.weight"] = f32["last_layer.linear.weight"]
     theta["last.bias"] = f32["last_layer.linear.bias"]
-    from mednf.field import param_shapes
+    from mednf.engine.field import param_shapes
 
     for name, shape in param_shapes(field).items():
         if tuple(theta[name].shape) != shape:

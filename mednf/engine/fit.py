@@ -1,10 +1,10 @@
 """Test-time fitting: one latent per signal, θ frozen, batched over signals (no drop_last).
 
 For each batch: φ₀ = 0, then H SGD steps ``φ ← φ − α ∇_φ MSE(full context)``, the gradient from the
-chunked hand-written backward of :mod:`mednf.latent_grad` (θ is frozen, only ∇_φ is needed). With
+chunked hand-written backward of :mod:`mednf.engine.latent_grad` (θ is frozen, only ∇_φ is needed). With
 ``grad_rescale`` (the official code's test-time variant) each step's gradient of signal s is scaled by
 ``‖∇ on a random γ-subset‖ / ‖∇ on the full context‖`` of that signal. Subsets come from
-:mod:`mednf.context`, keyed by the signal's global index, so the latents do not depend on the batch size,
+:mod:`mednf.engine.context`, keyed by the signal's global index, so the latents do not depend on the batch size,
 the order of batches or the rank that fits them.
 
 Batches are sized to a memory budget unless a batch size is given; every signal is fitted, the last
@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf import field as nf
-from mednf.config import ConfigError, FieldConfig, FitConfig
-from mednf.context import random_context
-from mednf.latent_grad import latent_gradient
-from mednf.meta import check_signals, mse_to_psnr, signal_mse
-from mednf.metrics import SSIM_WINDOW, ssim
+from mednf.engine import field as nf
+from mednf.engine.config import FieldConfig, FitConfig
+from mednf.engine.context import random_context
+from mednf.engine.latent_grad import latent_gradient
+from mednf.engine.meta import check_signals, mse_to_psnr, signal_mse
+from mednf.engine.metrics import SSIM_WINDOW, ssim
+from mednf.errors import ConfigError
 
 # Bytes per (point, hidden unit, sine layer) of one unchunked fit step: cos(z) kept for the backward
 # (4 B) plus as much again for activations and temporaries. An estimate from the algorithm, not measured.
@@ -129,7 +130,7 @@ def fit_latents(
         signals: ``[S, D, *spatial]`` float in [0, 1] or uint8; stays where it is, batches are moved.
         first_index: global index of ``signals[0]`` (keys of the rescaling subsets when sharded).
         on_batch: called with (signals done, total) after each batch, e.g. to drive a progress bar.
-        with_ssim: also report SSIM per signal (:func:`mednf.metrics.ssim`); NaN where it is undefined
+        with_ssim: also report SSIM per signal (:func:`mednf.engine.metrics.ssim`); NaN where it is undefined
             (1D signals, or a side shorter than the 11-tap window).
     Returns:
         :class:`FitResult` with S latents, MSEs and PSNRs, in input order.

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from mednf.errors import SourceError
-from mednf.phantoms import GENERATOR_VERSION, make_phantoms
-from mednf.specs import SPLITS, BuilderSpec
+from mednf.sources.phantoms import GENERATOR_VERSION, make_phantoms
+from mednf.sources.spec import SPLITS, BuilderSpec
 
 DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")  # medmnist.info.DEFAULT_ROOT
 _HTTP_TIMEOUT_S = 60
@@ -262,7 +262,7 @@ def source_images(manifest: dict, split: str, source_index: np.ndarray,
     spec = BuilderSpec.from_dict(manifest["builder"])
     if source["kind"] == "phantom":
         if source.get("generator") != GENERATOR_VERSION:
-            return None  # drawn by another version of mednf.phantoms
+            return None  # drawn by another version of mednf.sources.phantoms
         data = phantom_source(spec)[split]
     else:
         path = medmnist_root(root) / spec.source.file_name

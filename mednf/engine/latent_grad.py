@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mednf.field import PreparedField, check_coords
+from mednf.engine.field import PreparedField, check_coords
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 Stages, each resumable (state in ``<out>/.partial``):
 
-1. **meta-training** (:mod:`mednf.trainer`): checkpoints, validation, best θ kept;
+1. **meta-training** (:mod:`mednf.build.trainer`): checkpoints, validation, best θ kept;
 2. **fitting**: every sample of train/val/test in blocks of ``block_rows`` rows (= one Zarr chunk);
    block ``b`` of a split belongs to rank ``b mod world``; a finished block leaves a record
    (``.partial/blocks/<split>-<b>.npz``: PSNR, SSIM) written after its latents, so a block without a
@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.config import ConfigError, EngineConfig
-from mednf.distributed import Dist, setup
+from mednf.engine.config import EngineConfig
+from mednf.errors import ConfigError
+from mednf.build.distributed import Dist, setup
 from mednf.errors import BuildError, MednfError
-from mednf.fit import fit_latents
-from mednf.sources import SourceData, load_source
-from mednf.specs import SPLITS, BuilderSpec, load_builder, resolve_engine
-from mednf.store import (
+from mednf.engine.fit import fit_latents
+from mednf.sources.medmnist import SourceData, load_source
+from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
+from mednf.format.store import (
     CARD,
     INDEX,
     LATENTS,
@@ -65,9 +66,9 @@ from mednf.store import (
     write_index,
     write_latent_block,
 )
-from mednf.trainer import MetaTrainer, TrainSummary
+from mednf.build.trainer import MetaTrainer, TrainSummary
 
-log = logging.getLogger("mednf.build")
+log = logging.getLogger("mednf.build.pipeline")
 
 
 @dataclass
@@ -258,7 +259,7 @@ def _device_name(device: torch.device) -> str:
 
 def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
               theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist) -> dict[str, Any]:
-    from mednf.card import render_card
+    from mednf.format.card import render_card
 
     rows = spec.build.block_rows
     fit_seconds = 0.0  # summed over blocks (and ranks), across resumed runs

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mednf.config import ConfigError
+from mednf.errors import ConfigError
 
 SSIM_WINDOW = 11  # Gaussian window, σ = 1.5 (torchmetrics' and scikit-image's default)
 

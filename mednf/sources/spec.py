@@ -19,8 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from mednf.config import ConfigError, EngineConfig
-from mednf.presets import get_preset
+from mednf.engine.config import EngineConfig
+from mednf.engine.presets import get_preset
+from mednf.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 Task = Literal["multi-class", "multi-label", "ordinal"]

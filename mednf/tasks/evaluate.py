@@ -1,6 +1,6 @@
 """``mednf eval``: reconstruction quality of a MedNF dataset, decoded latents vs the source images.
 
-Per sample: MSE, PSNR (data range 1) and SSIM (torchmetrics, as :mod:`mednf.metrics`) of the clamped
+Per sample: MSE, PSNR (data range 1) and SSIM (torchmetrics, as :mod:`mednf.engine.metrics`) of the clamped
 native-resolution decode against the source image (MedMNIST root, or the regenerated phantoms). Written as
 ``summary.json`` (per split: means, sd, and the PSNR recorded at build time for comparison),
 ``samples.parquet`` (one row per sample) and optionally a PNG of inputs, reconstructions and |error| maps.
@@ -19,12 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.errors import MednfError
-from mednf.metrics import SSIM_WINDOW
-
-
-class EvalError(MednfError):
-    """Evaluation cannot run (e.g. the source images are not available)."""
+from mednf.engine.metrics import SSIM_WINDOW
+from mednf.errors import EvalError
 
 
 @dataclass
@@ -58,7 +54,7 @@ class EvalReport:
 
 def reconstruction_metrics(decoded: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """MSE, PSNR and SSIM per signal of ``decoded`` vs ``images``, both ``[B, D, *spatial]`` in [0, 1] → 3 × ``[B]``."""
-    from mednf.metrics import psnr, ssim
+    from mednf.engine.metrics import psnr, ssim
 
     mse = (decoded - images).pow(2).flatten(1).mean(dim=1)
     if decoded.dim() >= 4 and min(decoded.shape[2:]) >= SSIM_WINDOW:
@@ -69,7 +65,7 @@ def reconstruction_metrics(decoded: Tensor, images: Tensor) -> tuple[Tensor, Ten
 
 
 def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
-    from mednf.sources import source_images
+    from mednf.sources.medmnist import source_images
 
     images = source_images(ds.manifest, ds.split, ds.source_index, medmnist_root)
     if images is None:
@@ -77,7 +73,7 @@ def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
         if source["kind"] == "phantom":
             raise EvalError(f"{ds.name} was built from phantoms of another mednf version (generator "
                             f"{source.get('generator')}); rebuild it with `mednf build {ds.name.lower()}`")
-        from mednf.sources import medmnist_root as default_root
+        from mednf.sources.medmnist import medmnist_root as default_root
 
         where = default_root(medmnist_root) / source["file"]
         raise EvalError(f"the source images of {ds.name} are not available: {where} is missing or not the file it was "
@@ -92,7 +88,7 @@ def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("te
     """Decode every latent of ``splits`` (None: all) and compare with the source images."""
     from tqdm.auto import tqdm
 
-    from mednf.dataset import find_dataset, load
+    from mednf.loading import find_dataset, load
 
     path = find_dataset(name_or_path, root)
     device = torch.device(device or "cpu")
@@ -102,7 +98,7 @@ def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("te
     names = available if splits is None else [splits] if isinstance(splits, str) else list(splits)
     unknown = [s for s in names if s not in available]
     if unknown or not names:
-        from mednf.config import ConfigError
+        from mednf.errors import ConfigError
 
         raise ConfigError(f"splits = {unknown or names!r} is invalid: expected some of {', '.join(available)} "
                           "(or None for all)")
@@ -148,8 +144,8 @@ def save_error_grid(name_or_path: str | Path, path: str | Path, *, split: str = 
                     root: str | Path | None = None, medmnist_root: str | Path | None = None,
                     device: str | torch.device | None = None) -> Path:
     """PNG with one column per sample: input, reconstruction, |error| (scaled to the grid's largest error)."""
-    from mednf.dataset import load
-    from mednf.grid import save_grid
+    from mednf.loading import load
+    from mednf.tasks.plots import save_grid
 
     ds = load(name_or_path, split=split, root=root, device=device)
     count = min(count, len(ds))

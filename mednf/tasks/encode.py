@@ -18,11 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.errors import MednfError
-
-
-class EncodeError(MednfError):
-    """Images that cannot be encoded into the space as given."""
+from mednf.errors import EncodeError
 
 
 @dataclass
@@ -70,8 +66,9 @@ def encode(images: np.ndarray | Tensor, space, *, resample: bool = False, root: 
     """
     from tqdm.auto import tqdm
 
-    from mednf.dataset import MedNFDataset, load
-    from mednf.fit import as_float_signals, fit_latents
+    from mednf.dataset import MedNFDataset
+    from mednf.engine.fit import as_float_signals, fit_latents
+    from mednf.loading import load
 
     ds = space if isinstance(space, MedNFDataset) else load(space, split=next(iter(_splits(space, root))), root=root)
     cfg = ds.config
@@ -98,8 +95,8 @@ def encode(images: np.ndarray | Tensor, space, *, resample: bool = False, root: 
 
 
 def _splits(space, root) -> list[str]:
-    from mednf.dataset import find_dataset
-    from mednf.store import read_manifest
+    from mednf.format.store import read_manifest
+    from mednf.loading import find_dataset
 
     return list(read_manifest(find_dataset(space, root))["splits"])
 

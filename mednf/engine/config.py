@@ -17,13 +17,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mednf.errors import MednfError
+from mednf.errors import ConfigError
 
 ShiftMode = Literal["inside", "outside"]
 
 
-class ConfigError(MednfError, ValueError):
-    """A hyper-parameter has an invalid value (message: name, value, expectation, fix)."""
 
 
 def _require(ok: bool, name: str, value: Any, expected: str, fix: str) -> None:
@@ -64,7 +62,7 @@ class FieldConfig:
     - ``"outside"`` (the paper's Eq. 1): ``sin(ω_k · (W x + b) + m_k(φ))``.
 
     The two are the same family of functions (``M_k`` rescaled by ω_k, see
-    :func:`mednf.field.convert_shift_mode`). The default is ``"inside"`` because the paper's numbers,
+    :func:`mednf.engine.field.convert_shift_mode`). The default is ``"inside"`` because the paper's numbers,
     its released weights and its inner learning rate α = 1e-2 all come from that parametrisation.
     """
 
@@ -170,7 +168,7 @@ class FitConfig:
     grad_rescale: bool = False  # official code: scale each step by ‖∇ on γ-subset‖ / ‖∇ on full‖
     rescale_ratio: float = 0.25  # γ of the subset used for that rescaling
     batch_size: int | None = None  # None → sized to the memory budget
-    memory_budget_mb: float | None = None  # None → device default (see mednf.fit)
+    memory_budget_mb: float | None = None  # None → device default (see mednf.engine.fit)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 0,

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mednf.config import ConfigError, FieldConfig
+from mednf.engine.config import FieldConfig
+from mednf.errors import ConfigError
 
 Params = dict[str, Tensor]
 
@@ -115,7 +116,7 @@ def check_coords(coords: Tensor, cfg: FieldConfig, batch: int) -> None:
         raise ConfigError(
             f"coords shape = {tuple(coords.shape)} is invalid: expected [N, {cfg.in_dims}] or "
             f"[{batch}, N, {cfg.in_dims}] (in_dims C = {cfg.in_dims}); build them with "
-            f"mednf.field.coordinate_grid(shape) for a {cfg.in_dims}-D signal"
+            f"mednf.engine.field.coordinate_grid(shape) for a {cfg.in_dims}-D signal"
         )
 
 

@@ -4,7 +4,7 @@ One meta-iteration on a batch of B signals:
 
 1. φ₀ = 0 for every signal (``[B, P]``);
 2. G inner SGD steps ``φ ← φ − α ∇_φ MSE(context)``, each on a fresh random context of γ·N coordinates
-   per signal (:mod:`mednf.context`). The B signals are independent, so the inner loss is the *sum* of
+   per signal (:mod:`mednf.engine.context`). The B signals are independent, so the inner loss is the *sum* of
    the per-signal MSEs: its gradient w.r.t. the ``[B, P]`` latent holds each signal's own gradient;
 3. meta-loss = mean over signals of the MSE on the **full** context at φ_G;
 4. its gradient flows into θ *through* the inner loop (``create_graph=True``: second order), unless
@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mednf import field as nf
-from mednf.config import ConfigError, FieldConfig, MetaConfig
-from mednf.context import gather_context, random_context
+from mednf.engine import field as nf
+from mednf.engine.config import FieldConfig, MetaConfig
+from mednf.engine.context import gather_context, random_context
+from mednf.errors import ConfigError
 
 
 def check_signals(values: Tensor, what: str = "signals") -> None:
@@ -63,7 +64,7 @@ def inner_loop(
     """Run ``len(contexts)`` SGD steps on the latents of a batch.
 
     Args:
-        field: θ folded by :func:`mednf.field.prepare` (once per meta-iteration).
+        field: θ folded by :func:`mednf.engine.field.prepare` (once per meta-iteration).
         targets: ``[B, N, D]`` values on the full grid ``coords [N, C]``.
         contexts: per step, ``[B, n]`` context indices, or ``None`` for the full context.
         create_graph: keep the graph of each step (second-order meta-gradients).

@@ -14,7 +14,7 @@ to ``$MEDNF_HOME/<Name>``. Any failure leaves nothing that looks usable; the nex
 **The paper's release** (registry ``layout = "official"``, record 10.5281/zenodo.14898708) holds the
 official research code's layout, not this one: the files whose names contain the dataset's name are
 fetched and checked against Zenodo's md5 (no sha256 is published), unpacked (zip or tar, same refusals, the
-``.pt`` files allowed) and imported by :mod:`mednf.official_import`, which reads them weights-only.
+``.pt`` files allowed) and imported by :mod:`mednf.remote.official_import`, which reads them weights-only.
 
 **Export** (:func:`export_zenodo`): ``<out>/<Name>.tar`` (the manifest's files, uncompressed: the latents
 are already compressed) plus ``SHA256SUMS`` and the registry entry to paste, for a maintainer to upload.
@@ -43,8 +43,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mednf.errors import MednfError
-from mednf.store import MANIFEST, mednf_home, sha256_file, unfinished_build, verify_dataset
+from mednf.errors import DownloadError
+from mednf.format.store import MANIFEST, mednf_home, sha256_file, unfinished_build, verify_dataset
 
 _TIMEOUT_S = 60
 _CHUNK = 1 << 20
@@ -52,8 +52,6 @@ DEFAULT_ZENODO = "https://zenodo.org"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
-class DownloadError(MednfError):
-    """A download failed or did not verify; nothing was kept."""
 
 
 def registry() -> dict[str, dict[str, Any]]:
@@ -177,7 +175,7 @@ def safe_extract(archive: Path, into: Path, *, allow_torch_files: bool = False) 
     """Unpack a tar, refusing absolute paths, ``..``, links and special files (before writing anything).
 
     Pickle-based files are refused too, unless ``allow_torch_files`` (the official release's ``.pt`` files,
-    which :mod:`mednf.official` reads weights-only and allow-listed, never with ``pickle``)."""
+    which :mod:`mednf.remote.official` reads weights-only and allow-listed, never with ``pickle``)."""
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
         for member in members:
@@ -271,9 +269,9 @@ def official_files(record: dict[str, Any], name: str, record_id: str,
 def _download_official(key: str, entry: dict[str, Any], record: dict[str, Any], record_id: str, base: str,
                        home: Path, target: Path, progress: bool) -> Path:
     """The paper's own release: fetch the sub-dataset's archive(s), check Zenodo's md5, unpack safely and
-    import with the allow-listed reader of :mod:`mednf.official_import` into the cache."""
-    from mednf.official import find_release_root
-    from mednf.official_import import import_official
+    import with the allow-listed reader of :mod:`mednf.remote.official_import` into the cache."""
+    from mednf.remote.official import find_release_root
+    from mednf.remote.official_import import import_official
 
     pinned = entry.get("files") or {}
     chosen = official_files(record, key, record_id, pinned)
@@ -355,8 +353,8 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     written by ``datasets`` so the features travel in the schema), ``README.md`` whose YAML ``configs``
     make ``datasets.load_dataset(out)`` find the splits, plus ``mednf.json`` and ``model.safetensors`` so
     that ``mednf`` can rebuild and verify its own format from the repository."""
-    from mednf.card import render_card
     from mednf.dataset import MedNFDataset
+    from mednf.format.card import render_card
 
     dataset = Path(dataset)
     manifest = verify_dataset(dataset, checksums=True)
@@ -389,8 +387,8 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from mednf.card import render_card
-    from mednf.store import (
+    from mednf.format.card import render_card
+    from mednf.format.store import (
         CARD,
         INDEX,
         atomic_write_bytes,

@@ -1,7 +1,7 @@
 """Named engine configurations shipped with mednf (``engine.toml`` beside this file).
 
 The paper's configurations live in data, not in code branches: ``get_preset("2d-64")`` returns an
-:class:`~mednf.config.EngineConfig`; ``preset_names()`` lists them. Channels (``out_dims``) follow the
+:class:`~mednf.engine.config.EngineConfig`; ``preset_names()`` lists them. Channels (``out_dims``) follow the
 data, so callers override ``field.out_dims`` for RGB sets: ``get_preset("2d-64").replace(field={"out_dims": 3})``.
 """
 
@@ -13,7 +13,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from mednf.config import ConfigError, EngineConfig
+from mednf.engine.config import EngineConfig
+from mednf.errors import ConfigError
 
 
 @cache

@@ -1,6 +1,6 @@
 """``mednf import-official``: turn one sub-dataset of the official MedNF release into mednf's format.
 
-Reads the release with :mod:`mednf.official` (weights-only, allow-listed), checks it against the builder
+Reads the release with :mod:`mednf.remote.official` (weights-only, allow-listed), checks it against the builder
 of the named sub-dataset (channels, dimensionality, label schema, split sizes), and writes a normal MedNF
 dataset (``model.safetensors``, ``latents.zarr``, ``index.parquet``, card, manifest last) into a temporary
 folder that is renamed to ``out`` only when complete. The manifest's ``origin`` says that the data came from
@@ -26,15 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.errors import MednfError
-from mednf.official import OfficialFormatError, missing_indices, read_official_model, read_split
-from mednf.specs import SPLITS, BuilderSpec, load_builder, resolve_engine
+from mednf.errors import OfficialFormatError, OfficialImportError
+from mednf.remote.official import missing_indices, read_official_model, read_split
+from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
 
 OFFICIAL_DOI = "10.5281/zenodo.14898708"
 
 
-class OfficialImportError(MednfError):
-    """The release does not fit the named sub-dataset, or the output cannot be written."""
 
 
 def _check_labels(labels: np.ndarray, spec: BuilderSpec, where: str) -> np.ndarray:
@@ -54,7 +52,8 @@ def _check_labels(labels: np.ndarray, spec: BuilderSpec, where: str) -> np.ndarr
 def _local_source(spec: BuilderSpec, medmnist_root: str | Path | None):
     """The verified MedMNIST splits if the official file is already on disk (no download; phantoms are
     regenerated), else None."""
-    from mednf.sources import SourceError, locate_medmnist, phantom_source, read_npz
+    from mednf.errors import SourceError
+    from mednf.sources.medmnist import locate_medmnist, phantom_source, read_npz
 
     if spec.source.kind == "phantom":
         return phantom_source(spec)
@@ -67,8 +66,8 @@ def _local_source(spec: BuilderSpec, medmnist_root: str | Path | None):
 
 def _source_description(spec: BuilderSpec) -> dict[str, Any]:
     """What the release was fitted to, as ``mednf build`` records it (the official MedMNIST file)."""
-    from mednf.phantoms import GENERATOR_VERSION
-    from mednf.sources import source_url
+    from mednf.sources.medmnist import source_url
+    from mednf.sources.phantoms import GENERATOR_VERSION
 
     if spec.source.kind == "phantom":
         return {"kind": "phantom", "size": spec.source.size, "seed": spec.seed, "generator": GENERATOR_VERSION,
@@ -86,8 +85,8 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     ``name`` (e.g. ``"ChestNF"``) into ``out`` (must not exist yet); returns ``out``."""
     from tqdm.auto import tqdm
 
-    from mednf.card import render_card
-    from mednf.store import (
+    from mednf.format.card import render_card
+    from mednf.format.store import (
         CARD,
         INDEX,
         LATENTS,
@@ -154,7 +153,7 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
                                    f"at the same indices; the release is not {spec.name} at {spec.source.size}px")
         labels_checked = True
     elif measure:
-        from mednf.sources import medmnist_root as default_root
+        from mednf.sources.medmnist import medmnist_root as default_root
 
         raise OfficialImportError(f"measuring needs {default_root(medmnist_root) / spec.source.file_name} (official md5); "
                            "download it there or leave out --measure")
@@ -237,9 +236,9 @@ def _measure(theta, field, latents: np.ndarray, images: np.ndarray, device, prog
     """PSNR and SSIM ``[n]`` of the decoded latents ``[n, P]`` against ``images`` (uint8 or float, channels-first)."""
     from tqdm.auto import tqdm
 
-    from mednf.evaluation import reconstruction_metrics
-    from mednf.field import decode
-    from mednf.fit import as_float_signals
+    from mednf.engine.field import decode
+    from mednf.engine.fit import as_float_signals
+    from mednf.tasks.evaluate import reconstruction_metrics
 
     device = torch.device(device or "cpu")
     theta = {k: v.to(device) for k, v in theta.items()}

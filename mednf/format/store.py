@@ -4,7 +4,7 @@
 
     <Name>/
       mednf.json          manifest, written last: its presence means "complete"
-      model.safetensors   θ* (shared network), flat names as in mednf.field
+      model.safetensors   θ* (shared network), flat names as in mednf.engine.field
       latents.zarr/       Zarr v3 group, one array per split [N, P] float32, chunks of block_rows rows
       index.parquet       one row per sample: split, row, source_index, label | labels, psnr, ssim
       README.md           dataset card
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.errors import MednfError
+from mednf.errors import FormatError
 
 FORMAT_VERSION = 1
 MANIFEST = "mednf.json"
@@ -50,8 +50,6 @@ def unfinished_build(path: Path) -> bool:
     return (path / WORK).exists() or ((path / ".lock").exists() and not (path / MANIFEST).exists())
 
 
-class FormatError(MednfError):
-    """A dataset directory is incomplete or does not match its manifest."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mednf.config import EngineConfig
-from mednf.field import coordinate_grid, forward, to_points
-from mednf.fit import fit_latents
-from mednf.meta import MetaLearner, mse_to_psnr, signal_mse
-from mednf.phantoms import make_phantoms
-from mednf.presets import get_preset
+from mednf.engine.config import EngineConfig
+from mednf.engine.field import coordinate_grid, forward, to_points
+from mednf.engine.fit import fit_latents
+from mednf.engine.meta import MetaLearner, mse_to_psnr, signal_mse
+from mednf.engine.presets import get_preset
+from mednf.sources.phantoms import make_phantoms
 
 
 @dataclass

@@ -1,0 +1,84 @@
+"""``mednf.load`` and ``mednf.info`` (module ``loading``: a submodule named ``load`` would replace the function
+``mednf.load`` on import): find a dataset by path or name (cache, or a verified download).
+
+Names are looked up case-insensitively in ``root`` / ``$MEDNF_HOME``; a name that is not there but is in
+the registry is downloaded (Zenodo by default, or the HF Hub) and verified before it is opened.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mednf.dataset import MedNFDataset, MedNFDatasetDict
+from mednf.errors import ConfigError, NotFoundError
+from mednf.format.store import MANIFEST, mednf_home, read_manifest
+from mednf.sources.spec import SPLITS
+
+
+def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Path:
+    """A dataset directory from a path, or from a name (case-insensitive) in ``root`` / ``$MEDNF_HOME``."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise NotFoundError(f"{path} has no {MANIFEST}: it is not a complete MedNF dataset (an unfinished "
+                                "build resumes when you rerun `mednf build`)")
+        return path
+    home = Path(root).expanduser() if root else mednf_home()
+    name = str(name_or_path)
+    candidates = [p for p in home.iterdir() if (p / MANIFEST).is_file()] if home.is_dir() else []
+    for candidate in candidates:
+        if candidate.name.lower() == name.lower():
+            return candidate
+    known = sorted(p.name for p in candidates)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise NotFoundError(f"dataset {name!r} is not in {home} (found: {', '.join(known) or 'none'}){hint}; "
+                        f"build it with `mednf build {name.lower()}` or give the path of a dataset directory")
+
+
+
+
+def load(name_or_path: str | Path, split: str | None = "train", *, root: str | Path | None = None,
+         source: str = "auto", download: bool = True, device: str | torch.device | None = None
+         ) -> MedNFDataset | MedNFDatasetDict:
+    """A MedNF dataset: a directory, a name in the cache (``root`` / ``$MEDNF_HOME``), or (``download``)
+    a name fetched from Zenodo / the HF Hub.
+
+    ``split`` is ``"train"``, ``"val"``, ``"test"``, or None for all three (:class:`MedNFDatasetDict`).
+    """
+    if source not in ("auto", "local", "zenodo", "hf"):
+        raise ConfigError(f"source = {source!r} is invalid: expected 'auto', 'local', 'zenodo' or 'hf'")
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split = {split!r} is invalid: expected one of {', '.join(SPLITS)} (or None for all)")
+    try:
+        path = find_dataset(name_or_path, root)
+        if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
+            raise ConfigError(f"source = {source!r} was given with a local path {name_or_path}; use source='auto'")
+    except NotFoundError:
+        from mednf.remote.hub import download_hf, download_zenodo, is_registered
+
+        if not download or source == "local" or Path(name_or_path).expanduser().is_dir() \
+                or not is_registered(str(name_or_path)):
+            raise  # nothing to download: the local error (with its "did you mean") is the useful one
+        path = download_hf(str(name_or_path), root=root) if source == "hf" else download_zenodo(
+            str(name_or_path), root=root)
+    if split is None:
+        manifest = read_manifest(path)
+        return MedNFDatasetDict({s: MedNFDataset(path, s, device=device) for s in manifest["splits"]})
+    return MedNFDataset(path, split, device=device)
+
+
+def info(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """Manifest summary: counts, P, hyper-parameters, PSNR/SSIM per split, licence, source, path."""
+    path = find_dataset(name_or_path, root)
+    m = read_manifest(path)
+    return {"name": m["name"], "path": str(path), "splits": m["splits"], "latent_dim": m["latent"]["dim"],
+            "labels": m["labels"], "engine": m["engine"], "source": m["source"],
+            "license": m["builder"]["source"]["license"], "created": m["created"], "device": m["device"],
+            "meta_training": {k: v for k, v in m["meta_training"].items() if k != "history"},
+            "software": m["software"], "size_bytes": sum(f["size"] for f in m["files"].values())}
+
