@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from official_fixture import make_model, write_release
 
 from mednf.remote.official_import import import_official
-from mednf.sources.medmnist import phantom_source
+from mednf.sources.phantoms import phantom_source
 from mednf.sources.spec import load_builder
 
 

@@ -216,7 +216,7 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
     from mednf.build.pipeline import resolve_device
     from mednf.errors import ConfigError
     from mednf.loading import load
-    from mednf.sources.medmnist import source_images
+    from mednf.sources.loader import source_images
     from mednf.tasks.plots import save_grid
 
     if out.suffix.lower() not in (".png", ".npy"):
@@ -243,7 +243,9 @@ def download(name: str, source: str, root: Path | None) -> None:
     """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest)."""
     from mednf.errors import NotFoundError
     from mednf.loading import find_dataset
-    from mednf.remote.hub import download_hf, download_zenodo, registry_entry
+    from mednf.remote.hf import download_hf
+    from mednf.remote.registry import registry_entry
+    from mednf.remote.zenodo import download_zenodo
 
     key, _ = registry_entry(name)
     try:
@@ -266,7 +268,7 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
     """Write a publishable copy of a built dataset: zenodo (one archive + SHA256SUMS + registry entry) or
     hf (Parquet shards + card with data_files, loadable by datasets.load_dataset, + manifest and θ)."""
     from mednf.loading import find_dataset
-    from mednf.remote.hub import export_hf, export_zenodo
+    from mednf.remote.export import export_hf, export_zenodo
 
     if fmt == "hf":
         folder = export_hf(find_dataset(name, root), out)

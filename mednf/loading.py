@@ -59,7 +59,9 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
         if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
             raise ConfigError(f"source = {source!r} was given with a local path {name_or_path}; use source='auto'")
     except NotFoundError:
-        from mednf.remote.hub import download_hf, download_zenodo, is_registered
+        from mednf.remote.hf import download_hf
+        from mednf.remote.registry import is_registered
+        from mednf.remote.zenodo import download_zenodo
 
         if not download or source == "local" or Path(name_or_path).expanduser().is_dir() \
                 or not is_registered(str(name_or_path)):

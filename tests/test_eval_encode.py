@@ -18,7 +18,7 @@ from mednf.cli import main
 from mednf.engine import field as nf
 from mednf.errors import EncodeError, EvalError
 from mednf.format.store import load_params
-from mednf.sources.medmnist import source_images
+from mednf.sources.loader import source_images
 
 
 def _images(ds) -> np.ndarray:

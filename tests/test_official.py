@@ -24,7 +24,7 @@ from mednf.errors import DownloadError, OfficialFormatError, OfficialImportError
 from mednf.format.store import verify_dataset
 from mednf.remote.official import read_official_model
 from mednf.remote.official_import import import_official
-from mednf.sources.medmnist import phantom_source
+from mednf.sources.phantoms import phantom_source
 from mednf.sources.spec import load_builder
 
 SHARED_MEDMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"

@@ -12,7 +12,8 @@ import pytest
 from loopback import Loopback
 
 from mednf.errors import SourceError
-from mednf.sources.medmnist import SourceWarning, load_source
+from mednf.sources.base import SourceWarning
+from mednf.sources.loader import load_source
 from mednf.sources.spec import load_builder
 
 BREAST = load_builder("breastnf")

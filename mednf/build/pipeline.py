@@ -41,7 +41,8 @@ from mednf.errors import ConfigError
 from mednf.build.distributed import Dist, setup
 from mednf.errors import BuildError, MednfError
 from mednf.engine.fit import fit_latents
-from mednf.sources.medmnist import SourceData, load_source
+from mednf.sources.base import SourceData
+from mednf.sources.loader import load_source
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
 from mednf.format.store import (
     CARD,

@@ -53,7 +53,8 @@ def _local_source(spec: BuilderSpec, medmnist_root: str | Path | None):
     """The verified MedMNIST splits if the official file is already on disk (no download; phantoms are
     regenerated), else None."""
     from mednf.errors import SourceError
-    from mednf.sources.medmnist import locate_medmnist, phantom_source, read_npz
+    from mednf.sources.medmnist import locate_medmnist, read_npz
+    from mednf.sources.phantoms import phantom_source
 
     if spec.source.kind == "phantom":
         return phantom_source(spec)

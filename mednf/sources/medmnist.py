@@ -21,17 +21,14 @@ import http.client
 import os
 import urllib.error
 import urllib.request
-import warnings
 import zipfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mednf.errors import SourceError
-from mednf.sources.phantoms import GENERATOR_VERSION, make_phantoms
+from mednf.sources.base import SplitData
 from mednf.sources.spec import SPLITS, BuilderSpec
 
 DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")  # medmnist.info.DEFAULT_ROOT
@@ -39,24 +36,10 @@ _HTTP_TIMEOUT_S = 60
 _CHUNK = 1 << 20
 
 
-@dataclass
-class SplitData:
-    images: np.ndarray  # [N, D, *spatial] uint8 or float32 in [0, 1] (may be a non-contiguous view)
-    labels: np.ndarray  # [N, L] int64 (L = 1, or the number of labels for multi-label)
-    source_index: np.ndarray  # [N] int64: index of each sample in the source split
 
 
-@dataclass
-class SourceData:
-    splits: dict[str, SplitData]
-    description: dict[str, object]  # what was read: kind, file, md5, official or not, URL
-
-    def counts(self) -> dict[str, int]:
-        return {s: len(d.images) for s, d in self.splits.items()}
 
 
-class SourceWarning(UserWarning):
-    """The data is usable but is not the official release (e.g. a user's own smaller npz)."""
 
 
 def medmnist_root(root: str | Path | None = None) -> Path:
@@ -114,7 +97,7 @@ def download(url: str, target: Path, md5: str, *, progress: bool = True) -> None
     os.replace(partial, target)
 
 
-def _expected_md5(spec: BuilderSpec) -> str:
+def expected_md5(spec: BuilderSpec) -> str:
     md5 = spec.source.md5.get(str(spec.source.size))
     if md5 is None:
         raise SourceError(f"size = {spec.source.size} has no official file for {spec.name}: expected one of "
@@ -125,7 +108,7 @@ def _expected_md5(spec: BuilderSpec) -> str:
 def locate_medmnist(spec: BuilderSpec, root: str | Path | None = None, *, download_missing: bool = True,
                     progress: bool = True) -> tuple[Path, str]:
     """Path of the verified official npz of ``spec`` (downloaded if missing) and its md5."""
-    expected = _expected_md5(spec)
+    expected = expected_md5(spec)
     path = medmnist_root(root) / spec.source.file_name
     if not path.is_file():
         if not download_missing:
@@ -200,74 +183,7 @@ def _check_pixels(images: np.ndarray, what: str) -> None:
         raise SourceError(f"{what} has float pixels in [{lo:g}, {hi:g}]: expected [0, 1]; rescale it")
 
 
-def phantom_source(spec: BuilderSpec) -> dict[str, SplitData]:
-    """PhantomNF: every split generated from the spec's seed (split i uses seed·1000 + i)."""
-    splits = {}
-    for i, split in enumerate(SPLITS):
-        images, labels = make_phantoms(spec.splits[split], spec.source.size, seed=spec.seed * 1000 + i)
-        splits[split] = SplitData(images, labels[:, None], np.arange(len(images), dtype=np.int64))
-    return splits
 
 
-def load_source(
-    spec: BuilderSpec,
-    *,
-    root: str | Path | None = None,
-    source_npz: str | Path | None = None,
-    max_samples: int | None = None,
-    download_missing: bool = True,
-    progress: bool = True,
-    warn: Callable[[str], None] | None = None,
-) -> SourceData:
-    """All three splits of a builder's data, validated (and limited to ``max_samples`` per split)."""
-    warn = warn or (lambda msg: warnings.warn(msg, SourceWarning, stacklevel=3))
-    if spec.source.kind == "phantom":
-        splits = phantom_source(spec)
-        description: dict[str, object] = {"kind": "phantom", "size": spec.source.size, "seed": spec.seed,
-                                          "generator": GENERATOR_VERSION, "official": True}
-    else:
-        expected = _expected_md5(spec)
-        if source_npz is not None:
-            path = Path(source_npz).expanduser()
-            if not path.is_file():
-                raise SourceError(f"--source-npz {path} does not exist; give the path of a MedMNIST-layout .npz")
-            md5 = file_md5(path)
-        else:
-            path, md5 = locate_medmnist(spec, root, download_missing=download_missing, progress=progress)
-        splits = read_npz(path, spec)
-        official = md5 == expected
-        counts = {s: len(d.images) for s, d in splits.items()}
-        if official and counts != spec.splits:
-            raise SourceError(f"{path} has split counts {counts}, but {spec.path} expects {spec.splits}; "
-                              "fix [splits] in the builder file")
-        if not official:
-            warn(f"{path} is not the official {spec.source.file_name} (md5 {md5}, official {expected}); "
-                 f"building from it anyway with split counts {counts}")
-        description = {"kind": "medmnist", "flag": spec.source.flag, "size": spec.source.size,
-                       "file": spec.source.file_name, "md5": md5, "official": official,
-                       "url": source_url(spec), "license": spec.source.license}
-    if max_samples is not None:
-        splits = {s: SplitData(d.images[:max_samples], d.labels[:max_samples], d.source_index[:max_samples])
-                  for s, d in splits.items()}
-        description["max_samples"] = max_samples
-    return SourceData(splits, description)
 
 
-def source_images(manifest: dict, split: str, source_index: np.ndarray,
-                  root: str | Path | None = None) -> np.ndarray | None:
-    """The original images ``[n, D, *spatial]`` (float in [0, 1]) of a built dataset's samples, when they
-    can be had without a download: phantoms are regenerated, MedMNIST files are read from the root if
-    present with the md5 the manifest recorded. None otherwise."""
-    source = manifest["source"]
-    spec = BuilderSpec.from_dict(manifest["builder"])
-    if source["kind"] == "phantom":
-        if source.get("generator") != GENERATOR_VERSION:
-            return None  # drawn by another version of mednf.sources.phantoms
-        data = phantom_source(spec)[split]
-    else:
-        path = medmnist_root(root) / spec.source.file_name
-        if not path.is_file() or file_md5(path) != source["md5"]:
-            return None
-        data = read_npz(path, spec)[split]
-    images = data.images[np.asarray(source_index)]
-    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mednf.sources.base import SplitData
+from mednf.sources.spec import SPLITS, BuilderSpec
+
 NUM_CLASSES = 4  # 0, 1, 2 or 3 lesions
 GENERATOR_VERSION = 2  # bump when the drawing changes: built datasets record it (their inputs regenerate only if equal)
 
@@ -46,3 +49,12 @@ def make_phantoms(count: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray
             img[_ellipse_mask(yy, xx, cy, cx, radius, radius * rng.uniform(0.7, 1.0), 0.0)] = 0.95
     images = np.clip(images, 0.0, 1.0).astype(np.float32)
     return images[:, None], labels.astype(np.int64)
+
+
+def phantom_source(spec: BuilderSpec) -> dict[str, SplitData]:
+    """PhantomNF: every split generated from the spec's seed (split i uses seed·1000 + i)."""
+    splits = {}
+    for i, split in enumerate(SPLITS):
+        images, labels = make_phantoms(spec.splits[split], spec.source.size, seed=spec.seed * 1000 + i)
+        splits[split] = SplitData(images, labels[:, None], np.arange(len(images), dtype=np.int64))
+    return splits

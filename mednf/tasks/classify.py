@@ -441,7 +441,7 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
     ``~/.medmnist``) or regenerated (PhantomNF). ``device``: the MLP's (default CPU).
     """
     from mednf.loading import load
-    from mednf.sources.medmnist import source_images
+    from mednf.sources.loader import source_images
     from mednf.sources.spec import SPLITS
 
     models = _check_models(models)

@@ -65,7 +65,7 @@ def reconstruction_metrics(decoded: Tensor, images: Tensor) -> tuple[Tensor, Ten
 
 
 def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
-    from mednf.sources.medmnist import source_images
+    from mednf.sources.loader import source_images
 
     images = source_images(ds.manifest, ds.split, ds.source_index, medmnist_root)
     if images is None:

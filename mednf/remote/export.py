@@ -1,0 +1,60 @@
+"""Publishable copies of a built dataset: one tar for Zenodo (+ SHA256SUMS, registry entry), or an HF Hub
+dataset folder (Parquet shards with features, card with ``configs``, manifest and θ).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+from mednf.format.store import MANIFEST, sha256_file, verify_dataset
+
+
+def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
+    """Write ``<out>/<Name>.tar`` (+ ``SHA256SUMS``, ``registry-entry.toml``) from a verified dataset."""
+    dataset = Path(dataset)
+    manifest = verify_dataset(dataset, checksums=True)
+    name = manifest["name"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / f"{name}.tar"
+    partial = archive.with_name(f".{archive.name}.part")
+    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in [*sorted(manifest["files"]), MANIFEST]:
+            tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False)
+    os.replace(partial, archive)
+    digest = sha256_file(archive)
+    size = archive.stat().st_size
+    (out / "SHA256SUMS").write_text(f"{digest}  {archive.name}\n", encoding="utf-8")
+    (out / "registry-entry.toml").write_text(
+        f'[{name}]\nzenodo_record = "<record id after publishing>"\n'
+        f'files = {{ "{archive.name}" = {{ sha256 = "{digest}", size = {size} }} }}\n', encoding="utf-8")
+    return archive
+
+
+def export_hf(dataset: str | Path, out: str | Path) -> Path:
+    """An HF-Hub-ready folder: ``data/<split>-00000-of-00001.parquet`` (latent, label, index, psnr, ssim,
+    written by ``datasets`` so the features travel in the schema), ``README.md`` whose YAML ``configs``
+    make ``datasets.load_dataset(out)`` find the splits, plus ``mednf.json`` and ``model.safetensors`` so
+    that ``mednf`` can rebuild and verify its own format from the repository."""
+    from mednf.dataset import MedNFDataset
+    from mednf.format.card import render_card
+
+    dataset = Path(dataset)
+    manifest = verify_dataset(dataset, checksums=True)
+    out = Path(out)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    configs = [{"config_name": "default", "default": True,
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in manifest["splits"]]}]
+    for split in manifest["splits"]:
+        MedNFDataset(dataset, split).to_hf().to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+    (out / "README.md").write_text(render_card(manifest, configs), encoding="utf-8")
+    for name in (MANIFEST, "model.safetensors"):
+        shutil.copyfile(dataset / name, out / name)
+    # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
+    (out.parent / f"{out.name}.registry-entry.toml").write_text(
+        f'[{manifest["name"]}]\nhf_repo = "<org>/{manifest["name"]}"\nhf_revision = "<commit after upload>"\n'
+        f'manifest_sha256 = "{sha256_file(out / MANIFEST)}"\n', encoding="utf-8")
+    return out
