@@ -10,9 +10,9 @@ Stages, each resumable (state in ``<out>/.partial``):
 3. **finalize** (rank 0): check that every row was written, write ``index.parquet``,
    ``model.safetensors`` and the card, checksum every file, write ``mednf.json`` last, drop ``.partial``.
 
-A build directory is locked (``fcntl.flock`` on ``<out>/.lock``, released by the OS even on SIGKILL)
-while a build runs in it. The build's identity (spec, engine, source) is stored on first start; a rerun
-with other settings is refused unless ``--restart``.
+A build directory is locked while a build runs in it (:func:`mednf.io.lock.dataset_lock`, the lock that
+downloads and imports take too; the OS releases it even on SIGKILL). The build's identity (spec, engine,
+source) is stored on first start; a rerun with other settings is refused unless ``--restart``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import platform
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from mednf.errors import ConfigError
 from mednf.build.distributed import Dist, setup
 from mednf.errors import BuildError, MednfError
 from mednf.engine.fit import fit_latents
+from mednf.io.lock import LockedError, dataset_lock
 from mednf.sources.base import SourceData
 from mednf.sources.loader import load_source
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
@@ -121,32 +122,18 @@ def prepare_spec(name_or_path: str | Path, options: BuildOptions) -> tuple[Build
 
 @contextmanager
 def _directory_lock(out: Path, dist: Dist):
-    """Exclusive lock on ``out`` for the whole build (rank 0 holds it; all ranks learn the outcome)."""
-    handle = None
-    error = ""
-    if dist.is_main:
-        handle = open(out / ".lock", "a+")  # noqa: SIM115 (held for the whole build)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-        except BlockingIOError:
-            handle.seek(0)
-            pid = handle.read().strip() or "?"
-            handle.close()
-            handle = None
-            error = (f"{out} is being built by another process (pid {pid}); wait for it to finish, "
-                     "or build into another --out directory")
-    if not dist.agree(not error):
-        raise BuildError(error or f"{out} is locked by another build (see rank 0)")
-    try:
+    """The dataset lock of ``out`` (:mod:`mednf.io.lock`) for the whole build: rank 0 holds it, every rank
+    learns the outcome."""
+    with ExitStack() as stack:
+        error = ""
+        if dist.is_main:
+            try:
+                stack.enter_context(dataset_lock(out, "build"))
+            except LockedError as err:
+                error = str(err)
+        if not dist.agree(not error):
+            raise BuildError(error or f"{out} is locked by another process (see rank 0)")
         yield
-    finally:
-        if handle is not None:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
 
 
 def _identity(spec: BuilderSpec, cfg: EngineConfig, source: SourceData) -> dict[str, Any]:

@@ -46,8 +46,10 @@ def mednf_home() -> Path:
 
 
 def unfinished_build(path: Path) -> bool:
-    """True if ``path`` holds a build in progress or interrupted (never to be replaced by a download)."""
-    return (path / WORK).exists() or ((path / ".lock").exists() and not (path / MANIFEST).exists())
+    """True if ``path`` holds the state of a build in progress or interrupted (``.partial/``: checkpoints,
+    fitted blocks), which a download must never replace. A build that failed before it started leaves
+    only ``build.log``: nothing to keep."""
+    return (path / WORK).is_dir()
 
 
 

@@ -1,0 +1,88 @@
+"""One lock per dataset directory, shared by every writer of it (build, download, import).
+
+The lock is ``fcntl.flock`` on ``<parent>/.<name>.lock``, a file *beside* the dataset directory, so that a
+download may replace the directory itself while holding it. The OS releases a flock when its process
+dies (even on SIGKILL), so a stale lock file never blocks anyone: only a live holder does. The file holds
+one line, ``<role> <pid>``, written by the holder, so that a refused writer can say who holds it.
+
+Roles: ``build`` (long; others refuse at once rather than wait hours), ``download`` and ``import``
+(a second download of the same name waits for the first, then reuses its result).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mednf.errors import BuildError
+
+
+class LockedError(BuildError):
+    """Another live process holds the lock of a dataset directory."""
+
+    def __init__(self, message: str, role: str, pid: str) -> None:
+        super().__init__(message)
+        self.role = role
+        self.pid = pid
+
+
+def lock_path(target: Path) -> Path:
+    """Where the lock of dataset directory ``target`` lives: ``<parent>/.<name>.lock``."""
+    target = Path(target).expanduser().absolute()
+    return target.parent / f".{target.name}.lock"
+
+
+def _holder(handle) -> tuple[str, str]:
+    handle.seek(0)
+    role, _, pid = handle.read().strip().partition(" ")
+    return role or "?", pid or "?"
+
+
+@contextmanager
+def dataset_lock(target: Path, role: str, *, wait: bool = False, poll_s: float = 0.2,
+                 on_wait=None) -> Iterator[None]:
+    """Hold the lock of ``target`` for the ``with`` block.
+
+    ``wait=False``: raise :class:`LockedError` at once if a live process holds it. ``wait=True``: block
+    until it is free, calling ``on_wait(role, pid)`` once first (default: one line on stderr).
+    """
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        announced = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                other_role, pid = _holder(handle)
+                if not wait:
+                    raise LockedError(f"{target} is being written by another process ({other_role}, pid {pid}); "
+                                      f"wait for it to finish, or use another folder", other_role, pid) from None
+                if not announced:
+                    (on_wait or _say_waiting)(other_role, pid, target)
+                    announced = True
+                time.sleep(poll_s)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{role} {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def _say_waiting(role: str, pid: str, target: Path) -> None:
+    print(f"waiting for {role} (pid {pid}) to finish writing {target} ...", file=sys.stderr, flush=True)
