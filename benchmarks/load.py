@@ -6,9 +6,9 @@ Usage::
     python benchmarks/load.py --rows 20000 --decode-device cuda        # decode on a GPU
 
 A dataset of that size is written once into a temporary folder with mednf's own writers
-(:mod:`mednf.format.store`): a tiny real PhantomNF build supplies the manifest, then its train split is replaced
+(:class:`mednf.format.writer.DatasetWriter`): a tiny real PhantomNF build supplies the manifest, then its train split is replaced
 by ``--rows`` random latents (and labels), θ by a freshly initialised network of the paper's 2D shape
-with P = ``--latent-dim``, and the manifest's counts and checksums are rewritten. Only the reader is
+with P = ``--latent-dim``, and the writer computes the manifest's counts and checksums. Only the reader is
 measured, so the latents need not come from a fit.
 
 Measured (best of ``--repeats``; each a fresh ``MedNFDataset`` unless said otherwise):
@@ -28,7 +28,10 @@ Measured (best of ``--repeats``; each a fresh ``MedNFDataset`` unless said other
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -38,50 +41,54 @@ import torch
 
 from mednf.build.pipeline import BuildOptions, build
 from mednf.dataset import MedNFDataset
+from mednf.engine.config import EngineConfig, FieldConfig
 from mednf.engine.field import init_params
 from mednf.engine.presets import get_preset
-from mednf.format.store import (
-    MANIFEST,
-    MODEL,
-    atomic_write_json,
-    create_latent_arrays,
-    file_table,
-    index_columns,
-    save_params,
-    write_index,
-    write_latent_block,
-)
+from mednf.format.manifest import Manifest
+from mednf.format.reader import open_dataset
+from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 
 
 def make_dataset(out: Path, rows: int, latent_dim: int) -> None:
     """A dataset with ``rows`` train latents of size ``latent_dim`` (see the module docstring)."""
-    build("phantomnf", BuildOptions(out=out, preset="tiny", size=64, max_samples=8, progress=False))
-    manifest = json.loads((out / MANIFEST).read_text())
+    tiny = out.parent / "tiny-build"
+    build("phantomnf", BuildOptions(out=tiny, preset="tiny", size=64, max_samples=8, progress=False))
+    manifest = Manifest.read(tiny)
     counts = {"train": rows, "val": 8, "test": 8}
-    field = get_preset("2d-64").field
-    field_dict = {**manifest["engine"]["field"], **{k: getattr(field, k) for k in
-                                                     ("num_layers", "hidden_dim", "omega_first", "omega_last")},
+    paper = get_preset("2d-64").field
+    field_dict = {**manifest.engine["field"], **{k: getattr(paper, k) for k in
+                                                 ("num_layers", "hidden_dim", "omega_first", "omega_last")},
                   "latent_dim": latent_dim}
-    manifest["engine"]["field"] = field_dict
-    manifest["latent"]["dim"] = latent_dim
+    engine = EngineConfig.from_dict({**manifest.engine, "field": field_dict})
+    manifest = manifest.replace(engine=engine.to_dict(),
+                                latent=manifest.latent.__class__(dim=latent_dim, chunk_rows=1024))
     rng = np.random.default_rng(0)
-    create_latent_arrays(out, counts, latent_dim, 1024, {"name": manifest["name"], "latent_dim": latent_dim})
-    cols: dict[str, list] = {k: [] for k in ("names", "rows", "source", "labels", "psnr", "ssim")}
+    writer = DatasetWriter(out, latent_dim=latent_dim, chunk_rows=1024)
+    writer.prepare()
+    writer.create_latents(counts, {"name": manifest.name})
+    index = {}
     for split, n in counts.items():
-        for start in range(0, n, 1024):
-            stop = min(start + 1024, n)
-            write_latent_block(out, split, start, rng.standard_normal((stop - start, latent_dim), np.float32) * 0.01)
-        for key, value in zip(cols, (split, np.arange(n), np.arange(n), rng.integers(0, 4, (n, 1)),
-                                     rng.uniform(20, 30, n), rng.uniform(0.5, 1, n))):
-            cols[key].append(value)
-        manifest["splits"][split]["count"] = n
-    write_index(out / "index.parquet", index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
-                                                    cols["psnr"], cols["ssim"], multi_label=False))
-    from mednf.engine.config import FieldConfig
+        for start, stop in row_blocks(n, 1024):
+            writer.write_latents(split, start, rng.standard_normal((stop - start, latent_dim), np.float32) * 0.01)
+        index[split] = SplitIndex(np.arange(n), rng.integers(0, 4, (n, 1)), rng.uniform(20, 30, n),
+                                  rng.uniform(0.5, 1, n))
+    writer.write_theta(init_params(FieldConfig(**field_dict), generator=torch.Generator().manual_seed(0)),
+                       {"field": field_dict})
+    writer.finish(manifest, index)
 
-    save_params(out / MODEL, init_params(FieldConfig(**field_dict), generator=torch.Generator().manual_seed(0)))
-    manifest["files"] = file_table(out)
-    atomic_write_json(out / MANIFEST, manifest)
+
+@contextlib.contextmanager
+def _home(folder: Path):
+    """Remembered verifications go to ``folder`` (``$MEDNF_HOME/.verified``) for the block."""
+    old = os.environ.get("MEDNF_HOME")
+    os.environ["MEDNF_HOME"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MEDNF_HOME")
+        else:
+            os.environ["MEDNF_HOME"] = old
 
 
 def best_of(repeats: int, fn) -> float:
@@ -110,6 +117,19 @@ def main() -> None:
         print(f"wrote {args.rows}×{args.latent_dim} dataset in {time.perf_counter() - start:.1f} s")
         results: dict[str, float] = {}
         n = args.rows
+        cache = Path(tmp) / "verified"
+        results["size_mib"] = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 2**20
+
+        def first_load() -> None:  # full sha256 of every file, nothing remembered yet
+            shutil.rmtree(cache, ignore_errors=True)
+            open_dataset(root, verify=True)
+
+        with _home(cache):
+            results["verify_first_s"] = best_of(args.repeats, first_load)
+            open_dataset(root, verify=True)
+            results["verify_cached_s"] = best_of(args.repeats, lambda: open_dataset(root, verify=True))
+        results["open_unverified_s"] = best_of(args.repeats, lambda: open_dataset(root, verify=False))
+        results["first_read_s"] = best_of(args.repeats, lambda: MedNFDataset(root, "train", verify=False).latents)
 
         def sequential(workers: int, shuffle: bool = False, warm: bool = False, batched: bool = False) -> None:
             ds = MedNFDataset(root, "train", verify=False)
@@ -156,6 +176,10 @@ def main() -> None:
     print(f"\nrandom ds[i]: {results['random_items']:,.0f} items/s; to_hf: {results['to_hf_s']:.3f} s "
           f"({results['to_hf_with_read_s']:.2f} s including the Zarr read); decode 64² on {args.decode_device}: "
           f"{results['decode_images_per_s']:.1f} images/s")
+    print(f"verification (sha256 of every file, {results['size_mib']:.0f} MiB): first load "
+          f"{results['verify_first_s']:.2f} s, re-load remembered {results['verify_cached_s'] * 1000:.1f} ms, "
+          f"open without verification {results['open_unverified_s'] * 1000:.1f} ms; first read of the train "
+          f"latents {results['first_read_s']:.2f} s")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -26,34 +26,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.engine.config import EngineConfig
 from mednf.errors import ConfigError
-from mednf.format.store import INDEX, LATENTS, MODEL, load_params, read_manifest, verify_dataset
+from mednf.format.reader import DatasetFiles, open_dataset
 
 IndexLike = int | slice | Sequence[int] | np.ndarray | Tensor
 
 
 
 
-def _check_split(split: str, manifest: dict[str, Any]) -> None:
-    if split not in manifest["splits"]:
-        raise ConfigError(f"split = {split!r} is invalid: expected one of {', '.join(manifest['splits'])} "
-                          "(or None for all splits)")
-
-
 class MedNFDataset(torch.utils.data.Dataset):
     """One split of a MedNF dataset (see the module docstring)."""
 
     def __init__(self, root: str | Path, split: str, *, device: str | torch.device | None = None,
-                 image_size: int | Sequence[int] | None = None, verify: bool = True) -> None:
-        self.root = Path(root)
-        self.manifest = verify_dataset(self.root, checksums=False) if verify else read_manifest(self.root)
-        _check_split(split, self.manifest)
-        self.split = split
-        self.name: str = self.manifest["name"]
-        self.config = EngineConfig.from_dict(self.manifest["engine"])
-        self.label_names: list[str] = list(self.manifest["labels"]["names"])
-        self.multi_label = self.manifest["labels"]["task"] == "multi-label"
+                 image_size: int | Sequence[int] | None = None, verify: bool = True,
+                 files: DatasetFiles | None = None) -> None:
+        """``verify``: check every file's sha256 against the manifest first (remembered while the files are
+        unchanged, see :mod:`mednf.format.reader`); ``files``: an already opened handle (shared by splits)."""
+        self.files = files or open_dataset(root, verify=verify)
+        self.root = self.files.root
+        self.manifest = self.files.manifest
+        self.split = self.manifest.check_split(split)
+        self.name: str = self.manifest.name
+        self.config = self.manifest.engine_config
+        self.label_names: list[str] = list(self.manifest.labels.names)
+        self.multi_label = self.manifest.multi_label
         self.device = torch.device(device) if device is not None else None
         self.image_size = image_size
         self._read_index()
@@ -61,11 +57,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         self._theta: dict[str, Tensor] | None = None
 
     def _read_index(self) -> None:
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(self.root / INDEX)
-        table = table.filter(pc.equal(table["split"].cast("string"), self.split)).sort_by("row")
+        table = self.files.index(self.split)
         self.rows = table["row"].to_numpy()  # [N], 0..N-1 (verified)
         self.source_index = table["source_index"].to_numpy()  # [N]
         self.psnr = table["psnr"].to_numpy()  # [N]
@@ -88,10 +80,7 @@ class MedNFDataset(torch.utils.data.Dataset):
     def latents(self) -> np.ndarray:
         """The split's latent matrix ``[N, P]`` float32, read from Zarr on first use (then kept)."""
         if self._latents is None:
-            import zarr
-
-            array = zarr.open_array(str(self.root / LATENTS / self.split), mode="r")
-            self._latents = np.ascontiguousarray(array[:], dtype=np.float32)
+            self._latents = self.files.latents(self.split)  # checked: unchanged files, shape, no NaN
         return self._latents
 
     def __len__(self) -> int:
@@ -159,15 +148,14 @@ class MedNFDataset(torch.utils.data.Dataset):
     # ----------------------------------------------------------------- decoding
     @property
     def native_size(self) -> tuple[int, ...]:
-        src = self.manifest["builder"]["source"]
+        src = self.manifest.builder["source"]
         return (src["size"],) * src["dims"]
 
     def theta(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
         """θ (shared network) on ``device``."""
         device = torch.device(device or self.device or "cpu")
         if self._theta is None or next(iter(self._theta.values())).device != device:
-            params, _ = load_params(self.root / MODEL)
-            self._theta = {k: v.to(device) for k, v in params.items()}  # cached on the last device used
+            self._theta = {k: v.to(device) for k, v in self.files.theta().items()}  # cached on the last device used
         return self._theta
 
     def decode(self, indices: IndexLike | None = None, *, size: int | Sequence[int] | None = None,
@@ -176,22 +164,33 @@ class MedNFDataset(torch.utils.data.Dataset):
 
         ``size`` may differ from the training resolution (the field is continuous); default native.
         Runs in batches on ``device`` (default: the dataset's device, else CPU); returns a CPU tensor.
-        ``batch_size`` None → as many signals as keep one layer's activations near 256 MiB.
+        ``batch_size`` None → as many signals as keep one layer's activations near 256 MiB; a single
+        signal larger than that is decoded in chunks of points. A result that cannot fit in memory is
+        refused before anything is computed.
         """
-        from mednf.engine.field import decode as decode_field
+        from mednf.engine.field import coordinate_grid, forward
 
         pos = np.arange(len(self)) if indices is None else np.atleast_1d(self._positions(indices))
         spatial = self._spatial(size)
         device = torch.device(device or self.device or "cpu")
+        field_cfg = self.config.field
+        points, channels = int(np.prod(spatial)), field_cfg.out_dims
+        _check_fits(len(pos) * channels * points * 4, f"decoding {len(pos)} signal(s) at size {spatial}",
+                    "decode fewer indices or at a smaller size")
         theta = self.theta(device)
+        budget = 1 << 26  # floats of one layer's activations per forward call (256 MiB)
+        point_chunk = min(points, max(1, budget // field_cfg.hidden_dim))
         if batch_size is None:
-            points = int(np.prod(spatial))
-            batch_size = max(1, (1 << 26) // (points * self.config.field.hidden_dim))
-        out = torch.empty((len(pos), self.config.field.out_dims, *spatial))
-        for start in range(0, len(pos), batch_size):
-            chunk = torch.from_numpy(self.latents[pos[start:start + batch_size]]).to(device)
-            out[start:start + len(chunk)] = decode_field(theta, chunk, self.config.field, spatial).cpu()
-        return out
+            batch_size = max(1, budget // (point_chunk * field_cfg.hidden_dim))
+        coords = coordinate_grid(spatial, device=device)  # [points, C]
+        out = torch.empty((len(pos), channels, points))
+        with torch.no_grad():
+            for start in range(0, len(pos), batch_size):
+                chunk = torch.from_numpy(self.latents[pos[start:start + batch_size]]).to(device)  # [b, P]
+                for p in range(0, points, point_chunk):
+                    values = forward(theta, chunk, coords[p:p + point_chunk], field_cfg).clamp(0.0, 1.0)  # [b, n, D]
+                    out[start:start + len(chunk), :, p:p + point_chunk] = values.transpose(1, 2).cpu()
+        return out.reshape(len(pos), channels, *spatial)
 
     def _spatial(self, size: int | Sequence[int] | None) -> tuple[int, ...]:
         dims = len(self.native_size)
@@ -240,7 +239,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         info = datasets.DatasetInfo(features=self.hf_features(), description=f"{self.name} ({self.split})")
         # datasets would otherwise fingerprint the table by serialising all of it (7 s for 100k × 2048);
         # the manifest's checksums already identify the content
-        files = json.dumps(self.manifest["files"], sort_keys=True) + self.split
+        files = json.dumps({k: v.sha256 for k, v in self.manifest.files.items()}, sort_keys=True) + self.split
         fingerprint = hashlib.sha256(files.encode()).hexdigest()[:16]
         hf = datasets.Dataset(InMemoryTable(table), info=info, split=datasets.NamedSplit(self.split),
                               fingerprint=fingerprint)
@@ -279,3 +278,16 @@ class MedNFDatasetDict:
         import datasets
 
         return datasets.DatasetDict({name: ds.to_hf(**kwargs) for name, ds in self.splits.items()})
+
+
+def _check_fits(nbytes: int, what: str, fix: str) -> None:
+    """ConfigError if ``nbytes`` exceed the memory this machine has available now."""
+    import os
+
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return  # not knowable here (non-POSIX): let the allocation decide
+    if nbytes > available:
+        raise ConfigError(f"{what} needs {nbytes / 2**30:.1f} GiB for the result, this machine has "
+                          f"{available / 2**30:.1f} GiB available; {fix}")

@@ -7,6 +7,7 @@ the registry is downloaded (Zenodo by default, or the HF Hub) and verified befor
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import torch
 
 from mednf.dataset import MedNFDataset, MedNFDatasetDict
 from mednf.errors import ConfigError, NotFoundError
-from mednf.format.store import MANIFEST, mednf_home, read_manifest
+from mednf.format.layout import MANIFEST, mednf_home
+from mednf.format.manifest import Manifest, check_split
+from mednf.format.reader import open_dataset
 from mednf.sources.spec import SPLITS
 
 
@@ -43,17 +46,19 @@ def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Pa
 
 
 def load(name_or_path: str | Path, split: str | None = "train", *, root: str | Path | None = None,
-         source: str = "auto", download: bool = True, device: str | torch.device | None = None
-         ) -> MedNFDataset | MedNFDatasetDict:
+         source: str = "auto", download: bool = True, device: str | torch.device | None = None,
+         verify: bool = True) -> MedNFDataset | MedNFDatasetDict:
     """A MedNF dataset: a directory, a name in the cache (``root`` / ``$MEDNF_HOME``), or (``download``)
     a name fetched from Zenodo / the HF Hub.
 
     ``split`` is ``"train"``, ``"val"``, ``"test"``, or None for all three (:class:`MedNFDatasetDict`).
+    ``verify``: check the sha256 of every file against the manifest before the first read (remembered
+    while the files are unchanged; see :mod:`mednf.format.reader`); False skips it.
     """
     if source not in ("auto", "local", "zenodo", "hf"):
         raise ConfigError(f"source = {source!r} is invalid: expected 'auto', 'local', 'zenodo' or 'hf'")
-    if split is not None and split not in SPLITS:
-        raise ConfigError(f"split = {split!r} is invalid: expected one of {', '.join(SPLITS)} (or None for all)")
+    if split is not None:
+        check_split(split, SPLITS)
     try:
         path = find_dataset(name_or_path, root)
         if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
@@ -68,19 +73,19 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
             raise  # nothing to download: the local error (with its "did you mean") is the useful one
         path = download_hf(str(name_or_path), root=root) if source == "hf" else download_zenodo(
             str(name_or_path), root=root)
+    files = open_dataset(path, verify=verify)
     if split is None:
-        manifest = read_manifest(path)
-        return MedNFDatasetDict({s: MedNFDataset(path, s, device=device) for s in manifest["splits"]})
-    return MedNFDataset(path, split, device=device)
+        return MedNFDatasetDict({s: MedNFDataset(path, s, device=device, files=files) for s in files.manifest.splits})
+    return MedNFDataset(path, split, device=device, files=files)
 
 
 def info(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """Manifest summary: counts, P, hyper-parameters, PSNR/SSIM per split, licence, source, path."""
     path = find_dataset(name_or_path, root)
-    m = read_manifest(path)
-    return {"name": m["name"], "path": str(path), "splits": m["splits"], "latent_dim": m["latent"]["dim"],
-            "labels": m["labels"], "engine": m["engine"], "source": m["source"],
-            "license": m["builder"]["source"]["license"], "created": m["created"], "device": m["device"],
-            "meta_training": {k: v for k, v in m["meta_training"].items() if k != "history"},
-            "software": m["software"], "size_bytes": sum(f["size"] for f in m["files"].values())}
+    m = Manifest.read(path)
+    return {"name": m.name, "path": str(path), "splits": {s: dataclasses.asdict(v) for s, v in m.splits.items()},
+            "latent_dim": m.latent.dim, "labels": {"task": m.labels.task, "names": list(m.labels.names)},
+            "engine": m.engine, "source": m.source, "license": m.license, "created": m.created, "device": m.device,
+            "meta_training": {k: v for k, v in m.meta_training.items() if k != "history"},
+            "software": m.software, "size_bytes": m.size_bytes}
 

@@ -18,12 +18,12 @@ from mednf.engine.config import EngineConfig
 from mednf.engine.field import decode
 from mednf.engine.fit import fit_latents
 from mednf.engine.meta import mse_to_psnr
-from mednf.format.store import verify_dataset
+from mednf.format.reader import verify_dataset
 from mednf.sources.phantoms import make_phantoms
 
 
 def test_manifest_and_checksums(phantom_dir):
-    manifest = verify_dataset(phantom_dir)  # sizes + sha256 of every file, one index row per sample
+    manifest = verify_dataset(phantom_dir).to_json()  # sizes + sha256 of every file, one index row per sample
     assert manifest["name"] == "PhantomNF" and manifest["format_version"] == 1
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 20, "val": 20, "test": 20}
     assert manifest["engine"]["field"]["latent_dim"] == 32 and manifest["builder"]["preset"] == "tiny"
@@ -35,7 +35,8 @@ def test_manifest_and_checksums(phantom_dir):
     assert any(name.startswith("latents.zarr/") for name in manifest["files"])
     assert not (phantom_dir / ".partial").exists()
     assert sorted(p.name for p in phantom_dir.iterdir()) == [
-        ".lock", "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json", "model.safetensors"]
+        "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json", "model.safetensors"]
+    assert (phantom_dir.parent / ".PhantomNF.lock").is_file()  # the dataset lock lives beside the folder
 
 
 def test_rows_labels_and_psnr_recomputed_independently(phantom_dir):
@@ -93,7 +94,7 @@ def test_real_breastmnist_64_build(tmp_path):
     out = tmp_path / "BreastNF"
     build("breastnf", BuildOptions(out=out, preset="tiny", medmnist_root=SHARED_MEDMNIST, progress=False,
                                    overrides={"meta": {"steps": 40}}))
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     assert manifest["source"]["official"] and manifest["source"]["md5"] == "742edef2a1fd1524b2efff4bd7ba9364"
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 546, "val": 78, "test": 156}
     index = pq.read_table(out / "index.parquet").to_pydict()
@@ -113,7 +114,7 @@ def test_real_pneumoniamnist_28_build(tmp_path):
     out = tmp_path / "PneumoniaNF"
     build("pneumonianf", BuildOptions(out=out, size=28, preset="tiny", medmnist_root=SHARED_MEDMNIST,
                                       progress=False, overrides={"meta": {"steps": 40}}))
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 4708, "val": 524, "test": 624}
     assert manifest["source"]["file"] == "pneumoniamnist.npz" and manifest["source"]["official"]
     test = manifest["splits"]["test"]
@@ -129,7 +130,7 @@ def test_real_adrenalmnist3d_build_goes_through_the_same_path(tmp_path):
     out = tmp_path / "AdrenalNF3D"
     build("adrenalnf3d", BuildOptions(out=out, preset="tiny", medmnist_root=SHARED_MEDMNIST, max_samples=24,
                                       progress=False, build_overrides={"block_rows": 16}))
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     assert manifest["engine"]["field"]["in_dims"] == 3 and manifest["source"]["official"]
     cfg = EngineConfig.from_dict(manifest["engine"])
     theta = load_file(out / "model.safetensors")
@@ -156,7 +157,7 @@ def test_command_line_overrides_are_recorded(tmp_path):
         "--steps", "3", "--batch-size", "4", "--latent-dim", "16", "--fit-steps", "2", "--quiet",
         "--set", "meta.inner_steps=1", "--set", "field.shift_mode=outside", "--set", "build.val_samples=2"])
     assert result.exit_code == 0, result.output
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     engine = manifest["engine"]
     assert (engine["meta"]["steps"], engine["meta"]["batch_size"], engine["meta"]["inner_steps"]) == (3, 4, 1)
     assert (engine["field"]["latent_dim"], engine["field"]["shift_mode"], engine["fit"]["steps"]) == (16, "outside", 2)
@@ -172,7 +173,7 @@ def test_the_best_validated_theta_is_the_one_saved(tmp_path):
     build("phantomnf", BuildOptions(out=out, preset="tiny", size=16, max_samples=16, progress=False,
                                     overrides={"meta": {"steps": 8, "meta_lr": 0.03}},
                                     build_overrides={"val_every": 1, "val_samples": 4}))
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     history = manifest["meta_training"]["history"]
     assert [h["step"] for h in history] == list(range(1, 9))
     best = max(history, key=lambda h: h["val_psnr"])
@@ -191,6 +192,7 @@ def test_the_best_validated_theta_is_the_one_saved(tmp_path):
 
 def test_dermanf_card_carries_the_non_commercial_licence(phantom_dir):
     from mednf.format.card import render_card
+    from mednf.format.manifest import Manifest
     from mednf.sources.spec import load_builder
 
     manifest = json.loads((phantom_dir / "mednf.json").read_text())
@@ -198,7 +200,7 @@ def test_dermanf_card_carries_the_non_commercial_licence(phantom_dir):
     manifest["name"] = "DermaNF"
     manifest["source"] = {"kind": "medmnist", "flag": "dermamnist", "size": 64, "file": "dermamnist_64.npz",
                           "md5": "b70a2f5635c6199aeaa28c31d7202e1f", "official": True, "license": "CC BY-NC 4.0"}
-    card = render_card(manifest)
+    card = render_card(Manifest.from_json(manifest, "test"))
     assert "license: cc-by-nc-4.0" in card and "Non-commercial use only" in card and "yang2023medmnist" in card
     assert "HAM10000" in card and "dermamnist_64.npz" in card
 
@@ -207,6 +209,6 @@ def test_images_too_small_for_ssim_still_build_and_render(tmp_path):
     out = tmp_path / "P"
     build("phantomnf", BuildOptions(out=out, preset="tiny", size=8, max_samples=4, progress=False,
                                     overrides={"meta": {"steps": 2}}, build_overrides={"val_samples": 2}))
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     assert manifest["splits"]["test"]["ssim_mean"] is None
     assert "| test | 4 |" in (out / "README.md").read_text() and "| — |" in (out / "README.md").read_text()

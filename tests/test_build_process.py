@@ -3,7 +3,6 @@ one directory, torchrun with two gloo processes, and bad input at the command li
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mednf.cli import main
-from mednf.format.store import load_params, verify_dataset
+from mednf.format.reader import verify_dataset
+from mednf.format.tensors import load_tensors
 
 # PhantomNF at 32², tiny network, small splits: a build takes seconds; blocks of 8 rows.
 ARGS = ["--preset", "tiny", "--size", "32", "--max-samples", "40", "--quiet",
@@ -69,8 +69,8 @@ def test_sigkill_during_meta_training_and_fitting_then_resume(reference, tmp_pat
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "mednf.json").exists()
-    _, metadata = load_params(out / ".partial" / "meta-last.safetensors")
-    assert json.loads(metadata["mednf"])["iteration"] < 200  # killed in the middle of meta-training
+    _, metadata = load_tensors(out / ".partial" / "meta-last.safetensors")
+    assert metadata["iteration"] < 200  # killed in the middle of meta-training
 
     proc = start_build(out)
     blocks = out / ".partial" / "blocks"
@@ -85,7 +85,7 @@ def test_sigkill_during_meta_training_and_fitting_then_resume(reference, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "meta-training finished in an earlier run" in result.stderr  # meta-training had finished before the 2nd kill
     assert "were already done, resuming" in result.stderr
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 40, "val": 40, "test": 40}
     # exactly the uninterrupted build: same θ, same latents row for row (no duplicate, gap or shift)
     ref_theta, theta = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
@@ -118,14 +118,14 @@ def test_torchrun_two_gloo_processes_equal_one_process(reference, tmp_path):
            "--out", str(out), "--steps", "200", *ARGS]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     assert manifest["world_size"] == 2
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 40, "val": 40, "test": 40}
     # gradients are summed over ranks in another order than one process sums them: equal up to rounding
     ref_theta, theta = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
     worst = max(float((theta[k] - v).abs().max() / (v.abs().max() + 1e-12)) for k, v in ref_theta.items())
     assert worst < 1e-3
-    ref_manifest = verify_dataset(reference)
+    ref_manifest = verify_dataset(reference).to_json()
     for split in ("train", "val", "test"):
         assert manifest["splits"][split]["psnr_mean"] == pytest.approx(ref_manifest["splits"][split]["psnr_mean"],
                                                                         abs=0.02)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -207,7 +208,8 @@ def test_bad_inputs_are_one_line_errors(phantom_report, tmp_path, monkeypatch):
     monkeypatch.setattr("mednf.sources.loader.source_images", lambda *a, **k: None)
     with pytest.raises(SourceError, match="phantom generator version"):
         classify(path, "knn", features="pixels")
-    manifest = {"name": "PneumoniaNF", "source": {"kind": "medmnist", "file": "pneumoniamnist.npz", "md5": "abc"}}
+    manifest = types.SimpleNamespace(name="PneumoniaNF",
+                                     source={"kind": "medmnist", "file": "pneumoniamnist.npz", "md5": "abc"})
     message = str(_pixels_unavailable(manifest, tmp_path))
     assert f"{tmp_path / 'pneumoniamnist.npz'} is missing" in message and "md5 abc" in message
     assert "--medmnist-root" in message and "$MEDMNIST_ROOT" in message and "--features latents" in message

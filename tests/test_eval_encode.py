@@ -17,7 +17,7 @@ import mednf.engine.config
 from mednf.cli import main
 from mednf.engine import field as nf
 from mednf.errors import EncodeError, EvalError
-from mednf.format.store import load_params
+from mednf.format.tensors import load_tensors
 from mednf.sources.loader import source_images
 
 
@@ -28,7 +28,7 @@ def _images(ds) -> np.ndarray:
 def test_eval_matches_a_per_sample_reference_and_the_build_psnr(phantom_dir):
     report = mednf.evaluate(phantom_dir, None, progress=False)
     assert list(report.splits) == ["train", "val", "test"]
-    theta, _ = load_params(phantom_dir / "model.safetensors")
+    theta, _ = load_tensors(phantom_dir / "model.safetensors")
     for split, result in report.splits.items():
         ds = mednf.load(phantom_dir, split)
         images = _images(ds)

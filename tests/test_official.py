@@ -21,7 +21,7 @@ import mednf
 from mednf.cli import main
 from mednf.engine import field as nf
 from mednf.errors import DownloadError, OfficialFormatError, OfficialImportError
-from mednf.format.store import verify_dataset
+from mednf.format.reader import verify_dataset
 from mednf.remote.official import read_official_model
 from mednf.remote.official_import import import_official
 from mednf.sources.phantoms import phantom_source
@@ -60,7 +60,7 @@ def _release(root: Path, name: str = "PhantomNF", *, seed: int = 0, **model_kwar
 def test_import_round_trip_decodes_like_the_reference_forward(tmp_path):
     model, splits = _release(tmp_path / "release")
     out = import_official(tmp_path / "release", "phantomnf", tmp_path / "PhantomNF", progress=False)
-    manifest = verify_dataset(out)  # sha256 of every file, one index row per sample
+    manifest = verify_dataset(out).to_json()  # sha256 of every file, one index row per sample
     origin = manifest["origin"]
     assert origin["kind"] == "official-release" and origin["doi"] == "10.5281/zenodo.14898708"
     assert origin["w0s"] == [10.0, 15.0, 20.0] and manifest["source"]["labels_checked"]
@@ -157,7 +157,7 @@ def test_import_against_the_real_breastmnist_labels_and_measure(tmp_path):
     _release(tmp_path / "release", "BreastNF")
     out = import_official(tmp_path / "release", "BreastNF", tmp_path / "BreastNF", medmnist_root=SHARED_MEDMNIST,
                           measure=True, progress=False)
-    manifest = verify_dataset(out)
+    manifest = verify_dataset(out).to_json()
     assert manifest["source"]["labels_checked"] and manifest["source"]["file"] == "breastmnist_64.npz"
     assert manifest["origin"]["missing"]["train"] == list(range(8, 546))
     report = mednf.evaluate(out, ["test"], medmnist_root=SHARED_MEDMNIST, progress=False)
@@ -212,11 +212,12 @@ def test_official_record_downloads_verifies_and_imports(official_zenodo, tmp_pat
     assert ds.root == official_zenodo.cache / "PhantomNF"
     assert official_zenodo.requests == [f"/api/records/{RECORD}", f"/api/records/{RECORD}/files/phantomnf.zip/content"]
     np.testing.assert_array_equal(ds.latents, splits["test"][0][:4].numpy())
-    origin = ds.manifest["origin"]
+    origin = ds.manifest.origin
     assert origin["zenodo_record"] == RECORD and list(origin["files"]) == ["phantomnf.zip"]
     assert origin["files"]["phantomnf.zip"]["md5"] == hashlib.md5(_zip(tmp_path / "release", "PhantomNF")).hexdigest()
     assert origin["missing"]["test"] == list(range(4, 200))
-    leftover = [p.name for p in official_zenodo.cache.iterdir() if p.name.startswith(".") and p.name != ".downloads"]
+    leftover = [p.name for p in official_zenodo.cache.iterdir() if p.name.startswith(".") and p.name != ".downloads"
+                and not p.name.endswith(".lock")]  # dataset locks stay: empty, and held only while in use
     assert leftover == [] and list((official_zenodo.cache / ".downloads").iterdir()) == []
     mednf.load("PhantomNF", split="val", root=official_zenodo.cache)  # cached: no new request
     assert len(official_zenodo.requests) == 2
@@ -245,7 +246,7 @@ def test_official_record_with_a_malicious_pickle_is_refused_without_running_it(o
     result = CliRunner().invoke(main, ["download", "PhantomNF", "--root", str(official_zenodo.cache)])
     assert result.exit_code == 2 and "builtins.exec" in result.output and "refused" in result.output
     assert not marker.exists() and not (official_zenodo.cache / "PhantomNF").exists()
-    assert [p.name for p in official_zenodo.cache.iterdir() if p.name != ".downloads"] == []
+    assert [p.name for p in official_zenodo.cache.iterdir() if p.name != ".downloads" and not p.name.endswith(".lock")] == []
 
 
 @pytest.mark.parametrize("entry", ["../evil.txt", "/abs/evil.txt"])
@@ -303,5 +304,5 @@ def test_registry_pins_win_over_name_matching(official_zenodo, tmp_path):
                                f'size = {len(body)} }} }}\n')
     ds = mednf.load("PhantomNF", split="train", root=official_zenodo.cache)  # the .md is never fetched
     np.testing.assert_array_equal(ds.latents, splits["train"][0][:8].numpy())
-    assert ds.manifest["origin"]["files"]["mednf-phantomnf-v1.zip"]["pinned_by_registry"] is True
+    assert ds.manifest.origin["files"]["mednf-phantomnf-v1.zip"]["pinned_by_registry"] is True
     assert not any("notes" in r for r in official_zenodo.requests)

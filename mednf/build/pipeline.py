@@ -18,8 +18,6 @@ source) is stored on first start; a rerun with other settings is refused unless 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -36,39 +34,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.engine.config import EngineConfig
-from mednf.errors import ConfigError
 from mednf.build.distributed import Dist, setup
-from mednf.errors import BuildError, MednfError
+from mednf.build.trainer import MetaTrainer, TrainSummary
+from mednf.engine.config import EngineConfig
 from mednf.engine.fit import fit_latents
+from mednf.errors import BuildError, ConfigError, MednfError
+from mednf.format.layout import CARD, INDEX, LATENTS, LOG, MANIFEST, MODEL, WORK, mednf_home
+from mednf.format.manifest import Manifest, new_manifest
+from mednf.format.reader import verify_dataset
+from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
+from mednf.io.files import atomic_write_bytes, atomic_write_json
 from mednf.io.lock import LockedError, dataset_lock
 from mednf.sources.base import SourceData
 from mednf.sources.loader import load_source
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
-from mednf.format.store import (
-    CARD,
-    INDEX,
-    LATENTS,
-    LOG,
-    MANIFEST,
-    MODEL,
-    WORK,
-    atomic_write_bytes,
-    atomic_write_json,
-    check_content,
-    create_latent_arrays,
-    file_table,
-    index_columns,
-    manifest_header,
-    mednf_home,
-    open_latent_array,
-    save_params,
-    software_versions,
-    verify_dataset,
-    write_index,
-    write_latent_block,
-)
-from mednf.build.trainer import MetaTrainer, TrainSummary
 
 log = logging.getLogger("mednf.build.pipeline")
 
@@ -180,11 +159,7 @@ def _say(message: str, dist: Dist) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _blocks(count: int, rows: int) -> list[tuple[int, int]]:
-    return [(start, min(start + rows, count)) for start in range(0, count, rows)]
-
-
-def _fit_splits(out: Path, work: Path, theta: dict[str, torch.Tensor], cfg: EngineConfig, spec: BuilderSpec,
+def _fit_splits(writer: DatasetWriter, work: Path, theta: dict[str, torch.Tensor], cfg: EngineConfig, spec: BuilderSpec,
                 source: SourceData, device: torch.device, dist: Dist, progress: bool) -> None:
     """Fit every block this rank owns and has not finished (each block's record holds its seconds)."""
     from tqdm.auto import tqdm
@@ -195,7 +170,7 @@ def _fit_splits(out: Path, work: Path, theta: dict[str, torch.Tensor], cfg: Engi
     todo: list[tuple[str, int, int, int]] = []
     total = 0
     for split in SPLITS:
-        for b, (start, stop) in enumerate(_blocks(len(source.splits[split].images), rows)):
+        for b, (start, stop) in enumerate(row_blocks(len(source.splits[split].images), rows)):
             if b % dist.world != dist.rank:
                 continue
             total += stop - start
@@ -212,7 +187,7 @@ def _fit_splits(out: Path, work: Path, theta: dict[str, torch.Tensor], cfg: Engi
         result = fit_latents(theta, data.images[start:stop], cfg.field, cfg.fit, device=device, seed=spec.seed,
                              first_index=start, with_ssim=True,
                              on_batch=lambda n, _t, base=bar.n: bar.update(base + n - bar.n))
-        write_latent_block(out, split, start, result.latents.numpy())
+        writer.write_latents(split, start, result.latents.numpy())
         record = records / f"{split}-{b:06d}.npz"
         buffer = io.BytesIO()
         np.savez(buffer, psnr=result.psnr.numpy(), ssim=result.ssim.numpy(), start=np.int64(start),
@@ -227,7 +202,7 @@ def _collect_records(work: Path, split: str, count: int, rows: int) -> tuple[np.
     psnr = np.full(count, np.nan, dtype=np.float32)
     ssim = np.full(count, np.nan, dtype=np.float32)
     seconds = 0.0
-    for b, (start, stop) in enumerate(_blocks(count, rows)):
+    for b, (start, stop) in enumerate(row_blocks(count, rows)):
         path = work / "blocks" / f"{split}-{b:06d}.npz"
         if not path.is_file():
             raise BuildError(f"block {split}[{start}:{stop}] has no record in {path.parent}; rerun the build to fit it")
@@ -245,58 +220,27 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _finalize(out: Path, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
-              theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist) -> dict[str, Any]:
-    from mednf.format.card import render_card
-
+def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
+              theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist) -> Manifest:
+    """Index, θ, card and manifest (rank 0), then drop ``.partial``."""
     rows = spec.build.block_rows
     fit_seconds = 0.0  # summed over blocks (and ranks), across resumed runs
-    stats, cols = {}, {k: [] for k in ("names", "rows", "source", "labels", "psnr", "ssim")}
+    index = {}
     for split in SPLITS:
         data = source.splits[split]
-        count = len(data.images)
-        psnr, ssim, seconds = _collect_records(work, split, count, rows)
+        psnr, ssim, seconds = _collect_records(work, split, len(data.images), rows)
         fit_seconds += seconds
-        array = open_latent_array(out, split)
-        # unwritten rows read as the fill value NaN; checked block by block to bound memory. The digest of
-        # the raw float32 rows identifies the content independently of compression (HF copies use it).
-        missing, digest = 0, hashlib.sha256()
-        for a, b in _blocks(count, rows):
-            block = np.ascontiguousarray(array[a:b], dtype="<f4")
-            missing += int(np.isnan(block).any(axis=1).sum())
-            digest.update(block.tobytes())
-        if array.shape != (count, cfg.field.latent_dim) or missing:
-            raise BuildError(f"latents of split {split!r} have shape {array.shape} with {missing} unwritten rows, "
-                             f"expected ({count}, {cfg.field.latent_dim}); rerun with --restart")
-        stats[split] = {"count": count, "psnr_mean": float(psnr.mean()), "psnr_std": float(psnr.std()),
-                        "ssim_mean": float(np.nanmean(ssim)) if np.isfinite(ssim).any() else None,
-                        "latents_sha256": digest.hexdigest()}
-        for key, value in zip(cols, (split, np.arange(count), data.source_index, data.labels, psnr, ssim)):
-            cols[key].append(value)
-    write_index(out / INDEX, index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
-                                           cols["psnr"], cols["ssim"], spec.labels.task == "multi-label"))
-    save_params(out / MODEL, theta, metadata={"format": "mednf-theta",
-                                              "field": json.dumps(dataclasses.asdict(cfg.field))})
-    manifest: dict[str, Any] = {
-        **manifest_header(spec, cfg),
-        "source": source.description,
-        "labels": {"task": spec.labels.task, "names": list(spec.labels.names)},
-        "latent": {"dim": cfg.field.latent_dim, "dtype": "float32", "chunk_rows": rows, "store": LATENTS},
-        "splits": stats,
-        "meta_training": {"steps": summary.steps, "best_step": summary.best_step,
-                          "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
-                          "history": summary.history, "seconds": summary.seconds},
-        "fit": {"seconds": fit_seconds, "signals_per_second": sum(v["count"] for v in stats.values()) / fit_seconds},
-        "software": software_versions(),
-        "device": _device_name(device),
-        "world_size": dist.world,
-        "build_seconds": summary.seconds + fit_seconds,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_bytes(out / CARD, render_card(manifest).encode("utf-8"))
-    manifest["files"] = file_table(out)
-    check_content(out, manifest, checksums=False)  # counts and files (just hashed), before "complete"
-    atomic_write_json(out / MANIFEST, manifest)  # last: its presence means "complete"
+        index[split] = SplitIndex(data.source_index, data.labels, psnr, ssim)
+    writer.write_theta(theta, {"field": dataclasses.asdict(cfg.field)})
+    total = sum(len(d.images) for d in source.splits.values())
+    manifest = new_manifest(
+        spec, cfg, source=source.description, chunk_rows=rows,
+        meta_training={"steps": summary.steps, "best_step": summary.best_step,
+                       "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
+                       "history": summary.history, "seconds": summary.seconds},
+        fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds},
+        device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
+    manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
@@ -344,17 +288,20 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
                   device: torch.device, dist: Dist) -> Path:
     started = time.perf_counter()
     work = out / WORK
-    if options.restart and dist.is_main:
-        _clear(out)
+    writer = DatasetWriter(out, latent_dim=cfg.field.latent_dim, chunk_rows=spec.build.block_rows)
+    if dist.is_main:
+        if options.restart:
+            _clear(out)
+        writer.prepare()  # removes temporary files of killed runs (we hold the lock)
     dist.barrier()
     if (out / MANIFEST).is_file():
         manifest = verify_dataset(out, checksums=False)
-        done = {"builder": manifest["builder"] | {"path": ""}, "engine": manifest["engine"],
-                "max_samples": manifest["source"].get("max_samples")}
+        done = {"builder": manifest.builder | {"path": ""}, "engine": manifest.engine,
+                "max_samples": manifest.source.get("max_samples")}
         wanted = json.loads(json.dumps({"builder": spec.to_dict() | {"path": ""}, "engine": cfg.to_dict(),
                                         "max_samples": options.max_samples}))
         if done != wanted:
-            raise BuildError(f"{out} holds a complete {manifest['name']} built with other settings "
+            raise BuildError(f"{out} holds a complete {manifest.name} built with other settings "
                              f"({'; '.join(_differences(done, wanted)[:3])}); pass --restart to rebuild it, "
                              "or choose another --out")
         if dist.is_main:
@@ -393,15 +340,14 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
 
     created = work / "latents-created"
     if dist.is_main and not created.is_file():
-        attrs = {"name": spec.name, "latent_dim": cfg.field.latent_dim}
-        create_latent_arrays(out, source.counts(), cfg.field.latent_dim, spec.build.block_rows, attrs)
+        writer.create_latents(source.counts(), {"name": spec.name})
         atomic_write_bytes(created, b"")
     dist.barrier()
-    _fit_splits(out, work, theta, cfg, spec, source, device, dist, options.progress)
+    _fit_splits(writer, work, theta, cfg, spec, source, device, dist, options.progress)
     dist.barrier()
     if dist.is_main:
-        manifest = _finalize(out, work, spec, cfg, source, theta, summary, device, dist)
-        line = ", ".join(f"{s} {v['count']} @ {v['psnr_mean']:.2f} dB" for s, v in manifest["splits"].items())
+        manifest = _finalize(writer, work, spec, cfg, source, theta, summary, device, dist)
+        line = ", ".join(f"{s} {v.count} @ {v.psnr_mean:.2f} dB" for s, v in manifest.splits.items())
         _say(f"done: {out} ({line}); {(time.perf_counter() - started) / 60:.1f} min this run", dist)
     dist.barrier()
     return out

@@ -17,7 +17,6 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.engine.config import EngineConfig
 from mednf.build.distributed import Dist
-from mednf.errors import BuildError
+from mednf.engine.config import EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.meta import MetaLearner
+from mednf.errors import BuildError
+from mednf.format.tensors import load_tensors, save_tensors
 from mednf.sources.spec import BuildSettings
-from mednf.format.store import load_params, save_params
 
 LAST = "meta-last.safetensors"
 BEST = "meta-best.safetensors"
@@ -111,14 +110,13 @@ class MetaTrainer:
             opt_tensors, opt_rest = _optimizer_tensors(state["optimizer"])
             tensors.update(opt_tensors)
             meta.update(optimizer=opt_rest, scheduler=state["scheduler"])
-        save_params(path, tensors, metadata={"mednf": json.dumps(meta)})
+        save_tensors(path, tensors, meta)
 
     def _resume(self) -> None:
         path = self.work / LAST
         if not path.is_file():
             return
-        tensors, metadata = load_params(path)
-        meta = json.loads(metadata["mednf"])
+        tensors, meta = load_tensors(path)
         if meta["engine"] != self.cfg.to_dict():
             raise BuildError(f"{path} was written with other hyper-parameters than this build's; rerun with the "
                              "same options, or pass --restart to discard the unfinished build")
@@ -194,6 +192,6 @@ class MetaTrainer:
         """θ of the best validation (the final θ if there was no validation yet)."""
         path = self.work / BEST
         if path.is_file():
-            tensors, _ = load_params(path)
+            tensors, _ = load_tensors(path)
             return {k.removeprefix("theta."): v for k, v in tensors.items() if k.startswith("theta.")}
         return {k: v.cpu() for k, v in self.learner.detached_params().items()}

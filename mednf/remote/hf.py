@@ -4,13 +4,15 @@ own format is rebuilt from the Parquet shards and checked against the manifest.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from mednf.errors import DownloadError
-from mednf.format.store import MANIFEST, mednf_home, sha256_file
+from mednf.errors import DownloadError, FormatError
+from mednf.format.layout import MANIFEST, MODEL, mednf_home
+from mednf.format.manifest import Manifest
+from mednf.format.writer import DatasetWriter, SplitIndex, latent_digest, row_blocks
+from mednf.io.files import sha256_file
 from mednf.io.http import TIMEOUT_S
 from mednf.remote.registry import check_target, offline_check, registry_entry
 
@@ -20,28 +22,6 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
     """Fetch the registered HF Hub copy of ``name`` (``huggingface_hub.snapshot_download``), verify θ by
     sha256 and every split's latents by the manifest's digest of the raw float32 rows, and rebuild
     mednf's own format from it in the cache."""
-    import hashlib as _hashlib
-
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from mednf.format.card import render_card
-    from mednf.format.store import (
-        CARD,
-        INDEX,
-        atomic_write_bytes,
-        atomic_write_json,
-        check_content,
-        create_latent_arrays,
-        file_table,
-        index_columns,
-        write_index,
-        write_latent_block,
-    )
-
     key, entry = registry_entry(name)
     repo, revision = entry.get("hf_repo"), entry.get("hf_revision")
     if not repo:
@@ -54,61 +34,10 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
     snapshot = home / f".{key}.hf-{os.getpid()}"
     build = home / f".{key}.rebuild-{os.getpid()}"
     try:
-        try:
-            snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=snapshot, endpoint=endpoint,
-                              etag_timeout=TIMEOUT_S)
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-            raise DownloadError(f"could not download {repo} from {endpoint} ({str(err).splitlines()[0]}); "
-                                "nothing was kept, run again") from None
-        pinned = entry.get("manifest_sha256")
-        if pinned and (snapshot / MANIFEST).is_file() and sha256_file(snapshot / MANIFEST) != pinned:
-            raise DownloadError(f"{MANIFEST} of {repo} has sha256 {sha256_file(snapshot / MANIFEST)}, the registry "
-                                f"pins {pinned}; discarded")
-        try:
-            manifest = json.loads((snapshot / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DownloadError(f"{MANIFEST} of {repo} is missing or not JSON ({err}); discarded") from None
-        expected = manifest["files"]["model.safetensors"]["sha256"]
-        actual = sha256_file(snapshot / "model.safetensors")
-        if actual != expected:
-            raise DownloadError(f"model.safetensors of {repo} has sha256 {actual}, expected {expected}; discarded")
-        build.mkdir(parents=True)
-        shutil.copyfile(snapshot / "model.safetensors", build / "model.safetensors")
-        rows = manifest["latent"]["chunk_rows"]
-        counts = {s: v["count"] for s, v in manifest["splits"].items()}
-        create_latent_arrays(build, counts, manifest["latent"]["dim"], rows,
-                             {"name": key, "latent_dim": manifest["latent"]["dim"]})
-        cols: dict[str, list] = {k: [] for k in ("names", "rows", "source", "labels", "psnr", "ssim")}
-        multi = manifest["labels"]["task"] == "multi-label"
-        for split, count in counts.items():
-            shard = snapshot / "data" / f"{split}-00000-of-00001.parquet"
-            try:
-                table = pq.read_table(shard)
-            except (OSError, pa.ArrowException) as err:
-                raise DownloadError(f"{shard.name} of {repo} is not a readable Parquet file ({err}); discarded") from None
-            latents = table["latent"].combine_chunks().flatten().to_numpy().reshape(len(table), -1)
-            digest = _hashlib.sha256(np.ascontiguousarray(latents, dtype="<f4").tobytes()).hexdigest()
-            if "latents_sha256" not in manifest["splits"][split]:
-                raise DownloadError(f"{repo} was exported by an older mednf (no latent digest in {MANIFEST}); "
-                                    "it cannot be verified, ask for a new export")
-            if len(table) != count or digest != manifest["splits"][split]["latents_sha256"]:
-                raise DownloadError(f"split {split!r} of {repo} has {len(table)} rows with latent digest {digest}, "
-                                    f"expected {count} rows and {manifest['splits'][split]['latents_sha256']}; "
-                                    "discarded")
-            for start in range(0, count, rows):
-                write_latent_block(build, split, start, latents[start:start + rows])
-            labels = (table["label"].combine_chunks().flatten().to_numpy().reshape(count, -1) if multi
-                      else table["label"].to_numpy()[:, None])
-            for k, value in zip(cols, (split, np.arange(count), table["index"].to_numpy(), labels,
-                                       table["psnr"].to_numpy(), table["ssim"].to_numpy())):
-                cols[k].append(value)
-        write_index(build / INDEX, index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
-                                                 cols["psnr"], cols["ssim"], multi))
-        atomic_write_bytes(build / CARD, render_card(manifest).encode("utf-8"))
-        manifest["origin"] = {"hf_repo": repo, "revision": revision, "endpoint": endpoint}
-        manifest["files"] = file_table(build)
-        check_content(build, manifest, checksums=False)  # file_table just hashed every file
-        atomic_write_json(build / MANIFEST, manifest)
+        _snapshot(repo, revision, endpoint, snapshot)
+        manifest = _remote_manifest(snapshot, repo, entry.get("manifest_sha256"))
+        rebuild(snapshot, build, manifest.replace(origin={"hf_repo": repo, "revision": revision, "endpoint": endpoint}),
+                repo)
         if target.exists():
             shutil.rmtree(target)
         os.replace(build, target)
@@ -116,3 +45,67 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
         shutil.rmtree(snapshot, ignore_errors=True)
         shutil.rmtree(build, ignore_errors=True)
     return target
+
+
+def _snapshot(repo: str, revision: str | None, endpoint: str, into: Path) -> None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=into, endpoint=endpoint,
+                          etag_timeout=TIMEOUT_S)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+        raise DownloadError(f"could not download {repo} from {endpoint} ({str(err).splitlines()[0]}); "
+                            "nothing was kept, run again") from None
+
+
+def _remote_manifest(snapshot: Path, repo: str, pinned: str | None) -> Manifest:
+    """The repository's manifest: pinned by the registry's sha256 when it has one, then parsed and checked."""
+    path = snapshot / MANIFEST
+    if not path.is_file():
+        raise DownloadError(f"{repo} has no {MANIFEST}; it is not a mednf export, discarded")
+    if pinned and sha256_file(path) != pinned:
+        raise DownloadError(f"{MANIFEST} of {repo} has sha256 {sha256_file(path)}, the registry pins {pinned}; "
+                            "discarded")
+    try:
+        return Manifest.read(snapshot)
+    except FormatError as err:
+        raise DownloadError(f"{MANIFEST} of {repo} is not a valid manifest ({err}); discarded") from None
+
+
+def rebuild(snapshot: Path, out: Path, manifest: Manifest, repo: str) -> Manifest:
+    """mednf's own format in ``out`` from an HF export in ``snapshot``, every part checked against
+    ``manifest`` (θ by sha256, each split's latents by row count and digest) before it is written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = snapshot / MODEL
+    expected = manifest.files.get(MODEL)
+    actual = sha256_file(model) if model.is_file() else "missing"
+    if expected is None or actual != expected.sha256:
+        raise DownloadError(f"{MODEL} of {repo} has sha256 {actual}, expected "
+                            f"{expected.sha256 if expected else 'an entry in the manifest'}; discarded")
+    writer = DatasetWriter(out, latent_dim=manifest.latent.dim, chunk_rows=manifest.latent.chunk_rows)
+    writer.prepare()
+    shutil.copyfile(model, out / MODEL)
+    writer.create_latents({s: v.count for s, v in manifest.splits.items()}, {"name": manifest.name})
+    index = {}
+    for split, stats in manifest.splits.items():
+        shard = snapshot / "data" / f"{split}-00000-of-00001.parquet"
+        try:
+            table = pq.read_table(shard)
+            latents = table["latent"].combine_chunks().flatten().to_numpy().reshape(len(table), -1)
+        except (OSError, KeyError, ValueError, pa.ArrowException) as err:
+            raise DownloadError(f"{shard.name} of {repo} is not a readable mednf Parquet shard ({err}); "
+                                "discarded") from None
+        digest = latent_digest(latents)
+        if len(table) != stats.count or digest != stats.latents_sha256:
+            raise DownloadError(f"split {split!r} of {repo} has {len(table)} rows with latent digest {digest[:16]}…, "
+                                f"expected {stats.count} rows and {stats.latents_sha256[:16]}…; discarded")
+        for start, stop in row_blocks(stats.count, manifest.latent.chunk_rows):
+            writer.write_latents(split, start, latents[start:stop])
+        labels = (table["label"].combine_chunks().flatten().to_numpy().reshape(stats.count, -1) if manifest.multi_label
+                  else table["label"].to_numpy()[:, None])
+        index[split] = SplitIndex(table["index"].to_numpy(), labels, table["psnr"].to_numpy(),
+                                  table["ssim"].to_numpy())
+    return writer.finish(manifest, index)

@@ -15,8 +15,6 @@ later. Labels are compared with the MedMNIST file whenever it is present locally
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -27,6 +25,9 @@ import numpy as np
 import torch
 
 from mednf.errors import OfficialFormatError, OfficialImportError
+from mednf.format.manifest import new_manifest
+from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
+from mednf.io.lock import dataset_lock
 from mednf.remote.official import missing_indices, read_official_model, read_split
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
 
@@ -86,25 +87,6 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     ``name`` (e.g. ``"ChestNF"``) into ``out`` (must not exist yet); returns ``out``."""
     from tqdm.auto import tqdm
 
-    from mednf.format.card import render_card
-    from mednf.format.store import (
-        CARD,
-        INDEX,
-        LATENTS,
-        MANIFEST,
-        MODEL,
-        atomic_write_bytes,
-        atomic_write_json,
-        check_content,
-        create_latent_arrays,
-        file_table,
-        index_columns,
-        manifest_header,
-        save_params,
-        software_versions,
-        write_index,
-        write_latent_block,
-    )
 
     started = time.perf_counter()
     directory, out = Path(directory).expanduser(), Path(out).expanduser()
@@ -162,73 +144,50 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     cfg = resolve_engine(spec).replace(field=dataclasses.asdict(field))
     rows = spec.build.block_rows
     work = out.parent / f".{out.name}.import-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        save_params(work / MODEL, model.theta, metadata={"format": "mednf-theta", "field": json.dumps(
-            dataclasses.asdict(field)), "origin": "official MedNF release"})
-        create_latent_arrays(work, {s: len(p.indices) for s, p in splits.items()}, field.latent_dim, rows,
-                             {"name": spec.name, "latent_dim": field.latent_dim})
-        stats, cols = {}, {k: [] for k in ("names", "rows", "source", "labels", "psnr", "ssim")}
-        for split, part in splits.items():
-            n = len(part.indices)
-            for start in range(0, n, rows):
-                write_latent_block(work, split, start, part.latents[start:start + rows])
-            psnr = np.full(n, np.nan, dtype=np.float32)
-            ssim = np.full(n, np.nan, dtype=np.float32)
-            if measure:
-                psnr, ssim = _measure(model.theta, field, part.latents, source[split].images[part.indices],
-                                      device, progress, split)
-            stats[split] = {
-                "count": n,
-                "psnr_mean": float(psnr.mean()) if measure else None,
-                "psnr_std": float(psnr.std()) if measure else None,
-                "ssim_mean": float(np.nanmean(ssim)) if measure and np.isfinite(ssim).any() else None,
-                "latents_sha256": hashlib.sha256(np.ascontiguousarray(part.latents, dtype="<f4").tobytes()).hexdigest(),
-            }
-            for key, value in zip(cols, (split, np.arange(n), part.indices, part.labels, psnr, ssim)):
-                cols[key].append(value)
-        write_index(work / INDEX, index_columns(cols["names"], cols["rows"], cols["source"], cols["labels"],
-                                                cols["psnr"], cols["ssim"], spec.labels.task == "multi-label"))
-        manifest: dict[str, Any] = {
-            **manifest_header(spec, cfg),
-            "source": {**_source_description(spec), "labels_checked": labels_checked},
-            "labels": {"task": spec.labels.task, "names": list(spec.labels.names)},
-            "latent": {"dim": field.latent_dim, "dtype": "float32", "chunk_rows": rows, "store": LATENTS},
-            "splits": stats,
-            "origin": {
-                "kind": "official-release",
-                "doi": OFFICIAL_DOI,
-                **(origin or {"folder": str(directory)}),
-                "model_file": "whole pickled module (read with inert stand-ins)" if model.whole_module
-                else "state dict",
-                "w0s": list(model.w0s),
-                "missing": missing,
-                "missing_note": "source indices without a datapoint: the official fit dropped each split's last "
-                                "incomplete batch",
-                "measured": measure,
-            },
-            "meta_training": {"steps": None, "best_step": None, "by": "the MedFuncta authors (official release)",
-                              "history": [],
-                              "note": "engine.meta and engine.fit are mednf's preset for this builder, assumed, not "
-                                      "read from the release; only engine.field is read from model.pt"},
-            "fit": None,
-            "software": software_versions(),
-            "device": str(device or "cpu"),
-            "world_size": 1,
-            "build_seconds": time.perf_counter() - started,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        atomic_write_bytes(work / CARD, render_card(manifest).encode("utf-8"))
-        manifest["files"] = file_table(work)
-        check_content(work, manifest, checksums=False)
-        atomic_write_json(work / MANIFEST, manifest)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work, out)
-    finally:
+    with dataset_lock(out, "import"):
         shutil.rmtree(work, ignore_errors=True)
+        try:
+            writer = DatasetWriter(work, latent_dim=field.latent_dim, chunk_rows=rows)
+            writer.prepare()
+            writer.write_theta(model.theta, {"field": dataclasses.asdict(field), "origin": "official MedNF release"})
+            writer.create_latents({s: len(p.indices) for s, p in splits.items()}, {"name": spec.name})
+            index = {}
+            for split, part in splits.items():
+                n = len(part.indices)
+                for start, stop in row_blocks(n, rows):
+                    writer.write_latents(split, start, part.latents[start:stop])
+                psnr = np.full(n, np.nan, dtype=np.float32)
+                ssim = np.full(n, np.nan, dtype=np.float32)
+                if measure:
+                    psnr, ssim = _measure(model.theta, field, part.latents, source[split].images[part.indices],
+                                          device, progress, split)
+                index[split] = SplitIndex(part.indices, part.labels, psnr, ssim)
+            manifest = new_manifest(
+                spec, cfg, source={**_source_description(spec), "labels_checked": labels_checked}, chunk_rows=rows,
+                meta_training={"steps": None, "best_step": None, "by": "the MedFuncta authors (official release)",
+                               "history": [],
+                               "note": "engine.meta and engine.fit are mednf's preset for this builder, assumed, "
+                                       "not read from the release; only engine.field is read from model.pt"},
+                fit=None, device=str(device or "cpu"), world_size=1, build_seconds=time.perf_counter() - started,
+                origin={
+                    "kind": "official-release",
+                    "doi": OFFICIAL_DOI,
+                    **(origin or {"folder": str(directory)}),
+                    "model_file": "whole pickled module (read with inert stand-ins)" if model.whole_module
+                    else "state dict",
+                    "w0s": list(model.w0s),
+                    "missing": missing,
+                    "missing_note": "source indices without a datapoint: the official fit dropped each split's last "
+                                    "incomplete batch",
+                    "measured": measure,
+                })
+            writer.finish(manifest, index)
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work, out)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return out
 
 

@@ -1,0 +1,241 @@
+"""The manifest (``mednf.json``), typed: what a dataset is, how it was made, and the checksum of every file.
+
+:class:`Manifest` is the one definition of the manifest's fields: the writer fills it, the reader parses
+and checks it (:meth:`Manifest.from_json`), and every other module reads attributes, never string keys.
+Adding a field is a change here (and, if the writer computes it, in :mod:`mednf.format.writer`).
+
+Sections that mirror other typed objects stay plain JSON here and are typed where they are used:
+``builder`` is :meth:`BuilderSpec.to_dict` (:attr:`Manifest.spec`), ``engine`` is
+:meth:`EngineConfig.to_dict` (:attr:`Manifest.engine_config`); ``source``, ``meta_training``, ``fit``
+and ``origin`` are records whose keys depend on the source kind and on how the dataset was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mednf.errors import FormatError
+from mednf.format.layout import FORMAT_VERSION, LATENTS, MANIFEST
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    task: str  # "multi-class" | "multi-label" | "ordinal"
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LatentInfo:
+    dim: int  # P
+    chunk_rows: int  # rows per Zarr chunk
+    dtype: str = "float32"
+    store: str = LATENTS
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    count: int
+    psnr_mean: float | None  # None: not measured (e.g. an imported release)
+    psnr_std: float | None
+    ssim_mean: float | None
+    latents_sha256: str  # sha256 of the raw little-endian float32 rows, independent of compression
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    builder: dict[str, Any]  # BuilderSpec.to_dict()
+    engine: dict[str, Any]  # EngineConfig.to_dict()
+    seed: int
+    fit_seed: int  # rescaling subsets of the fit are keyed by (fit_seed, row within the split, step)
+    source: dict[str, Any]  # what the data was read from: kind, file, md5, official, ...
+    labels: LabelInfo
+    latent: LatentInfo
+    splits: dict[str, SplitStats]
+    meta_training: dict[str, Any]
+    fit: dict[str, Any] | None
+    software: dict[str, str]
+    device: str
+    world_size: int
+    build_seconds: float
+    created: str
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    origin: dict[str, Any] | None = None  # where a downloaded or imported copy came from
+    format: str = "mednf"
+    format_version: int = FORMAT_VERSION
+
+    # ------------------------------------------------------------------ typed views
+    @property
+    def spec(self):
+        """The builder spec the dataset was made from (:class:`mednf.sources.spec.BuilderSpec`)."""
+        from mednf.sources.spec import BuilderSpec
+
+        return BuilderSpec.from_dict(self.builder)
+
+    @property
+    def engine_config(self):
+        """The engine configuration (:class:`mednf.engine.config.EngineConfig`)."""
+        from mednf.engine.config import EngineConfig
+
+        return EngineConfig.from_dict(self.engine)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.task == "multi-label"
+
+    @property
+    def total(self) -> int:
+        return sum(s.count for s in self.splits.values())
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.size for f in self.files.values())
+
+    @property
+    def license(self) -> str:
+        return str(self.builder.get("source", {}).get("license", ""))
+
+    def check_split(self, split: str, what: str = "split") -> str:
+        """``split`` if the dataset has it, else a ConfigError naming the splits it has."""
+        return check_split(split, self.splits, what)
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as JSON-ready data, keys in a fixed order (format first, files last)."""
+        data = dataclasses.asdict(self)
+        data["labels"]["names"] = list(self.labels.names)
+        head = {"format": data.pop("format"), "format_version": data.pop("format_version")}
+        files = data.pop("files")
+        origin = data.pop("origin")
+        return {**head, **data, **({"origin": origin} if origin is not None else {}), "files": files}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path) -> Manifest:
+        """Parse and check manifest JSON; any missing or mistyped field is a one-line FormatError."""
+        if not isinstance(data, dict):
+            raise FormatError(f"{where} holds a JSON {type(data).__name__}, expected an object; "
+                              "rebuild or download the dataset again")
+        if data.get("format") != "mednf" or data.get("format_version") != FORMAT_VERSION:
+            raise FormatError(f"{where}: format {data.get('format')!r} version {data.get('format_version')!r} "
+                              f"is not supported: expected mednf version {FORMAT_VERSION}; upgrade mednf")
+        try:
+            return cls(
+                name=_typed(data, "name", str),
+                builder=_typed(data, "builder", dict),
+                engine=_typed(data, "engine", dict),
+                seed=_typed(data, "seed", int),
+                fit_seed=_typed(data, "fit_seed", int),
+                source=_typed(data, "source", dict),
+                labels=LabelInfo(task=_typed(data["labels"], "task", str),
+                                 names=tuple(str(n) for n in _typed(data["labels"], "names", list))),
+                latent=LatentInfo(dim=_typed(data["latent"], "dim", int),
+                                  chunk_rows=_typed(data["latent"], "chunk_rows", int),
+                                  dtype=_typed(data["latent"], "dtype", str),
+                                  store=_typed(data["latent"], "store", str)),
+                splits={str(s): SplitStats(count=_typed(v, "count", int),
+                                           psnr_mean=_typed(v, "psnr_mean", (int, float), optional=True),
+                                           psnr_std=_typed(v, "psnr_std", (int, float), optional=True),
+                                           ssim_mean=_typed(v, "ssim_mean", (int, float), optional=True),
+                                           latents_sha256=_typed(v, "latents_sha256", str))
+                        for s, v in _typed(data, "splits", dict).items()},
+                meta_training=_typed(data, "meta_training", dict),
+                fit=_typed(data, "fit", dict, optional=True),
+                software=_typed(data, "software", dict),
+                device=_typed(data, "device", str),
+                world_size=_typed(data, "world_size", int),
+                build_seconds=float(_typed(data, "build_seconds", (int, float))),
+                created=_typed(data, "created", str),
+                files={str(k): FileEntry(sha256=_typed(v, "sha256", str), size=_typed(v, "size", int))
+                       for k, v in _typed(data, "files", dict).items()},
+                origin=_typed(data, "origin", dict, optional=True) if "origin" in data else None,
+            )
+        except _FieldError as err:
+            raise FormatError(f"{where}: {err}; the manifest is damaged, rebuild or download the dataset again") from None
+
+    @classmethod
+    def read(cls, root: str | Path) -> Manifest:
+        """The manifest of dataset directory ``root`` (FormatError if absent, not JSON, or malformed)."""
+        path = Path(root) / MANIFEST
+        if not path.is_file():
+            raise FormatError(f"{root} has no {MANIFEST}: it is not a complete MedNF dataset (an unfinished build "
+                              "resumes when you run the same `mednf build` again)")
+        try:
+            data = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise FormatError(f"{path} is not valid JSON ({err}); rebuild or download the dataset again") from None
+        return cls.from_json(data, path)
+
+
+def check_split(split: Any, allowed: Any, what: str = "split") -> str:
+    """The one check of a split name: ``split`` if it is in ``allowed``, else a one-line ConfigError."""
+    from mednf.errors import ConfigError
+
+    if split not in allowed:
+        raise ConfigError(f"{what} = {split!r} is invalid: expected one of {', '.join(allowed)}")
+    return split
+
+
+class _FieldError(Exception):
+    pass
+
+
+def _typed(table: Any, key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    if not isinstance(table, dict):
+        raise _FieldError(f"a section holding {key!r} is a {type(table).__name__}, expected an object")
+    if key not in table:
+        raise _FieldError(f"field {key!r} is missing")
+    value = table[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise _FieldError(f"field {key!r} = {str(value)[:40]!r} has type {type(value).__name__}")
+    return value
+
+
+def software_versions() -> dict[str, str]:
+    """Versions recorded in a manifest: mednf, torch, zarr, numcodecs, pyarrow, python."""
+    import numcodecs
+    import pyarrow
+    import torch
+    import zarr
+
+    from mednf import __version__
+
+    return {"mednf": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
+            "numcodecs": numcodecs.__version__, "pyarrow": pyarrow.__version__, "python": platform.python_version()}
+
+
+def now() -> str:
+    """The manifest's ``created`` timestamp (local time with offset)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def new_manifest(spec: Any, engine: Any, *, source: dict[str, Any], chunk_rows: int, meta_training: dict[str, Any],
+                 fit: dict[str, Any] | None, device: str, world_size: int, build_seconds: float,
+                 origin: dict[str, Any] | None = None) -> Manifest:
+    """The manifest of a dataset made from builder ``spec`` (BuilderSpec) with ``engine`` (EngineConfig),
+    before :meth:`DatasetWriter.finish` fills ``splits`` and ``files``."""
+    return Manifest(
+        name=spec.name, builder=spec.to_dict(), engine=engine.to_dict(), seed=spec.seed, fit_seed=spec.seed,
+        source=source, labels=LabelInfo(task=spec.labels.task, names=tuple(spec.labels.names)),
+        latent=LatentInfo(dim=engine.field.latent_dim, chunk_rows=chunk_rows), splits={},
+        meta_training=meta_training, fit=fit, software=software_versions(), device=device, world_size=world_size,
+        build_seconds=build_seconds, created=now(), origin=origin)

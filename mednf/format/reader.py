@@ -1,0 +1,196 @@
+"""The verifying reader: what it returns is what was written, or the user gets a one-line FormatError.
+
+- :func:`open_dataset` parses the manifest, checks the structure (every listed file present with its
+  size, nothing unlisted, index rows exactly ``0..N-1`` per split) and, unless ``verify=False``, the
+  **sha256 of every file** against the manifest. A verification is remembered in
+  ``$MEDNF_HOME/.verified/`` by file identity (path, size, mtime_ns, inode of every file and of the
+  manifest): an unchanged dataset is not hashed again, anything changed is.
+- :class:`DatasetFiles` (what it returns) keeps the identity of the files it verified. Every read
+  (:meth:`~DatasetFiles.latents`, :meth:`~DatasetFiles.theta`, :meth:`~DatasetFiles.index`) first checks
+  that the files are still those: a dataset rebuilt (``--restart``), replaced by a download or deleted
+  under an open handle is an error at the next read, never rows of another build. Latents holding NaN
+  (rows never written) are an error too, and any decoding failure of a damaged file names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mednf.errors import FormatError
+from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL, content_files, mednf_home
+from mednf.format.manifest import Manifest
+from mednf.io.files import atomic_write_bytes, sha256_file
+
+Identity = tuple[int, int, int]  # size, mtime_ns, inode
+_FIX = "rebuild it or download it again"
+
+
+def _identity(path: Path) -> Identity:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def check_structure(root: Path, manifest: Manifest) -> None:
+    """Files listed = files present, sizes equal, index rows ``0..N-1`` per split (cheap: no hashing)."""
+    listed = manifest.files
+    present = {p.relative_to(root).as_posix() for p in content_files(root)}
+    missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+    if missing or extra:
+        raise FormatError(f"{root}: files missing {missing[:5]} / not in the manifest {extra[:5]}; "
+                          f"the dataset is damaged, {_FIX}")
+    for rel, entry in listed.items():
+        size = (root / rel).stat().st_size
+        if size != entry.size:
+            raise FormatError(f"{root / rel} has {size} bytes, the manifest says {entry.size}; {_FIX}")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        index = pq.read_table(root / INDEX, columns=["split", "row"])
+    except (OSError, pa.ArrowException) as err:
+        raise FormatError(f"{root / INDEX} is not a readable index ({err}); {_FIX}") from None
+    splits = index["split"].cast("string")
+    for split, stats in manifest.splits.items():
+        rows = np.sort(index.filter(pc.equal(splits, split))["row"].to_numpy())
+        if not np.array_equal(rows, np.arange(stats.count)):
+            raise FormatError(f"{root}: index rows of split {split!r} are not exactly 0..{stats.count - 1}; {_FIX}")
+    if len(index) != manifest.total:
+        raise FormatError(f"{root}: {INDEX} has {len(index)} rows, the manifest counts {manifest.total}; {_FIX}")
+
+
+def check_checksums(root: Path, manifest: Manifest) -> None:
+    """sha256 of every listed file against the manifest."""
+    for rel, entry in manifest.files.items():
+        digest = sha256_file(root / rel)
+        if digest != entry.sha256:
+            raise FormatError(f"{root / rel} has sha256 {digest[:16]}…, the manifest says {entry.sha256[:16]}… "
+                              f"(the file was changed or damaged); {_FIX}")
+
+
+# ---------------------------------------------------------------------- verification cache
+
+
+def _cache_file(root: Path) -> Path:
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:24]
+    return mednf_home() / ".verified" / f"{key}.json"
+
+
+def _snapshot(root: Path, manifest: Manifest) -> dict[str, Identity]:
+    return {rel: _identity(root / rel) for rel in [MANIFEST, *manifest.files]}
+
+
+def _remembered(root: Path, snapshot: dict[str, Identity]) -> bool:
+    try:
+        record = json.loads(_cache_file(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("root") == str(root.resolve())
+            and {k: tuple(v) for k, v in record.get("files", {}).items()} == snapshot)
+
+
+def _remember(root: Path, snapshot: dict[str, Identity]) -> None:
+    path = _cache_file(root)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps({"root": str(root.resolve()), "files": snapshot}).encode())
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+
+
+def verify_dataset(root: str | Path, *, checksums: bool = True, use_cache: bool = True) -> Manifest:
+    """The manifest of ``root`` after checking structure and (``checksums``) every file's sha256."""
+    return open_dataset(root, verify=checksums, use_cache=use_cache).manifest
+
+
+def open_dataset(root: str | Path, *, verify: bool = True, use_cache: bool = True) -> DatasetFiles:
+    """A verified handle on dataset directory ``root`` (see the module docstring)."""
+    root = Path(root)
+    manifest = Manifest.read(root)
+    check_structure(root, manifest)
+    snapshot = _snapshot(root, manifest)
+    if verify and not (use_cache and _remembered(root, snapshot)):
+        check_checksums(root, manifest)
+        if _snapshot(root, manifest) != snapshot:
+            raise FormatError(f"{root} changed while it was being verified; load it again")
+        if use_cache:
+            _remember(root, snapshot)
+    return DatasetFiles(root, manifest, snapshot)
+
+
+class DatasetFiles:
+    """An open dataset: the manifest and reads that check the files are still the verified ones."""
+
+    def __init__(self, root: Path, manifest: Manifest, snapshot: dict[str, Identity]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self._snapshot = snapshot
+
+    def check_unchanged(self, files: list[str] | None = None) -> None:
+        """FormatError if the manifest or ``files`` (default all) are no longer those that were opened."""
+        for rel in [MANIFEST, *(files if files is not None else self.manifest.files)]:
+            try:
+                same = _identity(self.root / rel) == self._snapshot[rel]
+            except OSError:
+                same = False
+            if not same:
+                raise FormatError(f"{self.root} changed on disk since it was opened ({rel} was rebuilt, replaced or "
+                                  "deleted); load the dataset again")
+
+    def _split_files(self, split: str) -> list[str]:
+        prefix = f"{LATENTS}/{split}/"
+        return [rel for rel in self.manifest.files if rel.startswith(prefix) or rel == f"{LATENTS}/zarr.json"]
+
+    def latents(self, split: str) -> np.ndarray:
+        """The split's latent matrix ``[N, P]`` float32, checked (shape, dtype, no NaN, files unchanged)."""
+        import zarr
+
+        files = self._split_files(split)
+        self.check_unchanged(files)
+        expected = (self.manifest.splits[split].count, self.manifest.latent.dim)
+        path = self.root / LATENTS / split
+        try:
+            array = zarr.open_array(str(path), mode="r")
+            if array.shape != expected or array.dtype != np.float32:
+                raise FormatError(f"{path} holds {array.dtype} {array.shape}, the manifest says float32 {expected}; "
+                                  f"{_FIX}")
+            data = np.ascontiguousarray(array[:], dtype=np.float32)
+        except FormatError:
+            raise
+        except Exception as err:  # noqa: BLE001 (zarr/numcodecs raise many types for damaged chunks or metadata)
+            raise FormatError(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                              f"{_FIX}") from None
+        self.check_unchanged(files)  # not replaced while it was being read
+        bad = ~np.isfinite(data).all(axis=1)
+        if bad.any():
+            raise FormatError(f"{path} has {int(bad.sum())} rows of NaN/inf (rows {np.flatnonzero(bad)[:3].tolist()}…: "
+                              f"never written or damaged); {_FIX}")
+        return data
+
+    def theta(self) -> dict[str, Any]:
+        """θ (CPU tensors) from ``model.safetensors``, files unchanged."""
+        from mednf.format.tensors import load_tensors
+
+        self.check_unchanged([MODEL])
+        tensors, _ = load_tensors(self.root / MODEL)
+        self.check_unchanged([MODEL])
+        return tensors
+
+    def index(self, split: str):
+        """The split's rows of ``index.parquet`` (pyarrow Table) sorted by ``row``."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        self.check_unchanged([INDEX])
+        try:
+            table = pq.read_table(self.root / INDEX)
+        except (OSError, pa.ArrowException) as err:
+            raise FormatError(f"{self.root / INDEX} cannot be read ({err}); {_FIX}") from None
+        return table.filter(pc.equal(table["split"].cast("string"), split)).sort_by("row")
+

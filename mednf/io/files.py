@@ -1,0 +1,71 @@
+"""Files that are either absent or whole: atomic writes, temporary names, digests.
+
+Every file mednf writes goes to a temporary name beside its target (``.<name>.<pid>.tmp``), is flushed
+and fsynced, then renamed over the target: a reader sees the old file or the new one, never half of one.
+A process killed mid-write leaves its temporary file behind; :func:`remove_temporaries` deletes those
+of a directory once its writer holds the directory's lock (so no live writer can own them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TEMP_SUFFIXES = (".tmp", ".part")
+_BLOCK = 1 << 20
+
+
+def temporary_name(path: Path) -> Path:
+    """The temporary name of ``path`` for this process: ``.<name>.<pid>.tmp`` in the same folder."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync, rename."""
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented UTF-8 JSON, atomically (key order as given: callers keep it stable)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.*.tmp``, ``.*.part``) anywhere under ``folder``; returns them.
+
+    Only call this while holding the folder's lock (:mod:`mednf.io.lock`): then every such file belongs
+    to a process that died before renaming it.
+    """
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.rglob(".*"):
+        if path.is_file() and path.name.endswith(TEMP_SUFFIXES):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (``sha256`` or ``md5``), read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
