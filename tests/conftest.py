@@ -1,14 +1,58 @@
-"""Shared fixtures: where the real MedMNIST files are (../shared/data/medmnist beside the checkout)."""
+"""Shared fixtures: where the real MedMNIST files are (../shared/data/medmnist beside the checkout), and a
+sandbox that keeps the whole test run away from the user's caches.
+
+At import (before any test module imports ``datasets`` or ``huggingface_hub``, which read their
+environment at import) ``HOME`` and every cache variable are pointed into one temporary folder, removed
+when the session ends; subprocesses started by the tests inherit it.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import site
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SHARED_MEDMNIST = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
+
+
+def _sandbox() -> Path:
+    """Create the session's sandbox and point ``HOME`` and the caches into it (once per process)."""
+    if os.environ.get("MEDNF_TEST_SANDBOX_PID") == str(os.getpid()):
+        return Path(os.environ["MEDNF_TEST_SANDBOX"])
+    early = sorted(m for m in ("datasets", "huggingface_hub", "medmnist") if m in sys.modules)
+    if early:  # they have already read the real cache locations: isolation would be a lie
+        raise RuntimeError(f"{early} were imported before tests/conftest.py could isolate the caches")
+    root = Path(tempfile.mkdtemp(prefix="mednf-tests-")).resolve()
+    home = root / "home"
+    hf = home / ".cache" / "huggingface"
+    for folder in (home, hf):
+        folder.mkdir(parents=True, exist_ok=True)
+    # subprocesses keep importing packages installed with `pip install --user` (found from HOME otherwise)
+    os.environ.setdefault("PYTHONUSERBASE", site.getuserbase())
+    os.environ.update({
+        "MEDNF_TEST_SANDBOX": str(root), "MEDNF_TEST_SANDBOX_PID": str(os.getpid()),
+        "HOME": str(home),  # ~/.medmnist (medmnist's default root, created by `import medmnist`), ~/.config, …
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "MEDNF_HOME": str(root / "mednf"),
+        "HF_HOME": str(hf), "HF_DATASETS_CACHE": str(hf / "datasets"), "HF_HUB_CACHE": str(hf / "hub"),
+    })
+    os.environ.pop("MEDMNIST_ROOT", None)  # → ~/.medmnist, i.e. inside the sandbox
+    return root
+
+
+SANDBOX = _sandbox()
+CACHE_VARIABLES = ("HOME", "XDG_CACHE_HOME", "MEDNF_HOME", "HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE")
+
+
+def pytest_unconfigure(config) -> None:
+    if os.environ.get("MEDNF_TEST_SANDBOX_PID") == str(os.getpid()):
+        shutil.rmtree(SANDBOX, ignore_errors=True)
 
 
 MEASURED: list[str] = []

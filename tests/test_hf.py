@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import TINY
 from loopback import Loopback
 
 import mednf
@@ -39,6 +41,60 @@ def test_load_dataset_on_the_export_equals_the_dataset(exported, phantom_dir):
         assert theirs["label"] == ours.labels.tolist() and theirs["index"] == ours.source_index.tolist()
     card = (exported / "README.md").read_text()
     assert "configs:" in card and "data/train-*.parquet" in card
+
+
+@pytest.fixture(scope="module")
+def other_phantom(tmp_path_factory):
+    """Another real PhantomNF, same name, other content: 12 samples per split, 16-value latents."""
+    from mednf.build.pipeline import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("other") / "PhantomNF"
+    build("phantomnf", BuildOptions(out=out, **{**TINY, "max_samples": 12}, overrides={"field": {"latent_dim": 16}}))
+    return out
+
+
+def card_configs(folder) -> list[dict]:
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard.load(folder / "README.md").data.configs
+
+
+def test_two_exports_with_one_name_load_their_own_rows_from_one_cache(exported, phantom_dir, other_phantom,
+                                                                      tmp_path):
+    import datasets
+
+    second = export_hf(other_phantom, tmp_path / "second" / "PhantomNF")
+    cache = str(tmp_path / "hf-cache")  # one HF cache for both, as on a user's machine
+    for _ in range(2):  # in turn, twice: no load may be served the other export's cached rows
+        for source, folder, shape in ((phantom_dir, exported, (20, 32)), (other_phantom, second, (12, 16))):
+            loaded = datasets.load_dataset(str(folder), cache_dir=cache)
+            for split in ("train", "val", "test"):
+                latents = np.asarray(loaded[split]["latent"], dtype=np.float32)
+                assert latents.shape == shape, (folder, split)
+                np.testing.assert_array_equal(latents, mednf.load(source, split=split).latents)
+    names = [card_configs(folder)[0]["config_name"] for folder in (exported, second)]
+    assert names[0] != names[1]
+
+
+def test_the_export_config_is_named_by_its_content_and_is_the_default(exported, phantom_dir, tmp_path):
+    import shutil
+
+    import datasets
+
+    stale = tmp_path / "again" / "PhantomNF" / "data" / "train-00001-of-00002.parquet"  # an earlier export's shard
+    stale.parent.mkdir(parents=True)
+    shutil.copyfile(exported / "data" / "train-00000-of-00001.parquet", stale)
+    again = export_hf(phantom_dir, tmp_path / "again" / "PhantomNF")
+    assert not stale.exists()  # it would match data/train-*.parquet: 40 train rows
+    (config,) = card_configs(exported)
+    assert card_configs(again) == [config]  # the same dataset exported again: the same identity
+    assert config["default"] is True and re.fullmatch(r"mednf-[0-9a-f]{16}", config["config_name"]), config
+    assert datasets.get_dataset_config_names(str(exported)) == [config["config_name"]]
+    cache = str(tmp_path / "hf-cache")
+    by_name = datasets.load_dataset(str(exported), config["config_name"], cache_dir=cache)
+    by_default = datasets.load_dataset(str(exported), cache_dir=cache)
+    assert by_name["test"]["latent"] == by_default["test"]["latent"]
+    assert f"/{config['config_name']}/" in by_default["test"].cache_files[0]["filename"]
 
 
 @pytest.fixture
@@ -71,9 +127,9 @@ def test_hf_download_rebuilds_a_verified_dataset(hub, phantom_dir, monkeypatch):
     np.testing.assert_array_equal(ds.labels, original.labels)
     torch_items = ds[0:3]
     assert torch_items["latent"].shape == (3, 32)
-    from mednf.format.store import verify_dataset
+    from mednf.format.reader import verify_dataset
 
-    manifest = verify_dataset(hub.cache / "PhantomNF")
+    manifest = verify_dataset(hub.cache / "PhantomNF").to_json()
     assert manifest["origin"]["hf_repo"] == REPO
     count = len(hub.requests)
     monkeypatch.setenv("MEDNF_OFFLINE", "1")

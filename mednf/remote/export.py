@@ -4,25 +4,28 @@ dataset folder (Parquet shards with features, card with ``configs``, manifest an
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tarfile
 from pathlib import Path
 
-from mednf.format.store import MANIFEST, sha256_file, verify_dataset
+from mednf.format.layout import MANIFEST
+from mednf.format.reader import verify_dataset
+from mednf.io.files import sha256_file
 
 
 def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
     """Write ``<out>/<Name>.tar`` (+ ``SHA256SUMS``, ``registry-entry.toml``) from a verified dataset."""
     dataset = Path(dataset)
     manifest = verify_dataset(dataset, checksums=True)
-    name = manifest["name"]
+    name = manifest.name
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / f"{name}.tar"
     partial = archive.with_name(f".{archive.name}.part")
     with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in [*sorted(manifest["files"]), MANIFEST]:
+        for rel in [*sorted(manifest.files), MANIFEST]:
             tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False)
     os.replace(partial, archive)
     digest = sha256_file(archive)
@@ -34,11 +37,24 @@ def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
     return archive
 
 
+def hf_config_name(shards: dict[str, Path]) -> str:
+    """``mednf-<16 hex>``: the sha256 of every split's name and Parquet shard digest, i.e. of exactly what
+    ``datasets.load_dataset`` reads.
+
+    ``datasets`` keys its cache of a local folder by the folder's name, the config name and the card's YAML,
+    not by the data files' content: two exports both called PhantomNF under a config ``default`` shared one
+    cache entry, and the second load returned the first export's rows. Named after its content, each export
+    has a cache entry of its own, and exporting the same dataset again reuses it."""
+    lines = "".join(f"{split} {sha256_file(path)}\n" for split, path in sorted(shards.items()))
+    return "mednf-" + hashlib.sha256(lines.encode()).hexdigest()[:16]
+
+
 def export_hf(dataset: str | Path, out: str | Path) -> Path:
     """An HF-Hub-ready folder: ``data/<split>-00000-of-00001.parquet`` (latent, label, index, psnr, ssim,
     written by ``datasets`` so the features travel in the schema), ``README.md`` whose YAML ``configs``
-    make ``datasets.load_dataset(out)`` find the splits, plus ``mednf.json`` and ``model.safetensors`` so
-    that ``mednf`` can rebuild and verify its own format from the repository."""
+    (one config, the default, named by :func:`hf_config_name`) make ``datasets.load_dataset(out)`` find the
+    splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
+    format from the repository."""
     from mednf.dataset import MedNFDataset
     from mednf.format.card import render_card
 
@@ -46,15 +62,19 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     manifest = verify_dataset(dataset, checksums=True)
     out = Path(out)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    configs = [{"config_name": "default", "default": True,
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in manifest["splits"]]}]
-    for split in manifest["splits"]:
-        MedNFDataset(dataset, split).to_hf().to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+    shards = {split: out / "data" / f"{split}-00000-of-00001.parquet" for split in manifest.splits}
+    for split, path in shards.items():
+        for stale in (out / "data").glob(f"{split}-*.parquet"):  # an earlier export's shards would match too
+            if stale != path:
+                stale.unlink()
+        MedNFDataset(dataset, split).to_hf().to_parquet(str(path))
+    configs = [{"config_name": hf_config_name(shards), "default": True,
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in shards]}]
     (out / "README.md").write_text(render_card(manifest, configs), encoding="utf-8")
     for name in (MANIFEST, "model.safetensors"):
         shutil.copyfile(dataset / name, out / name)
     # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
     (out.parent / f"{out.name}.registry-entry.toml").write_text(
-        f'[{manifest["name"]}]\nhf_repo = "<org>/{manifest["name"]}"\nhf_revision = "<commit after upload>"\n'
+        f'[{manifest.name}]\nhf_repo = "<org>/{manifest.name}"\nhf_revision = "<commit after upload>"\n'
         f'manifest_sha256 = "{sha256_file(out / MANIFEST)}"\n', encoding="utf-8")
     return out
