@@ -42,8 +42,8 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
             shutil.rmtree(target)
         os.replace(build, target)
     finally:
-        shutil.rmtree(snapshot, ignore_errors=True)
-        shutil.rmtree(build, ignore_errors=True)
+        for folder in (snapshot, snapshot.with_name(snapshot.name + ".hub-cache"), build):
+            shutil.rmtree(folder, ignore_errors=True)
     return target
 
 
@@ -52,8 +52,9 @@ def _snapshot(repo: str, revision: str | None, endpoint: str, into: Path) -> Non
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
+        # cache_dir beside the snapshot: huggingface_hub would otherwise write refs into the user's hub cache
         snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=into, endpoint=endpoint,
-                          etag_timeout=TIMEOUT_S)
+                          etag_timeout=TIMEOUT_S, cache_dir=into.with_name(into.name + ".hub-cache"))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
         raise DownloadError(f"could not download {repo} from {endpoint} ({str(err).splitlines()[0]}); "
                             "nothing was kept, run again") from None
