@@ -23,6 +23,15 @@ class BuildError(MednfError):
     """A build cannot start or continue (locked, unwritable, inconsistent with an earlier run)."""
 
 
+class LockedError(BuildError):
+    """Another live process holds the lock of a dataset directory (``role``: build, download, import)."""
+
+    def __init__(self, message: str, role: str = "?", pid: str = "?") -> None:
+        super().__init__(message)
+        self.role = role
+        self.pid = pid
+
+
 class FormatError(MednfError):
     """A dataset directory is incomplete, damaged, or does not match its manifest."""
 

@@ -38,13 +38,13 @@ from mednf.build.distributed import Dist, setup
 from mednf.build.trainer import MetaTrainer, TrainSummary
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import fit_latents
-from mednf.errors import BuildError, ConfigError, MednfError
+from mednf.errors import BuildError, ConfigError, LockedError, MednfError
 from mednf.format.layout import CARD, INDEX, LATENTS, LOG, MANIFEST, MODEL, WORK, mednf_home
 from mednf.format.manifest import Manifest, new_manifest
 from mednf.format.reader import verify_dataset
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.files import atomic_write_bytes, atomic_write_json
-from mednf.io.lock import LockedError, dataset_lock
+from mednf.io.lock import dataset_lock
 from mednf.sources.base import SourceData
 from mednf.sources.loader import load_source
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine

@@ -19,16 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mednf.errors import BuildError
-
-
-class LockedError(BuildError):
-    """Another live process holds the lock of a dataset directory."""
-
-    def __init__(self, message: str, role: str, pid: str) -> None:
-        super().__init__(message)
-        self.role = role
-        self.pid = pid
+from mednf.errors import LockedError
 
 
 def lock_path(target: Path) -> Path:
