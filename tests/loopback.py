@@ -2,12 +2,16 @@
 
 ``files`` maps a URL path to bytes; ``faults`` maps a path to one of:
 ``"truncate"`` (announce the full Content-Length, send half), ``"error"`` (HTTP 500),
-``"garbage"`` (same length, other bytes).
+``"garbage"`` (same length, other bytes), ``"no-length"`` (no Content-Length: the body ends when the
+connection closes). ``redirects`` maps a path to a Location sent with 302; ``pauses`` maps a path to seconds
+to wait after the first half of the body (a transfer in progress, for concurrency and kill tests).
+``requests`` lists every request in order; :meth:`wait_for` waits until a path has been requested.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
@@ -18,6 +22,8 @@ class Loopback:
         self.faults: dict[str, str] = {}
         self.requests: list[str] = []
         self.headers: dict[str, dict[str, str]] = {}  # extra response headers per path
+        self.redirects: dict[str, str] = {}
+        self.pauses: dict[str, float] = {}
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,6 +36,18 @@ class Loopback:
             def do_GET(self, head: bool = False) -> None:
                 path = self.path.split("?", 1)[0]
                 owner.requests.append(("HEAD " if head else "") + path)
+                try:
+                    self._answer(path, head)
+                except (BrokenPipeError, ConnectionResetError):  # the client went away (killed): fine
+                    self.close_connection = True
+
+            def _answer(self, path: str, head: bool) -> None:
+                if path in owner.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", owner.redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = owner.files.get(path)
                 fault = owner.faults.get(path)
                 if body is None or fault == "error":
@@ -40,7 +58,8 @@ class Loopback:
                     self.end_headers()
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if fault != "no-length":
+                    self.send_header("Content-Length", str(len(body)))
                 for name, value in owner.headers.get(path, {}).items():
                     self.send_header(name, value)
                 self.end_headers()
@@ -53,10 +72,25 @@ class Loopback:
                     return
                 if fault == "garbage":
                     body = bytes(len(body))
+                if path in owner.pauses:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    time.sleep(owner.pauses[path])
+                    body = body[len(body) // 2:]
                 self.wfile.write(body)
+                if fault == "no-length":
+                    self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def wait_for(self, path: str, timeout: float = 30.0) -> None:
+        """Block until ``path`` has been requested (raise after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while path not in self.requests:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} was not requested within {timeout} s (requests: {self.requests})")
+            time.sleep(0.01)
 
     @property
     def url(self) -> str:

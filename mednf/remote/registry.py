@@ -5,13 +5,14 @@ name the Zenodo record / HF repository and the checksums a download must match.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mednf.errors import DownloadError
-from mednf.format.store import unfinished_build
+from mednf.format.layout import unfinished_build
 
 
 def registry() -> dict[str, dict[str, Any]]:
@@ -41,7 +42,37 @@ def offline_check(what: str, url: str, target: Path) -> None:
         raise DownloadError(f"{what} is not in the cache and MEDNF_OFFLINE is set; download {url} and unpack it "
                             f"to {target}, or unset MEDNF_OFFLINE")
 
+
 def check_target(target: Path) -> None:
     if unfinished_build(target):
         raise DownloadError(f"{target} holds an unfinished `mednf build`; finish it (rerun the build) or remove it, "
                             "or download into another --root")
+
+
+_PIN_FIELDS = {"sha256": (re.compile(r"[0-9a-f]{64}"), "64 lower-case hex digits"),
+               "md5": (re.compile(r"[0-9a-f]{32}"), "32 lower-case hex digits")}
+
+
+def pinned_files(key: str, entry: dict[str, Any], *, required: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """The entry's pinned files (``files = { "<name>" = { sha256 = "…", md5 = "…", size = N } }``), each
+    field checked; ``required`` fields must be present."""
+    where = f"registry entry [{key}] ({os.environ.get('MEDNF_REGISTRY') or 'the shipped registry.toml'})"
+    files = entry.get("files", {})
+    if not isinstance(files, dict):
+        raise DownloadError(f"{where}: files is {files!r}, expected a table of file names; fix the registry")
+    for name, pin in files.items():
+        if not isinstance(pin, dict):
+            raise DownloadError(f"{where}: files.{name} is {pin!r}, expected {{ sha256/md5 = \"…\", size = N }}; "
+                                "fix the registry")
+        for field in required:
+            if field not in pin:
+                raise DownloadError(f"{where}: files.{name} has no {field}; add it (see `mednf export`)")
+        size = pin.get("size", 0)
+        if type(size) is not int or size < 0:
+            raise DownloadError(f"{where}: files.{name}.size is {size!r}, expected a whole number of bytes; "
+                                "fix the registry")
+        for field, (pattern, expected) in _PIN_FIELDS.items():
+            if field in pin and not (isinstance(pin[field], str) and pattern.fullmatch(pin[field])):
+                raise DownloadError(f"{where}: files.{name}.{field} is {pin[field]!r}, expected {expected}; "
+                                    "fix the registry")
+    return files
