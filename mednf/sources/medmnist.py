@@ -17,22 +17,19 @@ the engine converts each batch to float32.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from mednf.errors import SourceError
+from mednf.errors import DownloadError, SourceError
+from mednf.io.http import fetch_verified
 from mednf.sources.base import SplitData
 from mednf.sources.spec import SPLITS, BuilderSpec
 
 DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")  # medmnist.info.DEFAULT_ROOT
-_HTTP_TIMEOUT_S = 60
 _CHUNK = 1 << 20
 
 
@@ -62,39 +59,15 @@ def source_url(spec: BuilderSpec) -> str:
 
 
 def download(url: str, target: Path, md5: str, *, progress: bool = True) -> None:
-    """Stream ``url`` to ``target`` through a temporary file; the md5 is checked before the rename."""
-    from tqdm.auto import tqdm
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-    digest = hashlib.md5()
+    """Fetch ``url`` to ``target`` with :func:`mednf.io.http.fetch_verified` (temporary name, Content-Length and
+    md5 checked before the rename); a failure is a :class:`SourceError` saying where to put the file."""
     try:
-        with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT_S) as response, open(partial, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}",
-                      disable=not progress) as bar:
-                while block := response.read(_CHUNK):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
-            if total is not None and out.tell() != total:
-                raise SourceError(f"download of {url} is truncated: got {out.tell()} of {total} bytes; run again")
-    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as err:
-        partial.unlink(missing_ok=True)
-        reason = getattr(err, "reason", err)
+        fetch_verified(url, target, size=None, md5=md5, progress=progress)
+    except DownloadError as err:
         raise SourceError(
-            f"{target.name} is missing and could not be downloaded from {url} ({reason}); download it "
-            f"yourself and put it at {target}, or point --medmnist-root / MEDMNIST_ROOT at a folder that has it"
+            f"{target.name} is missing and could not be downloaded ({err}); download {url} yourself and put it at "
+            f"{target}, or point --medmnist-root / MEDMNIST_ROOT at a folder that has it"
         ) from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    actual = digest.hexdigest()
-    if actual != md5:
-        partial.unlink(missing_ok=True)
-        raise SourceError(f"download of {url} has md5 {actual}, expected {md5}; the file was discarded, run again "
-                          "(or check the mirror in MEDNF_MEDMNIST_URL)")
-    os.replace(partial, target)
 
 
 def expected_md5(spec: BuilderSpec) -> str:
