@@ -391,7 +391,7 @@ def test_two_concurrent_downloads_transfer_once_and_share_the_result(zenodo, exp
     assert zenodo.requests.count(FILE) == 1 and zenodo.requests.count(API) == 1  # the second reused the first
     assert "waiting for the download of PhantomNF" in capfd.readouterr().err
     verify_dataset(target, checksums=True, use_cache=False)
-    assert sorted(p.name for p in zenodo.home.iterdir() if p.name.startswith(".")) == [".PhantomNF.lock", ".downloads"]
+    assert sorted(p.name for p in zenodo.home.iterdir() if p.name.startswith(".") and p.name != ".verified") == [".PhantomNF.lock", ".downloads"]
     assert list((zenodo.home / ".downloads").iterdir()) == []
 
 
@@ -417,7 +417,7 @@ def test_a_download_killed_mid_transfer_never_blocks_the_next(zenodo, export):
     assert download_zenodo("PhantomNF", progress=False) == zenodo.home / "PhantomNF"
     assert time.monotonic() - started < 10
     assert not scratch.exists() and not fetched.exists() and zenodo.requests.count(FILE) == 2
-    assert sorted(p.name for p in zenodo.home.iterdir() if p.name.startswith(".")) == [".PhantomNF.lock", ".downloads"]
+    assert sorted(p.name for p in zenodo.home.iterdir() if p.name.startswith(".") and p.name != ".verified") == [".PhantomNF.lock", ".downloads"]
     assert list((zenodo.home / ".downloads").iterdir()) == []
 
 

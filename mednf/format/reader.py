@@ -103,6 +103,13 @@ def _remember(root: Path, snapshot: dict[str, Identity]) -> None:
         pass  # a read-only cache only costs a re-hash next time
 
 
+def mark_verified(root: Path) -> None:
+    """Remember ``root`` as verified without hashing it again: only for files whose sha256 was just checked
+    under another path and that were then moved here by a rename (which keeps inode, size and mtime)."""
+    root = Path(root)
+    _remember(root, _snapshot(root, Manifest.read(root)))
+
+
 def verify_dataset(root: str | Path, *, checksums: bool = True, use_cache: bool = True) -> Manifest:
     """The manifest of ``root`` after checking structure and (``checksums``) every file's sha256."""
     return open_dataset(root, verify=checksums, use_cache=use_cache).manifest

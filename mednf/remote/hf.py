@@ -14,7 +14,8 @@ from mednf.format.manifest import Manifest
 from mednf.format.writer import DatasetWriter, SplitIndex, latent_digest, row_blocks
 from mednf.io.files import sha256_file
 from mednf.io.http import TIMEOUT_S
-from mednf.remote.registry import check_target, offline_check, registry_entry
+from mednf.remote.install import fetch_folder, install
+from mednf.remote.registry import offline_check, registry_entry
 
 
 def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | None = None,
@@ -29,22 +30,16 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
     home = Path(root).expanduser() if root else mednf_home()
     target = home / key
     endpoint = endpoint or os.environ.get("MEDNF_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    check_target(target)
-    offline_check(key, f"{endpoint}/datasets/{repo}", target)
-    snapshot = home / f".{key}.hf-{os.getpid()}"
-    build = home / f".{key}.rebuild-{os.getpid()}"
-    try:
+
+    def produce(tmp: Path) -> None:
+        offline_check(key, f"{endpoint}/datasets/{repo}", target)
+        snapshot = fetch_folder(target)
         _snapshot(repo, revision, endpoint, snapshot)
         manifest = _remote_manifest(snapshot, repo, entry.get("manifest_sha256"))
-        rebuild(snapshot, build, manifest.replace(origin={"hf_repo": repo, "revision": revision, "endpoint": endpoint}),
+        rebuild(snapshot, tmp, manifest.replace(origin={"hf_repo": repo, "revision": revision, "endpoint": endpoint}),
                 repo)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(build, target)
-    finally:
-        for folder in (snapshot, snapshot.with_name(snapshot.name + ".hub-cache"), build):
-            shutil.rmtree(folder, ignore_errors=True)
-    return target
+
+    return install(target, produce, what=f"{key} (HF {repo})")
 
 
 def _snapshot(repo: str, revision: str | None, endpoint: str, into: Path) -> None:
@@ -52,9 +47,9 @@ def _snapshot(repo: str, revision: str | None, endpoint: str, into: Path) -> Non
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        # cache_dir beside the snapshot: huggingface_hub would otherwise write refs into the user's hub cache
+        # a cache_dir of our own (removed with the snapshot): else refs land in the user's hub cache
         snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=into, endpoint=endpoint,
-                          etag_timeout=TIMEOUT_S, cache_dir=into.with_name(into.name + ".hub-cache"))
+                          etag_timeout=TIMEOUT_S, cache_dir=into / ".hub-cache")
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
         raise DownloadError(f"could not download {repo} from {endpoint} ({str(err).splitlines()[0]}); "
                             "nothing was kept, run again") from None

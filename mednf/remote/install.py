@@ -4,8 +4,8 @@
    holding it refuses the download at once (a build takes hours, and its ``.partial/`` is never touched);
    another **download or import** holding it is waited for (polling, so that a build taking the lock in
    between is refused rather than waited for).
-2. If ``target`` now holds a complete dataset (the other download's result), it is returned as it is:
-   nothing is transferred twice.
+2. If ``target`` now holds a complete, verified dataset (the other download's result), it is returned as
+   it is: nothing is transferred twice. A damaged copy is downloaded again.
 3. A ``target`` holding an unfinished build (``.partial/``) is refused, never deleted; so is one holding
    files that are not a mednf dataset.
 4. Folders left by dead processes (``<home>/.<Name>.<stage>-<pid>/`` and ``<home>/.downloads/<Name>-<pid>/``
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from mednf.errors import DownloadError, MednfError
 from mednf.format.layout import LOG, MANIFEST
-from mednf.format.reader import verify_dataset
+from mednf.format.reader import mark_verified, verify_dataset
 from mednf.io.lock import LockedError, dataset_lock
 from mednf.remote.registry import check_target
 
@@ -82,6 +82,7 @@ def install(target: Path, produce: Callable[[Path], None], *, what: str) -> Path
             if target.exists():
                 shutil.rmtree(target)  # an incomplete earlier copy (checked above: no build, only mednf files)
             os.replace(tmp, target)
+            mark_verified(target)  # just hashed as tmp: the first load need not hash it again
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             shutil.rmtree(fetch_folder(target), ignore_errors=True)
@@ -106,10 +107,12 @@ def _lock(target: Path, what: str, stack: ExitStack) -> None:
 
 
 def _complete(target: Path) -> bool:
+    """A complete, verified copy (sha256 of every file, remembered while unchanged): a damaged one is not
+    reused but downloaded again."""
     if not (target / MANIFEST).is_file():
         return False
     try:
-        verify_dataset(target, checksums=False)
+        verify_dataset(target, checksums=True)
     except MednfError:
         return False
     return True
