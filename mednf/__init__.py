@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from mednf.version import __version__
+
+__all__ = ["__version__", "classify", "encode", "evaluate", "info", "load"]
 
 
 def load(*args: Any, **kwargs: Any) -> Any:

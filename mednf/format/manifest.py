@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mednf.errors import FormatError
+from mednf.engine.config import EngineConfig
+from mednf.errors import ConfigError, FormatError
 from mednf.format.layout import FORMAT_VERSION, LATENTS, MANIFEST
+from mednf.sources.spec import BuilderSpec
+from mednf.version import __version__
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,13 @@ class Manifest:
 
     # ------------------------------------------------------------------ typed views
     @property
-    def spec(self):
-        """The builder spec the dataset was made from (:class:`mednf.sources.spec.BuilderSpec`)."""
-        from mednf.sources.spec import BuilderSpec
-
+    def spec(self) -> BuilderSpec:
+        """The builder spec the dataset was made from."""
         return BuilderSpec.from_dict(self.builder)
 
     @property
-    def engine_config(self):
-        """The engine configuration (:class:`mednf.engine.config.EngineConfig`)."""
-        from mednf.engine.config import EngineConfig
-
+    def engine_config(self) -> EngineConfig:
+        """The engine configuration."""
         return EngineConfig.from_dict(self.engine)
 
     @property
@@ -186,8 +185,6 @@ class Manifest:
 
 def check_split(split: Any, allowed: Any, what: str = "split") -> str:
     """The one check of a split name: ``split`` if it is in ``allowed``, else a one-line ConfigError."""
-    from mednf.errors import ConfigError
-
     if split not in allowed:
         raise ConfigError(f"{what} = {split!r} is invalid: expected one of {', '.join(allowed)}")
     return split
@@ -216,8 +213,6 @@ def software_versions() -> dict[str, str]:
     import pyarrow
     import torch
     import zarr
-
-    from mednf import __version__
 
     return {"mednf": __version__, "torch": torch.__version__, "zarr": zarr.__version__,
             "numcodecs": numcodecs.__version__, "pyarrow": pyarrow.__version__, "python": platform.python_version()}

@@ -24,6 +24,7 @@ import numpy as np
 from mednf.errors import FormatError
 from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL, content_files, mednf_home
 from mednf.format.manifest import Manifest
+from mednf.format.tensors import load_tensors
 from mednf.io.files import atomic_write_bytes, sha256_file
 
 Identity = tuple[int, int, int]  # size, mtime_ns, inode
@@ -181,8 +182,6 @@ class DatasetFiles:
 
     def theta(self) -> dict[str, Any]:
         """θ (CPU tensors) from ``model.safetensors``, files unchanged."""
-        from mednf.format.tensors import load_tensors
-
         self.check_unchanged([MODEL])
         tensors, _ = load_tensors(self.root / MODEL)
         self.check_unchanged([MODEL])

@@ -22,6 +22,7 @@ timings). Libraries: zarr (v3; concurrent writers are safe on disjoint chunk-ali
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ import numpy as np
 import torch
 
 from mednf.errors import FormatError
+from mednf.format.card import render_card
 from mednf.format.layout import CARD, INDEX, LATENTS, MANIFEST, MODEL, content_files
 from mednf.format.manifest import FileEntry, Manifest, SplitStats
+from mednf.format.reader import check_structure
 from mednf.format.tensors import save_tensors
 from mednf.io.files import atomic_write_bytes, remove_temporaries, sha256_file, temporary_name
 
@@ -109,15 +112,11 @@ class DatasetWriter:
         ``manifest`` holds every field but ``splits`` and ``files``, which are computed here from ``index``
         and the files on disk.
         """
-        from mednf.format.card import render_card
-
         splits = {split: self._split_stats(split, rows, manifest.latent.dim) for split, rows in index.items()}
         self._write_index(index, manifest.multi_label)
         manifest = manifest.replace(splits=splits, files={})
         atomic_write_bytes(self.root / CARD, render_card(manifest).encode("utf-8"))
         manifest = manifest.replace(files=self.file_table())
-        from mednf.format.reader import check_structure
-
         check_structure(self.root, manifest)
         atomic_write_bytes(self.root / MANIFEST, manifest.dumps().encode("utf-8"))  # last: "complete"
         return manifest
@@ -150,8 +149,6 @@ class DatasetWriter:
 
     def _write_index(self, index: dict[str, SplitIndex], multi_label: bool) -> None:
         """``index.parquet``: split (dictionary), row, source_index, label | labels, psnr, ssim."""
-        import os
-
         import pyarrow as pa
         import pyarrow.parquet as pq
 
