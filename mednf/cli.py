@@ -1,43 +1,177 @@
-"""The ``mednf`` command line (click). User mistakes print one line and exit non-zero, no traceback."""
+"""The ``mednf`` command line (click). User mistakes and environment faults (a missing folder, a full disk,
+too little memory) print one line ``error: …`` and exit with status 2, no traceback; ``MEDNF_DEBUG=1``
+shows the traceback instead."""
 
 from __future__ import annotations
 
-import functools
+import errno
+import logging
+import os
+import re
+import shutil
 import sys
-from collections.abc import Callable
+import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mednf.errors import MednfError
+from mednf.errors import ConfigError, MednfError
+
+_OS_FIXES = {
+    errno.ENOENT: "check that the path and its folder exist",
+    errno.EEXIST: "something is in the way at that path; move it or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "the path is a folder; give a file name",
+    errno.EACCES: "check its permissions, or choose another path",
+    errno.EPERM: "check its permissions, or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n) and rerun",
+    errno.ENAMETOOLONG: "a name in the path is too long; use a shorter one",
+    errno.EIO: "the device reported an I/O error; check the disk",
+}
+_MEMORY_FIXES = {
+    "build": "lower --batch-size or --set fit.memory_budget_mb=…, or build on a machine with more memory",
+    "decode": "decode fewer --indices or at a smaller --size",
+    "encode": "encode fewer images at a time",
+}
 
 
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors (:class:`MednfError`) into a one-line message and exit status 2."""
+def _debug() -> bool:
+    return os.environ.get("MEDNF_DEBUG", "") not in ("", "0")
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+def _mib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _build_dir(ctx: click.Context) -> Path | None:
+    """The output directory of ``mednf build`` (its --out, else $MEDNF_HOME/<Name>), if it can be told."""
+    if ctx.info_name != "build":
+        return None
+    if ctx.params.get("out") is not None:
+        return Path(ctx.params["out"]).expanduser()
+    try:
+        from mednf.format.layout import mednf_home
+        from mednf.sources.spec import load_builder
+
+        return mednf_home() / load_builder(ctx.params["name"]).name
+    except (MednfError, OSError):
+        return None
+
+
+def _free_space(path: Path) -> str:
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            try:
+                return f"{_mib(shutil.disk_usage(folder).free)} free"
+            except OSError:
+                return "free space unknown"
+    return "free space unknown"
+
+
+def _os_error_line(err: OSError, ctx: click.Context, build_dir: Path | None) -> str:
+    command = f"mednf {ctx.info_name}"
+    path = err.filename or build_dir or ctx.params.get("out")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = Path(path) if path is not None else Path.cwd()
+        needed = getattr(err, "needed_bytes", None)  # set by code that knows how much it tried to write
+        amount = (f"needs {_mib(needed)}, " if isinstance(needed, int) else "") + _free_space(where)
+        if build_dir is not None:
+            return (f"no space left on the device of {where} ({amount}); free some space and rerun the same "
+                    f"command: the build resumes where it stopped{_log_pointer(build_dir)}")
+        return f"{command}: no space left on the device of {where} ({amount}); free some space or write elsewhere"
+    reason = f"{err.strerror or err}" + (f" [{errno.errorcode[err.errno]}]" if err.errno in errno.errorcode else "")
+    if path is not None and err.filename2:
+        path = f"{path} → {err.filename2}"
+    line = f"{command} failed" + (f" on {path}" if path is not None else "") + f": {reason}"
+    line += f"; {_OS_FIXES.get(err.errno or 0, 'check the path and the disk')}"
+    return line + _log_pointer(build_dir)
+
+
+def _log_pointer(build_dir: Path | None) -> str:
+    log = build_dir / "build.log" if build_dir is not None else None
+    return f" (traceback in {log})" if log is not None and log.is_file() else ""
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A MemoryError, or torch's way of saying the same (CPU allocator failure, CUDA out of memory)."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (type(err).__name__ == "OutOfMemoryError" or "can't allocate memory"
+                                              in text or "CUDA out of memory" in text)
+
+
+def _error_line(err: BaseException, ctx: click.Context, build_dir: Path | None) -> str | None:
+    """The one line for ``err``, or None when it is not a user mistake or environment fault (a bug)."""
+    if isinstance(err, MednfError):
+        return str(err)
+    if isinstance(err, OSError):
+        return None if err.errno == errno.EPIPE else _os_error_line(err, ctx, build_dir)  # EPIPE: click's
+    if _out_of_memory(err):
+        tried = re.search(r"tried to allocate (\d+) bytes", str(err))
+        amount = f"it tried to allocate {_mib(int(tried.group(1)))}" if tried else "not enough memory"
+        fix = _MEMORY_FIXES.get(ctx.info_name or "", "use a machine with more memory")
+        return f"mednf {ctx.info_name} ran out of memory ({amount}); {fix}"
+    if isinstance(err, EOFError):
+        return (f"mednf {ctx.info_name} read a file that ends too early ({str(err) or 'EOFError'}); check that the files "
+                "you gave are complete")
+    return None
+
+
+def _log_traceback(build_dir: Path | None) -> None:
+    """Append the traceback to an existing ``build.log`` (the one line points there)."""
+    if build_dir is None or not (build_dir / "build.log").is_file():
+        return
+    try:
+        with open(build_dir / "build.log", "a", encoding="utf-8") as log:
+            log.write(traceback.format_exc())
+    except OSError:
+        pass  # e.g. the disk is full: the line on the console is all there is
+
+
+class _GuardedCommand(click.Command):
+    """A command whose user mistakes and environment faults end in one line and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except MednfError as err:
-            click.echo(f"error: {err}", err=True)
+            return super().invoke(ctx)
+        except (MednfError, OSError, MemoryError, EOFError, RuntimeError) as err:
+            build_dir = _build_dir(ctx) if not isinstance(err, MednfError) else None
+            line = _error_line(err, ctx, build_dir)
+            if line is None or _debug():
+                raise
+            _log_traceback(build_dir)
+            click.echo(f"error: {line}", err=True)
             sys.exit(2)
 
-    return wrapper
+
+class _Group(click.Group):
+    command_class = _GuardedCommand
 
 
-@click.group()
+def _check_folder(option: str, path: Path) -> None:
+    """Refuse an output file whose folder does not exist, before any work is done."""
+    folder = path.expanduser().parent
+    if path.expanduser().is_dir():
+        raise ConfigError(f"{option} {path} is invalid: it is a folder, expected a file name; name a file in it")
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"{option} {path} is invalid: its folder {folder} {state}; create it or choose another path")
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="mednf")
 def main() -> None:
     """mednf: medical datasets as neural fields (MedFuncta)."""
+    logging.raiseExceptions = _debug()  # a log write failing (full disk) must not print a traceback
 
 
 @main.command()
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Meta-iterations.")
 @click.option("--size", default=32, show_default=True, type=click.IntRange(min=4), help="Phantom side length.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@_friendly
 def demo(steps: int, size: int, seed: int) -> None:
     """Meta-learn and fit on generated phantoms (CPU, no download, ~1 minute)."""
     from mednf.tasks.demo import run_demo
@@ -46,7 +180,6 @@ def demo(steps: int, size: int, seed: int) -> None:
 
 
 @main.command()
-@_friendly
 def presets() -> None:
     """List the engine presets (the paper's configurations and mednf's CPU ones)."""
     from mednf.engine.presets import get_preset, preset_description, preset_names
@@ -62,8 +195,6 @@ def presets() -> None:
 def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``--set meta.inner_steps=5`` → ``{"meta": {"inner_steps": 5}}`` (values parsed as TOML)."""
     import tomllib
-
-    from mednf.errors import ConfigError
 
     sections: dict[str, dict[str, Any]] = {}
     for item in values:
@@ -100,7 +231,6 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--resume", is_flag=True, help="Continue an unfinished build (what a rerun does anyway).")
 @click.option("--restart", is_flag=True, help="Discard an earlier build in the output directory and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@_friendly
 def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: int | None,
           batch_size: int | None, latent_dim: int | None, fit_steps: int | None, size: int | None,
           preset: str | None, settings: tuple[str, ...], medmnist_root: Path | None, source_npz: Path | None,
@@ -112,7 +242,6 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
     """
     from mednf.build.pipeline import BuildOptions
     from mednf.build.pipeline import build as run_build
-    from mednf.errors import ConfigError
 
     if gpu is not None and force_cpu:
         raise ConfigError("--gpu and --cpu were both given: expected one of them; drop one")
@@ -136,6 +265,7 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
 @main.command(name="list")
 def list_builders() -> None:
     """List the builders: modality, size, channels, task and split counts."""
+    from mednf.sources.kinds import kind_of
     from mednf.sources.spec import builder_names, load_builder
 
     click.echo(f"{'name':13s} {'modality':26s} {'size':>7s} {'ch':>3s} {'task':12s} {'train':>7s} {'val':>6s} "
@@ -143,7 +273,7 @@ def list_builders() -> None:
     for name in builder_names():
         s = load_builder(name)
         size = "×".join([str(s.source.size)] * s.source.dims)
-        tag = "" if s.paper else " (extra)" if s.source.kind != "phantom" else " (embedded)"
+        tag = "" if s.paper else " (embedded)" if kind_of(s).embedded else " (extra)"
         click.echo(f"{s.name:13s} {s.modality[:26]:26s} {size:>7s} {s.source.channels:>3d} {s.labels.task:12s} "
                    f"{s.splits['train']:>7d} {s.splits['val']:>6d} {s.splits['test']:>6d}  {s.preset}{tag}")
 
@@ -152,7 +282,6 @@ def list_builders() -> None:
 @click.argument("name")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@_friendly
 def info(name: str, root: Path | None, as_json: bool) -> None:
     """Summary of a built dataset: counts, latent size, hyper-parameters, PSNR/SSIM, licence."""
     import json
@@ -177,8 +306,6 @@ def info(name: str, root: Path | None, as_json: bool) -> None:
 
 def _parse_indices(text: str, n: int) -> list[int]:
     """``0:16``, ``3``, ``1,5,9`` or ``-4:`` → positions (checked against ``n``)."""
-    from mednf.errors import ConfigError
-
     try:
         if ":" in text:
             parts = [int(p) if p else None for p in text.split(":")]
@@ -206,26 +333,30 @@ def _parse_indices(text: str, n: int) -> list[int]:
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
               help="Where the source npz is, to show inputs beside reconstructions.")
 @click.option("--gpu", type=int, default=None, help="Decode on cuda:N.")
-@_friendly
 def decode(name: str, split: str, indices: str, size: int | None, out: Path, root: Path | None,
            medmnist_root: Path | None, gpu: int | None) -> None:
     """Decode latents of NAME to images: a PNG grid (inputs beside reconstructions when the source
     images are available) or the raw array as .npy."""
+    import io
+
     import numpy as np
 
     from mednf.build.pipeline import resolve_device
-    from mednf.errors import ConfigError
+    from mednf.io.files import atomic_write_bytes
     from mednf.loading import load
     from mednf.sources.loader import source_images
     from mednf.tasks.plots import save_grid
 
     if out.suffix.lower() not in (".png", ".npy"):
         raise ConfigError(f"--out {out} is invalid: expected a .png or .npy file name")
+    _check_folder("--out", out)
     ds = load(name, split, root=root)
     positions = _parse_indices(indices, len(ds))
     images = ds.decode(positions, size=size, device=resolve_device(gpu))  # [n, D, *spatial]
     if out.suffix.lower() == ".npy":
-        np.save(out, images.numpy())
+        buffer = io.BytesIO()
+        np.save(buffer, images.numpy())
+        atomic_write_bytes(out, buffer.getvalue())  # never a half-written .npy under the real name
         click.echo(f"wrote {out}: array {tuple(images.shape)} float32 in [0, 1]")
         return
     inputs = source_images(ds.manifest, split, ds.source_index[positions], medmnist_root)
@@ -238,7 +369,6 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
 @click.argument("name")
 @click.option("--source", type=click.Choice(["zenodo", "hf"]), default="zenodo", show_default=True)
 @click.option("--root", type=click.Path(path_type=Path), help="Cache folder [default: $MEDNF_HOME].")
-@_friendly
 def download(name: str, source: str, root: Path | None) -> None:
     """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest)."""
     from mednf.errors import NotFoundError
@@ -263,7 +393,6 @@ def download(name: str, source: str, root: Path | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["zenodo", "hf"]), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
-@_friendly
 def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
     """Write a publishable copy of a built dataset: zenodo (one archive + SHA256SUMS + registry entry) or
     hf (Parquet shards + card with data_files, loadable by datasets.load_dataset, + manifest and θ)."""
@@ -290,25 +419,27 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
               help="Where the source npz is [default: $MEDMNIST_ROOT or ~/.medmnist].")
 @click.option("--gpu", type=int, default=None, help="Decode on cuda:N.")
-@_friendly
 def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path | None,
           medmnist_root: Path | None, gpu: int | None) -> None:
     """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
     from mednf.build.pipeline import resolve_device
-    from mednf.format.store import read_manifest
+    from mednf.format.manifest import Manifest
     from mednf.loading import find_dataset
     from mednf.tasks.evaluate import evaluate, save_error_grid, write_report
 
+    if plot is not None:
+        _check_folder("--plot", plot)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is invalid: it is a file, expected a folder for summary.json and "
+                          "samples.parquet; choose another path")
     path = find_dataset(name, root)
-    manifest = read_manifest(path)
+    manifest = Manifest.read(path)
     splits = None if split == "all" else [split]
-    if splits and split not in manifest["splits"]:
-        from mednf.errors import ConfigError
-
-        raise ConfigError(f"--split {split!r} is invalid: expected one of {', '.join(manifest['splits'])} or all")
+    if splits and split not in manifest.splits:
+        raise ConfigError(f"--split {split!r} is invalid: expected one of {', '.join(manifest.splits)} or all")
     device = resolve_device(gpu)
     report = evaluate(path, splits, medmnist_root=medmnist_root, device=device)
-    folder = write_report(report, out or Path(f"{manifest['name']}-eval"))
+    folder = write_report(report, out or Path(f"{manifest.name}-eval"))
     click.echo(f"{report.name}: decoded vs source images ({report.seconds:.1f} s on {report.device})")
     for s, summary in report.summary()["splits"].items():
         stored = summary["stored_psnr_mean"]
@@ -334,7 +465,6 @@ def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
               help="Where the source npz is (pixel baseline).")
 @click.option("--gpu", type=int, default=None, help="Train the MLP on cuda:N.")
-@_friendly
 def classify(name: str, model: str, features: str, epochs: int, seed: int, json_out: Path | None,
              root: Path | None, medmnist_root: Path | None, gpu: int | None) -> None:
     """k-NN (k = 1, 3) and the paper's MLP on NAME's latents, beside the same on raw pixels (Table 4)."""
@@ -343,13 +473,17 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
     from mednf.build.pipeline import resolve_device
     from mednf.tasks.classify import classify as run
 
+    if json_out is not None:
+        _check_folder("--json", json_out)
     models = ("knn", "mlp") if model == "all" else (model,)
     feats = ("latents", "pixels") if features == "both" else (features,)
     report = run(name, models, features=feats, root=root, medmnist_root=medmnist_root, epochs=epochs, seed=seed,
                  device=resolve_device(gpu))
     click.echo(report.to_markdown())
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        from mednf.io.files import atomic_write_bytes
+
+        atomic_write_bytes(json_out, (json.dumps(report.to_dict(), indent=2) + "\n").encode("utf-8"))
         click.echo(f"wrote {json_out}")
 
 
@@ -361,20 +495,20 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
 @click.option("--resample", is_flag=True, help="Resize images of another size to the space's resolution.")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
 @click.option("--gpu", type=int, default=None, help="Fit on cuda:N.")
-@_friendly
 def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, root: Path | None,
            gpu: int | None) -> None:
     """Fit latents for the images of an .npz into NAME's space (its θ and fit settings)."""
+    import io
+
     import numpy as np
 
     from mednf.build.pipeline import resolve_device
-    from mednf.format.store import atomic_write_bytes
+    from mednf.io.files import atomic_write_bytes
     from mednf.tasks.encode import encode as run
     from mednf.tasks.encode import read_images_npz
 
+    _check_folder("--out", out)
     result = run(read_images_npz(images, key), name, resample=resample, root=root, device=resolve_device(gpu))
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, latents=result.latents, psnr=result.psnr, ssim=result.ssim)
     atomic_write_bytes(out, buffer.getvalue())
@@ -392,27 +526,27 @@ def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, 
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
               help="Where the source npz is (label check, --measure).")
 @click.option("--gpu", type=int, default=None, help="Measure on cuda:N.")
-@_friendly
 def import_official(directory: Path, name: str, out: Path | None, w0: float | None, w0_increment: float | None,
                     measure: bool, medmnist_root: Path | None, gpu: int | None) -> None:
     """Convert the official MedNF release layout (model.pt, {train,val,test}/datapoint_{i}.pt) into
     mednf's format, reading it weights-only (no arbitrary unpickling)."""
     from mednf.build.pipeline import resolve_device
-    from mednf.format.store import mednf_home, read_manifest
+    from mednf.format.layout import mednf_home
+    from mednf.format.manifest import Manifest
     from mednf.remote.official_import import import_official as run
     from mednf.sources.spec import load_builder
 
     target = out or mednf_home() / load_builder(name).name
     path = run(directory, name, target, medmnist_root=medmnist_root, measure=measure, w0=w0,
                w0_increment=w0_increment, device=resolve_device(gpu))
-    manifest = read_manifest(path)
-    counts = ", ".join(f"{s} {v['count']}" for s, v in manifest["splits"].items())
-    dropped = {s: len(v) for s, v in manifest["origin"]["missing"].items() if v}
-    click.echo(f"imported {manifest['name']} into {path}: {counts}")
+    manifest = Manifest.read(path)
+    counts = ", ".join(f"{s} {v.count}" for s, v in manifest.splits.items())
+    dropped = {s: len(v) for s, v in manifest.origin["missing"].items() if v}
+    click.echo(f"imported {manifest.name} into {path}: {counts}")
     if dropped:
         click.echo("  without a datapoint in the release (the official fit dropped incomplete batches): "
                    + ", ".join(f"{s} {n}" for s, n in dropped.items()) + " (listed in mednf.json origin.missing)")
-    if not manifest["source"]["labels_checked"]:
+    if not manifest.source["labels_checked"]:
         click.echo("  labels not checked against MedMNIST (file not found locally; give --medmnist-root)")
 
 

@@ -103,3 +103,125 @@ def test_cli_list_shows_every_builder():
     for name in builder_names():
         assert name in result.output
     assert "78468" in result.output and "multi-label" in result.output and "28×28×28" in result.output
+
+
+def _builder_text(name: str) -> str:
+    from importlib import resources
+
+    return resources.files("mednf.builders").joinpath(f"{name}.toml").read_text()
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+PHANTOM_EDITS = [  # (old, new, expected words of the one-line error)
+    ("seed = 0", "seeed = 3", ["key 'seeed' is unknown", "did you mean 'seed'"]),
+    ("[build]", "[sorce]\nkind = 'phantom'\n[build]", ["section [sorce] is unknown", "did you mean 'source'"]),
+    ("channels = 1", "chanels = 1", ["[source]: key 'chanels' is unknown", "did you mean 'channels'"]),
+    ("channels = 1", "channels = 1\nflag = 'x'", ["key 'flag' is unknown for kind = 'phantom'"]),
+    ('task = "multi-class"', 'task = "multi-class"\nnmes = []', ["[labels]: key 'nmes'", "did you mean 'names'"]),
+    ("test = 200", "tset = 200", ["[splits]: key 'tset' is unknown", "did you mean 'test'"]),
+    ('preset = "cpu-small"', 'preset = "cpu-small"\nprest = "tiny"', ["[engine]: key 'prest'", "did you mean 'preset'"]),
+    ("latent_dim = 256", "latnet_dim = 256", ["[engine.field]: key 'latnet_dim'", "did you mean 'latent_dim'"]),
+    ("inner_lr = 0.1", "inner_lrr = 0.1", ["[engine.meta]: key 'inner_lrr'", "did you mean 'inner_lr'"]),
+    ("fit = { lr = 0.1 }", "fit = { step = 3 }", ["[engine.fit]: key 'step'", "did you mean 'steps'"]),
+    ("val_every = 50", "val_evry = 50", ["[build]: key 'val_evry'", "did you mean 'val_every'"]),
+    ("inner_lr = 0.1", "inner_lr = true", ["inner_lr (α) = True is invalid"]),
+    ("fit = { lr = 0.1 }", "fit = { lr = true }", ["lr (α) = True is invalid"]),
+    ("fit = { lr = 0.1 }", "fit = { grad_rescale = 1 }", ["grad_rescale = 1 is invalid", "true or false"]),
+    ("latent_dim = 256", "latent_dim = 256, in_dims = 3", ["in_dims = 3 is not a setting", "[source] dims"]),
+    ("seed = 0", "seed = true", ["seed = True is invalid: expected an integer"]),
+    ("seed = 0", "seed = -1", ["seed = -1 is invalid"]),
+    ("paper = false", "paper = 1", ["paper = 1 is invalid: expected true or false"]),
+    ('modality = "Synthetic phantom"', "modality = 3", ["modality = 3 is invalid: expected a string"]),
+    ("size = 64", "size = 64.0", ["size = 64.0 is invalid: expected an integer"]),
+    ("channels = 1", "channels = 3", ["invalid for kind 'phantom'", "channels = 1, dims = 2"]),
+    ('name = "PhantomNF"', 'name = "../../x"', ["name = '../../x' is invalid", "letters, digits and underscores"]),
+    ('name = "PhantomNF"', 'name = "9lives"', ["name = '9lives' is invalid"]),
+    ('names = ["0 lesions", "1 lesion", "2 lesions", "3 lesions"]', "names = [0, 1]", ["names holds 0"]),
+    ('names = ["0 lesions", "1 lesion", "2 lesions", "3 lesions"]', 'names = ["a", "a"]', ["(1 distinct)"]),
+    ("val_every = 50", "val_every = true", ["val_every = True is invalid"]),
+]
+BREAST_EDITS = [
+    ('flag = "breastmnist"', 'flag = "../../etc"', ["flag = '../../etc' is invalid"]),
+    ('files/{file}?download=1"', 'files/breast.npz"', ["expected a {file} placeholder"]),
+    ('"64" = "742edef2a1fd1524b2efff4bd7ba9364"', '"64" = "xyz"', ["md5 '64' = 'xyz' is invalid"]),
+    ("size = 64", "size = 100", ["size = 100 has no md5", "[28, 64, 128, 224]"]),
+    ('kind = "medmnist"', 'kind = "medmnst"', ["kind = 'medmnst' is invalid", "did you mean 'medmnist'"]),
+]
+
+
+@pytest.mark.parametrize("builder, old, new, words", [("phantomnf", *e) for e in PHANTOM_EDITS]
+                         + [("breastnf", *e) for e in BREAST_EDITS])
+def test_builder_files_are_strict(tmp_path, builder, old, new, words):
+    path = tmp_path / "mine.toml"
+    path.write_text(_edit(_builder_text(builder), old, new))
+    with pytest.raises(ConfigError) as err:
+        load_builder(str(path))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(path)), message
+    for word in words:
+        assert word in message, message
+
+
+def test_builder_name_cannot_leave_mednf_home(tmp_path):
+    text = _edit(_builder_text("phantomnf"), 'name = "PhantomNF"', 'name = "../../escaped"')
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    home = tmp_path / "a" / "b"
+    result = CliRunner().invoke(main, ["build", str(path), "--preset", "tiny", "--steps", "2", "--max-samples", "4",
+                                       "--quiet"], env={"MEDNF_HOME": str(home)})
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "name = '../../escaped'" in result.output
+    assert not (tmp_path / "escaped").exists() and not home.exists()
+
+
+def test_a_typo_in_a_builder_file_stops_the_cli(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(_edit(_builder_text("phantomnf"), "seed = 0", "seeed = 3"))
+    result = CliRunner().invoke(main, ["build", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "did you mean 'seed'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_source_kind_is_in_the_registry():
+    from mednf.sources.kinds import get_kind, kind_names, kind_of
+
+    assert kind_names() == ("medmnist", "phantom")
+    assert {kind_of(load_builder(n)).name for n in builder_names()} == set(kind_names())
+    with pytest.raises(ConfigError, match="kind = 'phantoms' is invalid.*did you mean 'phantom'"):
+        get_kind("phantoms")
+    assert get_kind("phantom").embedded and not get_kind("medmnist").embedded
+
+
+def test_sizes_come_from_the_kind():
+    import dataclasses
+
+    phantom = load_builder("phantomnf")
+    assert phantom.with_size(40).source.size == 40 and phantom.with_size(40).preset == "cpu-small"  # any size
+    with pytest.raises(ConfigError, match="size = 2 is not available for PhantomNF: expected an integer ≥ 4"):
+        phantom.with_size(2)
+    breast = load_builder("breastnf")
+    own = dataclasses.replace(breast, source=dataclasses.replace(breast.source, md5={}))  # a user's own files
+    assert own.with_size(100).source.file_name == "breastmnist_100.npz"
+
+
+def test_official_description_and_local_splits(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    from mednf.sources.kinds import local_splits, official_description
+    from mednf.sources.loader import load_source
+    from mednf.sources.phantoms import phantom_source
+
+    small = dataclasses.replace(load_builder("phantomnf").with_size(16), splits={"train": 3, "val": 2, "test": 2})
+    assert official_description(small) == load_source(small, progress=False).description  # what a build records
+    splits = local_splits(small)
+    np.testing.assert_array_equal(splits["val"].images, phantom_source(small)["val"].images)
+    breast = load_builder("breastnf")
+    assert local_splits(breast, tmp_path) is None  # not on disk: no download
+    description = official_description(breast)
+    assert description["md5"] == breast.source.md5["64"] and description["file"] == "breastmnist_64.npz"
+    assert description["official"] and description["kind"] == "medmnist"

@@ -34,7 +34,14 @@ from mednf.errors import ConfigError
         (lambda: MetaConfig(meta_lr=-1.0), ["meta_lr (β) = -1.0"]),
         (lambda: FitConfig(rescale_ratio=2.0), ["rescale_ratio (γ) = 2.0"]),
         (lambda: FitConfig(steps=-1), ["steps (H) = -1"]),
-        (lambda: EngineConfig.from_dict({"field": {"latnet_dim": 4}}), ["latnet_dim"]),
+        (lambda: EngineConfig.from_dict({"field": {"latnet_dim": 4}}), ["latnet_dim", "did you mean 'latent_dim'"]),
+        (lambda: get_preset("tiny").replace(mta={"steps": 3}), ["'mta'", "did you mean 'meta'"]),
+        (lambda: MetaConfig(inner_lr=True), ["inner_lr (α) = True", "a finite number > 0"]),  # a bool is no number
+        (lambda: FitConfig(lr=True), ["lr (α) = True"]),
+        (lambda: MetaConfig(context_ratio=True), ["context_ratio (γ) = True"]),
+        (lambda: FieldConfig(in_dims=True), ["in_dims (C) = True"]),
+        (lambda: MetaConfig(first_order=1), ["first_order = 1", "true or false"]),
+        (lambda: FitConfig(grad_rescale="yes"), ["grad_rescale = 'yes'"]),
         (lambda: get_preset("2d-46"), ["'2d-46'", "did you mean '2d-64'"]),
     ],
 )

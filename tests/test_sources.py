@@ -117,7 +117,7 @@ def test_rgb_is_channels_first(tmp_path):
     ({"train_images": np.zeros((6, 32, 32), np.uint8)}, "has shape \\(6, 32, 32\\)"),
     ({"test_images": np.full((4, 64, 64), np.nan, np.float32)}, "NaN"),
     ({"test_images": np.zeros((4, 64, 64), np.int32)}, "dtype int32"),
-    ({"train_labels": np.full((6, 1), 7, np.uint8)}, "outside the 2 labels"),
+    ({"train_labels": np.full((6, 1), 7, np.uint8)}, "values \\[7\\], outside the 2 label names"),
     ({"val_images": np.zeros((0, 64, 64), np.uint8), "val_labels": np.zeros((0, 1), np.uint8)}, "val_images is empty"),
 ])
 def test_bad_npz_content_is_a_clear_error(tmp_path, replace, message):

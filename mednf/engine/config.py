@@ -13,7 +13,9 @@ the value, what was expected and how to fix it, so the CLI can print it without 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +24,15 @@ from mednf.errors import ConfigError
 ShiftMode = Literal["inside", "outside"]
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def is_number(value: Any) -> bool:
+    """An int or float, never a bool (``True`` is an ``int`` to Python, not a learning rate to us)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require(ok: bool, name: str, value: Any, expected: str, fix: str) -> None:
@@ -31,7 +42,7 @@ def _require(ok: bool, name: str, value: Any, expected: str, fix: str) -> None:
 
 def _finite_positive(name: str, value: float, fix: str) -> None:
     _require(
-        isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+        is_number(value) and math.isfinite(value) and value > 0,
         name, value, "a finite number > 0", fix,
     )
 
@@ -39,6 +50,10 @@ def _finite_positive(name: str, value: float, fix: str) -> None:
 def _positive_int(name: str, value: int, fix: str) -> None:
     _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
              name, value, "an integer > 0", fix)
+
+
+def _flag(name: str, value: bool, fix: str) -> None:
+    _require(isinstance(value, bool), name, value, "true or false", fix)
 
 
 @dataclass(frozen=True)
@@ -77,17 +92,17 @@ class FieldConfig:
     shift_mode: ShiftMode = "inside"
 
     def __post_init__(self) -> None:
-        _require(self.in_dims in (1, 2, 3), "in_dims (C)", self.in_dims,
+        _require(not isinstance(self.in_dims, bool) and self.in_dims in (1, 2, 3), "in_dims (C)", self.in_dims,
                  "1, 2 or 3 coordinate dimensions", "use 1 for signals, 2 for images, 3 for volumes")
         _positive_int("out_dims (D)", self.out_dims, "use 1 for gray or 3 for RGB")
-        _require(isinstance(self.num_layers, int) and self.num_layers >= 2, "num_layers (K)",
+        _require(isinstance(self.num_layers, int) and not isinstance(self.num_layers, bool) and self.num_layers >= 2, "num_layers (K)",
                  self.num_layers, "an integer ≥ 2 (one sine layer and the linear output layer)",
                  "set num_layers to 2 or more (the paper uses 15 for images)")
         _positive_int("hidden_dim (L)", self.hidden_dim, "set the layer width, e.g. 256")
         _positive_int("latent_dim (P)", self.latent_dim, "set the latent size, e.g. 2048")
         _finite_positive("omega_first", self.omega_first, "set ω of the first sine layer, e.g. 20")
         if self.omega_increment is not None:
-            _require(isinstance(self.omega_increment, (int, float)) and math.isfinite(self.omega_increment),
+            _require(is_number(self.omega_increment) and math.isfinite(self.omega_increment),
                      "omega_increment", self.omega_increment, "a finite number",
                      "set the per-layer ω increment, e.g. 5")
             last = self.omega_first + (self.num_sine_layers - 1) * self.omega_increment
@@ -145,11 +160,11 @@ class MetaConfig:
     def __post_init__(self) -> None:
         _positive_int("inner_steps (G)", self.inner_steps, "use ≥ 1 inner SGD step (paper: 10)")
         _finite_positive("inner_lr (α)", self.inner_lr, "the paper uses 1e-2")
-        _require(isinstance(self.context_ratio, (int, float)) and 0 < self.context_ratio <= 1,
+        _require(is_number(self.context_ratio) and 0 < self.context_ratio <= 1,
                  "context_ratio (γ)", self.context_ratio, "a fraction in (0, 1]",
                  "use 0.25 for images (paper) or 1.0 for the full context")
         _finite_positive("meta_lr (β)", self.meta_lr, "the paper uses 3e-6")
-        _require(isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+        _require(is_number(self.weight_decay) and math.isfinite(self.weight_decay)
                  and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a finite number ≥ 0",
                  "AdamW's default is 0.01")
         _positive_int("batch_size (B)", self.batch_size, "the paper uses 24 for 64×64 images")
@@ -157,6 +172,7 @@ class MetaConfig:
         _require(self.lr_schedule in ("cosine", "constant"), "lr_schedule", self.lr_schedule,
                  "'cosine' or 'constant'", "pick one of the two")
         _finite_positive("grad_clip", self.grad_clip, "the paper clips the gradient norm at 1.0")
+        _flag("first_order", self.first_order, "use false (the paper) or true (the first-order ablation)")
 
 
 @dataclass(frozen=True)
@@ -174,7 +190,8 @@ class FitConfig:
         _require(isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 0,
                  "steps (H)", self.steps, "an integer ≥ 0", "the paper uses H = 20")
         _finite_positive("lr (α)", self.lr, "the paper uses 1e-2")
-        _require(isinstance(self.rescale_ratio, (int, float)) and 0 < self.rescale_ratio <= 1,
+        _flag("grad_rescale", self.grad_rescale, "use true (the official code) or false")
+        _require(is_number(self.rescale_ratio) and 0 < self.rescale_ratio <= 1,
                  "rescale_ratio (γ)", self.rescale_ratio, "a fraction in (0, 1]", "use 0.25 as the official code")
         if self.batch_size is not None:
             _positive_int("batch_size", self.batch_size, "leave it unset to size batches to memory")
@@ -199,10 +216,10 @@ class EngineConfig:
         parts = {}
         for key, klass in (("field", FieldConfig), ("meta", MetaConfig), ("fit", FitConfig)):
             values = dict(data.get(key, {}))
-            known = {f.name for f in dataclasses.fields(klass)}
-            unknown = sorted(set(values) - known)
+            known = [f.name for f in dataclasses.fields(klass)]
+            unknown = sorted(set(values) - set(known))
             _require(not unknown, f"[{key}] keys", unknown, f"only {sorted(known)}",
-                     "remove or rename the unknown keys")
+                     "remove or rename the unknown keys" + (did_you_mean(unknown[0], known) if unknown else ""))
             if key == "field" and {"omega_first", "omega_last", "omega_increment"} & set(values):
                 # a schedule written in a dict is complete: unnamed parts are absent, not defaults
                 values.setdefault("omega_last", None)
@@ -216,7 +233,8 @@ class EngineConfig:
         """Copy with some fields overridden, e.g. ``cfg.replace(meta={"steps": 300})``."""
         merged = self.to_dict()
         for key, values in sections.items():
-            _require(key in merged, "config section", key, "field, meta or fit", "use one of those")
+            _require(key in merged, "config section", key, "field, meta or fit",
+                     "use one of those" + did_you_mean(key, merged))
             if key == "field" and {"omega_last", "omega_increment"} & set(values):
                 merged[key]["omega_last"] = merged[key]["omega_increment"] = None  # the forms exclude each other
             merged[key].update(values)

@@ -19,6 +19,7 @@ class SplitData:
 class SourceData:
     splits: dict[str, SplitData]
     description: dict[str, object]  # what was read: kind, file, md5, official or not, URL
+    origin: str = ""  # where the data came from, for messages: a path, or "the PhantomNF phantoms (seed 0)"
 
     def counts(self) -> dict[str, int]:
         return {s: len(d.images) for s, d in self.splits.items()}
@@ -26,7 +27,3 @@ class SourceData:
 
 class SourceWarning(UserWarning):
     """The data is usable but is not the official release (e.g. a user's own smaller npz)."""
-
-
-
-

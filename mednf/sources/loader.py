@@ -1,5 +1,5 @@
-"""Read the source data of a builder spec (MedMNIST file or phantoms), and the original images of a built
-dataset's samples for evaluation and plots.
+"""Read the source data of a builder spec (through its kind, :mod:`mednf.sources.kinds`), check that the
+labels fit the builder, and get the original images of a built dataset's samples for evaluation and plots.
 """
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mednf.errors import SourceError
 from mednf.sources.base import SourceData, SourceWarning, SplitData
-from mednf.sources.medmnist import expected_md5, file_md5, locate_medmnist, medmnist_root, read_npz, source_url
-from mednf.sources.phantoms import GENERATOR_VERSION, phantom_source
+from mednf.sources.kinds import get_kind, kind_of
 from mednf.sources.spec import BuilderSpec
 
 
@@ -28,54 +28,51 @@ def load_source(
     warn: Callable[[str], None] | None = None,
 ) -> SourceData:
     """All three splits of a builder's data, validated (and limited to ``max_samples`` per split)."""
-    warn = warn or (lambda msg: warnings.warn(msg, SourceWarning, stacklevel=3))
-    if spec.source.kind == "phantom":
-        splits = phantom_source(spec)
-        description: dict[str, object] = {"kind": "phantom", "size": spec.source.size, "seed": spec.seed,
-                                          "generator": GENERATOR_VERSION, "official": True}
-    else:
-        expected = expected_md5(spec)
-        if source_npz is not None:
-            path = Path(source_npz).expanduser()
-            if not path.is_file():
-                raise SourceError(f"--source-npz {path} does not exist; give the path of a MedMNIST-layout .npz")
-            md5 = file_md5(path)
-        else:
-            path, md5 = locate_medmnist(spec, root, download_missing=download_missing, progress=progress)
-        splits = read_npz(path, spec)
-        official = md5 == expected
-        counts = {s: len(d.images) for s, d in splits.items()}
-        if official and counts != spec.splits:
-            raise SourceError(f"{path} has split counts {counts}, but {spec.path} expects {spec.splits}; "
-                              "fix [splits] in the builder file")
-        if not official:
-            warn(f"{path} is not the official {spec.source.file_name} (md5 {md5}, official {expected}); "
-                 f"building from it anyway with split counts {counts}")
-        description = {"kind": "medmnist", "flag": spec.source.flag, "size": spec.source.size,
-                       "file": spec.source.file_name, "md5": md5, "official": official,
-                       "url": source_url(spec), "license": spec.source.license}
+    warn = warn or (lambda msg: warnings.warn(msg, SourceWarning, stacklevel=4))
+    data = kind_of(spec).load(spec, root=root, source_npz=source_npz, download_missing=download_missing,
+                              progress=progress, warn=warn)
+    check_labels(spec, data.splits, data.origin)
     if max_samples is not None:
-        splits = {s: SplitData(d.images[:max_samples], d.labels[:max_samples], d.source_index[:max_samples])
-                  for s, d in splits.items()}
-        description["max_samples"] = max_samples
-    return SourceData(splits, description)
+        data.splits = {s: SplitData(d.images[:max_samples], d.labels[:max_samples], d.source_index[:max_samples])
+                       for s, d in data.splits.items()}
+        data.description["max_samples"] = max_samples
+    return data
 
 
-def source_images(manifest: dict, split: str, source_index: np.ndarray,
+def check_labels(spec: BuilderSpec, splits: dict[str, SplitData], origin: str) -> None:
+    """Every label of the data has a name in the builder's ``[labels]``: class ids ``0..names-1``, or for
+    multi-label one 0/1 column per name. A SourceError naming the values found otherwise."""
+    n = spec.labels.num_classes
+    multi = spec.labels.task == "multi-label"
+    for split, data in splits.items():
+        labels = data.labels
+        width = n if multi else 1
+        if labels.ndim != 2 or labels.shape[1] != width:
+            raise SourceError(f"{origin}: the {split} labels have shape {labels.shape}, expected ({len(labels)}, "
+                              f"{width}) for {spec.name} ({spec.labels.task}, {n} label names); check the data "
+                              "belongs to this builder")
+        found = np.unique(labels)
+        limit = 2 if multi else n
+        if found.size and (found[0] < 0 or found[-1] >= limit):
+            values = ", ".join(str(v) for v in found[:12]) + (", …" if found.size > 12 else "")
+            if multi:
+                raise SourceError(f"{origin}: the {split} labels hold the values [{values}], but multi-label flags "
+                                  f"of {spec.name} are 0 or 1; check the data belongs to this builder")
+            raise SourceError(f"{origin}: the {split} labels hold the values [{values}], outside the {n} label names "
+                              f"of {spec.name} (values 0..{n - 1}); give {spec.path or spec.name} [labels] one name "
+                              "per label value, or check the data belongs to this builder")
+
+
+def source_images(manifest: Any, split: str, source_index: np.ndarray,
                   root: str | Path | None = None) -> np.ndarray | None:
     """The original images ``[n, D, *spatial]`` (float in [0, 1]) of a built dataset's samples, when they
     can be had without a download: phantoms are regenerated, MedMNIST files are read from the root if
-    present with the md5 the manifest recorded. None otherwise."""
-    source = manifest["source"]
-    spec = BuilderSpec.from_dict(manifest["builder"])
-    if source["kind"] == "phantom":
-        if source.get("generator") != GENERATOR_VERSION:
-            return None  # drawn by another version of mednf.sources.phantoms
-        data = phantom_source(spec)[split]
-    else:
-        path = medmnist_root(root) / spec.source.file_name
-        if not path.is_file() or file_md5(path) != source["md5"]:
-            return None
-        data = read_npz(path, spec)[split]
+    present with the md5 the manifest recorded. None otherwise (:func:`mednf.sources.kinds.images_unavailable`
+    says why)."""
+    source = manifest.source  # a mednf.format.manifest.Manifest
+    spec = BuilderSpec.from_dict(manifest.builder)
+    data = get_kind(source["kind"], "manifest source").built_split(spec, source, split, root)
+    if data is None:
+        return None
     images = data.images[np.asarray(source_index)]
     return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)

@@ -86,6 +86,9 @@ def locate_medmnist(spec: BuilderSpec, root: str | Path | None = None, *, downlo
     if not path.is_file():
         if not download_missing:
             raise SourceError(f"{path} is missing; download {source_url(spec)} to that path or allow downloads")
+        if not source_url(spec):
+            raise SourceError(f"{path} is missing and {spec.path or spec.name} [source] has no url to download it "
+                              "from; put the file there, set MEDNF_MEDMNIST_URL, or pass --source-npz")
         download(source_url(spec), path, expected, progress=progress)
     actual = file_md5(path)
     if actual != expected:
@@ -103,8 +106,9 @@ def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
     gray_shape = spatial if src.channels == 1 else (*spatial, src.channels)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise SourceError(f"{path} is not a readable npz file ({err}); replace it with a MedMNIST .npz") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # EOFError: an empty file
+        raise SourceError(f"{path} is not a readable npz file ({str(err) or type(err).__name__}); replace it with a "
+                          "MedMNIST .npz") from None
     splits = {}
     with archive:
         for split in SPLITS:
@@ -127,14 +131,12 @@ def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
                                   f"for {spec.name} at size {src.size}; check --size and the file")
             _check_pixels(images, f"{path}: {keys[0]}")
             labels = labels.reshape(len(labels), -1) if labels.ndim == 1 else labels
-            expected_l = spec.labels.num_classes if spec.labels.task == "multi-label" else 1
-            if labels.ndim != 2 or labels.shape != (len(images), expected_l):
-                raise SourceError(f"{path}: {keys[1]} has shape {labels.shape}, expected ({len(images)}, {expected_l}); "
+            if labels.ndim != 2 or len(labels) != len(images):
+                raise SourceError(f"{path}: {keys[1]} has shape {labels.shape}, expected ({len(images)}, L); "
                                   "one row of labels per image")
-            if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or (
-                    labels.max(initial=0) >= (2 if spec.labels.task == "multi-label" else spec.labels.num_classes)):
-                raise SourceError(f"{path}: {keys[1]} holds values outside the {spec.labels.num_classes} labels of "
-                                  f"{spec.name} (dtype {labels.dtype}); check the file belongs to this builder")
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise SourceError(f"{path}: {keys[1]} has dtype {labels.dtype}: expected integer label ids; "
+                                  "check the file belongs to this builder")  # values: sources.loader.check_labels
             if src.channels == 3:
                 images = np.moveaxis(images, -1, 1)  # [N, H, W, 3] → [N, 3, H, W] view
             else:

@@ -51,10 +51,12 @@ def make_phantoms(count: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray
     return images[:, None], labels.astype(np.int64)
 
 
-def phantom_source(spec: BuilderSpec) -> dict[str, SplitData]:
-    """PhantomNF: every split generated from the spec's seed (split i uses seed·1000 + i)."""
-    splits = {}
+def phantom_source(spec: BuilderSpec, splits: tuple[str, ...] = SPLITS) -> dict[str, SplitData]:
+    """PhantomNF: the ``splits`` generated from the spec's seed (split i of SPLITS uses seed·1000 + i)."""
+    out = {}
     for i, split in enumerate(SPLITS):
+        if split not in splits:
+            continue
         images, labels = make_phantoms(spec.splits[split], spec.source.size, seed=spec.seed * 1000 + i)
-        splits[split] = SplitData(images, labels[:, None], np.arange(len(images), dtype=np.int64))
-    return splits
+        out[split] = SplitData(images, labels[:, None], np.arange(len(images), dtype=np.int64))
+    return out

@@ -7,26 +7,39 @@ path of a file of their own with the same fields. Names are case-insensitive.
 A spec says where the images come from (``[source]``), what the labels mean (``[labels]``), how many
 samples each split must have (``[splits]``), which engine preset and overrides to use (``[engine]``) and
 how the build runs (``[build]``). :func:`resolve_engine` turns it into an :class:`EngineConfig`.
+
+Builder files are strict: an unknown key or section (a typo) is a ConfigError naming the closest known one,
+every value's type is checked (a bool is never a number), and ``name`` is a plain identifier because it
+names the dataset's folder. What ``[source]`` may hold depends on its kind (:mod:`mednf.sources.kinds`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from mednf.engine.config import EngineConfig
+from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig, did_you_mean
 from mednf.engine.presets import get_preset
 from mednf.errors import ConfigError
+from mednf.sources.kinds import get_kind
 
 SPLITS = ("train", "val", "test")
 Task = Literal["multi-class", "multi-label", "ordinal"]
 _TASKS = ("multi-class", "multi-label", "ordinal")
-_SOURCE_KINDS = ("medmnist", "phantom")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # a builder's name is a folder name under $MEDNF_HOME
+_TOP_KEYS = ("name", "description", "modality", "paper", "seed")
+_SECTIONS = ("source", "labels", "splits", "engine", "build")
+_SOURCE_KEYS = ("kind", "size", "channels", "dims", "license")  # every kind; kinds add their own
+_ENGINE_SECTIONS = {"field": FieldConfig, "meta": MetaConfig, "fit": FitConfig}
+_FROM_SOURCE = {"in_dims": "dims", "out_dims": "channels"}  # field keys that follow [source]
+_TYPE_NAMES = {dict: "a table", list: "an array", str: "a string", int: "an integer", bool: "true or false"}
 
 
 @dataclass(frozen=True)
@@ -94,11 +107,11 @@ class BuilderSpec:
                       "build": BuildSettings(**data["build"])})
 
     def with_size(self, size: int) -> BuilderSpec:
-        """The same sub-dataset at another MedMNIST resolution; the paper preset follows the size."""
-        sizes = {int(s) for s in self.source.md5} if self.source.kind == "medmnist" else {size}  # phantoms: any
-        if size not in sizes:
-            raise ConfigError(f"size = {size} is not available for {self.name}: expected one of "
-                              f"{sorted(sizes)}; pick a MedMNIST size that exists")
+        """The same sub-dataset at another resolution (one its kind offers); the paper preset follows the size."""
+        sizes = get_kind(self.source.kind).sizes(self.source)  # None: any size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 4 or (sizes is not None and size not in sizes):
+            expected = f"one of {sizes}; pick a MedMNIST size that exists" if sizes else "an integer ≥ 4"
+            raise ConfigError(f"size = {size!r} is not available for {self.name}: expected {expected}")
         preset = self.preset
         if preset.startswith("2d-") and preset.removeprefix("2d-") in ("64", "128", "224") and size in (64, 128, 224):
             preset = f"2d-{size}"  # the paper's configuration for that resolution (Table 3)
@@ -114,79 +127,138 @@ def _builtin_files() -> dict[str, Any]:
 def builder_names() -> list[str]:
     """Display names of the shipped builders (paper's first, then the others)."""
     specs = [load_builder(key) for key in sorted(_builtin_files())]
-    specs.sort(key=lambda s: (not s.paper, s.source.kind != "phantom", s.name))
+    specs.sort(key=lambda s: (not s.paper, not get_kind(s.source.kind).embedded, s.name))
     return [s.name for s in specs]
 
 
-def _get(table: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+def _get(table: dict[str, Any], key: str, where: str, kind: type, default: Any = ...) -> Any:
+    """``table[key]`` checked to be of type ``kind`` (a bool is never an int), or ``default`` when absent."""
     if key not in table:
         if default is ...:
             raise ConfigError(f"{where}: key {key!r} is missing; add it to the builder file")
         return default
     value = table[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} = {value!r} is invalid: expected {getattr(kind, '__name__', kind)}; fix the builder file")
+        raise ConfigError(f"{where}: {key} = {value!r} is invalid: expected {_TYPE_NAMES.get(kind, kind.__name__)}; "
+                          "fix the builder file")
     return value
 
 
-def parse_builder(data: dict[str, Any], where: str) -> BuilderSpec:
-    """Validate the parsed TOML of a builder file (``where`` names it in errors)."""
+def _count(table: dict[str, Any], key: str, where: str, default: Any = ..., minimum: int = 1) -> int:
+    value = _get(table, key, where, int, default)
+    if value < minimum:
+        raise ConfigError(f"{where}: {key} = {value} is invalid: expected an integer ≥ {minimum}; fix the builder file")
+    return value
+
+
+def _check_keys(table: dict[str, Any], known: Iterable[str], where: str, what: str = "") -> None:
+    """Refuse any key of ``table`` outside ``known`` (a typo would otherwise be silently ignored)."""
+    known = list(known)
+    for key, value in table.items():
+        if key not in known:
+            thing = f"section [{key}]" if isinstance(value, dict) else f"key {key!r}"
+            hint = did_you_mean(key, known) or "; remove or rename it"
+            raise ConfigError(f"{where}: {thing} is unknown{what}: expected one of {', '.join(known)}{hint}")
+
+
+def _parse_source(data: dict[str, Any], where: str) -> SourceSpec:
     src = _get(data, "source", where, dict)
-    kind = _get(src, "kind", f"{where} [source]", str)
-    if kind not in _SOURCE_KINDS:
-        raise ConfigError(f"{where} [source]: kind = {kind!r} is invalid: expected one of {_SOURCE_KINDS}")
+    where = f"{where} [source]"
+    kind = get_kind(_get(src, "kind", where, str), where)
+    _check_keys(src, (*_SOURCE_KEYS, *kind.source_keys), where, f" for kind = {kind.name!r}")
+    md5 = _get(src, "md5", where, dict, {}) if "md5" in kind.source_keys else {}
     source = SourceSpec(
-        kind=kind,
-        size=_get(src, "size", f"{where} [source]", int),
-        channels=_get(src, "channels", f"{where} [source]", int),
-        dims=_get(src, "dims", f"{where} [source]", int, 2),
-        license=_get(src, "license", f"{where} [source]", str, ""),
-        flag=_get(src, "flag", f"{where} [source]", str, "" if kind == "phantom" else ...),
-        url=_get(src, "url", f"{where} [source]", str, ""),
-        md5={str(k): str(v) for k, v in _get(src, "md5", f"{where} [source]", dict, {}).items()},
+        kind=kind.name,
+        size=_count(src, "size", where, minimum=4),
+        channels=_get(src, "channels", where, int),
+        dims=_get(src, "dims", where, int, 2),
+        license=_get(src, "license", where, str, ""),
+        flag=_get(src, "flag", where, str, ... if "flag" in kind.required_keys else ""),
+        url=_get(src, "url", where, str, ""),
+        md5={str(k): _get(md5, k, f"{where} md5", str) for k in md5},
     )
-    if source.channels not in (1, 3) or source.dims not in (2, 3) or source.size < 4:
-        raise ConfigError(f"{where} [source]: channels={source.channels}, dims={source.dims}, size={source.size} "
-                          "is invalid: expected channels 1 or 3, dims 2 or 3, size ≥ 4")
+    if source.channels not in (1, 3) or source.dims not in (2, 3):
+        raise ConfigError(f"{where}: channels = {source.channels}, dims = {source.dims} is invalid: expected channels "
+                          "1 or 3 and dims 2 or 3")
+    kind.check_source(source, where)
+    return source
+
+
+def _parse_labels(data: dict[str, Any], where: str) -> LabelSpec:
     lab = _get(data, "labels", where, dict)
-    task = _get(lab, "task", f"{where} [labels]", str)
+    where = f"{where} [labels]"
+    _check_keys(lab, ("task", "names"), where)
+    task = _get(lab, "task", where, str)
     if task not in _TASKS:
-        raise ConfigError(f"{where} [labels]: task = {task!r} is invalid: expected one of {_TASKS}")
-    names = tuple(str(n) for n in _get(lab, "names", f"{where} [labels]", list))
-    if len(names) < 2:
-        raise ConfigError(f"{where} [labels]: names has {len(names)} entries: expected at least 2 label names")
-    splits_t = _get(data, "splits", where, dict)
-    splits = {}
-    for s in SPLITS:
-        n = _get(splits_t, s, f"{where} [splits]", int)
-        if n < 1:
-            raise ConfigError(f"{where} [splits]: {s} = {n} is invalid: expected a count ≥ 1")
-        splits[s] = n
-    eng = dict(_get(data, "engine", where, dict))
+        raise ConfigError(f"{where}: task = {task!r} is invalid: expected one of {_TASKS}{did_you_mean(task, _TASKS)}")
+    names = _get(lab, "names", where, list)
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ConfigError(f"{where}: names holds {bad[0]!r}: expected non-empty strings, one per label")
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"{where}: names has {len(names)} entries ({len(set(names))} distinct): expected at least 2 "
+                          "distinct label names")
+    return LabelSpec(task=task, names=tuple(names))  # type: ignore[arg-type]
+
+
+def _parse_engine(data: dict[str, Any], where: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The preset and the per-section overrides of ``[engine]`` (keys checked against the engine dataclasses)."""
+    eng = _get(data, "engine", where, dict)
+    _check_keys(eng, ("preset", *_ENGINE_SECTIONS), f"{where} [engine]")
     preset = _get(eng, "preset", f"{where} [engine]", str)
-    overrides = {k: dict(v) for k, v in eng.items() if k != "preset"}
+    overrides = {}
+    for section, klass in _ENGINE_SECTIONS.items():
+        values = _get(eng, section, f"{where} [engine]", dict, None)
+        if values is None:
+            continue
+        here = f"{where} [engine.{section}]"
+        for key in values:
+            if section == "field" and key in _FROM_SOURCE:
+                raise ConfigError(f"{here}: {key} = {values[key]!r} is not a setting: it follows [source] "
+                                  f"{_FROM_SOURCE[key]}; remove it")
+        _check_keys(values, [f.name for f in dataclasses.fields(klass) if f.name not in _FROM_SOURCE], here)
+        overrides[section] = dict(values)
+    return preset, overrides
+
+
+def _parse_build(data: dict[str, Any], where: str) -> BuildSettings:
     build_t = _get(data, "build", where, dict, {})
-    known = {f.name for f in dataclasses.fields(BuildSettings)}
-    if set(build_t) - known:
-        raise ConfigError(f"{where} [build]: keys {sorted(set(build_t) - known)} are unknown: expected {sorted(known)}")
-    for k, v in build_t.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{where} [build]: {k} = {v!r} is invalid: expected an integer ≥ 1")
+    where = f"{where} [build]"
+    _check_keys(build_t, [f.name for f in dataclasses.fields(BuildSettings)], where)
+    return BuildSettings(**{k: _count(build_t, k, where) for k in build_t})
+
+
+def parse_builder(data: dict[str, Any], where: str) -> BuilderSpec:
+    """Validate the parsed TOML of a builder file (``where`` names it in errors): every key known, every
+    value of the right type."""
+    _check_keys(data, (*_TOP_KEYS, *_SECTIONS), where)
+    name = _get(data, "name", where, str)
+    if not _NAME.match(name):
+        raise ConfigError(f"{where}: name = {name!r} is invalid: expected letters, digits and underscores starting "
+                          "with a letter (it names the dataset's folder), e.g. 'MyPhantoms'")
+    source, labels = _parse_source(data, where), _parse_labels(data, where)
+    splits_t = _get(data, "splits", where, dict)
+    _check_keys(splits_t, SPLITS, f"{where} [splits]")
+    splits = {s: _count(splits_t, s, f"{where} [splits]") for s in SPLITS}
+    preset, overrides = _parse_engine(data, where)
     spec = BuilderSpec(
-        name=_get(data, "name", where, str),
+        name=name,
         description=_get(data, "description", where, str, ""),
         modality=_get(data, "modality", where, str, ""),
         source=source,
-        labels=LabelSpec(task=task, names=names),  # type: ignore[arg-type]
+        labels=labels,
         splits=splits,
         preset=preset,
         engine_overrides=overrides,
-        build=BuildSettings(**build_t),
-        seed=_get(data, "seed", where, int, 0),
+        build=_parse_build(data, where),
+        seed=_count(data, "seed", where, 0, minimum=0),
         paper=_get(data, "paper", where, bool, False),
         path=where,
     )
-    resolve_engine(spec)  # fail now, not after the data is loaded
+    try:
+        resolve_engine(spec)  # fail now, not after the data is loaded
+    except ConfigError as err:
+        raise ConfigError(f"{where} [engine]: {err}") from None
     return spec
 
 
@@ -221,6 +293,10 @@ def resolve_engine(spec: BuilderSpec, overrides: dict[str, dict[str, Any]] | Non
     cfg = get_preset(spec.preset)
     sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in spec.engine_overrides.items()}
     for key, values in (overrides or {}).items():
+        follows = sorted(set(values) & set(_FROM_SOURCE)) if key == "field" else []
+        if follows:
+            raise ConfigError(f"field.{follows[0]} is not a setting: it follows the builder's [source] "
+                              f"{_FROM_SOURCE[follows[0]]}; drop --set field.{follows[0]}")
         sections.setdefault(key, {}).update(values)
     sections.setdefault("field", {}).update(in_dims=spec.source.dims, out_dims=spec.source.channels)
     return cfg.replace(**sections)

@@ -412,20 +412,12 @@ def _check_training(epochs: int, batch_size: int) -> None:
         raise ConfigError(f"batch_size = {batch_size} is invalid: expected a positive MLP batch size")
 
 
-def _pixels_unavailable(manifest: dict[str, Any], medmnist_root: str | Path | None) -> SourceError:
-    from mednf.sources.medmnist import medmnist_root as resolve_root
-    from mednf.sources.phantoms import GENERATOR_VERSION
+def _pixels_unavailable(manifest: Any, medmnist_root: str | Path | None) -> SourceError:
+    from mednf.sources.kinds import images_unavailable
 
-    source, name = manifest["source"], manifest["name"]
-    hint = "or classify the latents only (--features latents / features=('latents',))"
-    if source["kind"] == "phantom":
-        return SourceError(f"the pixel baseline of {name} regenerates its phantoms, but {name} was drawn by phantom "
-                           f"generator version {source.get('generator')} and this mednf has version "
-                           f"{GENERATOR_VERSION}: rebuild {name}, {hint}")
-    path = resolve_root(medmnist_root) / source["file"]
-    problem = "has another md5" if path.is_file() else "is missing"
-    return SourceError(f"the pixel baseline of {name} needs {source['file']} (md5 {source['md5']}); {path} {problem}: "
-                       f"put it there, pass --medmnist-root DIR (medmnist_root=) or set $MEDMNIST_ROOT, {hint}")
+    return SourceError(f"the pixel baseline of {manifest.name} needs its source images, but "
+                       f"{images_unavailable(manifest, medmnist_root)}, or classify the latents only "
+                       "(--features latents / features=('latents',))")
 
 
 def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
@@ -480,6 +472,6 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
               "seed": seed, "device": str(torch.device(device) if device is not None else torch.device("cpu")),
               "torch": torch.__version__, "path": str(first.root)}
     return ClassificationReport(
-        name=first.name, task=manifest["labels"]["task"], label_names=list(first.label_names), counts=present,
+        name=first.name, task=manifest.labels.task, label_names=list(first.label_names), counts=present,
         y_test=labels["test"], chance=chance(labels["train"], labels["test"], num_classes=num_classes,
                                              multi_label=multi_label), results=results, config=config)

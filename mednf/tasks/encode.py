@@ -11,6 +11,7 @@ antialiasing otherwise).
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,16 +90,16 @@ def encode(images: np.ndarray | Tensor, space, *, resample: bool = False, root: 
     device = torch.device(device or "cpu")
     with tqdm(total=len(x), desc=f"encode into {ds.name}", unit="img", disable=not progress) as bar:
         result = fit_latents(ds.theta(device), x, cfg.field, cfg.fit, device=device,
-                             seed=int(ds.manifest.get("fit_seed", 0)), first_index=first_index, with_ssim=True,
+                             seed=ds.manifest.fit_seed, first_index=first_index, with_ssim=True,
                              on_batch=lambda n, _t: bar.update(n - bar.n))
     return EncodeResult(result.latents.numpy(), result.psnr.numpy(), result.ssim.numpy(), ds.name)
 
 
 def _splits(space, root) -> list[str]:
-    from mednf.format.store import read_manifest
+    from mednf.format.manifest import Manifest
     from mednf.loading import find_dataset
 
-    return list(read_manifest(find_dataset(space, root))["splits"])
+    return list(Manifest.read(find_dataset(space, root)).splits)
 
 
 def read_images_npz(path: str | Path, key: str | None = None) -> np.ndarray:
@@ -116,5 +117,6 @@ def read_images_npz(path: str | Path, key: str | None = None) -> np.ndarray:
             if key is None or key not in keys:
                 raise EncodeError(f"{path} holds {keys}: say which array with --key (e.g. --key {keys[0] if keys else 'images'})")
             return data[key]
-    except (ValueError, OSError) as err:
-        raise EncodeError(f"{path} is not a readable .npz ({err}); save the images with numpy.savez") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # damaged or truncated members
+        raise EncodeError(f"{path} is not a readable .npz ({str(err) or type(err).__name__}); save the images "
+                          "again with numpy.savez") from None

@@ -69,16 +69,10 @@ def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
 
     images = source_images(ds.manifest, ds.split, ds.source_index, medmnist_root)
     if images is None:
-        source = ds.manifest["source"]
-        if source["kind"] == "phantom":
-            raise EvalError(f"{ds.name} was built from phantoms of another mednf version (generator "
-                            f"{source.get('generator')}); rebuild it with `mednf build {ds.name.lower()}`")
-        from mednf.sources.medmnist import medmnist_root as default_root
+        from mednf.sources.kinds import images_unavailable
 
-        where = default_root(medmnist_root) / source["file"]
-        raise EvalError(f"the source images of {ds.name} are not available: {where} is missing or not the file it was "
-                        f"built from (md5 {source['md5']}); download {source.get('url', source['file'])} there, or "
-                        "give --medmnist-root")
+        raise EvalError(f"the source images of {ds.name} are not available: "
+                        f"{images_unavailable(ds.manifest, medmnist_root)}")
     return images
 
 
