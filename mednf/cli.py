@@ -371,7 +371,8 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
 @click.option("--root", type=click.Path(path_type=Path), help="Cache folder [default: $MEDNF_HOME].")
 def download(name: str, source: str, root: Path | None) -> None:
     """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest)."""
-    from mednf.errors import NotFoundError
+    from mednf.errors import FormatError, NotFoundError
+    from mednf.format.reader import verify_dataset
     from mednf.loading import find_dataset
     from mednf.remote.hf import download_hf
     from mednf.remote.registry import registry_entry
@@ -380,10 +381,13 @@ def download(name: str, source: str, root: Path | None) -> None:
     key, _ = registry_entry(name)
     try:
         path = find_dataset(key, root)
-        click.echo(f"{key} is already in {path}")
+        verify_dataset(path, checksums=True)  # remembered while unchanged: cheap after the first time
+        click.echo(f"{key} is already in {path} (verified)")
         return
     except NotFoundError:
         pass
+    except FormatError as err:
+        click.echo(f"the copy in the cache does not verify ({err}); downloading it again", err=True)
     path = (download_hf if source == "hf" else download_zenodo)(key, root=root)
     click.echo(f"downloaded and verified {key} into {path}")
 
@@ -423,7 +427,7 @@ def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path
           medmnist_root: Path | None, gpu: int | None) -> None:
     """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
     from mednf.build.pipeline import resolve_device
-    from mednf.format.manifest import Manifest
+    from mednf.format.manifest import Manifest, check_split
     from mednf.loading import find_dataset
     from mednf.tasks.evaluate import evaluate, save_error_grid, write_report
 
@@ -434,9 +438,7 @@ def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path
                           "samples.parquet; choose another path")
     path = find_dataset(name, root)
     manifest = Manifest.read(path)
-    splits = None if split == "all" else [split]
-    if splits and split not in manifest.splits:
-        raise ConfigError(f"--split {split!r} is invalid: expected one of {', '.join(manifest.splits)} or all")
+    splits = None if split == "all" else [check_split(split, [*manifest.splits, "all"], "--split")]
     device = resolve_device(gpu)
     report = evaluate(path, splits, medmnist_root=medmnist_root, device=device)
     folder = write_report(report, out or Path(f"{manifest.name}-eval"))

@@ -43,3 +43,13 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
     pad = (SSIM_WINDOW - 1) // 2
     interior = ssim_map[(..., *[slice(pad, -pad)] * (pred.dim() - 2))]
     return interior.flatten(1).mean(dim=1)
+
+
+def reconstruction_metrics(decoded: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """MSE, PSNR and SSIM per signal of ``decoded`` vs ``images``, both ``[B, D, *spatial]`` in [0, 1] → 3 × ``[B]``."""
+    mse = (decoded - images).pow(2).flatten(1).mean(dim=1)
+    if decoded.dim() >= 4 and min(decoded.shape[2:]) >= SSIM_WINDOW:
+        s = ssim(decoded, images)
+    else:
+        s = torch.full((len(decoded),), float("nan"))
+    return mse, psnr(decoded, images), s

@@ -186,7 +186,8 @@ class Manifest:
 def check_split(split: Any, allowed: Any, what: str = "split") -> str:
     """The one check of a split name: ``split`` if it is in ``allowed``, else a one-line ConfigError."""
     if split not in allowed:
-        raise ConfigError(f"{what} = {split!r} is invalid: expected one of {', '.join(allowed)}")
+        given = f"{what} {split!r}" if what.startswith("--") else f"{what} = {split!r}"  # a CLI flag or a parameter
+        raise ConfigError(f"{given} is invalid: expected one of {', '.join(allowed)}")
     return split
 
 

@@ -29,6 +29,7 @@ from mednf.format.manifest import new_manifest
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.lock import dataset_lock
 from mednf.remote.official import missing_indices, read_official_model, read_split
+from mednf.sources.kinds import local_splits, official_description
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
 
 OFFICIAL_DOI = "10.5281/zenodo.14898708"
@@ -48,35 +49,6 @@ def _check_labels(labels: np.ndarray, spec: BuilderSpec, where: str) -> np.ndarr
         raise OfficialImportError(f"{where} has labels of width {labels.shape[1]} in [{labels.min()}, {labels.max()}]: "
                            f"expected one class id in 0..{len(names) - 1} for {spec.name}; is --name right?")
     return labels
-
-
-def _local_source(spec: BuilderSpec, medmnist_root: str | Path | None):
-    """The verified MedMNIST splits if the official file is already on disk (no download; phantoms are
-    regenerated), else None."""
-    from mednf.errors import SourceError
-    from mednf.sources.medmnist import locate_medmnist, read_npz
-    from mednf.sources.phantoms import phantom_source
-
-    if spec.source.kind == "phantom":
-        return phantom_source(spec)
-    try:
-        path, _ = locate_medmnist(spec, medmnist_root, download_missing=False, progress=False)
-    except SourceError:
-        return None
-    return read_npz(path, spec)
-
-
-def _source_description(spec: BuilderSpec) -> dict[str, Any]:
-    """What the release was fitted to, as ``mednf build`` records it (the official MedMNIST file)."""
-    from mednf.sources.medmnist import source_url
-    from mednf.sources.phantoms import GENERATOR_VERSION
-
-    if spec.source.kind == "phantom":
-        return {"kind": "phantom", "size": spec.source.size, "seed": spec.seed, "generator": GENERATOR_VERSION,
-                "official": True}
-    return {"kind": "medmnist", "flag": spec.source.flag, "size": spec.source.size, "file": spec.source.file_name,
-            "md5": spec.source.md5[str(spec.source.size)], "official": True, "url": source_url(spec),
-            "license": spec.source.license}
 
 
 def import_official(directory: str | Path, name: str, out: str | Path, *, medmnist_root: str | Path | None = None,
@@ -125,7 +97,7 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
             raise OfficialImportError(f"{directory / split} lacks datapoints {gaps[:5]} inside the split (not only a "
                                       "dropped last batch); the release is incomplete, unpack or download it again")
 
-    source = _local_source(spec, medmnist_root)
+    source = local_splits(spec, medmnist_root)
     labels_checked = False
     if source is not None:
         for split, part in splits.items():
@@ -163,7 +135,7 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
                                           device, progress, split)
                 index[split] = SplitIndex(part.indices, part.labels, psnr, ssim)
             manifest = new_manifest(
-                spec, cfg, source={**_source_description(spec), "labels_checked": labels_checked}, chunk_rows=rows,
+                spec, cfg, source={**official_description(spec), "labels_checked": labels_checked}, chunk_rows=rows,
                 meta_training={"steps": None, "best_step": None, "by": "the MedFuncta authors (official release)",
                                "history": [],
                                "note": "engine.meta and engine.fit are mednf's preset for this builder, assumed, "
@@ -198,7 +170,7 @@ def _measure(theta, field, latents: np.ndarray, images: np.ndarray, device, prog
 
     from mednf.engine.field import decode
     from mednf.engine.fit import as_float_signals
-    from mednf.tasks.evaluate import reconstruction_metrics
+    from mednf.engine.metrics import reconstruction_metrics
 
     device = torch.device(device or "cpu")
     theta = {k: v.to(device) for k, v in theta.items()}

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+SPLITS = ("train", "val", "test")  # every source has these three, in this order
+
 
 @dataclass
 class SplitData:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from mednf.engine.config import did_you_mean
 from mednf.errors import ConfigError, SourceError
 from mednf.sources.base import SourceData, SplitData
+from mednf.sources.medmnist import expected_md5, file_md5, locate_medmnist, medmnist_root, read_npz, source_url
+from mednf.sources.phantoms import GENERATOR_VERSION, phantom_source
 
 if TYPE_CHECKING:
     from mednf.sources.spec import BuilderSpec, SourceSpec
@@ -99,7 +101,6 @@ class MedMNISTKind(SourceKind):
 
     def load(self, spec: BuilderSpec, *, root: Root, source_npz: Root, download_missing: bool, progress: bool,
              warn: Callable[[str], None]) -> SourceData:
-        from mednf.sources.medmnist import file_md5, locate_medmnist, read_npz
 
         expected = spec.source.md5.get(str(spec.source.size))
         if source_npz is not None:
@@ -121,8 +122,6 @@ class MedMNISTKind(SourceKind):
         return SourceData(splits, self._describe(spec, md5, official), origin=str(path))
 
     def local_splits(self, spec: BuilderSpec, root: Root = None) -> dict[str, SplitData] | None:
-        from mednf.sources.medmnist import locate_medmnist, read_npz
-
         try:
             path, _ = locate_medmnist(spec, root, download_missing=False, progress=False)
         except SourceError:
@@ -130,29 +129,21 @@ class MedMNISTKind(SourceKind):
         return read_npz(path, spec)
 
     def description(self, spec: BuilderSpec) -> dict[str, Any]:
-        from mednf.sources.medmnist import expected_md5
-
         return self._describe(spec, expected_md5(spec), True)
 
     @staticmethod
     def _describe(spec: BuilderSpec, md5: str, official: bool) -> dict[str, Any]:
-        from mednf.sources.medmnist import source_url
-
         return {"kind": "medmnist", "flag": spec.source.flag, "size": spec.source.size,
                 "file": spec.source.file_name, "md5": md5, "official": official, "url": source_url(spec),
                 "license": spec.source.license}
 
     def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:
-        from mednf.sources.medmnist import file_md5, medmnist_root, read_npz
-
         path = medmnist_root(root) / spec.source.file_name
         if not path.is_file() or file_md5(path) != source["md5"]:
             return None
         return read_npz(path, spec)[split]
 
     def images_unavailable(self, name: str, source: dict[str, Any], root: Root) -> str:
-        from mednf.sources.medmnist import medmnist_root
-
         path = medmnist_root(root) / source["file"]
         problem = "has another md5" if path.is_file() else "is missing"
         return (f"{path} {problem} ({name} was built from {source['file']}, md5 {source['md5']}): download "
@@ -176,7 +167,6 @@ class PhantomKind(SourceKind):
 
     def load(self, spec: BuilderSpec, *, root: Root, source_npz: Root, download_missing: bool, progress: bool,
              warn: Callable[[str], None]) -> SourceData:
-        from mednf.sources.phantoms import phantom_source
 
         if source_npz is not None:
             raise ConfigError(f"--source-npz {source_npz} is invalid for {spec.name}: its images are generated from "
@@ -185,26 +175,18 @@ class PhantomKind(SourceKind):
                           origin=f"the {spec.name} phantoms (seed {spec.seed})")
 
     def local_splits(self, spec: BuilderSpec, root: Root = None) -> dict[str, SplitData] | None:
-        from mednf.sources.phantoms import phantom_source
-
         return phantom_source(spec)
 
     def description(self, spec: BuilderSpec) -> dict[str, Any]:
-        from mednf.sources.phantoms import GENERATOR_VERSION
-
         return {"kind": "phantom", "size": spec.source.size, "seed": spec.seed, "generator": GENERATOR_VERSION,
                 "official": True}
 
     def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:
-        from mednf.sources.phantoms import GENERATOR_VERSION, phantom_source
-
         if source.get("generator") != GENERATOR_VERSION:
             return None  # drawn by another version of mednf.sources.phantoms
         return phantom_source(spec, (split,))[split]
 
     def images_unavailable(self, name: str, source: dict[str, Any], root: Root) -> str:
-        from mednf.sources.phantoms import GENERATOR_VERSION
-
         return (f"{name} was built from phantoms of another mednf version (phantom generator version "
                 f"{source.get('generator')}, this mednf draws version {GENERATOR_VERSION}); rebuild it with "
                 f"`mednf build {name.lower()}`")

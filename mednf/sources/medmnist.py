@@ -21,13 +21,16 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mednf.errors import DownloadError, SourceError
 from mednf.io.http import fetch_verified
-from mednf.sources.base import SplitData
-from mednf.sources.spec import SPLITS, BuilderSpec
+from mednf.sources.base import SPLITS, SplitData
+
+if TYPE_CHECKING:
+    from mednf.sources.spec import BuilderSpec
 
 DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")  # medmnist.info.DEFAULT_ROOT
 _CHUNK = 1 << 20
@@ -156,9 +159,3 @@ def _check_pixels(images: np.ndarray, what: str) -> None:
     lo, hi = float(images.min(initial=0.0)), float(images.max(initial=0.0))
     if lo < 0.0 or hi > 1.0:
         raise SourceError(f"{what} has float pixels in [{lo:g}, {hi:g}]: expected [0, 1]; rescale it")
-
-
-
-
-
-

@@ -6,10 +6,14 @@ the label is the number of lesions. Images are gray, float32 in [0, 1], shape ``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from mednf.sources.base import SplitData
-from mednf.sources.spec import SPLITS, BuilderSpec
+from mednf.sources.base import SPLITS, SplitData
+
+if TYPE_CHECKING:
+    from mednf.sources.spec import BuilderSpec
 
 NUM_CLASSES = 4  # 0, 1, 2 or 3 lesions
 GENERATOR_VERSION = 2  # bump when the drawing changes: built datasets record it (their inputs regenerate only if equal)

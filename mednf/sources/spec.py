@@ -28,9 +28,9 @@ from typing import Any, Literal
 from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig, did_you_mean
 from mednf.engine.presets import get_preset
 from mednf.errors import ConfigError
+from mednf.sources.base import SPLITS
 from mednf.sources.kinds import get_kind
 
-SPLITS = ("train", "val", "test")
 Task = Literal["multi-class", "multi-label", "ordinal"]
 _TASKS = ("multi-class", "multi-label", "ordinal")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # a builder's name is a folder name under $MEDNF_HOME

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from mednf.engine.metrics import SSIM_WINDOW
+from mednf.engine.metrics import reconstruction_metrics
 from mednf.errors import EvalError
 
 
@@ -50,18 +49,6 @@ class EvalReport:
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "device": self.device, "seconds": self.seconds,
                 "splits": {s: e.summary() for s, e in self.splits.items()}}
-
-
-def reconstruction_metrics(decoded: Tensor, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """MSE, PSNR and SSIM per signal of ``decoded`` vs ``images``, both ``[B, D, *spatial]`` in [0, 1] → 3 × ``[B]``."""
-    from mednf.engine.metrics import psnr, ssim
-
-    mse = (decoded - images).pow(2).flatten(1).mean(dim=1)
-    if decoded.dim() >= 4 and min(decoded.shape[2:]) >= SSIM_WINDOW:
-        s = ssim(decoded, images)
-    else:
-        s = torch.full((len(decoded),), float("nan"))
-    return mse, psnr(decoded, images), s
 
 
 def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
