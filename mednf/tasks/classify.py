@@ -429,7 +429,7 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
     "pixels"} (or "all"); train on train, select the MLP epoch on val, report test metrics.
 
     ``name_or_path`` / ``root`` as :func:`mednf.load` (local datasets only, no download); pixels are the
-    source images read with :func:`mednf.sources.medmnist.source_images` from ``medmnist_root`` (``$MEDMNIST_ROOT``,
+    source images read with :func:`mednf.sources.loader.source_images` from ``medmnist_root`` (``$MEDMNIST_ROOT``,
     ``~/.medmnist``) or regenerated (PhantomNF). ``device``: the MLP's (default CPU).
     """
     from mednf.loading import load
