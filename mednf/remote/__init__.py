@@ -1,28 +1,27 @@
-"""Published copies of MedNF datasets: export for Zenodo, verified download from Zenodo into the cache.
+"""Published copies of MedNF datasets: the registry, verified downloads into the cache, and exports.
 
-**Registry** (``builders/registry.toml``, shipped; ``$MEDNF_REGISTRY`` replaces it): per dataset the
-Zenodo record id and the sha256 + size of each file of the record. A download trusts nothing else.
+- :mod:`~mednf.remote.registry` — ``builders/registry.toml`` (shipped; ``$MEDNF_REGISTRY`` replaces it):
+  per dataset the Zenodo record / HF repository and the checksums a download must match. A download
+  trusts nothing else.
+- :mod:`~mednf.remote.install` — the one way a download lands in ``$MEDNF_HOME/<Name>``: under the
+  dataset lock (:mod:`mednf.io.lock`, shared with builds and imports; a running build refuses the
+  download, a running download is waited for and its result reused), into a scratch folder that is
+  verified (sha256 of every file) and then renamed over the target. An unfinished build is never
+  replaced; leftovers of dead processes are removed; a failure leaves nothing that looks usable.
+- :mod:`~mednf.remote.zenodo` — the record is listed through Zenodo's REST API (its JSON shape checked),
+  every link must be ``https://`` on the record's host or the configured mirror (``http://`` only to
+  loopback, for tests); files are fetched whole by :func:`mednf.io.http.fetch_verified` (size, sha256
+  from the registry, md5 from Zenodo) and unpacked by :mod:`mednf.io.archives` (no absolute paths,
+  ``..``, links, devices or pickle files; unpacked size bounded before anything is written). The
+  paper's own release (registry ``layout = "official"``, record 10.5281/zenodo.14898708) is unpacked
+  the same way and imported by :mod:`~mednf.remote.official_import`, which reads it weights-only.
+- :mod:`~mednf.remote.hf` — ``huggingface_hub.snapshot_download`` of an HF export; θ, every split's
+  latents (digest of the raw float32 rows) and the manifest (pinned by the registry) are checked, and
+  mednf's own format is rebuilt with the :class:`~mednf.format.writer.DatasetWriter`.
+- :mod:`~mednf.remote.export` — ``<out>/<Name>.tar`` + ``SHA256SUMS`` + registry entry for Zenodo; an HF
+  dataset folder (Parquet shards with features, a card whose config is named by the shards' content).
 
-**Download** (:func:`download_zenodo`): list the record through Zenodo's REST API
-(``GET {base}/api/records/{id}``), fetch each registry file whole (HTTP timeout, progress bar) to a
-temporary name, check size, then sha256 (registry) and md5 (Zenodo's own checksum), then rename. The
-archive is unpacked into a temporary folder (tar entries with absolute paths, ``..``, links or devices
-are refused), the dataset is verified against its manifest (sha256 of every file), and only then moved
-to ``$MEDNF_HOME/<Name>``. Any failure leaves nothing that looks usable; the next call starts again.
-``$MEDNF_OFFLINE=1`` forbids the network. ``$MEDNF_ZENODO_URL`` replaces ``https://zenodo.org``.
-
-**The paper's release** (registry ``layout = "official"``, record 10.5281/zenodo.14898708) holds the
-official research code's layout, not this one: the files whose names contain the dataset's name are
-fetched and checked against Zenodo's md5 (no sha256 is published), unpacked (zip or tar, same refusals, the
-``.pt`` files allowed) and imported by :mod:`mednf.remote.official_import`, which reads them weights-only.
-
-**Export** (:func:`export_zenodo`): ``<out>/<Name>.tar`` (the manifest's files, uncompressed: the latents
-are already compressed) plus ``SHA256SUMS`` and the registry entry to paste, for a maintainer to upload.
-:func:`export_hf` writes an HF dataset repository (Parquet + card); :func:`download_hf` fetches one with
-``huggingface_hub.snapshot_download`` and verifies it against the manifest, which the registry pins by
-sha256 (``manifest_sha256``) when the entry has one.
-
-Libraries: urllib (stdlib) for two plain GETs with timeouts, tarfile/zipfile for the archives. Only
-bytes, JSON, safetensors, Zarr and Parquet are read from a mednf copy; the official release's ``.pt``
+``$MEDNF_OFFLINE=1`` forbids the network; ``$MEDNF_ZENODO_URL`` / ``$MEDNF_HF_ENDPOINT`` point at mirrors.
+Only bytes, JSON, safetensors, Zarr and Parquet are read from a mednf copy; the official release's ``.pt``
 files go through torch's weights-only unpickler with an allow-list: nothing is unpickled freely.
 """
