@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.errors import ConfigError
+from mednf.errors import ConfigError, FormatError
 from mednf.format.reader import DatasetFiles, open_dataset
 
 IndexLike = int | slice | Sequence[int] | np.ndarray | Tensor
@@ -64,9 +64,16 @@ class MedNFDataset(torch.utils.data.Dataset):
         self.ssim = table["ssim"].to_numpy()  # [N] (NaN where undefined)
         if self.multi_label:
             flat = table["labels"].combine_chunks().flatten().to_numpy()
+            if flat.size != len(table) * len(self.label_names) or not np.isin(flat, (0, 1)).all():
+                raise FormatError(f"{self.root}/index.parquet: the {self.split} labels are not one 0/1 flag per "
+                                  f"label name ({len(self.label_names)}); rebuild it or download it again")
             self.labels = flat.reshape(len(table), len(self.label_names)).astype(np.int8)  # [N, L]
         else:
             self.labels = table["label"].to_numpy()  # [N]
+            if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.label_names)):
+                raise FormatError(f"{self.root}/index.parquet: {self.split} labels span {self.labels.min()}.."
+                                  f"{self.labels.max()}, the manifest names {len(self.label_names)} classes; "
+                                  "rebuild it or download it again")
         self._index_table = table
 
     # ----------------------------------------------------------------- latents

@@ -16,7 +16,7 @@ import torch
 
 from mednf.dataset import MedNFDataset, MedNFDatasetDict
 from mednf.errors import ConfigError, NotFoundError
-from mednf.format.layout import MANIFEST, mednf_home
+from mednf.format.layout import INDEX, MANIFEST, mednf_home
 from mednf.format.manifest import Manifest, check_split
 from mednf.format.reader import open_dataset
 from mednf.sources.spec import SPLITS
@@ -25,7 +25,10 @@ from mednf.sources.spec import SPLITS
 def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Path:
     """A dataset directory from a path, or from a name (case-insensitive) in ``root`` / ``$MEDNF_HOME``."""
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
+    bare_name = isinstance(name_or_path, str) and "/" not in name_or_path and not name_or_path.startswith(".")
+    if path.is_dir() and not (bare_name and not (path / INDEX).is_file()):
+        # a folder given by path; a bare name that happens to be a folder here (e.g. an HF export, which has
+        # a manifest but no index) is looked up in the cache instead
         if not (path / MANIFEST).is_file():
             raise NotFoundError(f"{path} has no {MANIFEST}: it is not a complete MedNF dataset (an unfinished "
                                 "build resumes when you rerun `mednf build`)")

@@ -170,3 +170,118 @@ def test_identical_builds_have_identical_bytes_and_temporaries_are_cleaned(tmp_p
     ours, reference = Manifest.read(out), Manifest.read(phantom_dir)
     assert ours.files == reference.files  # same sha256 and size for every content file
     assert [p.name for p in out.rglob(".*") if p.is_file()] == []
+
+
+def test_an_in_place_edit_that_restores_the_mtime_is_still_seen(copy):
+    import os
+
+    mednf.load(copy, "train")  # verified and remembered
+    model = copy / "model.safetensors"
+    before = model.stat()
+    data = bytearray(model.read_bytes())
+    data[-4:] = bytes(4)
+    model.write_bytes(bytes(data))
+    os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and mtime as they were
+    one_line_error(lambda: mednf.load(copy, "train"), "model.safetensors", "sha256")
+
+
+def test_latents_are_read_only(copy):
+    ds = mednf.load(copy, "train")
+    with pytest.raises(ValueError, match="read-only"):
+        ds.latents *= 0
+    assert np.abs(ds.latents).sum() > 0 and ds[0]["latent"].abs().sum() > 0
+
+
+def test_zarr_temporary_chunks_are_not_content_and_are_removed(tmp_path):
+    out = tmp_path / "PhantomNF"
+    build("phantomnf", BuildOptions(out=out, **TINY))
+    junk = out / "latents.zarr" / "train" / "c" / "0" / ("0." + "ab" * 16 + ".partial")  # a write killed by zarr
+    junk.write_bytes(b"half a chunk")
+    assert len(mednf.load(out, "train")) == 20  # not a file of the dataset: no "damaged"
+    build("phantomnf", BuildOptions(out=out, restart=True, **TINY))
+    assert not junk.exists()
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda m: m.pop("labels"), "field 'labels' is missing"),
+    (lambda m: m.update(engine={}), "differs from the engine's latent_dim"),  # defaults: P 2048
+    (lambda m: m.update(builder={}), "builder or engine section does not parse"),
+    (lambda m: m["labels"].update(names=[]), "is not a label schema"),
+    (lambda m: m["latent"].update(dim=31), "differs from the engine's latent_dim"),
+])
+def test_inconsistent_manifest_sections_are_one_line(copy, edit, fragment):
+    manifest = json.loads((copy / "mednf.json").read_text())
+    edit(manifest)
+    (copy / "mednf.json").write_text(json.dumps(manifest))
+    one_line_error(lambda: mednf.load(copy, "train", verify=False), fragment)
+
+
+def test_labels_outside_the_names_are_refused(copy):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(copy / "index.parquet")
+    table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(np.full(len(table), 7)))
+    pq.write_table(table, copy / "index.parquet")
+    manifest = json.loads((copy / "mednf.json").read_text())
+    entry = manifest["files"]["index.parquet"]
+    entry["size"], entry["sha256"] = (copy / "index.parquet").stat().st_size, reader.sha256_file(copy / "index.parquet")
+    (copy / "mednf.json").write_text(json.dumps(manifest))
+    one_line_error(lambda: mednf.load(copy, "train"), "labels span 7..7", "4 classes")
+
+
+def test_a_bare_name_that_is_an_export_folder_here_is_found_in_the_cache(phantom_dir, tmp_path, monkeypatch):
+    from mednf.remote.export import export_hf
+
+    home = tmp_path / "home"
+    shutil.copytree(phantom_dir, home / "PhantomNF")
+    monkeypatch.setenv("MEDNF_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    export_hf(home / "PhantomNF", tmp_path / "PhantomNF")  # ./PhantomNF: an HF export, not a dataset
+    assert mednf.load("PhantomNF", "train").root == home / "PhantomNF"
+
+
+def test_exports_are_deterministic_and_never_written_into_the_dataset(copy, tmp_path):
+    import os
+
+    from mednf.errors import ConfigError
+    from mednf.remote.export import export_hf, export_zenodo
+
+    first = export_zenodo(copy, tmp_path / "a").read_bytes()
+    for path in copy.rglob("*"):
+        os.utime(path, ns=(1, 10**18))  # other times: the archive must not change
+    assert export_zenodo(copy, tmp_path / "b").read_bytes() == first
+    for export in (export_zenodo, export_hf):
+        with pytest.raises(ConfigError, match="is inside the dataset"):
+            export(copy, copy / "pub")
+    assert len(mednf.load(copy, "train")) == 20
+
+
+def test_every_spelling_of_a_folder_shares_one_lock(tmp_path, monkeypatch):
+    from mednf.errors import LockedError
+    from mednf.io.lock import dataset_lock
+
+    real = tmp_path / "real" / "P"
+    real.mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    with dataset_lock(real, "build"):
+        for spelling in (tmp_path / "alias" / "P", Path("real/P"), Path("alias/../real/P")):
+            with pytest.raises(LockedError), dataset_lock(spelling, "download"):
+                pass
+
+
+def test_a_download_never_deletes_the_users_files_beside_a_manifest(copy, tmp_path):
+    from mednf.errors import DownloadError
+    from mednf.remote.install import install
+
+    target = tmp_path / "home" / "PhantomNF"
+    shutil.copytree(copy, target)
+    (target / "model.safetensors").write_bytes(b"damaged")  # an incomplete copy: will be replaced ...
+    (target / "NOTES.txt").write_text("mine")  # ... but not with the user's own files in it
+    with pytest.raises(DownloadError, match="NOTES.txt"):
+        install(target, lambda tmp: shutil.copytree(copy, tmp), what="PhantomNF")
+    assert (target / "NOTES.txt").read_text() == "mine"
+    (target / "NOTES.txt").unlink()
+    install(target, lambda tmp: shutil.copytree(copy, tmp), what="PhantomNF")
+    assert len(mednf.load(target, "train")) == 20

@@ -97,21 +97,27 @@ def test_the_export_config_is_named_by_its_content_and_is_the_default(exported, 
     assert f"/{config['config_name']}/" in by_default["test"].cache_files[0]["filename"]
 
 
+def publish(server: Loopback, folder) -> None:
+    """Serve ``folder`` as dataset repo mednf/PhantomNF at revision main = SHA (the routes snapshot_download uses)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    rel = {p: p.relative_to(folder).as_posix() for p in files}
+    server.files[f"/api/datasets/{REPO}/revision/main"] = json.dumps(
+        {"id": REPO, "sha": SHA, "siblings": [{"rfilename": r} for r in rel.values()]}).encode()
+    server.files[f"/api/datasets/{REPO}/tree/{SHA}"] = json.dumps(
+        [{"type": "file", "path": r, "size": p.stat().st_size, "oid": hashlib.sha1(p.read_bytes()).hexdigest()}
+         for p, r in rel.items()]).encode()
+    for p, r in rel.items():
+        path = f"/datasets/{REPO}/resolve/{SHA}/{r}"
+        server.files[path] = p.read_bytes()
+        server.headers[path] = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha1(p.read_bytes()).hexdigest()}"'}
+
+
 @pytest.fixture
 def hub(exported, tmp_path, monkeypatch):
     """A loopback Hub serving the export as dataset repo mednf/PhantomNF (revision main = SHA)."""
     with Loopback() as server:
-        files = sorted(p for p in exported.rglob("*") if p.is_file())
-        rel = {p: p.relative_to(exported).as_posix() for p in files}
-        server.files[f"/api/datasets/{REPO}/revision/main"] = json.dumps(
-            {"id": REPO, "sha": SHA, "siblings": [{"rfilename": r} for r in rel.values()]}).encode()
-        server.files[f"/api/datasets/{REPO}/tree/{SHA}"] = json.dumps(
-            [{"type": "file", "path": r, "size": p.stat().st_size, "oid": hashlib.sha1(p.read_bytes()).hexdigest()}
-             for p, r in rel.items()]).encode()
-        for p, r in rel.items():
-            path = f"/datasets/{REPO}/resolve/{SHA}/{r}"
-            server.files[path] = p.read_bytes()
-            server.headers[path] = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha1(p.read_bytes()).hexdigest()}"'}
+        server.publish = lambda folder: publish(server, folder)
+        server.publish(exported)
         (tmp_path / "registry.toml").write_text(f'[PhantomNF]\nhf_repo = "{REPO}"\nhf_revision = "main"\n')
         monkeypatch.setenv("MEDNF_REGISTRY", str(tmp_path / "registry.toml"))
         monkeypatch.setenv("MEDNF_HF_ENDPOINT", server.url)
@@ -150,6 +156,28 @@ def test_hf_bad_content_is_detected_and_nothing_kept(hub, target, fault, message
     assert not hub.cache.exists() or leftovers(hub.cache) == []
     hub.faults.clear()
     assert len(mednf.load("PhantomNF", split="val", root=hub.cache, source="hf")) == 20  # retry works
+
+
+def test_hf_shard_with_other_labels_is_refused(hub, exported, tmp_path):
+    """θ and latents intact, labels shifted and source indices reversed: refused, not signed into a manifest."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    forged = tmp_path / "forged"
+    shutil.copytree(exported, forged)
+    shard = forged / "data" / "train-00000-of-00001.parquet"
+    table = pq.read_table(shard)
+    label = pc.cast(pc.bit_wise_and(pc.add(table["label"].cast(pa.int64()), 1), 3), table.schema.field("label").type)
+    table = table.set_column(table.schema.get_field_index("label"), table.schema.field("label"), label)
+    table = table.set_column(table.schema.get_field_index("index"), "index", pa.array(table["index"].to_numpy()[::-1]))
+    pq.write_table(table, shard)
+    hub.publish(forged)
+    with pytest.raises(DownloadError, match="index rows .* differ from its manifest"):
+        mednf.load("PhantomNF", root=hub.cache, source="hf")
+    assert not hub.cache.exists() or leftovers(hub.cache) == []
 
 
 def test_hf_offline_without_a_copy(hub, monkeypatch):

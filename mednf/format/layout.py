@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mednf.io.files import is_temporary
+
 FORMAT_VERSION = 1
 MANIFEST = "mednf.json"
 MODEL = "model.safetensors"
@@ -47,7 +49,8 @@ def content_files(root: Path) -> list[Path]:
     files = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if rel.parts[0] in _NOT_CONTENT or any(part.startswith(".") for part in rel.parts) or not path.is_file():
+        if (rel.parts[0] in _NOT_CONTENT or any(part.startswith(".") for part in rel.parts) or not path.is_file()
+                or is_temporary(path)):
             continue
         files.append(path)
     return files

@@ -54,6 +54,7 @@ class SplitStats:
     psnr_std: float | None
     ssim_mean: float | None
     latents_sha256: str  # sha256 of the raw little-endian float32 rows, independent of compression
+    index_sha256: str | None = None  # sha256 of the split's index rows (writer.index_digest); None: older mednf
 
 
 @dataclass(frozen=True)
@@ -136,16 +137,16 @@ class Manifest:
             raise FormatError(f"{where}: format {data.get('format')!r} version {data.get('format_version')!r} "
                               f"is not supported: expected mednf version {FORMAT_VERSION}; upgrade mednf")
         try:
-            return cls(
+            manifest = cls(
                 name=_typed(data, "name", str),
                 builder=_typed(data, "builder", dict),
                 engine=_typed(data, "engine", dict),
                 seed=_typed(data, "seed", int),
                 fit_seed=_typed(data, "fit_seed", int),
                 source=_typed(data, "source", dict),
-                labels=LabelInfo(task=_typed(data["labels"], "task", str),
+                labels=LabelInfo(task=_typed(_typed(data, "labels", dict), "task", str),
                                  names=tuple(str(n) for n in _typed(data["labels"], "names", list))),
-                latent=LatentInfo(dim=_typed(data["latent"], "dim", int),
+                latent=LatentInfo(dim=_typed(_typed(data, "latent", dict), "dim", int),
                                   chunk_rows=_typed(data["latent"], "chunk_rows", int),
                                   dtype=_typed(data["latent"], "dtype", str),
                                   store=_typed(data["latent"], "store", str)),
@@ -153,7 +154,9 @@ class Manifest:
                                            psnr_mean=_typed(v, "psnr_mean", (int, float), optional=True),
                                            psnr_std=_typed(v, "psnr_std", (int, float), optional=True),
                                            ssim_mean=_typed(v, "ssim_mean", (int, float), optional=True),
-                                           latents_sha256=_typed(v, "latents_sha256", str))
+                                           latents_sha256=_typed(v, "latents_sha256", str),
+                                           index_sha256=_typed(v, "index_sha256", str, optional=True)
+                                           if "index_sha256" in v else None)
                         for s, v in _typed(data, "splits", dict).items()},
                 meta_training=_typed(data, "meta_training", dict),
                 fit=_typed(data, "fit", dict, optional=True),
@@ -168,6 +171,27 @@ class Manifest:
             )
         except _FieldError as err:
             raise FormatError(f"{where}: {err}; the manifest is damaged, rebuild or download the dataset again") from None
+        manifest._check_consistent(where)
+        return manifest
+
+    def _check_consistent(self, where: str | Path) -> None:
+        """The sections agree with each other: spec and engine parse, P matches, the labels have names."""
+        try:
+            spec, field = self.spec, self.engine_config.field
+        except (ConfigError, TypeError, KeyError, ValueError) as err:
+            raise FormatError(f"{where}: the builder or engine section does not parse ({str(err)[:120]}); the "
+                              "manifest is damaged, rebuild or download the dataset again") from None
+        problems = []
+        if field.latent_dim != self.latent.dim:
+            problems.append(f"latent.dim {self.latent.dim} differs from the engine's latent_dim {field.latent_dim}")
+        if self.labels.task not in ("multi-class", "multi-label", "ordinal") or not self.labels.names:
+            problems.append(f"labels {self.labels.task!r} with {len(self.labels.names)} names is not a label schema")
+        if self.latent.dtype != "float32" or self.latent.chunk_rows < 1:
+            problems.append(f"latent dtype {self.latent.dtype!r} / chunk_rows {self.latent.chunk_rows} are not supported")
+        if spec.name != self.name:
+            problems.append(f"name {self.name!r} differs from the builder's {spec.name!r}")
+        if problems:
+            raise FormatError(f"{where}: {problems[0]}; the manifest is damaged, rebuild or download the dataset again")
 
     @classmethod
     def read(cls, root: str | Path) -> Manifest:

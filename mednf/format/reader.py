@@ -3,8 +3,9 @@
 - :func:`open_dataset` parses the manifest, checks the structure (every listed file present with its
   size, nothing unlisted, index rows exactly ``0..N-1`` per split) and, unless ``verify=False``, the
   **sha256 of every file** against the manifest. A verification is remembered in
-  ``$MEDNF_HOME/.verified/`` by file identity (path, size, mtime_ns, inode of every file and of the
-  manifest): an unchanged dataset is not hashed again, anything changed is.
+  ``$MEDNF_HOME/.verified/`` by file identity (path, size, mtime_ns, ctime_ns, inode and device of every
+  file and of the manifest): an unchanged dataset is not hashed again, anything changed is (bit rot that
+  changes no metadata is only found by a full check: ``open_dataset(root, use_cache=False)``).
 - :class:`DatasetFiles` (what it returns) keeps the identity of the files it verified. Every read
   (:meth:`~DatasetFiles.latents`, :meth:`~DatasetFiles.theta`, :meth:`~DatasetFiles.index`) first checks
   that the files are still those: a dataset rebuilt (``--restart``), replaced by a download or deleted
@@ -21,19 +22,21 @@ from typing import Any
 
 import numpy as np
 
+from mednf.engine.field import param_shapes
 from mednf.errors import FormatError
 from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL, content_files, mednf_home
 from mednf.format.manifest import Manifest
 from mednf.format.tensors import load_tensors
 from mednf.io.files import atomic_write_bytes, sha256_file
 
-Identity = tuple[int, int, int]  # size, mtime_ns, inode
+Identity = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
 _FIX = "rebuild it or download it again"
 
 
 def _identity(path: Path) -> Identity:
+    # ctime cannot be set back by a user (utime sets mtime only), so an edit that restores the mtime is seen
     st = path.stat()
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
 def check_structure(root: Path, manifest: Manifest) -> None:
@@ -42,8 +45,9 @@ def check_structure(root: Path, manifest: Manifest) -> None:
     present = {p.relative_to(root).as_posix() for p in content_files(root)}
     missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
     if missing or extra:
-        raise FormatError(f"{root}: files missing {missing[:5]} / not in the manifest {extra[:5]}; "
-                          f"the dataset is damaged, {_FIX}")
+        parts = ([f"files missing: {', '.join(missing[:5])}"] if missing else []) + (
+            [f"files not in the manifest: {', '.join(extra[:5])}"] if extra else [])
+        raise FormatError(f"{root}: {'; '.join(parts)}; the dataset is damaged, {_FIX}")
     for rel, entry in listed.items():
         size = (root / rel).stat().st_size
         if size != entry.size:
@@ -119,9 +123,12 @@ def verify_dataset(root: str | Path, *, checksums: bool = True, use_cache: bool 
 def open_dataset(root: str | Path, *, verify: bool = True, use_cache: bool = True) -> DatasetFiles:
     """A verified handle on dataset directory ``root`` (see the module docstring)."""
     root = Path(root)
+    before = _identity(root / MANIFEST) if (root / MANIFEST).is_file() else None
     manifest = Manifest.read(root)
     check_structure(root, manifest)
     snapshot = _snapshot(root, manifest)
+    if snapshot[MANIFEST] != before:
+        raise FormatError(f"{root} changed while it was being opened; load it again")
     if verify and not (use_cache and _remembered(root, snapshot)):
         check_checksums(root, manifest)
         if _snapshot(root, manifest) != snapshot:
@@ -178,6 +185,7 @@ class DatasetFiles:
         if bad.any():
             raise FormatError(f"{path} has {int(bad.sum())} rows of NaN/inf (rows {np.flatnonzero(bad)[:3].tolist()}…: "
                               f"never written or damaged); {_FIX}")
+        data.setflags(write=False)  # shared by every view of the split: nobody may change it in place
         return data
 
     def theta(self) -> dict[str, Any]:
@@ -185,6 +193,12 @@ class DatasetFiles:
         self.check_unchanged([MODEL])
         tensors, _ = load_tensors(self.root / MODEL)
         self.check_unchanged([MODEL])
+        expected = param_shapes(self.manifest.engine_config.field)
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        if shapes != expected:
+            wrong = sorted(set(shapes) ^ set(expected)) or [k for k in expected if shapes[k] != expected[k]]
+            raise FormatError(f"{self.root / MODEL} does not hold the network the manifest describes (differs at "
+                              f"{wrong[:3]}); {_FIX}")
         return tensors
 
     def index(self, split: str):
@@ -198,5 +212,10 @@ class DatasetFiles:
             table = pq.read_table(self.root / INDEX)
         except (OSError, pa.ArrowException) as err:
             raise FormatError(f"{self.root / INDEX} cannot be read ({err}); {_FIX}") from None
+        self.check_unchanged([INDEX])
+        column = "labels" if self.manifest.multi_label else "label"
+        if column not in table.column_names:
+            raise FormatError(f"{self.root / INDEX} has no {column!r} column, which a {self.manifest.labels.task} "
+                              f"dataset needs; {_FIX}")
         return table.filter(pc.equal(table["split"].cast("string"), split)).sort_by("row")
 

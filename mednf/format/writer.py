@@ -22,7 +22,6 @@ timings). Libraries: zarr (v3; concurrent writers are safe on disjoint chunk-ali
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from mednf.format.layout import CARD, INDEX, LATENTS, MANIFEST, MODEL, content_f
 from mednf.format.manifest import FileEntry, Manifest, SplitStats
 from mednf.format.reader import check_structure
 from mednf.format.tensors import save_tensors
-from mednf.io.files import atomic_write_bytes, remove_temporaries, sha256_file, temporary_name
+from mednf.io.files import atomic_write_bytes, remove_temporaries, sha256_file
 
 
 @dataclass
@@ -52,6 +51,15 @@ class SplitIndex:
 def row_blocks(count: int, rows: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` covering ``0..count`` in blocks of ``rows`` (the chunks of a latent array)."""
     return [(start, min(start + rows, count)) for start in range(0, count, rows)]
+
+
+def index_digest(rows: SplitIndex) -> str:
+    """sha256 of a split's index rows in a canonical form (little-endian int64 source indices and labels,
+    float32 PSNR and SSIM), independent of how Parquet encodes them: what a copy is checked against."""
+    digest = hashlib.sha256()
+    for column, dtype in ((rows.source_index, "<i8"), (rows.labels, "<i8"), (rows.psnr, "<f4"), (rows.ssim, "<f4")):
+        digest.update(np.ascontiguousarray(np.asarray(column), dtype=dtype).tobytes())
+    return digest.hexdigest()
 
 
 def latent_digest(latents: np.ndarray) -> str:
@@ -145,7 +153,7 @@ class DatasetWriter:
                           psnr_mean=float(np.nanmean(psnr)) if measured else None,
                           psnr_std=float(np.nanstd(psnr)) if measured else None,
                           ssim_mean=float(np.nanmean(ssim)) if np.isfinite(ssim).any() else None,
-                          latents_sha256=digest.hexdigest())
+                          latents_sha256=digest.hexdigest(), index_sha256=index_digest(rows))
 
     def _write_index(self, index: dict[str, SplitIndex], multi_label: bool) -> None:
         """``index.parquet``: split (dictionary), row, source_index, label | labels, psnr, ssim."""
@@ -168,14 +176,9 @@ class DatasetWriter:
             cols["label"] = pa.array(labels[:, 0].astype(np.int64))
         cols["psnr"] = pa.array(np.concatenate([rows.psnr for rows in index.values()]).astype(np.float32))
         cols["ssim"] = pa.array(np.concatenate([rows.ssim for rows in index.values()]).astype(np.float32))
-        path = self.root / INDEX
-        tmp = temporary_name(path)
-        try:
-            pq.write_table(pa.table(cols), tmp, compression="zstd")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.table(cols), buffer, compression="zstd")
+        atomic_write_bytes(self.root / INDEX, buffer.getvalue().to_pybytes())
 
     def file_table(self) -> dict[str, FileEntry]:
         """``{relative path: FileEntry}`` of every content file, hashed now."""

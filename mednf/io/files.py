@@ -1,7 +1,10 @@
 """Files that are either absent or whole: atomic writes, temporary names, digests.
 
-Every file mednf writes goes to a temporary name beside its target (``.<name>.<pid>.tmp``), is flushed
-and fsynced, then renamed over the target: a reader sees the old file or the new one, never half of one.
+Every small file mednf writes whole (manifest, card, θ, index, records) goes to a temporary name beside
+its target (``.<name>.<pid>.tmp``), is flushed and fsynced, then renamed over the target: a reader sees
+the old file or the new one, never half of one. Latent chunks are written by zarr (its own temporary
+name + rename, not fsynced); the manifest, written last after every chunk was read back, is what makes
+a dataset complete.
 A process killed mid-write leaves its temporary file behind; :func:`remove_temporaries` deletes those
 of a directory once its writer holds the directory's lock (so no live writer can own them).
 """
@@ -11,11 +14,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIXES = (".tmp", ".part")
 _BLOCK = 1 << 20
+# zarr 3 writes a chunk to ``<chunk>.<uuid4 hex>.partial`` and renames it (no leading dot)
+_ZARR_TEMP = re.compile(r".*\.[0-9a-f]{32}\.partial")
+
+
+def is_temporary(path: Path) -> bool:
+    """A file a writer was still writing when it was killed: ours (``.<name>.<pid>.tmp``, ``.part``) or zarr's."""
+    name = path.name
+    return (name.startswith(".") and name.endswith(TEMP_SUFFIXES)) or bool(_ZARR_TEMP.fullmatch(name))
 
 
 def temporary_name(path: Path) -> Path:
@@ -43,7 +55,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def remove_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporary files (``.*.tmp``, ``.*.part``) anywhere under ``folder``; returns them.
+    """Delete the temporary files (:func:`is_temporary`) anywhere under ``folder``; returns them.
 
     Only call this while holding the folder's lock (:mod:`mednf.io.lock`): then every such file belongs
     to a process that died before renaming it.
@@ -51,8 +63,8 @@ def remove_temporaries(folder: Path) -> list[Path]:
     removed = []
     if not folder.is_dir():
         return removed
-    for path in folder.rglob(".*"):
-        if path.is_file() and path.name.endswith(TEMP_SUFFIXES):
+    for path in folder.rglob("*"):
+        if path.is_file() and is_temporary(path):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

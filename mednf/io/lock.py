@@ -23,8 +23,9 @@ from mednf.errors import LockedError
 
 
 def lock_path(target: Path) -> Path:
-    """Where the lock of dataset directory ``target`` lives: ``<parent>/.<name>.lock``."""
-    target = Path(target).expanduser().absolute()
+    """Where the lock of dataset directory ``target`` lives: ``<parent>/.<name>.lock`` of the resolved path,
+    so every spelling of one folder (relative, ``~``, through a symlink) shares one lock."""
+    target = Path(target).expanduser().resolve()
     return target.parent / f".{target.name}.lock"
 
 

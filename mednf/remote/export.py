@@ -10,30 +10,56 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from mednf.format.layout import MANIFEST
-from mednf.format.reader import verify_dataset
-from mednf.io.files import sha256_file
+from mednf.errors import ConfigError
+from mednf.format.layout import MANIFEST, MODEL
+from mednf.format.reader import DatasetFiles, open_dataset
+from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
+
+
+def _open_for_export(dataset: str | Path, out: str | Path) -> tuple[DatasetFiles, Path]:
+    """The verified dataset and the output folder, which must lie outside it (an export written into the
+    dataset would add files its manifest does not list, and damage it)."""
+    files = open_dataset(dataset, verify=True)
+    out = Path(out).expanduser()
+    inside = out.resolve() == files.root.resolve() or files.root.resolve() in out.resolve().parents
+    if inside:
+        raise ConfigError(f"--out {out} is inside the dataset {files.root}: an export there would damage it; "
+                          "choose a folder outside it")
+    return files, out
+
+
+def _tar_entry(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Archive members without the machine's details (times, owners, modes): same files → same archive."""
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    info.mode = 0o755 if info.isdir() else 0o644
+    info.pax_headers = {}
+    return info
 
 
 def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
-    """Write ``<out>/<Name>.tar`` (+ ``SHA256SUMS``, ``registry-entry.toml``) from a verified dataset."""
-    dataset = Path(dataset)
-    manifest = verify_dataset(dataset, checksums=True)
+    """Write ``<out>/<Name>.tar`` (+ ``SHA256SUMS``, ``registry-entry.toml``) from a verified dataset.
+
+    The archive's bytes depend only on the dataset's files: the same dataset always gives the same sha256."""
+    files, out = _open_for_export(dataset, out)
+    manifest, dataset = files.manifest, files.root
     name = manifest.name
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / f"{name}.tar"
-    partial = archive.with_name(f".{archive.name}.part")
-    with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in [*sorted(manifest.files), MANIFEST]:
-            tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False)
-    os.replace(partial, archive)
+    partial = temporary_name(archive)
+    try:
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+            for rel in [*sorted(manifest.files), MANIFEST]:
+                tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False, filter=_tar_entry)
+        files.check_unchanged()  # not rebuilt while it was being archived
+        os.replace(partial, archive)
+    finally:
+        partial.unlink(missing_ok=True)
     digest = sha256_file(archive)
     size = archive.stat().st_size
-    (out / "SHA256SUMS").write_text(f"{digest}  {archive.name}\n", encoding="utf-8")
-    (out / "registry-entry.toml").write_text(
+    atomic_write_bytes(out / "SHA256SUMS", f"{digest}  {archive.name}\n".encode())
+    atomic_write_bytes(out / "registry-entry.toml", (
         f'[{name}]\nzenodo_record = "<record id after publishing>"\n'
-        f'files = {{ "{archive.name}" = {{ sha256 = "{digest}", size = {size} }} }}\n', encoding="utf-8")
+        f'files = {{ "{archive.name}" = {{ sha256 = "{digest}", size = {size} }} }}\n').encode())
     return archive
 
 
@@ -58,21 +84,21 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     from mednf.dataset import MedNFDataset
     from mednf.format.card import render_card
 
-    dataset = Path(dataset)
-    manifest = verify_dataset(dataset, checksums=True)
-    out = Path(out)
+    files, out = _open_for_export(dataset, out)
+    manifest, dataset = files.manifest, files.root
     (out / "data").mkdir(parents=True, exist_ok=True)
     shards = {split: out / "data" / f"{split}-00000-of-00001.parquet" for split in manifest.splits}
     for split, path in shards.items():
         for stale in (out / "data").glob(f"{split}-*.parquet"):  # an earlier export's shards would match too
             if stale != path:
                 stale.unlink()
-        MedNFDataset(dataset, split).to_hf().to_parquet(str(path))
+        MedNFDataset(dataset, split, files=files).to_hf().to_parquet(str(path))
     configs = [{"config_name": hf_config_name(shards), "default": True,
                 "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in shards]}]
     (out / "README.md").write_text(render_card(manifest, configs), encoding="utf-8")
-    for name in (MANIFEST, "model.safetensors"):
+    for name in (MANIFEST, MODEL):
         shutil.copyfile(dataset / name, out / name)
+    files.check_unchanged()  # not rebuilt while it was being exported
     # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
     (out.parent / f"{out.name}.registry-entry.toml").write_text(
         f'[{manifest.name}]\nhf_repo = "<org>/{manifest.name}"\nhf_revision = "<commit after upload>"\n'

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 from mednf.errors import DownloadError, FormatError
-from mednf.format.layout import MANIFEST, MODEL, mednf_home
+from mednf.format.layout import INDEX, MANIFEST, MODEL, mednf_home
 from mednf.format.manifest import Manifest
-from mednf.format.writer import DatasetWriter, SplitIndex, latent_digest, row_blocks
+from mednf.format.writer import DatasetWriter, SplitIndex, index_digest, latent_digest, row_blocks
 from mednf.io.files import sha256_file
 from mednf.io.http import TIMEOUT_S
 from mednf.remote.install import fetch_folder, install
@@ -104,4 +104,11 @@ def rebuild(snapshot: Path, out: Path, manifest: Manifest, repo: str) -> Manifes
                   else table["label"].to_numpy()[:, None])
         index[split] = SplitIndex(table["index"].to_numpy(), labels, table["psnr"].to_numpy(),
                                   table["ssim"].to_numpy())
-    return writer.finish(manifest, index)
+        if stats.index_sha256 is not None and index_digest(index[split]) != stats.index_sha256:
+            raise DownloadError(f"split {split!r} of {repo} has index rows (labels, source indices, PSNR) that differ "
+                                "from its manifest; discarded")
+    written = writer.finish(manifest, index)
+    if any(stats.index_sha256 is None for stats in manifest.splits.values()) and (
+            written.files[INDEX].sha256 != manifest.files[INDEX].sha256):  # exported by an older mednf
+        raise DownloadError(f"the index rows of {repo} differ from its manifest's {INDEX}; discarded")
+    return written

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mednf.errors import DownloadError, MednfError
 from mednf.format.layout import LOG, MANIFEST
+from mednf.format.manifest import Manifest
 from mednf.format.reader import mark_verified, verify_dataset
 from mednf.io.lock import LockedError, dataset_lock
 from mednf.remote.registry import check_target
@@ -119,15 +120,22 @@ def _complete(target: Path) -> bool:
 
 
 def _check_replaceable(target: Path) -> None:
-    """Only an incomplete mednf copy (a manifest, or a failed build's log) or an empty folder is replaced."""
+    """Only mednf's own files are replaced: those an (incomplete or damaged) copy's manifest lists, the
+    manifest, a failed build's log. Anything else in the folder is the user's: refused, never deleted."""
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise DownloadError(f"{target} exists and is not a folder; move it away or download into another --root")
-    if not target.is_dir() or (target / MANIFEST).is_file():
+    if not target.is_dir():
         return
-    foreign = sorted(p.name for p in target.iterdir() if p.name != LOG)
+    ours = {MANIFEST, LOG}
+    try:
+        ours |= set(Manifest.read(target).files)
+    except MednfError:
+        pass  # no readable manifest: only the log is ours
+    foreign = sorted(rel for p in target.rglob("*") if p.is_file() or p.is_symlink()
+                     if (rel := p.relative_to(target).as_posix()) not in ours)
     if foreign:
-        raise DownloadError(f"{target} holds files that are not a mednf dataset ({', '.join(foreign[:3])}); move "
-                            "them away or download into another --root")
+        raise DownloadError(f"{target} holds files that are not part of a mednf dataset ({', '.join(foreign[:3])}); "
+                            "move them away or download into another --root")
 
 
 def remove_dead_scratch(target: Path) -> list[Path]:

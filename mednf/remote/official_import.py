@@ -28,6 +28,7 @@ from mednf.errors import OfficialFormatError, OfficialImportError
 from mednf.format.manifest import new_manifest
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.lock import dataset_lock
+from mednf.remote.install import remove_dead_scratch
 from mednf.remote.official import missing_indices, read_official_model, read_split
 from mednf.sources.kinds import local_splits, official_description
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
@@ -117,6 +118,9 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     rows = spec.build.block_rows
     work = out.parent / f".{out.name}.import-{os.getpid()}"
     with dataset_lock(out, "import"):
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):  # again, now that no one else writes it
+            raise OfficialImportError(f"--out {out} exists and is not empty; remove it or choose another folder")
+        remove_dead_scratch(out)  # .<Name>.import-<pid>/ of killed imports
         shutil.rmtree(work, ignore_errors=True)
         try:
             writer = DatasetWriter(work, latent_dim=field.latent_dim, chunk_rows=rows)
