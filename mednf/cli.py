@@ -381,8 +381,12 @@ def download(name: str, source: str, root: Path | None) -> None:
     key, _ = registry_entry(name)
     try:
         path = find_dataset(key, root)
-        verify_dataset(path, checksums=True)  # remembered while unchanged: cheap after the first time
-        click.echo(f"{key} is already in {path} (verified)")
+        manifest = verify_dataset(path, checksums=True)  # remembered while unchanged: cheap after the first time
+        if manifest.origin is None:
+            click.echo(f"{key} is already in {path}, built on this machine (not the published copy: use another "
+                       "--root to download that)")
+        else:
+            click.echo(f"{key} is already in {path} (a verified download)")
         return
     except NotFoundError:
         pass
