@@ -134,7 +134,7 @@ def _check_replaceable(target: Path) -> None:
     foreign = sorted(rel for p in target.rglob("*") if p.is_file() or p.is_symlink()
                      if (rel := p.relative_to(target).as_posix()) not in ours)
     if foreign:
-        raise DownloadError(f"{target} holds files that are not part of a mednf dataset ({', '.join(foreign[:3])}); "
+        raise DownloadError(f"{target} holds files that are not a mednf dataset ({', '.join(foreign[:3])}); "
                             "move them away or download into another --root")
 
 
