@@ -219,6 +219,7 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--batch-size", type=int, help="Meta batch size B (meta.batch_size).")
 @click.option("--latent-dim", type=int, help="Latent size P (field.latent_dim).")
 @click.option("--fit-steps", type=int, help="Test-time fit steps H (fit.steps).")
+@click.option("--precision", help="Matrix products in fp32 (default), tf32 (CUDA) or bf16 (field.precision).")
 @click.option("--size", type=int, help="MedMNIST resolution (28, 64, 128, 224); 128/224 use the paper's presets.")
 @click.option("--preset", help="Engine preset instead of the builder's [engine] section (see `mednf presets`).")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -231,10 +232,16 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--resume", is_flag=True, help="Continue an unfinished build (what a rerun does anyway).")
 @click.option("--restart", is_flag=True, help="Discard an earlier build in the output directory and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--memory-budget", metavar="SIZE",
+              help="Memory the build may use, e.g. 8GB or 6GiB (GB = 10^9 B, GiB = G = 2^30 B): the whole process "
+                   "on the CPU, the GPU's memory with --gpu. Meta-iterations run in micro-batches that fit it "
+                   "(same result). [default: 60% of available RAM / 80% of free GPU memory]")
 def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: int | None,
           batch_size: int | None, latent_dim: int | None, fit_steps: int | None, size: int | None,
           preset: str | None, settings: tuple[str, ...], medmnist_root: Path | None, source_npz: Path | None,
-          max_samples: int | None, no_download: bool, resume: bool, restart: bool, quiet: bool) -> None:
+          max_samples: int | None, no_download: bool, resume: bool, restart: bool, quiet: bool,
+          precision: str | None,
+          memory_budget: str | None) -> None:
     """Build the MedNF sub-dataset NAME (a builder name, see `mednf list`, or a builder .toml file).
 
     Meta-learns the shared network, fits a latent for every image of every split and writes the dataset
@@ -247,10 +254,15 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
         raise ConfigError("--gpu and --cpu were both given: expected one of them; drop one")
     if resume and restart:
         raise ConfigError("--resume and --restart were both given: expected one of them; drop one")
+    if memory_budget is not None:
+        from mednf.engine.planner import parse_memory
+
+        parse_memory(memory_budget)  # a bad value ends here, before any work
     sections = _parse_set(settings)
     build_overrides = sections.pop("build", {})
     for section, key, value in (("meta", "steps", steps), ("meta", "batch_size", batch_size),
-                                ("field", "latent_dim", latent_dim), ("fit", "steps", fit_steps)):
+                                ("field", "latent_dim", latent_dim), ("fit", "steps", fit_steps),
+                                ("field", "precision", precision)):
         if value is not None:
             sections.setdefault(section, {})[key] = value
     for key, value in build_overrides.items():
@@ -258,7 +270,8 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
             raise ConfigError(f"--set build.{key}={value!r} is invalid: expected an integer ≥ 1")
     options = BuildOptions(out=out, gpu=gpu, size=size, preset=preset, overrides=sections,
                            build_overrides=build_overrides, medmnist_root=medmnist_root, source_npz=source_npz,
-                           max_samples=max_samples, download=not no_download, restart=restart, progress=not quiet)
+                           max_samples=max_samples, download=not no_download, restart=restart, progress=not quiet,
+                           memory_budget=memory_budget)
     run_build(name, options)
 
 

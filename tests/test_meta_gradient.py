@@ -11,7 +11,7 @@ from reference import OfficialStyleSIREN, per_signal_meta_gradient
 
 from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig, MetaConfig
-from mednf.engine.meta import MetaLearner, meta_objective, sample_contexts
+from mednf.engine.meta import MetaLearner, accumulate_meta_gradient, meta_objective, sample_contexts
 
 SPATIAL = {1: (24,), 2: (6, 5), 3: (3, 4, 3)}
 
@@ -117,3 +117,84 @@ def test_meta_step_is_clipped_adamw_with_cosine_schedule():
     lrs = [stats["lr"]] + [learner.step(signals)["lr"] for _ in range(3)]
     expected = [1e-2 * 0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]
     assert lrs == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------------------------- micro-batches
+
+
+@pytest.mark.parametrize("D", [1, 3])
+@pytest.mark.parametrize("shard", [None, (1, 2)])  # one process, or rank 1 of 2 (positions 1::2 of 10 signals)
+def test_micro_batched_meta_gradient_equals_per_signal_reference(D, shard):
+    """B = 5 signals in micro-batches of 2 + 2 + 1 (γ < 1, G = 3, float64) against the slow reference on the
+    whole batch, with the contexts a whole-batch call draws."""
+    cfg, meta, params, coords, targets, _ = _setup(2, D, K=4, L=16, P=8, G=3, gamma=0.5, B=5, seed=2)
+    iteration = 3
+    if shard is None:
+        positions, global_batch = None, None
+        full = sample_contexts(meta, 5, coords.shape[0], seed=7, iteration=iteration, device=torch.device("cpu"))
+    else:
+        rank, world = shard
+        positions, global_batch = torch.arange(rank, 5 * world, world), 5 * world
+        everyone = sample_contexts(meta, 5 * world, coords.shape[0], seed=7, iteration=iteration,
+                                   device=torch.device("cpu"))
+        full = [c[rank::world] for c in everyone]  # what the whole global batch draws for this rank's signals
+    # the part [2, 4) draws exactly the whole batch's subsets of its signals
+    part = sample_contexts(meta, 2, coords.shape[0], seed=7, iteration=iteration, device=torch.device("cpu"),
+                           positions=(torch.arange(5) if positions is None else positions)[2:4],
+                           global_batch=global_batch or 5)
+    assert all(torch.equal(p, f[2:4]) for p, f in zip(part, full))
+
+    theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    out = accumulate_meta_gradient(theta, targets, coords, cfg, meta, seed=7, iteration=iteration,
+                                   positions=positions, global_batch=global_batch, micro_batch=2)
+    grads = {k: v.grad for k, v in theta.items()}
+    model = OfficialStyleSIREN.from_params(params, cfg)
+    ref_loss = per_signal_meta_gradient(model, coords, targets, full, inner_lr=meta.inner_lr, latent_dim=cfg.latent_dim)
+    ref = model.grads_as_params(cfg)
+    scale = 1.0 if global_batch is None else 5 / global_batch  # the reference is a mean over its 5 signals
+    ref = {k: v * scale for k, v in ref.items()}
+    err = _relative_error(grads, ref)
+    report(f"micro-batched (2+2+1) vs per-signal meta-gradient, D={D} shard={shard}: relative error {err:.2e}")
+    assert err <= 1e-6
+    assert float(out.loss) == pytest.approx(float(ref_loss) * scale, rel=1e-10)
+    assert out.outer_mse.shape == (5,) and out.latents.shape == (5, cfg.latent_dim)
+
+
+def _reference_step(cfg, meta, params, coords, targets, *, seed, iteration, opt, ref):
+    """One step of the slow reference: per-signal meta-gradient, clip by hand, torch AdamW."""
+    contexts = sample_contexts(meta, targets.shape[0], coords.shape[0], seed=seed, iteration=iteration,
+                               device=torch.device("cpu"))
+    model = OfficialStyleSIREN.from_params({k: v.detach() for k, v in ref.items()}, cfg)
+    per_signal_meta_gradient(model, coords, targets, contexts, inner_lr=meta.inner_lr, latent_dim=cfg.latent_dim)
+    grads = model.grads_as_params(cfg)
+    norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values()))
+    scale = min(1.0, meta.grad_clip / (norm + 1e-6))
+    for k, v in ref.items():
+        v.grad = grads[k] * scale
+    opt.step()
+    return norm
+
+
+def test_micro_batched_step_equals_full_batch_step():
+    """Two meta-iterations (clip + AdamW + schedule) with micro-batches of 2 equal the whole-batch ones and
+    the slow reference's, in float64."""
+    cfg, _, params, coords, targets, _ = _setup(2, 1, K=4, L=16, P=8, B=5, seed=4)
+    meta = MetaConfig(inner_steps=2, context_ratio=0.5, meta_lr=1e-2, steps=4, weight_decay=0.05, grad_clip=0.05,
+                      batch_size=5)
+    signals = nf.from_points(targets, SPATIAL[2])
+    micro = MetaLearner(cfg, meta, params=params, seed=3)
+    whole = MetaLearner(cfg, meta, params=params, seed=3)
+    ref = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    opt = torch.optim.AdamW(list(ref.values()), lr=1e-2, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, 4) / 4)))
+    for it in range(2):
+        norm = _reference_step(cfg, meta, params, coords, targets, seed=3, iteration=it, opt=opt, ref=ref)
+        sched.step()
+        s_micro = micro.step(signals, micro_batch=2)
+        s_whole = whole.step(signals)
+        assert norm > meta.grad_clip  # the clip is active
+        assert s_micro["grad_norm"] == pytest.approx(norm, rel=1e-9)
+        assert s_micro["loss"] == pytest.approx(s_whole["loss"], rel=1e-12)
+        for k in params:
+            torch.testing.assert_close(micro.params[k].detach(), ref[k].detach(), rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(micro.params[k].detach(), whole.params[k].detach(), rtol=1e-10, atol=1e-13)

@@ -13,6 +13,13 @@ Stages, each resumable (state in ``<out>/.partial``):
 A build directory is locked while a build runs in it (:func:`mednf.io.lock.dataset_lock`, the lock that
 downloads and imports take too; the OS releases it even on SIGKILL). The build's identity (spec, engine,
 source) is stored on first start; a rerun with other settings is refused unless ``--restart``.
+
+Memory: before anything is allocated (before the source is read) every rank plans its meta micro-batch and
+fit batch inside the memory budget (``memory_budget``; :mod:`mednf.engine.planner`) and refuses in one line
+when one signal does not fit; after the source is read it plans again with what the process then holds.
+The budget and the plan go to build.log and the manifest (``meta_training.memory``), not into the
+identity: they change how the work is split, not its result (beyond float rounding), so a rerun with
+another budget resumes.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +46,8 @@ from mednf.build.distributed import Dist, setup
 from mednf.build.trainer import MetaTrainer, TrainSummary
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import fit_latents
+from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
+from mednf.engine.precision import Precision, PrecisionWarning, resolve_precision
 from mednf.errors import BuildError, ConfigError, LockedError, MednfError
 from mednf.format.layout import CARD, INDEX, LATENTS, LOG, MANIFEST, MODEL, WORK, mednf_home
 from mednf.format.manifest import Manifest, new_manifest
@@ -66,6 +76,7 @@ class BuildOptions:
     download: bool = True
     restart: bool = False
     progress: bool = True
+    memory_budget: MemoryBudget | str | int | None = None  # "8GB", bytes; None → a safe share of free memory
 
 
 def resolve_device(gpu: int | None) -> torch.device:
@@ -160,9 +171,15 @@ def _say(message: str, dist: Dist) -> None:
 
 
 def _fit_splits(writer: DatasetWriter, work: Path, theta: dict[str, torch.Tensor], cfg: EngineConfig, spec: BuilderSpec,
-                source: SourceData, device: torch.device, dist: Dist, progress: bool) -> None:
-    """Fit every block this rank owns and has not finished (each block's record holds its seconds)."""
+                source: SourceData, device: torch.device, dist: Dist, progress: bool, plan: MemoryPlan) -> int:
+    """Fit every block this rank owns and has not finished (each block's record holds its seconds), in
+    batches planned now, beside what meta-learning left (:func:`mednf.engine.planner.fit_batch_now`);
+    returns that batch size."""
     from tqdm.auto import tqdm
+
+    batch = fit_batch_now(plan, cfg, source.splits["train"].images.shape[2:], device)
+    fit = dataclasses.replace(cfg.fit, batch_size=batch)
+    _say(f"fitting in batches of {batch} signals", dist)
 
     records = work / "blocks"
     records.mkdir(exist_ok=True)
@@ -184,7 +201,7 @@ def _fit_splits(writer: DatasetWriter, work: Path, theta: dict[str, torch.Tensor
     for split, b, start, stop in todo:
         block_started = time.perf_counter()
         data = source.splits[split]
-        result = fit_latents(theta, data.images[start:stop], cfg.field, cfg.fit, device=device, seed=spec.seed,
+        result = fit_latents(theta, data.images[start:stop], cfg.field, fit, device=device, seed=spec.seed,
                              first_index=start, with_ssim=True,
                              on_batch=lambda n, _t, base=bar.n: bar.update(base + n - bar.n))
         writer.write_latents(split, start, result.latents.numpy())
@@ -195,6 +212,7 @@ def _fit_splits(writer: DatasetWriter, work: Path, theta: dict[str, torch.Tensor
         atomic_write_bytes(record, buffer.getvalue())  # after the latents: a record means the block is done
         log.info(f"fitted {split}[{start}:{stop}] mean PSNR {float(result.psnr.mean()):.2f} dB")
     bar.close()
+    return batch
 
 
 def _collect_records(work: Path, split: str, count: int, rows: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -221,7 +239,8 @@ def _device_name(device: torch.device) -> str:
 
 
 def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
-              theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist) -> Manifest:
+              theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist,
+              plan: MemoryPlan, fit_batch: int, precision: Precision) -> Manifest:
     """Index, θ, card and manifest (rank 0), then drop ``.partial``."""
     rows = spec.build.block_rows
     fit_seconds = 0.0  # summed over blocks (and ranks), across resumed runs
@@ -237,8 +256,10 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
         spec, cfg, source=source.description, chunk_rows=rows,
         meta_training={"steps": summary.steps, "best_step": summary.best_step,
                        "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
-                       "history": summary.history, "seconds": summary.seconds},
-        fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds},
+                       "history": summary.history, "seconds": summary.seconds,
+                       "memory": plan.to_dict() | {"measured_peak_bytes": peak_memory(device)},
+                       "precision": precision.to_dict()},
+        fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch},
         device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
     manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"
     shutil.rmtree(work, ignore_errors=True)
@@ -260,6 +281,11 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     options = options or BuildOptions()
     spec, cfg = prepare_spec(name_or_path, options)
     device = resolve_device(options.gpu)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
+        torch.cuda.set_device(device)
+    budget = resolve_budget(options.memory_budget, device)
+    _plan(spec, cfg, budget, device, (spec.source.size,) * spec.source.dims, _env_rank())  # refuse before any work
     out = Path(options.out or mednf_home() / spec.name).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -268,15 +294,12 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
         probe.unlink()
     except OSError as err:
         raise BuildError(f"output directory {out} is not writable ({err.strerror}); choose another --out") from None
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
-        torch.cuda.set_device(device)
     dist = setup(device)
     handler = None
     try:
         with _directory_lock(out, dist):
             handler = _setup_logging(out, dist)
-            return _build_locked(out, spec, cfg, options, device, dist)
+            return _build_locked(out, spec, cfg, options, device, dist, budget)
     finally:
         if handler is not None:
             log.removeHandler(handler)
@@ -284,8 +307,35 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
         dist.close()
 
 
+def _resolve_precision(cfg: EngineConfig, device: torch.device, dist: Dist) -> Precision:
+    """What ``field.precision`` becomes on this device; a fallback (bf16 without matrix units, tf32 off CUDA)
+    is one ``warning:`` line in build.log and on the console, and the engine does not warn again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrecisionWarning)  # resolved here once, so the engine stays silent
+        used = resolve_precision(cfg.precision, device)
+    if used.effective != used.requested:
+        _say(f"warning: precision {used.requested} is not available on {device}: {used.detail}; running "
+             f"{used.effective} (recorded in the manifest)", dist)
+    return used
+
+
+def _env_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's variables, before the process group exists."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _plan(spec: BuilderSpec, cfg: EngineConfig, budget: MemoryBudget, device: torch.device,
+          spatial: tuple[int, ...], rank_world: tuple[int, int]) -> MemoryPlan:
+    """This rank's memory plan (its share ``rank::world`` of each global batch); ConfigError if one signal
+    does not fit."""
+    rank, world = rank_world
+    local = len(range(rank, cfg.meta.batch_size, world))
+    rows_out = max(spec.build.block_rows, spec.build.val_samples)
+    return plan_memory(cfg, spatial, budget=budget, device=device, local_batch=max(1, local), rows_out=rows_out)
+
+
 def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: BuildOptions,
-                  device: torch.device, dist: Dist) -> Path:
+                  device: torch.device, dist: Dist, budget: MemoryBudget) -> Path:
     started = time.perf_counter()
     work = out / WORK
     writer = DatasetWriter(out, latent_dim=cfg.field.latent_dim, chunk_rows=spec.build.block_rows)
@@ -327,12 +377,22 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
     work.mkdir(exist_ok=True)
     dist.barrier()
     _check_identity(work, identity, dist)
+    plan, error = None, ""
+    try:  # again, now that the process holds the source images
+        plan = _plan(spec, cfg, budget, device, tuple(source.splits["train"].images.shape[2:]), (dist.rank, dist.world))
+    except ConfigError as err:
+        error = str(err)
+    if not dist.agree(not error):
+        raise ConfigError(error or "the memory plan of another rank does not fit its budget (see its message)")
+    assert plan is not None
+    _say(plan.describe(), dist)
+    precision = _resolve_precision(cfg, device, dist)
     _say(f"source: {source.description.get('file', source.description['kind'])}, splits {source.counts()}; "
          f"engine: K={cfg.field.num_layers} L={cfg.field.hidden_dim} P={cfg.field.latent_dim}, "
          f"{cfg.meta.steps} meta-iterations of B={cfg.meta.batch_size}", dist)
 
     trainer = MetaTrainer(cfg, spec.build, source.splits["train"].images, source.splits["val"].images, work,
-                          seed=spec.seed, device=device, dist=dist, log=lambda m: _say(m, dist))
+                          seed=spec.seed, device=device, dist=dist, log=lambda m: _say(m, dist), plan=plan)
     summary = trainer.run(progress=options.progress)
     theta = trainer.best_params()
     _say(f"meta-training done: best validation PSNR {summary.best_val_psnr:.2f} dB at iteration "
@@ -343,10 +403,11 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
         writer.create_latents(source.counts(), {"name": spec.name})
         atomic_write_bytes(created, b"")
     dist.barrier()
-    _fit_splits(writer, work, theta, cfg, spec, source, device, dist, options.progress)
+    fit_batch = _fit_splits(writer, work, theta, cfg, spec, source, device, dist, options.progress, plan)
     dist.barrier()
     if dist.is_main:
-        manifest = _finalize(writer, work, spec, cfg, source, theta, summary, device, dist)
+        manifest = _finalize(writer, work, spec, cfg, source, theta, summary, device, dist, plan, fit_batch,
+                             precision)
         line = ", ".join(f"{s} {v.count} @ {v.psnr_mean:.2f} dB" for s, v in manifest.splits.items())
         _say(f"done: {out} ({line}); {(time.perf_counter() - started) / 60:.1f} min this run", dist)
     dist.barrier()

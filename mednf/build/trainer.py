@@ -13,10 +13,15 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 - **Data parallel**: rank r takes positions ``r::world`` of each global batch, gradients are summed
   across ranks before clipping, validation rows are sharded and their PSNR sums all-reduced. Rank 0
   writes the checkpoints.
+- **Memory**: a :class:`mednf.engine.planner.MemoryPlan` (made by the build for this rank) sets the
+  micro-batch of every meta-iteration; the validation fits are batched to the plan's budget beside what
+  the process then holds. Neither changes the result beyond float rounding, so neither is part of the
+  checkpoint's identity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from mednf.build.distributed import Dist
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.meta import MetaLearner
+from mednf.engine.planner import MemoryPlan, fit_batch_now, release_free_memory
 from mednf.errors import BuildError
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.sources.spec import BuildSettings
@@ -88,8 +94,10 @@ class MetaTrainer:
 
     def __init__(self, cfg: EngineConfig, settings: BuildSettings, train_images: np.ndarray,
                  val_images: np.ndarray, work: Path, *, seed: int, device: torch.device, dist: Dist,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, plan: MemoryPlan | None = None) -> None:
         self.cfg, self.settings, self.work, self.seed = cfg, settings, work, seed
+        self.plan = plan
+        self.micro_batch = plan.micro_batch if plan is not None else None  # None: the whole local batch
         self.train_images = train_images  # [N, D, *spatial] uint8 or float
         self.val_images = val_images[: settings.val_samples]
         self.device, self.dist, self.log = device, dist, log
@@ -141,9 +149,14 @@ class MetaTrainer:
         mine = self.val_images[start:stop]
         total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         if len(mine):
-            result = fit_latents(self.learner.detached_params(), mine, self.cfg.field, self.cfg.fit,
+            fit = self.cfg.fit
+            if self.plan is not None:  # planned beside what meta-learning holds now (freed pages returned first)
+                batch = fit_batch_now(self.plan, self.cfg, mine.shape[2:], self.device)
+                fit = dataclasses.replace(fit, batch_size=batch)
+            result = fit_latents(self.learner.detached_params(), mine, self.cfg.field, fit,
                                  device=self.device, seed=self.seed, first_index=start)
             total += torch.tensor([float(result.psnr.double().sum()), float(len(mine))], device=total.device)
+            release_free_memory()  # the fit's pages, before the next meta-iteration
         self.dist.sum_([total])
         return float(total[0] / total[1])
 
@@ -165,7 +178,8 @@ class MetaTrainer:
             it = self.learner.iteration
             idx = batch_positions(self.seed, it, batch, len(self.train_images))[mine]
             signals = as_float_signals(np.ascontiguousarray(self.train_images[idx]))
-            stats = self.learner.step(signals, positions=positions, global_batch=batch, reduce_grads=reduce)
+            stats = self.learner.step(signals, positions=positions, global_batch=batch, reduce_grads=reduce,
+                                      micro_batch=self.micro_batch)
             done = self.learner.iteration
             validated = done % self.settings.val_every == 0 or done == steps
             if validated:

@@ -22,6 +22,16 @@ from typing import Any, Literal
 from mednf.errors import ConfigError
 
 ShiftMode = Literal["inside", "outside"]
+PRECISIONS = ("fp32", "tf32", "bf16")  # see mednf.engine.precision
+
+
+def check_precision(value: Any) -> str:
+    """``value`` if it names a precision, else a one-line ConfigError (with the closest name)."""
+    if not isinstance(value, str) or value not in PRECISIONS:
+        hint = did_you_mean(value.lower(), PRECISIONS) if isinstance(value, str) else ""
+        raise ConfigError(f"precision = {value!r} is invalid: expected one of 'fp32', 'tf32', 'bf16'; "
+                          f"use fp32 (default, exact), tf32 (CUDA tensor cores) or bf16{hint}")
+    return value
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -79,6 +89,11 @@ class FieldConfig:
     The two are the same family of functions (``M_k`` rescaled by ω_k, see
     :func:`mednf.engine.field.convert_shift_mode`). The default is ``"inside"`` because the paper's numbers,
     its released weights and its inner learning rate α = 1e-2 all come from that parametrisation.
+
+    ``precision`` is the format of the matrix products while meta-learning and fitting (``"fp32"``,
+    ``"tf32"``, ``"bf16"``; :mod:`mednf.engine.precision` says what stays fp32 and what runs where the
+    hardware lacks the format). It is a setting of how θ and the latents are computed, not of the function
+    they define: decoding always runs fp32. Configs written before it existed load as ``"fp32"``.
     """
 
     in_dims: int = 2  # C: 1 signal/ECG, 2 image, 3 volume
@@ -90,6 +105,7 @@ class FieldConfig:
     omega_last: float | None = 400.0
     omega_increment: float | None = None
     shift_mode: ShiftMode = "inside"
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         _require(not isinstance(self.in_dims, bool) and self.in_dims in (1, 2, 3), "in_dims (C)", self.in_dims,
@@ -114,6 +130,7 @@ class FieldConfig:
             _finite_positive("omega_last", self.omega_last, "set ω of the last sine layer, e.g. 400")
         _require(self.shift_mode in ("inside", "outside"), "shift_mode", self.shift_mode,
                  "'inside' (official code) or 'outside' (paper Eq. 1)", "pick one of the two")
+        check_precision(self.precision)
 
     @property
     def num_sine_layers(self) -> int:
@@ -206,6 +223,11 @@ class EngineConfig:
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+
+    @property
+    def precision(self) -> str:
+        """The requested precision of meta-learning and fitting (``field.precision``)."""
+        return self.field.precision
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

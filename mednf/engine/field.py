@@ -17,6 +17,11 @@ With ``shift_mode="outside"`` (paper Eq. 1) the sine arguments are ``ω_k (W_k h
 Both are computed as ``sin((ω_k W_k) h + bias_k(φ))`` (:class:`PreparedField`), with one per-signal bias
 ``[B, L]`` per layer from a single matmul: one add and one sine per layer over the ``[B, N, L]``
 activations, nothing else.
+
+Inside :func:`mednf.engine.precision.use_precision` with bf16, :func:`prepare` also keeps bf16 copies of the
+hidden weights and the hidden products ``(ω_k W_k) h`` run in bf16 (fp32 accumulation); the first layer,
+the biases, the sine argument and the residual stream stay fp32 (see that module). Outside it — decoding,
+the exactness tests — every operation is the fp32/fp64 one of the formulas above.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from torch import Tensor
 
 from mednf.engine.config import FieldConfig
+from mednf.engine.precision import FP32, Precision, active_precision
 from mednf.errors import ConfigError
 
 Params = dict[str, Tensor]
@@ -128,6 +134,9 @@ class PreparedField:
     inside mode ``ω_k (b_k + M_k φ + c_k)``, outside mode ``ω_k b_k + M_k φ + c_k``. Folding once per
     meta-iteration (or per fit batch) instead of once per forward removes 3·(K-1) small ops (and their
     backward) from every inner step; gradients still flow to θ through the fold.
+
+    ``precision`` is the one active when it was prepared; with bf16, ``lowp_weights`` holds the bf16 copies
+    of ``weights`` (cast once here, differentiable) that the products use.
     """
 
     weights: tuple[Tensor, ...]  # K-1 tensors [L, n], already multiplied by ω_k
@@ -136,6 +145,8 @@ class PreparedField:
     last_weight: Tensor  # [D, L]
     last_bias: Tensor  # [D], includes the +0.5
     cfg: FieldConfig
+    precision: Precision = FP32
+    lowp_weights: tuple[Tensor, ...] | None = None  # bf16 copies of ``weights`` (bf16 precision only)
 
 
 def prepare(params: Params, cfg: FieldConfig) -> PreparedField:
@@ -149,7 +160,45 @@ def prepare(params: Params, cfg: FieldConfig) -> PreparedField:
         shift_weight = params["shift.weight"]
         shift_bias = params["shift.bias"] + layer_bias * omega
     weights = tuple(params[f"layers.{k}.weight"] * w for k, w in enumerate(cfg.omegas))
-    return PreparedField(weights, shift_weight, shift_bias, params["last.weight"], params["last.bias"] + 0.5, cfg)
+    precision = active_precision()
+    lowp = tuple(w.to(torch.bfloat16) for w in weights) if precision.bf16 else None
+    return PreparedField(weights, shift_weight, shift_bias, params["last.weight"], params["last.bias"] + 0.5, cfg,
+                         precision, lowp)
+
+
+def layer_biases(field: PreparedField, latents: Tensor) -> Tensor:
+    """Every sine layer's per-signal bias ``shift_weight φ + shift_bias``: ``[B, P]`` → ``[B, K-1, 1, L]``."""
+    cfg = field.cfg
+    if field.precision.bf16 and field.precision.shift_bf16:
+        biases = torch.addmm(field.shift_bias.to(torch.bfloat16), latents.to(torch.bfloat16),
+                             field.shift_weight.to(torch.bfloat16).t()).to(latents.dtype)
+    else:
+        biases = torch.addmm(field.shift_bias, latents, field.shift_weight.t())  # [B, (K-1)·L]
+    return biases.view(latents.shape[0], cfg.num_sine_layers, 1, cfg.hidden_dim)
+
+
+def _lowp(field: PreparedField, k: int) -> bool:
+    """Whether layer k's product runs in bf16 (the hidden layers; the first one only when asked)."""
+    return field.lowp_weights is not None and (k > 0 or field.precision.first_layer_bf16)
+
+
+def preactivation(field: PreparedField, k: int, h: Tensor, bias: Tensor) -> Tensor:
+    """The sine argument ``z_k = (ω_k W_k) h + bias_k`` of layer k (h = coords for k = 0), in the field's
+    precision: fp32, or a bf16 product added to the fp32 bias (bf16 throughout with ``sine_argument_bf16``)."""
+    if not _lowp(field, k):
+        return torch.matmul(h, field.weights[k].t()) + bias
+    product = torch.matmul(h.to(torch.bfloat16), field.lowp_weights[k].t())  # fp32 accumulation, bf16 result
+    if field.precision.sine_argument_bf16:
+        return product + bias.to(torch.bfloat16)
+    product = product.to(bias.dtype)  # the sum and the sine in fp32; cast + add beats a promoting add
+    return product.add_(bias) if product.dim() == bias.dim() else product + bias
+
+
+def input_gradient(field: PreparedField, k: int, grad_z: Tensor) -> Tensor:
+    """``∂L/∂z_k · (ω_k W_k)``: the gradient back through layer k's product, in the field's precision."""
+    if not _lowp(field, k):
+        return torch.matmul(grad_z, field.weights[k])
+    return torch.matmul(grad_z.to(torch.bfloat16), field.lowp_weights[k])
 
 
 def forward_prepared(field: PreparedField, latents: Tensor, coords: Tensor) -> Tensor:
@@ -157,11 +206,15 @@ def forward_prepared(field: PreparedField, latents: Tensor, coords: Tensor) -> T
     cfg = field.cfg
     B = latents.shape[0]
     check_coords(coords, cfg, B)
-    biases = torch.addmm(field.shift_bias, latents, field.shift_weight.t())  # [B, (K-1)·L]
-    biases = biases.view(B, cfg.num_sine_layers, 1, cfg.hidden_dim)  # [B, K-1, 1, L]
-    h = torch.sin(torch.matmul(coords, field.weights[0].t()) + biases[:, 0])  # [B, N, L]
-    for k in range(1, cfg.num_sine_layers):
-        h = h + torch.sin(torch.matmul(h, field.weights[k].t()) + biases[:, k])
+    biases = layer_biases(field, latents)  # [B, K-1, 1, L]
+    if field.lowp_weights is None:  # fp32 (the formulas as written)
+        h = torch.sin(torch.matmul(coords, field.weights[0].t()) + biases[:, 0])  # [B, N, L]
+        for k in range(1, cfg.num_sine_layers):
+            h = h + torch.sin(torch.matmul(h, field.weights[k].t()) + biases[:, k])
+    else:
+        h = torch.sin(preactivation(field, 0, coords, biases[:, 0])).to(latents.dtype)
+        for k in range(1, cfg.num_sine_layers):
+            h = h + torch.sin(preactivation(field, k, h, biases[:, k]))  # fp32 residual stream
     return torch.matmul(h, field.last_weight.t()) + field.last_bias  # [B, N, D]
 
 

@@ -26,13 +26,18 @@ from mednf.engine.context import random_context
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import check_signals, mse_to_psnr, signal_mse
 from mednf.engine.metrics import SSIM_WINDOW, ssim
+from mednf.engine.planner import (
+    CPU_CHUNK_ROWS,
+    MemoryBudget,
+    fit_chunk_rows,
+    fit_signal_bytes,
+    plan_fit_batch,
+    resolve_budget,
+)
+from mednf.engine.precision import use_precision
 from mednf.errors import ConfigError
 
-# Bytes per (point, hidden unit, sine layer) of one unchunked fit step: cos(z) kept for the backward
-# (4 B) plus as much again for activations and temporaries. An estimate from the algorithm, not measured.
-_BYTES_PER_UNIT = 8
-_DEFAULT_CPU_BUDGET_MB = 1024.0
-_CPU_CHUNK_ROWS = 2048
+_CPU_CHUNK_ROWS = CPU_CHUNK_ROWS  # (signal, point) rows per chunk of the latent gradient on the CPU
 
 
 @dataclass
@@ -43,19 +48,25 @@ class FitResult:
     ssim: Tensor | None = None  # [S] when asked for (images/volumes with every side ≥ 11)
 
 
-def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: torch.device) -> int:
-    """Signals per batch that fit the memory budget (explicit ``fit.batch_size`` wins)."""
+def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: torch.device, *,
+                    budget: MemoryBudget | None = None, rows_out: int | None = None) -> int:
+    """Signals per fit batch, from the memory planner (:mod:`mednf.engine.planner`).
+
+    - an explicit ``fit.batch_size`` wins (a build's plan has already checked it against its budget);
+    - else with ``fit.memory_budget_mb`` set and no ``budget``: that many MiB for the batch's working set,
+      beyond what the process holds, at least one signal;
+    - else the largest batch whose estimated peak stays inside ``budget`` (the whole process on the CPU,
+      the device's memory on CUDA; default :func:`mednf.engine.planner.default_budget`), at most
+      ``rows_out`` signals; a one-line ConfigError when not even one signal fits.
+    """
     if fit.batch_size is not None:
         return fit.batch_size
-    budget_mb = fit.memory_budget_mb
-    if budget_mb is None:
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            budget_mb = 0.5 * free / 2**20
-        else:
-            budget_mb = _DEFAULT_CPU_BUDGET_MB
-    per_signal = num_points * cfg.hidden_dim * cfg.num_sine_layers * _BYTES_PER_UNIT
-    return max(1, int(budget_mb * 2**20 // per_signal))
+    chunk_rows = fit_chunk_rows(device)
+    if fit.memory_budget_mb is not None and budget is None:
+        per_signal = fit_signal_bytes(cfg, num_points, chunk_rows)
+        return max(1, int(fit.memory_budget_mb * 2**20 // per_signal))
+    return plan_fit_batch(cfg, fit, num_points, device, budget=resolve_budget(budget, device),
+                          rows_out=rows_out or 1024, chunk_rows=chunk_rows)
 
 
 def fit_batch(
@@ -122,6 +133,7 @@ def fit_latents(
     first_index: int = 0,
     on_batch: Callable[[int, int], None] | None = None,
     with_ssim: bool = False,
+    memory_budget: MemoryBudget | str | int | None = None,
 ) -> FitResult:
     """Fit a latent for every signal.
 
@@ -132,6 +144,8 @@ def fit_latents(
         on_batch: called with (signals done, total) after each batch, e.g. to drive a progress bar.
         with_ssim: also report SSIM per signal (:func:`mednf.engine.metrics.ssim`); NaN where it is undefined
             (1D signals, or a side shorter than the 11-tap window).
+        memory_budget: sizes the batches when ``fit.batch_size`` is unset (:func:`auto_batch_size`; a size
+            such as ``"4GB"``, or a :class:`~mednf.engine.planner.MemoryBudget`); None: the device's default.
     Returns:
         :class:`FitResult` with S latents, MSEs and PSNRs, in input order.
     """
@@ -145,7 +159,8 @@ def fit_latents(
     spatial = tuple(signals.shape[2:])
     coords = nf.coordinate_grid(spatial, device=device)
     total = signals.shape[0]
-    batch = auto_batch_size(cfg, coords.shape[0], fit, device)
+    budget = None if memory_budget is None else resolve_budget(memory_budget, device)
+    batch = auto_batch_size(cfg, coords.shape[0], fit, device, budget=budget, rows_out=total)
     latents = torch.empty(total, cfg.latent_dim)
     mses = torch.empty(total)
     ssims = torch.full((total,), float("nan")) if with_ssim else None
@@ -155,7 +170,8 @@ def fit_latents(
         chunk = as_float_signals(signals[start:stop]).to(device)
         check_signals(chunk, f"signals[{start}:{stop}]")
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
-        phi, mse, recon = fit_batch(theta, nf.to_points(chunk), coords, cfg, fit, ids, seed=seed, return_recon=True)
+        with use_precision(cfg.precision, device):
+            phi, mse, recon = fit_batch(theta, nf.to_points(chunk), coords, cfg, fit, ids, seed=seed, return_recon=True)
         if ssims is not None and ssim_defined:
             ssims[start:stop] = ssim(nf.from_points(recon, spatial), chunk).cpu()
         latents[start:stop] = phi.cpu()

@@ -15,7 +15,10 @@ Each point's backward is independent of the others, so the gradient of the MSE o
 points (the official code's test-time gradient rescaling) is a weighted sum of the same per-point terms:
 ``subset_weights`` (N/n on the subset, 0 elsewhere) gives it from the same pass, with no second forward.
 
-It is tested against autograd (tests/test_latent_grad.py).
+It is tested against autograd (tests/test_latent_grad.py). In bf16 precision (a field prepared inside
+:func:`mednf.engine.precision.use_precision`) the hidden products, forward and backward, run in bf16 through
+:func:`mednf.engine.field.preactivation` / :func:`~mednf.engine.field.input_gradient`; cosines, sums over
+points, the residual stream and ∂L/∂φ stay fp32.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mednf.engine.field import PreparedField, check_coords
+from mednf.engine.field import PreparedField, check_coords, input_gradient, layer_biases, preactivation
 
 
 @torch.no_grad()
@@ -50,7 +53,8 @@ def latent_gradient(
     B, N, D = targets.shape
     check_coords(coords, cfg, B)
     layers = cfg.num_sine_layers
-    biases = torch.addmm(field.shift_bias, latents, field.shift_weight.t()).view(B, layers, 1, cfg.hidden_dim)
+    biases = layer_biases(field, latents)  # [B, K-1, 1, L]
+    lowp, dtype = field.lowp_weights is not None, latents.dtype
     sums = 1 if subset_weights is None else 2  # full-context gradient, and the subset one
     bias_grad = latents.new_zeros(B, sums, layers, cfg.hidden_dim)
     squared = latents.new_zeros(B)
@@ -62,12 +66,16 @@ def latent_gradient(
         if subset_weights is not None:  # [B, 2, n]: row 0 sums every point, row 1 weighs the subset
             weights = torch.stack([torch.ones_like(subset_weights[:, start:stop]), subset_weights[:, start:stop]], 1)
         cosines = []
-        h = torch.matmul(chunk, field.weights[0].t()) + biases[:, 0]  # [B, n, L]
-        cosines.append(torch.cos(h))
-        h.sin_()
+        h = preactivation(field, 0, chunk, biases[:, 0])  # [B, n, L]
+        cosines.append(torch.cos(h).to(dtype))
+        h = h.sin_().to(dtype)
         for k in range(1, layers):
-            z = torch.matmul(h, field.weights[k].t()).add_(biases[:, k])
-            cosines.append(torch.cos(z))
+            if lowp:
+                z = preactivation(field, k, h, biases[:, k])
+                cosines.append(torch.cos(z).to(dtype))
+            else:
+                z = torch.matmul(h, field.weights[k].t()).add_(biases[:, k])
+                cosines.append(torch.cos(z))
             h.add_(z.sin_())
         error = torch.matmul(h, field.last_weight.t()).add_(field.last_bias).sub_(targets[:, start:stop])  # [B, n, D]
         squared += error.square().sum(dim=(1, 2))
@@ -79,6 +87,10 @@ def latent_gradient(
             else:
                 bias_grad[:, :, k] += torch.bmm(weights, grad_z)  # [B, 2, L]
             if k > 0:
-                grad_h.add_(torch.matmul(grad_z, field.weights[k]))
-    grads = torch.matmul(bias_grad.view(B, sums, -1), field.shift_weight)  # [B, sums, P]
+                grad_h.add_(input_gradient(field, k, grad_z))
+    bias_grad = bias_grad.view(B, sums, -1)
+    if field.precision.bf16 and field.precision.shift_bf16:
+        grads = torch.matmul(bias_grad.to(torch.bfloat16), field.shift_weight.to(torch.bfloat16)).to(dtype)
+    else:
+        grads = torch.matmul(bias_grad, field.shift_weight)  # [B, sums, P]
     return grads[:, 0], (grads[:, 1] if sums == 2 else None), squared / (N * D)

@@ -12,6 +12,13 @@ One meta-iteration on a batch of B signals:
 
 Plain batched autograd was chosen over ``torch.func.vmap(grad(...))``: it gives the same gradient and was
 faster in eager mode on CPU (measured and written down in ../shared/NOTES-ecosystem.md).
+
+**Micro-batches.** The meta-gradient is a sum over signals of independent terms (each signal has its own
+inner loop), so a batch can be processed ``micro_batch`` signals at a time, every part backpropagated into
+θ's ``.grad`` before clipping and the AdamW step (:func:`accumulate_meta_gradient`). Each part's loss is its
+sum of MSEs divided by the *whole* batch size, and each signal's contexts are keyed by its slot in the whole
+batch, so the accumulated gradient is the full batch's gradient up to float rounding, and the memory of
+the second-order graph is that of one micro-batch. :mod:`mednf.engine.planner` chooses the micro-batch.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from torch import Tensor
 from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
+from mednf.engine.precision import use_precision
 from mednf.errors import ConfigError
 
 
@@ -141,6 +149,54 @@ def sample_contexts(
     ]
 
 
+def accumulate_meta_gradient(
+    params: nf.Params,
+    targets: Tensor,
+    coords: Tensor,
+    cfg: FieldConfig,
+    meta: MetaConfig,
+    *,
+    seed: int,
+    iteration: int,
+    positions: Tensor | None = None,
+    global_batch: int | None = None,
+    micro_batch: int | None = None,
+) -> MetaOutput:
+    """Backpropagate one meta-iteration's loss into the ``.grad`` of ``params``, ``micro_batch`` signals at a time.
+
+    Args:
+        params: θ, leaves with ``requires_grad``; their ``.grad`` is added to (zero it before).
+        targets: ``[B, N, D]`` values of this process's B signals on the grid ``coords [N, C]``.
+        seed, iteration: key the random contexts (with each signal's slot, see :func:`sample_contexts`).
+        positions: ``[B]`` positions of the signals in the global batch (default ``0..B-1``).
+        global_batch: size of the global batch (default B): every part's loss is its sum of per-signal
+            MSEs divided by it, so the parts' gradients add up to the gradient of the global mean.
+        micro_batch: signals per part (None: all B at once). Part ``[s, e)`` draws the contexts of slots
+            ``positions[s:e]``, exactly those a whole-batch call draws for these signals.
+    Returns:
+        :class:`MetaOutput` of the whole batch: the loss summed over parts (detached), ``outer_mse [B]``,
+        ``inner_mse [B]`` and ``latents [B, P]`` (detached).
+    """
+    B, N = targets.shape[:2]
+    if positions is None:
+        positions = torch.arange(B, dtype=torch.int64)
+    total = B if global_batch is None else global_batch
+    size = B if micro_batch is None else max(1, min(int(micro_batch), B))
+    loss = targets.new_zeros(())
+    outer, inner, latents = [], [], []
+    for start in range(0, B, size):
+        stop = min(start + size, B)
+        contexts = sample_contexts(meta, stop - start, N, seed=seed, iteration=iteration, device=targets.device,
+                                   positions=positions[start:stop], global_batch=total)
+        out = meta_objective(params, targets[start:stop], coords, cfg, meta, contexts, loss_divisor=total)
+        out.loss.backward()  # frees this part's graph before the next part builds its own
+        loss = loss + out.loss.detach()
+        outer.append(out.outer_mse)
+        inner.append(out.inner_mse)
+        latents.append(out.latents.detach())
+    return MetaOutput(loss, torch.cat(outer), torch.cat(inner), torch.cat(latents))
+
+
 class MetaLearner:
     """Holds θ, AdamW and the learning-rate schedule; :meth:`step` runs one meta-iteration."""
 
@@ -173,13 +229,14 @@ class MetaLearner:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.iteration = 0
-        self._grids: dict[tuple[int, ...], Tensor] = {}
+        self._grids: dict[tuple[tuple[int, ...], torch.dtype], Tensor] = {}
 
-    def grid(self, spatial: tuple[int, ...]) -> Tensor:
+    def grid(self, spatial: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
         """Cached coordinate grid ``[N, C]`` for a spatial shape."""
-        if spatial not in self._grids:
-            self._grids[spatial] = nf.coordinate_grid(spatial, device=self.device)
-        return self._grids[spatial]
+        key = (spatial, dtype)
+        if key not in self._grids:
+            self._grids[key] = nf.coordinate_grid(spatial, device=self.device, dtype=dtype)
+        return self._grids[key]
 
     def step(
         self,
@@ -188,6 +245,7 @@ class MetaLearner:
         positions: Tensor | None = None,
         global_batch: int | None = None,
         reduce_grads: Callable[[list[Tensor]], None] | None = None,
+        micro_batch: int | None = None,
     ) -> dict[str, float]:
         """One meta-iteration on channels-first signals ``[B, D, *spatial]`` in [0, 1].
 
@@ -195,6 +253,10 @@ class MetaLearner:
         positions in the global batch of size ``global_batch``, and ``reduce_grads`` sums the gradient
         tensors over the ranks in place (an all-reduce) before clipping. The update then equals one
         process's step on the whole global batch.
+
+        ``micro_batch`` signals are processed at a time (None: the whole local batch), their gradients
+        accumulated before the all-reduce, clipping and AdamW (:func:`accumulate_meta_gradient`): the same
+        step up to float rounding, with the memory of one micro-batch (:mod:`mednf.engine.planner`).
 
         Returns the (local) meta-loss, mean PSNR on the full context after G steps, mean PSNR of the last
         inner context, the gradient norm before clipping and the learning rate used.
@@ -206,18 +268,18 @@ class MetaLearner:
                 f"{', '.join(['S'] * cfg.in_dims)}] for in_dims={cfg.in_dims}, out_dims={cfg.out_dims}; "
                 "check the channel count and dimensionality of the data"
             )
-        signals = signals.to(self.device, torch.float32)
+        dtype = self.params["last.bias"].dtype  # float32, or float64 for exactness tests
+        signals = signals.to(self.device, dtype)
         check_signals(signals)
         spatial = tuple(signals.shape[2:])
-        coords = self.grid(spatial)
+        coords = self.grid(spatial, dtype)
         targets = nf.to_points(signals)  # [B, N, D]
-        contexts = sample_contexts(
-            self.meta_cfg, targets.shape[0], coords.shape[0], seed=self.seed, iteration=self.iteration,
-            device=self.device, positions=positions, global_batch=global_batch,
-        )
-        out = meta_objective(self.params, targets, coords, cfg, self.meta_cfg, contexts, loss_divisor=global_batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        with use_precision(cfg.precision, self.device):
+            self.optimizer.zero_grad(set_to_none=True)
+            out = accumulate_meta_gradient(
+                self.params, targets, coords, cfg, self.meta_cfg, seed=self.seed, iteration=self.iteration,
+                positions=positions, global_batch=global_batch, micro_batch=micro_batch,
+            )
         if reduce_grads is not None:
             reduce_grads([p.grad for p in self.params.values()])
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.meta_cfg.grad_clip)

@@ -1,0 +1,494 @@
+"""Memory planner: how many signals a meta-iteration may process at once, and how large a fit batch may be,
+so that the process stays inside a memory budget — decided from the configuration before anything is
+allocated.
+
+The budget
+----------
+``--memory-budget 8GB`` (``BuildOptions.memory_budget``), or by default a safe share of what is free:
+60 % of ``MemAvailable`` (``/proc/meminfo``, or the cgroup's limit when that is lower) on the CPU, 80 % of
+``torch.cuda.mem_get_info`` on CUDA, divided among the ranks that share the machine or the device
+(``LOCAL_WORLD_SIZE``; under torchrun every rank plans for itself, for its own share of the batch). On the
+CPU the budget bounds the whole process (its peak resident set, ``VmHWM``); on CUDA it bounds the engine's
+device memory (``torch.cuda.max_memory_allocated``). What the process already uses when it plans (``VmRSS``:
+Python, torch, the source images; on CUDA ``torch.cuda.memory_allocated``) is subtracted first.
+
+The model (bytes; calibrated on the CPU by ``benchmarks/planner.py calibrate``, see benchmarks/RESULTS.md)
+-----------------------------------------------------------------------------------------------------
+Notation as in :class:`mednf.engine.config.FieldConfig`: K layers, L hidden units, P latent size, C
+coordinate and D value dimensions; N points per signal, n = ⌊γN⌋ context points, G inner steps
+(1 when first-order: only one inner graph is alive at a time), U = L·(K-1) (hidden unit × sine layer),
+|θ| the bytes of θ in float32, s the precision factor (1 for fp32 and tf32, and for bf16 too: measured at
+or below fp32, see :data:`CPU_MODEL`).
+
+One meta-iteration on m signals at a time (a micro-batch) peaks at::
+
+    in_use + F_meta + m · S_meta
+    S_meta = s · (INNER · G · n · U + OUTER · N · U + POINT · N · (C + D))          one signal's graph
+    F_meta = THETA · |θ| + RUNTIME + BATCH · B_local · N · D                          fixed
+
+INNER is the second-order graph of one inner step: the forward's z_k, h_k and the backward's cos z_k,
+∂z_k, ∂h_k that ``create_graph`` keeps — 19.7 B per (context point, unit, sine layer, inner step) counted
+with ``torch.autograd.graph.saved_tensors_hooks``, ≈ 5 float32 tensors — plus the gradients of them that
+the double backward holds and the allocator's share: **36 B** measured. OUTER is the full-grid forward
+(z_k, h_k: 8 B saved) and the working set of the backward: **15 B** per (point, unit, sine layer). POINT
+(16 B) the per-point tensors (targets, coordinates, errors, context indices). THETA covers θ, its gradient, AdamW's two moments, the folded copy
+of θ (:func:`mednf.engine.field.prepare`) and its gradient, and the temporaries of clipping and the
+(foreach) AdamW step (**10** |θ|); RUNTIME (104 MiB) is what autograd and the optimizer allocate on first
+use; BATCH (5 B) the local batch of signals as uint8 and float32 (it is loaded whole and then sliced into
+micro-batches). The paper's 2D configuration (K15 L256 P2048, 64², G10 γ .25) thus costs 1.44 GiB per
+signal plus 0.41 GiB fixed; with 0.25 GiB in use and the margin, an 8 GB budget runs B = 24 as 6 parts of 4.
+
+A fit batch of b signals (:func:`mednf.engine.fit.fit_batch`; the latent gradient runs in chunks of
+``chunk_rows`` (signal, point) rows, all points at once when ``chunk_rows`` is None) peaks at::
+
+    in_use + F_fit + b · S_fit
+    S_fit = FIT_SIGNAL · N · L + FIT_POINT · N · (1 + D)  [+ FIT_CHUNK · N · U unchunked]
+    F_fit = FIT_THETA · |θ| + FIT_CHUNK · rows · U + RUNTIME + 3 · rows_out · P · 4
+
+FIT_SIGNAL (16 B) is the final, unchunked evaluation of the fitted field (``h``, a product and a sine per
+layer at a time: three ``[b, N, L]`` tensors), FIT_POINT (8 B) the subset keys, weights, targets and the
+reconstruction, FIT_CHUNK (5 B) the cosines and activations of one chunk of the hand-written backward
+(:mod:`mednf.engine.latent_grad`), FIT_THETA (3) θ and its fold, rows_out the latents kept for a block of
+rows. A build plans its fits again when they start (:func:`fit_batch_now`): freed pages of the autograd
+graphs are given back to the OS first (``malloc_trim``), and what the process then holds (θ, AdamW, what
+the allocator kept) is the new ``in_use``.
+
+Every estimate is multiplied by ``1 + MARGIN`` (0.15: single peaks scatter by up to ±15 % around the
+least-squares fit, because of the C allocator) before it is compared with the budget. The micro-batch is the largest that fits, balanced over the parts (24 signals
+with room for 7 run as 4 parts of 6). When a single signal does not fit, :func:`plan_memory` raises a
+one-line :class:`~mednf.errors.ConfigError` naming the estimate, the budget and the fixes — before any
+tensor of the run is allocated, so an unbounded ``--size`` or latent size ends there too.
+
+CUDA: the same coefficients are used (not calibrated on a GPU; the CPU numbers include the C allocator's
+overhead, so they should over-estimate ``max_memory_allocated``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
+from mednf.engine.context import context_size
+from mednf.errors import ConfigError
+
+CPU_CHUNK_ROWS = 2048  # (signal, point) rows per chunk of the fit's latent gradient on the CPU (cache-sized)
+CPU_SHARE = 0.6  # default budget: this share of MemAvailable on the CPU …
+CUDA_SHARE = 0.8  # … and of the free device memory on CUDA
+# Fit batches are capped (a choice, not a memory limit): on the CPU a chunk of the latent gradient holds
+# CPU_CHUNK_ROWS / b points per signal (64 at b = 32), on CUDA a block of rows is 1024 signals.
+FIT_MAX_BATCH = {"cpu": 32, "cuda": 1024}
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE = re.compile(r"\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*\Z")
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Coefficients of the memory model (module docstring); bytes per the unit each one names."""
+
+    inner: float  # per (context point, unit, sine layer, inner step) of one signal
+    outer: float  # per (point, unit, sine layer) of one signal
+    point: float  # per (point, coordinate or value dimension) of one signal
+    theta: float  # per byte of θ (float32)
+    runtime: int  # bytes, once
+    batch: float  # per (point, channel) of every signal of the local batch
+    fit_signal: float  # per (point, unit) of one fit signal
+    fit_point: float  # per (point, 1 + D) of one fit signal
+    fit_chunk: float  # per (row, unit, sine layer) of one latent-gradient chunk
+    fit_theta: float  # per byte of θ in the fit
+    margin: float  # relative safety margin on every estimate
+    bf16: float  # activation factor s of bf16 precision (fp32 and tf32: 1)
+
+
+# Calibrated 2026-12-01 with `python benchmarks/planner.py calibrate` on the 2-core Intel Xeon machine
+# (torch 2.13.0+cpu, glibc malloc; 13 configurations × 3-4 micro-batch sizes, peak RSS in a fresh process):
+# non-negative least squares on the relative error gave inner 33.1, outer 13.8, point 0, θ 9.5, runtime
+# 104 MiB (meta) and fit_signal 10.8, fit_point 7.5, fit θ 2.6 (fit); the coefficients below are those raised
+# by ≈ 9 % (inner, outer; fit_signal to 16: the final evaluation holds three [B, N, L] tensors, 12 B, plus
+# the allocator's share, and a fit that follows meta-learning lands beside its freed pages) so that the worst measured / modelled over the grid (1.11 meta, 1.04 fit) stays inside
+# the 15 % margin; the allocator makes single peaks scatter by ±15 % around the fit. bf16 measured
+# at or below fp32 (K15 L256 G2 on 32², m = 1 and 4: 0.93× and 0.87×), so it is planned as fp32.
+# Numbers and per-configuration ratios: benchmarks/RESULTS.md, "Memory planner".
+CPU_MODEL = MemoryModel(inner=36.0, outer=15.0, point=16.0, theta=10.0, runtime=104 * 2**20, batch=5.0,
+                        fit_signal=16.0, fit_point=8.0, fit_chunk=5.0, fit_theta=3.0, margin=0.15, bf16=1.0)
+
+
+def model_for(device: torch.device) -> MemoryModel:
+    """The model for a device type (CUDA uses the CPU calibration, see the module docstring)."""
+    return CPU_MODEL
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``, ``320.0 MiB`` — the planner's way of printing sizes."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_memory(value: str | float, what: str = "--memory-budget") -> int:
+    """``"8GB"`` → 8·10⁹, ``"8GiB"`` or ``"8G"`` → 8·2³⁰, ``"512MB"``, ``"2e9"`` or an int → bytes.
+
+    KB/MB/GB/TB are powers of 1000; KiB/MiB/GiB/TiB and the bare K/M/G/T powers of 1024 (case-insensitive).
+    Raises a one-line ConfigError for anything else, and for sizes ≤ 0.
+    """
+    fix = "give a size such as 8GB, 6GiB, 512MB or a number of bytes"
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} {value!r} is invalid: expected a memory size; {fix}")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        match = _SIZE.match(str(value))
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ConfigError(f"{what} {value!r} is invalid: expected a number with an optional unit "
+                              f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB); {fix}")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = number * _UNITS[unit]
+    if not math.isfinite(size) or size < 1:
+        raise ConfigError(f"{what} {value!r} is invalid: expected a finite size ≥ 1 byte; {fix}")
+    return int(size)
+
+
+def _read_kib(path: str, key: str) -> int | None:
+    try:
+        for line in Path(path).read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """Bytes the process's cgroup may still use (v2 ``memory.max``, v1 ``limit_in_bytes``), None if unlimited."""
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            text = Path(limit).read_text().strip()
+            if text == "max" or int(text) >= 2**60:
+                return None
+            return max(0, int(text) - int(Path(usage).read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_host_memory() -> int:
+    """``MemAvailable`` (or the cgroup's remaining room, when smaller) in bytes."""
+    free = _read_kib("/proc/meminfo", "MemAvailable")
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            free = 4 * 2**30
+    room = _cgroup_room()
+    return free if room is None else min(free, room)
+
+
+def _process_memory(key: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process in bytes; without /proc, the peak from getrusage (an upper bound)."""
+    value = _read_kib("/proc/self/status", key)
+    if value is not None:
+        return value
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if os.uname().sysname == "Darwin" else peak * 1024
+
+
+def memory_in_use(device: torch.device | str = "cpu") -> int:
+    """What the process holds now: resident set (``VmRSS``) on the CPU, allocated tensors on CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return _process_memory("VmRSS")
+
+
+def peak_memory(device: torch.device | str = "cpu") -> int:
+    """The process's peak so far: ``VmHWM`` on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return _process_memory("VmHWM")
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """A memory budget in bytes and where it came from (for logs and the manifest)."""
+
+    bytes: int
+    origin: str  # "--memory-budget 8GB" or "60% of 21.4 GiB available"
+
+    def __str__(self) -> str:
+        return f"{format_bytes(self.bytes)} ({self.origin})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "origin": self.origin}
+
+
+def _local_world() -> int:
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def default_budget(device: torch.device | str = "cpu") -> MemoryBudget:
+    """A safe share of what is free now, plus what the process already holds (module docstring)."""
+    device = torch.device(device)
+    ranks = _local_world() if device.type == "cpu" else 1  # on CUDA every rank has its own device
+    share = f" / {ranks} ranks" if ranks > 1 else ""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        room = int(CUDA_SHARE * free)
+        origin = f"{CUDA_SHARE:.0%} of {format_bytes(free)} free on {device}"
+    else:
+        free = available_host_memory()
+        room = int(CPU_SHARE * free / ranks)
+        origin = f"{CPU_SHARE:.0%} of {format_bytes(free)} available{share}"
+    return MemoryBudget(memory_in_use(device) + room, origin)
+
+
+def resolve_budget(value: MemoryBudget | str | float | None, device: torch.device | str = "cpu",
+                   what: str = "--memory-budget") -> MemoryBudget:
+    """The budget a user gave (a size, see :func:`parse_memory`), or the device's default for None."""
+    if isinstance(value, MemoryBudget):
+        return value
+    if value is None:
+        return default_budget(device)
+    return MemoryBudget(parse_memory(value, what), f"{what} {value}")
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+def _precision_factor(cfg: FieldConfig, model: MemoryModel) -> float:
+    return model.bf16 if getattr(cfg, "precision", "fp32") == "bf16" else 1.0
+
+
+def theta_bytes(cfg: FieldConfig) -> int:
+    """Bytes of θ in float32: K-1 sine layers, the stacked shift map and the output layer."""
+    L, P = cfg.hidden_dim, cfg.latent_dim
+    numel = (cfg.in_dims * L + L) + (cfg.num_layers - 2) * (L * L + L)
+    numel += cfg.modulation_dim * (P + 1) + cfg.out_dims * (L + 1)
+    return 4 * numel
+
+
+def meta_signal_bytes(cfg: FieldConfig, meta: MetaConfig, num_points: int, model: MemoryModel = CPU_MODEL) -> int:
+    """S_meta: the second-order graph of one signal in one meta-iteration (module docstring)."""
+    n = num_points if meta.context_ratio >= 1.0 else context_size(num_points, meta.context_ratio)
+    steps = 1 if meta.first_order else meta.inner_steps
+    units = cfg.hidden_dim * cfg.num_sine_layers
+    per = model.inner * steps * n * units + model.outer * num_points * units
+    per += model.point * num_points * (cfg.in_dims + cfg.out_dims)
+    return math.ceil(_precision_factor(cfg, model) * per)
+
+
+def meta_fixed_bytes(cfg: FieldConfig, num_points: int, local_batch: int, model: MemoryModel = CPU_MODEL) -> int:
+    """F_meta: θ with AdamW and gradients, runtime, and the local batch of signals."""
+    return int(model.theta * theta_bytes(cfg) + model.runtime + model.batch * local_batch * num_points * cfg.out_dims)
+
+
+def fit_signal_bytes(cfg: FieldConfig, num_points: int, chunk_rows: int | None, model: MemoryModel = CPU_MODEL) -> int:
+    """S_fit: what one more signal in a fit batch costs."""
+    per = model.fit_signal * num_points * cfg.hidden_dim + model.fit_point * num_points * (1 + cfg.out_dims)
+    if chunk_rows is None:
+        per += model.fit_chunk * num_points * cfg.hidden_dim * cfg.num_sine_layers
+    return math.ceil(_precision_factor(cfg, model) * per)
+
+
+def fit_fixed_bytes(cfg: FieldConfig, chunk_rows: int | None, rows_out: int, model: MemoryModel = CPU_MODEL) -> int:
+    """F_fit: θ (and its fold), one chunk's working set, runtime and the latents of ``rows_out`` signals."""
+    chunk = 0 if chunk_rows is None else model.fit_chunk * chunk_rows * cfg.hidden_dim * cfg.num_sine_layers
+    return int(model.fit_theta * theta_bytes(cfg) + chunk + model.runtime + 3 * rows_out * cfg.latent_dim * 4)
+
+
+def fit_chunk_rows(device: torch.device) -> int | None:
+    """The fit's chunk of (signal, point) rows on a device: cache-sized on the CPU, everything on CUDA."""
+    return CPU_CHUNK_ROWS if device.type == "cpu" else None
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What :func:`plan_memory` decided, with the estimates it decided on (all sizes in bytes)."""
+
+    budget: MemoryBudget
+    in_use: int  # what the process held when it planned
+    local_batch: int  # signals of this rank per meta-iteration
+    micro_batch: int  # signals per part of a meta-iteration
+    fit_batch: int  # signals per fit batch (re-planned before each fit, see :func:`fit_batch_now`)
+    meta_fixed: int
+    meta_signal: int
+    fit_fixed: int
+    fit_signal: int
+    margin: float
+    rows_out: int = 1024
+
+    @property
+    def parts(self) -> int:
+        return -(-self.local_batch // self.micro_batch)
+
+    @property
+    def meta_peak(self) -> int:
+        """Estimated peak of a meta-iteration (margin included), ``in_use`` included."""
+        return int(self.in_use + (1 + self.margin) * (self.meta_fixed + self.micro_batch * self.meta_signal))
+
+    @property
+    def fit_peak(self) -> int:
+        """Estimated peak of a fit batch (margin included), ``in_use`` included."""
+        return int(self.in_use + (1 + self.margin) * (self.fit_fixed + self.fit_batch * self.fit_signal))
+
+    def describe(self) -> str:
+        """One line for build.log."""
+        return (f"memory: budget {self.budget}, {format_bytes(self.in_use)} in use; meta-iteration of "
+                f"{self.local_batch} signals in {self.parts} micro-batch(es) of ≤ {self.micro_batch} (estimated "
+                f"peak {format_bytes(self.meta_peak)}: {format_bytes(self.meta_signal)} per signal); fit batches of "
+                f"{self.fit_batch} (estimated peak {format_bytes(self.fit_peak)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget_bytes": self.budget.bytes, "budget": self.budget.origin, "in_use_bytes": self.in_use,
+                "local_batch": self.local_batch, "micro_batch": self.micro_batch, "fit_batch": self.fit_batch,
+                "estimated_meta_peak_bytes": self.meta_peak, "estimated_fit_peak_bytes": self.fit_peak}
+
+
+def _describe_config(f: FieldConfig, m: MetaConfig | None, spatial: Sequence[int]) -> str:
+    text = f"K={f.num_layers} L={f.hidden_dim} P={f.latent_dim} on {'×'.join(str(s) for s in spatial)} points"
+    if m is not None:
+        text += f", G={m.inner_steps} γ={m.context_ratio:g}" + (", first-order" if m.first_order else "")
+    return text
+
+
+def _count(room: float, fixed: int, signal: int) -> int:
+    """How many signals of ``signal`` bytes fit in ``room`` beside ``fixed``."""
+    return math.floor((room - fixed) / signal) if room > fixed else 0
+
+
+def _refuse(what: str, budget: MemoryBudget, in_use: int, fixed: int, signal: int, config: str,
+            margin: float) -> None:
+    need = int(in_use + (1 + margin) * (fixed + signal))
+    raise ConfigError(
+        f"memory budget {budget} is too small for {what} of {config}: the planner estimates a peak of "
+        f"{format_bytes(need)} ({format_bytes(in_use)} already in use + {format_bytes(fixed)} fixed + "
+        f"{format_bytes(signal)} per signal, + {margin:.0%} margin); use a smaller preset or --size, a lower "
+        f"--batch-size, build on a GPU (--gpu N), or give a larger --memory-budget if the machine has it"
+    )
+
+
+def plan_memory(
+    cfg: EngineConfig,
+    spatial: Sequence[int],
+    *,
+    budget: MemoryBudget,
+    device: torch.device | str = "cpu",
+    local_batch: int | None = None,
+    in_use: int | None = None,
+    rows_out: int = 1024,
+    model: MemoryModel | None = None,
+) -> MemoryPlan:
+    """Choose the meta micro-batch and the fit batch for ``cfg`` on signals of shape ``spatial``.
+
+    Args:
+        spatial: the signals' spatial shape, e.g. ``(64, 64)``; N is its product.
+        budget: see :func:`resolve_budget`. device: where the engine runs.
+        local_batch: this rank's signals per meta-iteration (default ``cfg.meta.batch_size``).
+        in_use: what the process holds now (default :func:`memory_in_use`).
+        rows_out: signals whose latents a fit call returns at once (a build's block of rows).
+    Returns:
+        :class:`MemoryPlan`. Raises a one-line ConfigError when one meta signal or one fit signal does
+        not fit. The fit is planned beside the meta-learner's θ, gradient and AdamW moments, which a build
+        keeps while it fits; an explicit ``cfg.fit.batch_size`` is lowered to what fits.
+    """
+    device = torch.device(device)
+    model = model or model_for(device)
+    num_points = math.prod(int(s) for s in spatial)
+    batch = cfg.meta.batch_size if local_batch is None else max(1, int(local_batch))
+    in_use = memory_in_use(device) if in_use is None else int(in_use)
+    room = budget.bytes / (1 + model.margin) - in_use
+
+    meta_fixed = meta_fixed_bytes(cfg.field, num_points, batch, model)
+    meta_signal = meta_signal_bytes(cfg.field, cfg.meta, num_points, model)
+    fits = _count(room, meta_fixed, meta_signal)
+    if fits < 1:
+        _refuse("one meta-learning signal", budget, in_use, meta_fixed, meta_signal,
+                _describe_config(cfg.field, cfg.meta, spatial), model.margin)
+    parts = -(-batch // min(fits, batch))
+    micro = -(-batch // parts)  # balanced: 24 signals with room for 7 → 4 parts of 6
+
+    chunk_rows = fit_chunk_rows(device)
+    fit_fixed = fit_fixed_bytes(cfg.field, chunk_rows, rows_out, model) + 4 * theta_bytes(cfg.field)
+    fit_signal = fit_signal_bytes(cfg.field, num_points, chunk_rows, model)
+    fit_fits = _count(room, fit_fixed, fit_signal)
+    if fit_fits < 1:
+        _refuse("fitting one signal", budget, in_use, fit_fixed, fit_signal, _describe_config(cfg.field, None, spatial),
+                model.margin)
+    fit_batch = _fit_batch(cfg.fit, device, fit_fits, rows_out)
+    return MemoryPlan(budget, in_use, batch, micro, fit_batch, meta_fixed, meta_signal, fit_fixed, fit_signal,
+                      model.margin, rows_out)
+
+
+def _fit_batch(fit: FitConfig, device: torch.device, fits: int, rows_out: int) -> int:
+    wanted = fit.batch_size or FIT_MAX_BATCH.get(device.type, FIT_MAX_BATCH["cpu"])
+    return max(1, min(wanted, fits, rows_out))
+
+
+def plan_fit_batch(cfg: FieldConfig, fit: FitConfig, num_points: int, device: torch.device, *,
+                   budget: MemoryBudget, in_use: int | None = None, rows_out: int = 1024,
+                   chunk_rows: int | None = None, model: MemoryModel | None = None, refuse: bool = True) -> int:
+    """Signals per fit batch inside ``budget`` beside what the process holds (``in_use``, default now).
+
+    ``chunk_rows`` is the chunking the fit will use (None: all points at once). When one signal does not
+    fit: the one-line ConfigError, or (``refuse=False``, for a build whose start plan already checked one
+    signal) a batch of one. An explicit ``fit.batch_size`` is lowered to what fits.
+    """
+    device = torch.device(device)
+    model = model or model_for(device)
+    in_use = memory_in_use(device) if in_use is None else int(in_use)
+    room = budget.bytes / (1 + model.margin) - in_use
+    fixed = fit_fixed_bytes(cfg, chunk_rows, rows_out, model)
+    signal = fit_signal_bytes(cfg, num_points, chunk_rows, model)
+    fits = _count(room, fixed, signal)
+    if fits < 1 and refuse:
+        _refuse("fitting one signal", budget, in_use, fixed, signal, _describe_config(cfg, None, (num_points,)),
+                model.margin)
+    return _fit_batch(fit, device, fits, rows_out)
+
+
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``), so that the resident set the
+    next plan sees is what is really held. Called between meta-learning and fitting: freed autograd graphs
+    otherwise stay resident and the next phase's allocations land beside them. False where unavailable."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def fit_batch_now(plan: MemoryPlan, cfg: EngineConfig, spatial: Sequence[int], device: torch.device | str) -> int:
+    """The fit batch for a fit that starts now, in a build planned by ``plan``: free heap pages are returned
+    first (:func:`release_free_memory`), then the batch is planned beside what the process holds now (θ,
+    the optimizer, what earlier phases left), at least one signal."""
+    device = torch.device(device)
+    release_free_memory()
+    return plan_fit_batch(cfg.field, cfg.fit, math.prod(int(s) for s in spatial), device, budget=plan.budget,
+                          rows_out=plan.rows_out, chunk_rows=fit_chunk_rows(device), refuse=False)
+
+
+__all__ = ["CPU_CHUNK_ROWS", "CPU_MODEL", "MemoryBudget", "MemoryModel", "MemoryPlan", "available_host_memory",
+           "default_budget", "fit_batch_now", "fit_fixed_bytes", "fit_signal_bytes", "format_bytes", "memory_in_use",
+           "meta_fixed_bytes", "meta_signal_bytes", "parse_memory", "peak_memory", "plan_fit_batch", "plan_memory",
+           "release_free_memory", "resolve_budget", "theta_bytes"]
