@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mednf.engine import field as nf
+from mednf.engine.allocator import keep_freed_memory
 from mednf.engine.config import FieldConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
 from mednf.engine.precision import use_precision
@@ -213,6 +214,8 @@ class MetaLearner:
         self.meta_cfg = meta_cfg
         self.seed = seed
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # large graphs without a page fault per tensor (mednf.engine.allocator)
         if params is None:
             gen = torch.Generator().manual_seed(seed)
             params = nf.init_params(field_cfg, generator=gen, device=self.device)
