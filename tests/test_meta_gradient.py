@@ -28,9 +28,9 @@ def _setup(C: int, D: int, dtype=torch.float64, *, K=4, L=16, P=8, G=3, gamma=0.
     return cfg, meta, params, coords, targets, contexts
 
 
-def _batched_grads(cfg, meta, params, coords, targets, contexts):
+def _batched_grads(cfg, meta, params, coords, targets, contexts, explicit=True):
     theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    out = meta_objective(theta, targets, coords, cfg, meta, contexts)
+    out = meta_objective(theta, targets, coords, cfg, meta, contexts, explicit=explicit)
     grads = torch.autograd.grad(out.loss, list(theta.values()))
     return out.loss.detach(), dict(zip(theta, grads))
 
@@ -44,17 +44,19 @@ def _relative_error(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("C", [1, 2, 3])
 @pytest.mark.parametrize("D", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_batched_meta_gradient_equals_per_signal_reference(C, D, dtype):
+@pytest.mark.parametrize("explicit", [True, False], ids=["explicit", "double-backward"])
+def test_batched_meta_gradient_equals_per_signal_reference(C, D, dtype, explicit):
     cfg, meta, params, coords, targets, contexts = _setup(C, D, dtype)
     assert all(c is not None and c.shape[1] < coords.shape[0] for c in contexts)  # γ < 1 really subsamples
     assert not torch.equal(contexts[0][0], contexts[0][1])  # each signal its own context
-    loss, grads = _batched_grads(cfg, meta, params, coords, targets, contexts)
+    loss, grads = _batched_grads(cfg, meta, params, coords, targets, contexts, explicit)
     model = OfficialStyleSIREN.from_params(params, cfg)
     ref_loss = per_signal_meta_gradient(model, coords, targets, contexts, inner_lr=meta.inner_lr,
                                         latent_dim=cfg.latent_dim)
     ref = model.grads_as_params(cfg)
     err = _relative_error(grads, ref)
-    report(f"batched vs per-signal meta-gradient, C={C} D={D} {dtype}: relative error {err:.2e}")
+    report(f"batched ({'explicit' if explicit else 'double backward'}) vs per-signal meta-gradient, C={C} D={D} "
+           f"{dtype}: relative error {err:.2e}")
     assert err <= 1e-5
     assert torch.allclose(loss, ref_loss, rtol=1e-5)
 

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from mednf.engine import field as nf
-from mednf.engine.config import FieldConfig, FitConfig
 from mednf.engine.allocator import keep_freed_memory
+from mednf.engine.config import FieldConfig, FitConfig
 from mednf.engine.context import random_context
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import check_signals, mse_to_psnr, signal_mse
