@@ -266,3 +266,26 @@ def test_cuda_capabilities_and_switches(monkeypatch):
     with prec.use_precision("fp32", "cuda:0"):
         assert matmul.allow_tf32 == before[0]  # fp32 leaves torch's switches as they are
     assert (matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction) == before
+
+
+def test_explicit_and_double_backward_meta_gradients_agree_in_bf16():
+    """The hand-written second-order path (mednf.engine.inner_grad) rounds the same products to bf16 as
+    autograd's double backward through the bf16 field: the two meta-gradients agree to bf16 rounding."""
+    params, coords, targets, _ = _data(seed=3)
+    meta = MetaConfig(inner_steps=3, context_ratio=0.5)
+    contexts = sample_contexts(meta, 3, coords.shape[0], seed=0, iteration=0, device=torch.device("cpu"))
+    used = prec.resolve_precision("bf16", warn=False)
+    if used.effective != "bf16":
+        pytest.skip(f"this machine runs bf16 as fp32 ({used.detail})")
+    grads = {}
+    for explicit in (True, False):
+        theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        with prec.use_precision(used):
+            loss = meta_objective(theta, targets, coords, _cfg("bf16"), meta, contexts, explicit=explicit).loss
+        grads[explicit] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(theta.values()))])
+    theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    exact = meta_objective(theta, targets, coords, _cfg(), meta, contexts).loss
+    exact = torch.cat([g.flatten() for g in torch.autograd.grad(exact, list(theta.values()))])
+    between, to_fp32 = _rel(grads[True], grads[False]), _rel(grads[True], exact)
+    report(f"bf16 meta-gradient, explicit vs double backward: {between / U:.2f}u; explicit vs fp32: {to_fp32 / U:.2f}u")
+    assert between <= 8 * U and to_fp32 <= 8 * U

@@ -46,6 +46,19 @@ def _mm_into(accumulate: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return out.view(B, n, -1)
 
 
+def _times(x: Tensor, w: Tensor) -> Tensor:
+    """``x @ w`` in ``w``'s format (x cast to it: bfloat16 operands, fp32 accumulation), returned in float32."""
+    out = torch.matmul(x if x.dtype == w.dtype else x.to(w.dtype), w)
+    return out.float() if out.dtype == torch.bfloat16 else out
+
+
+def _times_into(accumulate: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    """``accumulate + x @ w`` (``[B, n, i]`` by ``[i, j]``): one GEMM in fp32/fp64, a bf16 GEMM and an add in bf16."""
+    if w.dtype == torch.bfloat16:
+        return _times(x, w).add_(accumulate)
+    return _mm_into(accumulate, x, w)
+
+
 def _flat(t: Tensor) -> Tensor:
     """``[B, n, L]`` → ``[B·n, L]``."""
     return t.reshape(-1, t.shape[-1])
@@ -60,9 +73,11 @@ class InnerGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, phi: Tensor, coords: Tensor, targets: Tensor, shift_weight: Tensor,
-                shift_bias: Tensor, last_weight: Tensor, last_bias: Tensor, *weights: Tensor) -> tuple[Tensor, Tensor]:
+                shift_bias: Tensor, last_weight: Tensor, last_bias: Tensor, lowp: bool,
+                *weights: Tensor) -> tuple[Tensor, Tensor]:
         B, n, D = targets.shape
         layers, L = len(weights), weights[0].shape[0]
+        hidden = _hidden_weights(weights, lowp)  # W_k in the format of the hidden products (k ≥ 1)
         beta = torch.addmm(shift_bias, phi, shift_weight.t()).view(B, layers, 1, L)
         inputs, sines, cosines = [], [], []  # h_k (k ≥ 1), sin z_k, cos z_k
         z = torch.matmul(coords, weights[0].t()) + beta[:, 0]  # [B, n, L] (coords may be [n, C])
@@ -70,8 +85,9 @@ class InnerGradient(torch.autograd.Function):
         cosines.append(torch.cos(z))
         h = sines[0]
         for k in range(1, layers):
-            inputs.append(h)
-            z = torch.matmul(h, weights[k].t()).add_(beta[:, k])
+            kept = h.to(hidden[k].dtype)  # bf16: the product's operand, kept for W̄_k at half the size
+            inputs.append(kept)
+            z = _times(kept, hidden[k].t()).add_(beta[:, k])
             sines.append(torch.sin(z))
             cosines.append(torch.cos(z))
             h = h + sines[k]
@@ -84,14 +100,15 @@ class InnerGradient(torch.autograd.Function):
         for k in range(layers - 1, -1, -1):
             adjoints[k] = a
             d = a * cosines[k]
-            deltas[k] = d
             sums[:, k] = d.sum(dim=1)
             if k > 0:
-                a = _mm_into(a, d, weights[k])
+                d = d.to(hidden[k].dtype)
+                a = _times_into(a, d, hidden[k])
+            deltas[k] = d
         grad = torch.matmul(sums.view(B, -1), shift_weight)  # [B, P]
         ctx.save_for_backward(phi, coords, shift_weight, last_weight, error, h, sums, *weights, *inputs, *sines,
                               *cosines, *adjoints, *deltas)
-        ctx.layers = layers
+        ctx.layers, ctx.lowp = layers, lowp
         ctx.mark_non_differentiable(mse)
         return grad, mse
 
@@ -107,6 +124,7 @@ class InnerGradient(torch.autograd.Function):
         sines, cosines, adjoints, deltas = rest[:K1], rest[K1: 2 * K1], rest[2 * K1: 3 * K1], rest[3 * K1:]
         B, n, D = error.shape
         L = weights[0].shape[0]
+        hidden = _hidden_weights(weights, ctx.lowp)
         if grad_out is None:
             grad_out = phi.new_zeros(phi.shape)
         grad_weights: list[Tensor] = [None] * K1  # type: ignore[list-item]
@@ -120,8 +138,9 @@ class InnerGradient(torch.autograd.Function):
             if k == 0:
                 d_bar = grad_sums[:, 0].expand(B, n, L)
             else:
-                d_bar = torch.matmul(a_bar, weights[k].t()).add_(grad_sums[:, k])
-                grad_weights[k] = torch.matmul(_flat(deltas[k]).t(), _flat(a_bar))
+                a_low = a_bar.to(hidden[k].dtype)
+                d_bar = _times(a_low, hidden[k].t()).add_(grad_sums[:, k])
+                grad_weights[k] = _times(_flat(deltas[k]).t(), _flat(a_low))
             a_bar = torch.addcmul(a_bar, d_bar, cosines[k]) if a_bar is not None else d_bar * cosines[k]
             if k == 0:  # sin z_0 is h_1 too (kept for W̄_1): a new tensor
                 cosine_parts.append(torch.mul(d_bar, adjoints[0]).mul_(sines[0]))
@@ -140,9 +159,9 @@ class InnerGradient(torch.autograd.Function):
             z_bar = torch.addcmul(cosine_parts[k].neg_(), h_bar, cosines[k])
             grad_beta[:, k] = z_bar.sum(dim=1)
             if k > 0:
-                own = torch.matmul(_flat(z_bar).t(), _flat(inputs[k - 1]))
-                grad_weights[k] = grad_weights[k] + own
-                h_bar = _mm_into(h_bar, z_bar, weights[k])
+                z_low = z_bar.to(hidden[k].dtype)
+                grad_weights[k] = grad_weights[k] + _times(_flat(z_low).t(), _flat(inputs[k - 1]))
+                h_bar = _times_into(h_bar, z_low, hidden[k])
             elif coords.dim() == 2:
                 grad_first = torch.matmul(z_bar.sum(dim=0).t(), coords)  # [L, C]
             else:
@@ -152,16 +171,23 @@ class InnerGradient(torch.autograd.Function):
         grad_phi = torch.matmul(grad_beta, shift_weight)
         grad_shift_weight.add_(torch.matmul(grad_beta.t(), phi))
         grad_shift_bias = grad_beta.sum(dim=0)
-        return (grad_phi, None, None, grad_shift_weight, grad_shift_bias, grad_last_weight, grad_last_bias,
+        return (grad_phi, None, None, grad_shift_weight, grad_shift_bias, grad_last_weight, grad_last_bias, None,
                 *grad_weights)
+
+
+def _hidden_weights(weights: tuple[Tensor, ...], lowp: bool) -> list[Tensor]:
+    """The sine layers' weights as the hidden products use them: bfloat16 copies when ``lowp`` (index 0, the
+    first layer, stays as it is: it runs in fp32 always)."""
+    return [w if k == 0 or not lowp else w.detach().to(torch.bfloat16) for k, w in enumerate(weights)]
 
 
 def inner_gradient(field: PreparedField, latents: Tensor, coords: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """``(∇_φ Σ_b MSE_b [B, P], MSE [B])`` of a prepared field on a context, differentiable (second order) with
     respect to the latents ``[B, P]`` and the prepared θ; coords ``[n, C]`` or ``[B, n, C]``, targets
     ``[B, n, D]``."""
+    lowp = field.lowp_weights is not None
     return InnerGradient.apply(latents, coords, targets, field.shift_weight, field.shift_bias, field.last_weight,
-                               field.last_bias, *field.weights)
+                               field.last_bias, lowp, *field.weights)
 
 
 __all__ = ["InnerGradient", "inner_gradient"]

@@ -82,7 +82,8 @@ def inner_loop(
         latents: starting φ ``[B, P]`` (default zeros).
         explicit: with ``create_graph``, take each step's gradient from
             :class:`mednf.engine.inner_grad.InnerGradient` (explicit formulas, hand-written second-order
-            backward; fp32/tf32/float64) instead of differentiating autograd's backward (always so in bf16).
+            backward; bf16 products as :mod:`mednf.engine.precision` says) instead of differentiating autograd's
+            backward (used for the measurement-only bf16 parts).
             Both give the same meta-gradient (tests/test_meta_gradient.py); the explicit one is faster.
     Returns:
         ``(φ [B, P], MSE of the last step's context [B])``.
@@ -97,7 +98,7 @@ def inner_loop(
             sub_coords, sub_targets = coords, targets
         else:
             sub_coords, sub_targets = gather_context(coords, targets, index)
-        if create_graph and explicit and field.lowp_weights is None:
+        if create_graph and explicit and not field.precision.measures_parts:
             grad, mse = inner_gradient(field, phi, sub_coords, sub_targets)  # hand-written second order
         else:
             mse = signal_mse(nf.forward_prepared(field, phi, sub_coords), sub_targets)  # [B]

@@ -64,6 +64,11 @@ class Precision:
     sine_argument_bf16: bool = False  # W h + bias rounded to bf16, sin/cos taken in bf16 (else fp32)
 
     @property
+    def measures_parts(self) -> bool:
+        """One of the measurement-only parts is switched on (:func:`bf16_parts`)."""
+        return self.first_layer_bf16 or self.shift_bf16 or self.sine_argument_bf16
+
+    @property
     def bf16(self) -> bool:
         """The hidden layers' products run in bfloat16."""
         return self.effective == "bf16"
