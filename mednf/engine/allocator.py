@@ -1,4 +1,4 @@
-"""Keep large freed blocks inside the process on the CPU (glibc ``mallopt``), once per process.
+"""Keep large freed blocks inside the process while a meta-iteration runs on the CPU (glibc ``mallopt``).
 
 Why: glibc serves every allocation above its mmap threshold (at most 32 MiB, and a 64² batch of 8 signals
 at L = 256 is a 32 MiB ``[B, N, L]`` tensor) with a fresh ``mmap`` and gives it back on ``free``. Every
@@ -8,11 +8,16 @@ mmap off, a GEMM of that height 0.16 vs 0.26 TFLOP/s, and a paper-config meta-it
 7.4 s (benchmarks/RESULTS.md, "Allocator"). The same happens to the 2048-row working sets of smaller
 configurations whenever the heap top is trimmed between two allocations.
 
-What :func:`keep_freed_memory` sets (``mallopt``, process-wide, from the first meta-iteration or fit on
-the CPU): ``M_MMAP_MAX = 0`` (large blocks come from the heap too) and ``M_TRIM_THRESHOLD`` = 2 GiB − 1
-(the most ``mallopt`` takes; freed memory stays for reuse instead of being unmapped). The resident set
-then stays near the peak after a phase ends; :func:`mednf.engine.planner.release_free_memory`
-(``malloc_trim``) gives it back between meta-learning and fitting, where a build plans again.
+What :func:`graph_memory` does (``mallopt``, process-wide, around each meta-iteration on the CPU): on
+entry ``M_MMAP_MAX = 0`` (large blocks come from the heap too) and ``M_TRIM_THRESHOLD`` = 2 GiB − 1 (the
+most ``mallopt`` takes: the freed graph stays for the next iteration instead of being unmapped and faulted
+in again); on exit ``M_MMAP_MAX`` back to glibc's 65536 with ``M_MMAP_THRESHOLD`` = 32 MiB (glibc's
+largest), so what runs between meta-iterations — the fits — gets its blocks above 32 MiB from ``mmap``
+again. Why not for the fits too: measured with the setting left on, a fit of 32 signals at K6 L128 on 64²
+peaked at 475 MiB instead of 234 MiB (heap fragmentation by its ``[b, N, L]`` evaluation tensors), and
+the fit gains nothing from it (its working set is chunked). The freed graph stays resident after the
+last iteration; :func:`mednf.engine.planner.release_free_memory` (``malloc_trim``) gives it back where a
+build plans its fits.
 
 Nothing is changed where the C library is not glibc (macOS, musl), or when ``MEDNF_MALLOC=system`` is set
 (for users who tune their allocator themselves, e.g. with jemalloc or tcmalloc preloaded).
@@ -20,31 +25,46 @@ Nothing is changed where the C library is not glibc (macOS, musl), or when ``MED
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Callable, Iterator
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
+_MMAP_MAX_DEFAULT = 65536
+_MMAP_THRESHOLD_MAX = 32 * 2**20
 
-_state: dict[str, bool] = {}
+_mallopt: list[Callable[[int, int], int] | None] = []
 
 
-def keep_freed_memory() -> bool:
-    """Apply the settings of the module docstring once; True when they are in effect."""
-    if "applied" in _state:
-        return _state["applied"]
-    applied = False
-    if os.environ.get("MEDNF_MALLOC", "").lower() != "system":
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):  # not glibc
-            mallopt = None
+def _get_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, None where it is not the C library or ``MEDNF_MALLOC=system``."""
+    if not _mallopt:
+        found = None
+        if os.environ.get("MEDNF_MALLOC", "").lower() != "system":
+            try:
+                found = ctypes.CDLL(None).mallopt
+                found.argtypes = [ctypes.c_int, ctypes.c_int]
+            except (OSError, AttributeError):  # not glibc
+                found = None
+        _mallopt.append(found)
+    return _mallopt[0]
+
+
+@contextlib.contextmanager
+def graph_memory() -> Iterator[bool]:
+    """Inside: large freed blocks stay in the process (module docstring); yields whether that is in effect."""
+    mallopt = _get_mallopt()
+    applied = mallopt is not None and bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    try:
+        yield applied
+    finally:
         if mallopt is not None:
-            mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-    _state["applied"] = applied
-    return applied
+            mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
+            mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
 
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["graph_memory"]

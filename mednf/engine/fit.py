@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from mednf.engine import field as nf
-from mednf.engine.allocator import keep_freed_memory
 from mednf.engine.config import FieldConfig, FitConfig
 from mednf.engine.context import random_context
 from mednf.engine.latent_grad import latent_gradient
@@ -151,8 +150,6 @@ def fit_latents(
         :class:`FitResult` with S latents, MSEs and PSNRs, in input order.
     """
     device = torch.device(device)
-    if device.type == "cpu":
-        keep_freed_memory()  # mednf.engine.allocator
     if signals.ndim != cfg.in_dims + 2 or signals.shape[1] != cfg.out_dims:
         raise ConfigError(
             f"signals shape = {tuple(signals.shape)} is invalid: expected [S, {cfg.out_dims}, "

@@ -23,6 +23,7 @@ the second-order graph is that of one micro-batch. :mod:`mednf.engine.planner` c
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 
 from mednf.engine import field as nf
-from mednf.engine.allocator import keep_freed_memory
+from mednf.engine.allocator import graph_memory
 from mednf.engine.config import FieldConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
 from mednf.engine.inner_grad import inner_gradient
@@ -227,8 +228,6 @@ class MetaLearner:
         self.meta_cfg = meta_cfg
         self.seed = seed
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # large graphs without a page fault per tensor (mednf.engine.allocator)
         if params is None:
             gen = torch.Generator().manual_seed(seed)
             params = nf.init_params(field_cfg, generator=gen, device=self.device)
@@ -290,7 +289,8 @@ class MetaLearner:
         spatial = tuple(signals.shape[2:])
         coords = self.grid(spatial, dtype)
         targets = nf.to_points(signals)  # [B, N, D]
-        with use_precision(cfg.precision, self.device):
+        allocator = graph_memory() if self.device.type == "cpu" else contextlib.nullcontext()
+        with use_precision(cfg.precision, self.device), allocator:  # no page fault per large tensor on the CPU
             self.optimizer.zero_grad(set_to_none=True)
             out = accumulate_meta_gradient(
                 self.params, targets, coords, cfg, self.meta_cfg, seed=self.seed, iteration=self.iteration,
