@@ -121,7 +121,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-fit", action="store_true", help="skip the fit phase")
     p.add_argument("--no-meta", action="store_true", help="skip the meta phase (fit uses the initial θ)")
     p.add_argument("--threads", type=_positive, help="torch.set_num_threads (default: leave as is)")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (globally; see --precision)")
+    p.add_argument("--double-backward", action="store_true",
+                   help="meta-gradient by autograd's double backward (the reference path) instead of mednf.engine.inner_grad")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], help="field.precision (default: the preset's)")
     p.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     return p.parse_args(argv)
 
@@ -134,6 +137,8 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
     fit: dict[str, Any] = {}
     if args.channels is not None:
         field["out_dims"] = args.channels
+    if args.precision is not None:
+        field["precision"] = args.precision
     if args.batch_size is not None:
         meta["batch_size"] = args.batch_size
     if args.first_order:
@@ -429,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     spatial = spatial_shape(cfg, args.size)
-    learner = MetaLearner(cfg.field, cfg.meta, seed=0, device=device)
+    learner = MetaLearner(cfg.field, cfg.meta, seed=0, device=device, explicit=not args.double_backward)
     meta = None if args.no_meta else bench_meta(learner, cfg, spatial, args)
     fit = None if args.no_fit else bench_fit(learner, cfg, spatial, args)
     env = environment(device, args)

@@ -176,6 +176,7 @@ def accumulate_meta_gradient(
     positions: Tensor | None = None,
     global_batch: int | None = None,
     micro_batch: int | None = None,
+    explicit: bool = True,
 ) -> MetaOutput:
     """Backpropagate one meta-iteration's loss into the ``.grad`` of ``params``, ``micro_batch`` signals at a time.
 
@@ -188,6 +189,7 @@ def accumulate_meta_gradient(
             MSEs divided by it, so the parts' gradients add up to the gradient of the global mean.
         micro_batch: signals per part (None: all B at once). Part ``[s, e)`` draws the contexts of slots
             ``positions[s:e]``, exactly those a whole-batch call draws for these signals.
+        explicit: see :func:`inner_loop`.
     Returns:
         :class:`MetaOutput` of the whole batch: the loss summed over parts (detached), ``outer_mse [B]``,
         ``inner_mse [B]`` and ``latents [B, P]`` (detached).
@@ -203,7 +205,8 @@ def accumulate_meta_gradient(
         stop = min(start + size, B)
         contexts = sample_contexts(meta, stop - start, N, seed=seed, iteration=iteration, device=targets.device,
                                    positions=positions[start:stop], global_batch=total)
-        out = meta_objective(params, targets[start:stop], coords, cfg, meta, contexts, loss_divisor=total)
+        out = meta_objective(params, targets[start:stop], coords, cfg, meta, contexts, loss_divisor=total,
+                             explicit=explicit)
         out.loss.backward()  # frees this part's graph before the next part builds its own
         loss = loss + out.loss.detach()
         outer.append(out.outer_mse)
@@ -223,7 +226,11 @@ class MetaLearner:
         params: nf.Params | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        explicit: bool = True,
     ) -> None:
+        """``explicit``: the hand-written second-order inner gradient (default; False: autograd's double
+        backward, the reference path, for benchmarks). Both give the same meta-gradient."""
+        self.explicit = explicit
         self.field_cfg = field_cfg
         self.meta_cfg = meta_cfg
         self.seed = seed
@@ -294,7 +301,7 @@ class MetaLearner:
             self.optimizer.zero_grad(set_to_none=True)
             out = accumulate_meta_gradient(
                 self.params, targets, coords, cfg, self.meta_cfg, seed=self.seed, iteration=self.iteration,
-                positions=positions, global_batch=global_batch, micro_batch=micro_batch,
+                positions=positions, global_batch=global_batch, micro_batch=micro_batch, explicit=self.explicit,
             )
         if reduce_grads is not None:
             reduce_grads([p.grad for p in self.params.values()])
