@@ -167,8 +167,9 @@ def fit_latents(
     ssim_defined = cfg.in_dims >= 2 and min(spatial) >= SSIM_WINDOW
     for start in range(0, total, batch):
         stop = min(start + batch, total)
-        chunk = as_float_signals(signals[start:stop]).to(device)
-        check_signals(chunk, f"signals[{start}:{stop}]")
+        chunk = as_float_signals(signals[start:stop])
+        check_signals(chunk, f"signals[{start}:{stop}]")  # before the transfer: no device sync for it
+        chunk = chunk.to(device)
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
         with use_precision(cfg.precision, device):
             phi, mse, recon = fit_batch(theta, nf.to_points(chunk), coords, cfg, fit, ids, seed=seed, return_recon=True)
