@@ -52,6 +52,7 @@ from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig, FitConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
 from mednf.engine.fit import fit_latents
+from mednf.engine.inner_grad import inner_gradient
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import MetaLearner, signal_mse
 from mednf.engine.precision import bf16_parts, cpu_bf16_units, resolve_precision, use_precision
@@ -111,16 +112,19 @@ def _round_update(phi: Tensor, step: Tensor) -> Tensor:
     return (phi.to(_BF16) - step.to(_BF16)).to(phi.dtype)
 
 
-def _inner_loop_bf16_update(field, targets, coords, *, lr, contexts, create_graph, latents=None):
-    """mednf.engine.meta.inner_loop with every update of φ rounded to bf16."""
+def _inner_loop_bf16_update(field, targets, coords, *, lr, contexts, create_graph, latents=None, explicit=True):
+    """mednf.engine.meta.inner_loop with every update of φ rounded to bf16 (the same gradient path)."""
     phi = latents if latents is not None else targets.new_zeros(targets.shape[0], field.cfg.latent_dim)
     if not phi.requires_grad:
         phi = phi.requires_grad_(True)
     last_mse = targets.new_zeros(targets.shape[0])
     for index in contexts:
         sub_coords, sub_targets = (coords, targets) if index is None else gather_context(coords, targets, index)
-        mse = signal_mse(nf.forward_prepared(field, phi, sub_coords), sub_targets)
-        (grad,) = torch.autograd.grad(mse.sum(), phi, create_graph=create_graph)
+        if create_graph and explicit and not field.precision.measures_parts:
+            grad, mse = inner_gradient(field, phi, sub_coords, sub_targets)
+        else:
+            mse = signal_mse(nf.forward_prepared(field, phi, sub_coords), sub_targets)
+            (grad,) = torch.autograd.grad(mse.sum(), phi, create_graph=create_graph)
         phi = _round_update(phi, lr * grad)
         last_mse = mse.detach()
     return phi, last_mse
