@@ -38,6 +38,7 @@ _MMAP_MAX_DEFAULT = 65536
 _MMAP_THRESHOLD_MAX = 32 * 2**20
 
 _mallopt: list[Callable[[int, int], int] | None] = []
+_state: dict[str, bool] = {}
 
 
 def _get_mallopt() -> Callable[[int, int], int] | None:
@@ -59,6 +60,7 @@ def graph_memory() -> Iterator[bool]:
     """Inside: large freed blocks stay in the process (module docstring); yields whether that is in effect."""
     mallopt = _get_mallopt()
     applied = mallopt is not None and bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    _state["graph_memory_used"] = applied
     try:
         yield applied
     finally:
@@ -67,4 +69,22 @@ def graph_memory() -> Iterator[bool]:
             mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
 
 
-__all__ = ["graph_memory"]
+_FIT_TRIM_THRESHOLD = 32 * 2**20
+_FIT_MMAP_THRESHOLD = 4 * 2**20
+
+
+@contextlib.contextmanager
+def fit_memory() -> Iterator[None]:
+    """Around a fit on the CPU, after :func:`graph_memory` was used in this process: glibc's behaviour once
+    it has warmed up (blocks above 4 MiB from ``mmap``, heap tops above 32 MiB trimmed) instead of the
+    meta-iterations' keep-everything, so a fit after meta-learning peaks where the planner expects (a
+    planned fit at K5 L96 on 16³ went 1 MiB over its 600 MiB budget without it). Does nothing in a process
+    that never ran a meta-iteration (glibc's own adaptive thresholds are then still in place)."""
+    mallopt = _get_mallopt() if _state.get("graph_memory_used") else None
+    if mallopt is not None:
+        mallopt(_M_TRIM_THRESHOLD, _FIT_TRIM_THRESHOLD)
+        mallopt(_M_MMAP_THRESHOLD, _FIT_MMAP_THRESHOLD)
+    yield
+
+
+__all__ = ["fit_memory", "graph_memory"]

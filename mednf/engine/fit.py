@@ -13,6 +13,7 @@ batch may be smaller.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from mednf.engine import field as nf
+from mednf.engine.allocator import fit_memory
 from mednf.engine.config import FieldConfig, FitConfig
 from mednf.engine.context import random_context
 from mednf.engine.latent_grad import latent_gradient
@@ -171,7 +173,8 @@ def fit_latents(
         check_signals(chunk, f"signals[{start}:{stop}]")  # before the transfer: no device sync for it
         chunk = chunk.to(device)
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
-        with use_precision(cfg.precision, device):
+        allocator = fit_memory() if device.type == "cpu" else contextlib.nullcontext()
+        with use_precision(cfg.precision, device), allocator:
             phi, mse, recon = fit_batch(theta, nf.to_points(chunk), coords, cfg, fit, ids, seed=seed, return_recon=True)
         if ssims is not None and ssim_defined:
             ssims[start:stop] = ssim(nf.from_points(recon, spatial), chunk).cpu()
