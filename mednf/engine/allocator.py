@@ -5,8 +5,7 @@ at L = 256 is a 32 MiB ``[B, N, L]`` tensor) with a fresh ``mmap`` and gives it 
 such tensor then costs a page fault and a kernel zeroing per 4 KiB page on first touch: measured on the
 2-core Xeon, ``torch.sin`` of a ``[32768, 256]`` tensor took 12.0 ms with the default and 2.15 ms with
 mmap off, a GEMM of that height 0.16 vs 0.26 TFLOP/s, and a paper-config meta-iteration at B = 8 10.8 s vs
-7.4 s (benchmarks/RESULTS.md, "Allocator"). The same happens to the 2048-row working sets of smaller
-configurations whenever the heap top is trimmed between two allocations.
+7.4 s (benchmarks/RESULTS.md, issue #10, "The CPU allocator").
 
 What :func:`graph_memory` does (``mallopt``, process-wide, around each meta-iteration on the CPU): on
 entry ``M_MMAP_MAX = 0`` (large blocks come from the heap too) and ``M_TRIM_THRESHOLD`` = 2 GiB − 1 (the
