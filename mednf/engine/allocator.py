@@ -1,4 +1,4 @@
-"""Keep large freed blocks inside the process while a meta-iteration runs on the CPU (glibc ``mallopt``).
+"""Opt-in: keep large freed blocks inside the process while a meta-iteration runs on the CPU (glibc ``mallopt``).
 
 Why: glibc serves every allocation above its mmap threshold (at most 32 MiB, and a 64² batch of 8 signals
 at L = 256 is a 32 MiB ``[B, N, L]`` tensor) with a fresh ``mmap`` and gives it back on ``free``. Every
@@ -18,8 +18,12 @@ the fit gains nothing from it (its working set is chunked). The freed graph stay
 last iteration; :func:`mednf.engine.planner.release_free_memory` (``malloc_trim``) gives it back where a
 build plans its fits.
 
-Nothing is changed where the C library is not glibc (macOS, musl), or when ``MEDNF_MALLOC=system`` is set
-(for users who tune their allocator themselves, e.g. with jemalloc or tcmalloc preloaded).
+**Opt-in** (``MEDNF_MALLOC=keep``), because it makes results depend on where the heap puts a tensor: with
+the setting on, the same tiny meta-learning run gave a different θ (bitwise; rounding-level) in the first
+of three runs in one process and in some fresh processes, while with glibc's default all runs were
+identical — oneDNN/MKL kernels evidently round differently for other buffer offsets, and mmapped blocks are
+always page-aligned. mednf promises byte-identical rebuilds (tests/test_data_layer.py), so the speed-up is
+the user's choice. Nothing is changed where the C library is not glibc (macOS, musl).
 """
 
 from __future__ import annotations
@@ -41,10 +45,10 @@ _state: dict[str, bool] = {}
 
 
 def _get_mallopt() -> Callable[[int, int], int] | None:
-    """glibc's ``mallopt``, None where it is not the C library or ``MEDNF_MALLOC=system``."""
+    """glibc's ``mallopt`` when ``MEDNF_MALLOC=keep`` asks for the setting, else None."""
     if not _mallopt:
         found = None
-        if os.environ.get("MEDNF_MALLOC", "").lower() != "system":
+        if os.environ.get("MEDNF_MALLOC", "").lower() == "keep":
             try:
                 found = ctypes.CDLL(None).mallopt
                 found.argtypes = [ctypes.c_int, ctypes.c_int]
