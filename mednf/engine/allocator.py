@@ -19,9 +19,8 @@ last iteration; :func:`mednf.engine.planner.release_free_memory` (``malloc_trim`
 build plans its fits.
 
 **Opt-in** (``MEDNF_MALLOC=keep``), because it makes results depend on where the heap puts a tensor: with
-the setting on, the same tiny meta-learning run gave a different θ (bitwise; rounding-level) in the first
-of three runs in one process and in some fresh processes, while with glibc's default all runs were
-identical — oneDNN/MKL kernels evidently round differently for other buffer offsets, and mmapped blocks are
+the setting on, the same tiny meta-learning run gave a different θ (bitwise; rounding-level) in 1 of 9
+runs, and two test builds in one process differed, while with glibc's default all runs were identical — oneDNN/MKL kernels evidently round differently for other buffer offsets, and mmapped blocks are
 always page-aligned. mednf promises byte-identical rebuilds (tests/test_data_layer.py), so the speed-up is
 the user's choice. Nothing is changed where the C library is not glibc (macOS, musl).
 """
