@@ -18,11 +18,12 @@ the fit gains nothing from it (its working set is chunked). The freed graph stay
 last iteration; :func:`mednf.engine.planner.release_free_memory` (``malloc_trim``) gives it back where a
 build plans its fits.
 
-**Opt-in** (``MEDNF_MALLOC=keep``), because it makes results depend on where the heap puts a tensor: with
-the setting on, the same tiny meta-learning run gave a different θ (bitwise; rounding-level) in 1 of 9
-runs, and two test builds in one process differed, while with glibc's default all runs were identical — oneDNN/MKL kernels evidently round differently for other buffer offsets, and mmapped blocks are
-always page-aligned. mednf promises byte-identical rebuilds (tests/test_data_layer.py), so the speed-up is
-the user's choice. Nothing is changed where the C library is not glibc (macOS, musl).
+**Opt-in** (``MEDNF_MALLOC=keep``): with the setting on, two test builds in one process were not
+byte-identical once (1 of 3 full test runs), and the same tiny meta-learning run gave a bitwise different θ
+in 1 of 9 runs; with glibc's default, all runs were identical. Whether buffer placement or an MKL/oneDNN
+first-call effect that it makes likelier is the cause is not settled (benchmarks/RESULTS.md). mednf
+promises byte-identical rebuilds (tests/test_data_layer.py), so the speed-up is the user's choice.
+Nothing is changed where the C library is not glibc (macOS, musl).
 """
 
 from __future__ import annotations
