@@ -44,14 +44,44 @@ def random_context(
     Returns:
         ``[B, n]`` int64 indices into the N coordinates, n = :func:`context_size`, in increasing key order.
     """
-    device = signal_ids.device
+    keys = _point_keys(signal_ids, num_points, seed=seed, step=step)
+    n = context_size(num_points, ratio)
+    return torch.argsort(keys, dim=1, stable=True)[:, :n]
+
+
+def _point_keys(signal_ids: Tensor, num_points: int, *, seed: int, step: int) -> Tensor:
+    """``[B, N]`` int64 key in [0, 2^32) of every coordinate of every signal at this step."""
     base = torch.full_like(signal_ids, seed & _MASK32, dtype=torch.int64)
     h = _mix32(_mix32(base) ^ (signal_ids.to(torch.int64) & _MASK32))
     h = _mix32(h ^ (step & _MASK32))  # [B]
-    points = torch.arange(num_points, device=device, dtype=torch.int64) * _GOLDEN  # [N]
-    keys = _mix32((h[:, None] + points[None, :]) & _MASK32)  # [B, N]
-    n = context_size(num_points, ratio)
-    return torch.argsort(keys, dim=1, stable=True)[:, :n]
+    points = torch.arange(num_points, device=signal_ids.device, dtype=torch.int64) * _GOLDEN  # [N]
+    return _mix32((h[:, None] + points[None, :]) & _MASK32)
+
+
+def observed_context_weights(
+    signal_ids: Tensor, observed: Tensor, ratio: float, *, seed: int, step: int
+) -> Tensor:
+    """Weights of a random γ-subset of each signal's *observed* points, relative to its observed-point mean.
+
+    The subset of signal s holds the ``context_size(m_s, γ)`` observed points with the smallest keys (the
+    keys of :func:`random_context`), so with every point observed it is exactly that function's subset.
+
+    Args:
+        signal_ids: ``[B]`` int64 stream ids. observed: ``[B, N]`` bool, True where the signal was observed
+            (every row has at least one True).
+    Returns:
+        ``[B, N]`` float32: ``m_s / n_s`` on the subset, 0 elsewhere (a mean over the subset, written as a
+        weighted mean over the m_s observed points).
+    """
+    N = observed.shape[1]
+    keys = _point_keys(signal_ids, N, seed=seed, step=step).masked_fill_(~observed, 1 << 33)  # unobserved last
+    order = torch.argsort(keys, dim=1, stable=True)  # [B, N]
+    m = observed.sum(dim=1)  # [B]
+    n = torch.clamp((ratio * m.to(torch.float64)).floor().to(torch.int64), min=1)  # context_size per signal
+    ranks = torch.arange(N, device=observed.device)[None, :]
+    scale = (m.to(torch.float64) / n.to(torch.float64)).to(torch.float32)  # [B]
+    chosen = (ranks < n[:, None]).to(torch.float32) * scale[:, None]  # [B, N] in key order
+    return torch.zeros(observed.shape, dtype=torch.float32, device=observed.device).scatter_(1, order, chosen)
 
 
 def gather_context(coords: Tensor, values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:

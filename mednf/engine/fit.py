@@ -24,7 +24,7 @@ from torch import Tensor
 from mednf.engine import field as nf
 from mednf.engine.allocator import fit_memory
 from mednf.engine.config import FieldConfig, FitConfig
-from mednf.engine.context import random_context
+from mednf.engine.context import observed_context_weights, random_context
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import check_signals, mse_to_psnr, signal_mse
 from mednf.engine.metrics import SSIM_WINDOW, ssim
@@ -82,15 +82,19 @@ def fit_batch(
     seed: int = 0,
     chunk_rows: int | None = None,
     return_recon: bool = False,
+    observed: Tensor | None = None,
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Fit latents for one batch.
 
     Args:
         params: θ, without ``requires_grad``.
-        targets: ``[B, N, D]`` on the grid ``coords [N, C]``.
+        targets: ``[B, N, D]`` at the points ``coords``: ``[N, C]`` shared (a grid) or ``[B, N, C]`` per signal.
         signal_ids: ``[B]`` global indices (keys of the rescaling subsets).
         chunk_rows: (signal, point) rows per chunk of the hand-written backward; None → 2048 on CPU
             (cache-sized, measured fastest here), all points at once on GPU.
+        observed: ``[B, N]`` bool, True at the points that count (a mask, or the real points of a padded
+            set; every row needs one); the loss, the rescaling subsets and the MSE use only those.
+            None: every point.
     Returns:
         ``(φ [B, P], MSE of the clamped reconstruction [B])``, plus that reconstruction ``[B, N, D]``
         when ``return_recon``.
@@ -100,19 +104,28 @@ def fit_batch(
     phi = targets.new_zeros(B, cfg.latent_dim)
     if chunk_rows is None and targets.device.type == "cpu":
         chunk_rows = _CPU_CHUNK_ROWS
+    point_weights = None
+    if observed is not None:
+        counts = observed.sum(dim=1, keepdim=True).to(targets.dtype)  # [B, 1]
+        point_weights = observed.to(targets.dtype) * (N / counts)  # [B, N]: N/m on the observed points
     for step in range(fit.steps):
         weights = None
-        if fit.grad_rescale:
+        if fit.grad_rescale and observed is not None:
+            weights = observed_context_weights(signal_ids, observed, fit.rescale_ratio, seed=seed, step=step)
+        elif fit.grad_rescale:
             index = random_context(signal_ids, N, fit.rescale_ratio, seed=seed, step=step)  # [B, n]
             weights = targets.new_zeros(B, N).scatter_(1, index, N / index.shape[1])
         grad, sub_grad, _ = latent_gradient(field, phi, coords, targets, chunk_rows=chunk_rows,
-                                            subset_weights=weights)
+                                            subset_weights=weights, point_weights=point_weights)
         if sub_grad is not None:
             grad *= (sub_grad.norm(dim=1) / (grad.norm(dim=1) + 1e-16))[:, None]
         phi = phi - fit.lr * grad
     with torch.no_grad():
         recon = nf.forward_prepared(field, phi, coords).clamp_(0.0, 1.0)
-        mse = signal_mse(recon, targets)
+        if point_weights is None:
+            mse = signal_mse(recon, targets)
+        else:
+            mse = ((recon - targets).square() * point_weights[..., None]).mean(dim=(1, 2))
     return (phi, mse, recon) if return_recon else (phi, mse)
 
 
@@ -136,6 +149,7 @@ def fit_latents(
     on_batch: Callable[[int, int], None] | None = None,
     with_ssim: bool = False,
     memory_budget: MemoryBudget | str | int | None = None,
+    mask: Tensor | np.ndarray | None = None,
 ) -> FitResult:
     """Fit a latent for every signal.
 
@@ -145,9 +159,11 @@ def fit_latents(
         first_index: global index of ``signals[0]`` (keys of the rescaling subsets when sharded).
         on_batch: called with (signals done, total) after each batch, e.g. to drive a progress bar.
         with_ssim: also report SSIM per signal (:func:`mednf.engine.metrics.ssim`); NaN where it is undefined
-            (1D signals, or a side shorter than the 11-tap window).
+            (1D signals, or a side shorter than the 11-tap window, or a ``mask``).
         memory_budget: sizes the batches when ``fit.batch_size`` is unset (:func:`auto_batch_size`; a size
             such as ``"4GB"``, or a :class:`~mednf.engine.planner.MemoryBudget`); None: the device's default.
+        mask: ``[S, *spatial]`` bool, True = observed: fit each signal to its observed pixels only (the
+            values elsewhere are ignored); MSE and PSNR are then over the observed pixels.
     Returns:
         :class:`FitResult` with S latents, MSEs and PSNRs, in input order.
     """
@@ -157,27 +173,154 @@ def fit_latents(
             f"signals shape = {tuple(signals.shape)} is invalid: expected [S, {cfg.out_dims}, "
             f"{', '.join(['S'] * cfg.in_dims)}]; check channels (out_dims) and dimensionality (in_dims)"
         )
-    theta = {k: v.detach().to(device) for k, v in params.items()}
     spatial = tuple(signals.shape[2:])
+    if mask is not None:
+        mask = check_mask(mask, (signals.shape[0], *spatial))
     coords = nf.coordinate_grid(spatial, device=device)
-    total = signals.shape[0]
+    ssim_defined = with_ssim and mask is None and cfg.in_dims >= 2 and min(spatial) >= SSIM_WINDOW
+
+    def batch(start: int, stop: int) -> _Batch:
+        chunk = as_float_signals(signals[start:stop])
+        if mask is not None:  # what is not observed is ignored, even NaN
+            chunk = chunk.masked_fill(~mask[start:stop, None], 0.0)
+        check_signals(chunk, f"signals[{start}:{stop}]")  # before the transfer: no device sync for it
+        chunk = chunk.to(device)
+        if mask is None:
+            return _Batch(coords, nf.to_points(chunk), None, chunk if ssim_defined else None)
+        seen = mask[start:stop].reshape(stop - start, -1).to(device)  # [b, N]
+        return _Batch(*compact_points(coords, nf.to_points(chunk), seen), None)
+
+    return _fit_batches(params, signals.shape[0], coords.shape[0], batch, cfg, fit, device=device, seed=seed,
+                        first_index=first_index, on_batch=on_batch, with_ssim=with_ssim, spatial=spatial,
+                        memory_budget=memory_budget)
+
+
+def fit_points(
+    params: nf.Params,
+    coords: Tensor | np.ndarray,
+    values: Tensor | np.ndarray,
+    cfg: FieldConfig,
+    fit: FitConfig,
+    *,
+    observed: Tensor | np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    first_index: int = 0,
+    on_batch: Callable[[int, int], None] | None = None,
+    memory_budget: MemoryBudget | str | int | None = None,
+) -> FitResult:
+    """Fit a latent for every signal from values at arbitrary points (irregular sampling).
+
+    Args:
+        coords: ``[S, M, C]`` points of each signal (or ``[M, C]`` shared), in [-1, 1]^C like the grid of
+            :func:`mednf.engine.field.coordinate_grid` (corner pixels at ±1).
+        values: ``[S, M, D]`` float in [0, 1] (or uint8).
+        observed: ``[S, M]`` bool, False at padding (signals with fewer than M points; padded values and
+            coordinates are ignored, even NaN); None: all real.
+    Returns:
+        :class:`FitResult` (MSE and PSNR over each signal's real points; no SSIM).
+    """
+    device = torch.device(device)
+    coords, values = torch.as_tensor(coords), torch.as_tensor(values)
+    S = values.shape[0] if values.ndim == 3 else -1
+    if values.ndim != 3 or values.shape[2] != cfg.out_dims:
+        raise ConfigError(f"values shape = {tuple(values.shape)} is invalid: expected [S, M, {cfg.out_dims}] "
+                          f"(signals, points, channels)")
+    if coords.shape not in ((S, values.shape[1], cfg.in_dims), (values.shape[1], cfg.in_dims)):
+        raise ConfigError(f"coords shape = {tuple(coords.shape)} is invalid: expected [{S}, {values.shape[1]}, "
+                          f"{cfg.in_dims}] or [{values.shape[1]}, {cfg.in_dims}] for values {tuple(values.shape)}")
+    if observed is not None:
+        observed = check_mask(observed, tuple(values.shape[:2]))
+        if coords.ndim == 3:  # padded points may hold anything
+            coords = coords.masked_fill(~observed[..., None], 0.0)
+    if not coords.is_floating_point() or not bool(torch.isfinite(coords).all()) or float(coords.abs().max()) > 1:
+        raise ConfigError("coords must be finite floats in [-1, 1] (the grid's corner pixels are at ±1); "
+                          "scale them, e.g. 2 * pixel / (size - 1) - 1")
+    coords = coords.to(torch.float32)
+
+    def batch(start: int, stop: int) -> _Batch:
+        chunk = as_float_signals(values[start:stop])
+        points = coords if coords.ndim == 2 else coords[start:stop]
+        if observed is not None:  # padding is ignored, even NaN
+            chunk = chunk.masked_fill(~observed[start:stop, :, None], 0.0)
+        check_signals(chunk, f"values[{start}:{stop}]")
+        points = points.to(device)
+        if observed is None:
+            return _Batch(points, chunk.to(device), None, None)
+        return _Batch(*compact_points(points, chunk.to(device), observed[start:stop].to(device)), None)
+
+    return _fit_batches(params, S, values.shape[1], batch, cfg, fit, device=device, seed=seed,
+                        first_index=first_index, on_batch=on_batch, with_ssim=False, spatial=None,
+                        memory_budget=memory_budget)
+
+
+def check_mask(mask: Tensor | np.ndarray, shape: tuple[int, ...]) -> Tensor:
+    """A bool mask of ``shape`` with at least one True per signal, as a CPU tensor (ConfigError otherwise)."""
+    mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    if mask.dtype != torch.bool:
+        raise ConfigError(f"mask has dtype {mask.dtype}: expected bool (True = observed); convert it with "
+                          "mask.astype(bool)")
+    if tuple(mask.shape) != shape:
+        raise ConfigError(f"mask shape = {tuple(mask.shape)} is invalid: expected {list(shape)} (one flag per "
+                          "signal and point)")
+    empty = ~mask.reshape(shape[0], -1).any(dim=1)
+    if bool(empty.any()):
+        rows = torch.nonzero(empty).flatten()[:5].tolist()
+        raise ConfigError(f"mask observes no point of {int(empty.sum())} signal(s) (rows {rows}): expected at "
+                          "least one True per signal; drop those signals")
+    return mask.cpu()
+
+
+def compact_points(coords: Tensor, values: Tensor, observed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each signal's observed points first, padded to the batch's largest count (the fit skips the rest).
+
+    Args:
+        coords: ``[N, C]`` shared or ``[B, N, C]``. values: ``[B, N, D]``. observed: ``[B, N]`` bool.
+    Returns:
+        ``(coords [B, M, C], values [B, M, D], observed [B, M])``, M = max observed count: the observed
+        points of each signal in their original order, then as padding its first unobserved points
+        (observed False, so the fit gives them weight 0).
+    """
+    B, N = observed.shape
+    M = int(observed.sum(dim=1).max())
+    order = torch.argsort((~observed).to(torch.int8), dim=1, stable=True)[:, :M]  # [B, M] observed first
+    keep = torch.gather(observed, 1, order)
+    coords = coords.expand(B, N, coords.shape[-1]) if coords.ndim == 2 else coords
+    take = order[..., None]
+    return (torch.gather(coords, 1, take.expand(-1, -1, coords.shape[-1])),
+            torch.gather(values, 1, take.expand(-1, -1, values.shape[-1])), keep)
+
+
+@dataclass
+class _Batch:
+    coords: Tensor  # [N, C] or [b, N, C]
+    targets: Tensor  # [b, N, D]
+    observed: Tensor | None  # [b, N] bool
+    signals: Tensor | None  # [b, D, *spatial], for SSIM on the grid
+
+
+def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Callable[[int, int], _Batch],
+                 cfg: FieldConfig, fit: FitConfig, *, device: torch.device, seed: int, first_index: int,
+                 on_batch: Callable[[int, int], None] | None, with_ssim: bool, spatial: tuple[int, ...] | None,
+                 memory_budget: MemoryBudget | str | int | None) -> FitResult:
+    """The batch loop of :func:`fit_latents` and :func:`fit_points`: ``make_batch(start, stop)`` gives the
+    points of signals ``start..stop`` on ``device``."""
+    theta = {k: v.detach().to(device) for k, v in params.items()}
     budget = None if memory_budget is None else resolve_budget(memory_budget, device)
-    batch = auto_batch_size(cfg, coords.shape[0], fit, device, budget=budget, rows_out=total)
+    size = auto_batch_size(cfg, num_points, fit, device, budget=budget, rows_out=total)
     latents = torch.empty(total, cfg.latent_dim)
     mses = torch.empty(total)
     ssims = torch.full((total,), float("nan")) if with_ssim else None
-    ssim_defined = cfg.in_dims >= 2 and min(spatial) >= SSIM_WINDOW
-    for start in range(0, total, batch):
-        stop = min(start + batch, total)
-        chunk = as_float_signals(signals[start:stop])
-        check_signals(chunk, f"signals[{start}:{stop}]")  # before the transfer: no device sync for it
-        chunk = chunk.to(device)
+    for start in range(0, total, size):
+        stop = min(start + size, total)
+        part = make_batch(start, stop)
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
         allocator = fit_memory() if device.type == "cpu" else contextlib.nullcontext()
         with use_precision(cfg.precision, device), allocator:
-            phi, mse, recon = fit_batch(theta, nf.to_points(chunk), coords, cfg, fit, ids, seed=seed, return_recon=True)
-        if ssims is not None and ssim_defined:
-            ssims[start:stop] = ssim(nf.from_points(recon, spatial), chunk).cpu()
+            phi, mse, recon = fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed, return_recon=True,
+                                        observed=part.observed)
+        if ssims is not None and part.signals is not None:
+            ssims[start:stop] = ssim(nf.from_points(recon, spatial), part.signals).cpu()
         latents[start:stop] = phi.cpu()
         mses[start:stop] = mse.cpu()
         if on_batch is not None:

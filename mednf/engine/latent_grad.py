@@ -14,6 +14,9 @@ bounds memory on GPU. The layer maths (``h_k = h_{k-1} + sin(z_k)``, ``z_k = W'_
 Each point's backward is independent of the others, so the gradient of the MSE on a subset of the
 points (the official code's test-time gradient rescaling) is a weighted sum of the same per-point terms:
 ``subset_weights`` (N/n on the subset, 0 elsewhere) gives it from the same pass, with no second forward.
+For the same reason a signal observed only at some points (a mask, or padding of irregular point sets)
+is fitted by ``point_weights``: N/m on its m observed points and 0 elsewhere turn the mean over all N
+points into the mean over the observed ones.
 
 It is tested against autograd (tests/test_latent_grad.py). In bf16 precision (a field prepared inside
 :func:`mednf.engine.precision.use_precision`) the hidden products, forward and backward, run in bf16 through
@@ -38,6 +41,7 @@ def latent_gradient(
     *,
     chunk_rows: int | None = None,
     subset_weights: Tensor | None = None,
+    point_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Gradient of ``Σ_signals MSE_signal`` w.r.t. the latents, and the per-signal MSE.
 
@@ -45,9 +49,12 @@ def latent_gradient(
         field: prepared θ. latents: ``[B, P]``. coords: ``[N, C]`` or ``[B, N, C]``. targets: ``[B, N, D]``.
         chunk_rows: about how many (signal, point) rows to process at once; None → all points at once.
         subset_weights: ``[B, N]``, N/n on each signal's subset of n points and 0 elsewhere, to also get
-            the gradient of the subset MSE.
+            the gradient of the subset MSE (with ``point_weights``: m/n on a subset of the m observed points).
+        point_weights: ``[B, N]``, N/m on each signal's m observed points and 0 elsewhere: the loss is the
+            MSE over the observed points only. None: every point counts.
     Returns:
-        ``(∇_φ [B, P], ∇_φ of the subset MSE [B, P] or None, MSE [B])`` — MSE of the raw (unclamped) output.
+        ``(∇_φ [B, P], ∇_φ of the subset MSE [B, P] or None, MSE [B])`` — MSE of the raw (unclamped) output
+        (over the observed points with ``point_weights``).
     """
     cfg = field.cfg
     B, N, D = targets.shape
@@ -78,7 +85,12 @@ def latent_gradient(
                 cosines.append(torch.cos(z))
             h.add_(z.sin_())
         error = torch.matmul(h, field.last_weight.t()).add_(field.last_bias).sub_(targets[:, start:stop])  # [B, n, D]
-        squared += error.square().sum(dim=(1, 2))
+        if point_weights is None:
+            squared += error.square().sum(dim=(1, 2))
+        else:
+            seen = point_weights[:, start:stop, None]  # [B, n, 1]
+            squared += error.square().mul_(seen).sum(dim=(1, 2))
+            error.mul_(seen)
         grad_h = torch.matmul(error.mul_(scale), field.last_weight)  # [B, n, L]
         for k in range(layers - 1, -1, -1):
             grad_z = cosines[k].mul_(grad_h)
