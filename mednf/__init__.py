@@ -1,7 +1,9 @@
 """mednf: medical datasets as neural fields (MedFuncta / MedNF).
 
 ``mednf.load(name_or_path, split=...)`` and ``mednf.info(name)`` are the entry points for users of a
-built dataset (see :mod:`mednf.dataset`); ``mednf.encode`` fits new images into a space,
+built dataset (see :mod:`mednf.dataset`); ``mednf.encode`` fits new images into a space (also from
+the observed pixels only, ``mask=``), ``mednf.encode_points`` signals known at irregular points,
+``mednf.inpaint`` fills unobserved pixels,
 ``mednf.evaluate`` and ``mednf.classify`` measure one. All import their dependencies on first call.
 """
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from mednf.version import __version__
 
-__all__ = ["__version__", "classify", "encode", "evaluate", "info", "load"]
+__all__ = ["__version__", "classify", "encode", "encode_points", "evaluate", "info", "inpaint", "load"]
 
 
 def load(*args: Any, **kwargs: Any) -> Any:
@@ -33,6 +35,20 @@ def encode(*args: Any, **kwargs: Any) -> Any:
     from mednf.tasks.encode import encode as _encode
 
     return _encode(*args, **kwargs)
+
+
+def encode_points(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`mednf.tasks.encode.encode_points`."""
+    from mednf.tasks.encode import encode_points as _encode_points
+
+    return _encode_points(*args, **kwargs)
+
+
+def inpaint(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`mednf.tasks.inpaint.inpaint`."""
+    from mednf.tasks.inpaint import inpaint as _inpaint
+
+    return _inpaint(*args, **kwargs)
 
 
 def evaluate(*args: Any, **kwargs: Any) -> Any:

@@ -111,7 +111,7 @@ def test_encode_cli(phantom_dir, tmp_path):
         np.testing.assert_allclose(data["psnr"], ds.psnr[:5], atol=1e-3)
     np.savez(tmp_path / "two.npz", a=np.zeros((1, 32, 32)), b=np.zeros((1, 32, 32)))
     result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "two.npz"), "--out", str(tmp_path / "x.npz")])
-    assert result.exit_code == 2 and "say which array with --key" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "say which with --key" in result.output and "Traceback" not in result.output
 
 
 def test_split_names_and_file_kinds_are_checked(phantom_dir, tmp_path):

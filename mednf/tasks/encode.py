@@ -6,6 +6,10 @@ Images are accepted as MedMNIST stores them (``[N, H, W]`` gray, ``[N, H, W, C]`
 (``[N, C, H, W]``), uint8 (0..255) or float in [0, 1]. Another size is refused unless ``resample=True``,
 which resizes with ``torch.nn.functional.interpolate`` (area when shrinking, bilinear/trilinear with
 antialiasing otherwise).
+
+``mask=`` fits each image to its observed pixels only (``[N, *spatial]`` or one ``[*spatial]`` for all,
+True/1 = observed); decoding the latents on the full grid then fills the rest (:mod:`mednf.tasks.inpaint`).
+:func:`encode_points` fits signals given as values at arbitrary coordinates (irregular sampling).
 """
 
 from __future__ import annotations
@@ -58,41 +62,119 @@ def _resize(x: Tensor, spatial: tuple[int, ...]) -> Tensor:
     return F.interpolate(x, size=spatial, mode=mode, align_corners=False, antialias=len(spatial) == 2).clamp(0, 1)
 
 
-def encode(images: np.ndarray | Tensor, space, *, resample: bool = False, root: str | Path | None = None,
-           device: str | torch.device | None = None, first_index: int = 0, progress: bool = True) -> EncodeResult:
+def open_space(space, root: str | Path | None = None):
+    """A loaded dataset of the MedNF ``space`` (a name, a dataset folder or a loaded dataset)."""
+    from mednf.dataset import MedNFDataset
+    from mednf.loading import load
+
+    return space if isinstance(space, MedNFDataset) else load(space, split=next(iter(_splits(space, root))), root=root)
+
+
+def encode(images: np.ndarray | Tensor, space, *, mask: np.ndarray | Tensor | None = None, resample: bool = False,
+           root: str | Path | None = None, device: str | torch.device | None = None, first_index: int = 0,
+           progress: bool = True) -> EncodeResult:
     """Latents ``[N, P]`` for ``images`` in the MedNF ``space`` (a name, a dataset folder or a loaded dataset).
 
+    ``mask``: ``[N, *spatial]`` (or ``[*spatial]`` for every image) bool or 0/1, True = observed. Each image
+    is then fitted to its observed pixels only (values elsewhere are ignored, even NaN); PSNR is over the
+    observed pixels and SSIM is NaN.
     ``first_index`` keys the fit's gradient-rescaling subsets (when the space uses them) like the row of a
     split does at build time, so re-encoding rows ``a..b`` of a split with ``first_index=a`` repeats the build.
     """
     from tqdm.auto import tqdm
 
-    from mednf.dataset import MedNFDataset
     from mednf.engine.fit import as_float_signals, fit_latents
-    from mednf.loading import load
 
-    ds = space if isinstance(space, MedNFDataset) else load(space, split=next(iter(_splits(space, root))), root=root)
+    ds = open_space(space, root)
     cfg = ds.config
     native = ds.native_size
     x = _channels_first(images, cfg.field.out_dims, cfg.field.in_dims)
     if len(x) == 0:
         raise EncodeError("images is empty: expected at least one image")
-    if x.dtype != torch.uint8:
-        lo, hi = float(x.min()), float(x.max())
-        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
-            raise EncodeError(f"float images span [{lo:g}, {hi:g}]: expected values in [0, 1]; divide uint8 data by 255")
     spatial = tuple(x.shape[2:])
+    seen = None if mask is None else as_mask(mask, len(x), spatial)
+    if x.dtype != torch.uint8:
+        values = x if seen is None else x.movedim(1, -1)[seen]  # only what is observed must be valid
+        lo, hi = float(values.min()), float(values.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
+            where = "observed values" if seen is not None else "float images"
+            raise EncodeError(f"{where} span [{lo:g}, {hi:g}]: expected values in [0, 1]; divide uint8 data by 255")
     if spatial != native:
         if not resample:
             raise EncodeError(f"images are {'×'.join(map(str, spatial))}, the {ds.name} space is "
                               f"{'×'.join(map(str, native))}; resize them, or pass resample=True (--resample)")
+        if seen is not None:
+            raise EncodeError("resample=True cannot be combined with a mask: resize images and mask to "
+                              f"{'×'.join(map(str, native))} first, or fit irregular points with encode_points")
         x = _resize(as_float_signals(x), native)
     device = torch.device(device or "cpu")
     with tqdm(total=len(x), desc=f"encode into {ds.name}", unit="img", disable=not progress) as bar:
         result = fit_latents(ds.theta(device), x, cfg.field, cfg.fit, device=device,
-                             seed=ds.manifest.fit_seed, first_index=first_index, with_ssim=True,
+                             seed=ds.manifest.fit_seed, first_index=first_index, with_ssim=True, mask=seen,
                              on_batch=lambda n, _t: bar.update(n - bar.n))
     return EncodeResult(result.latents.numpy(), result.psnr.numpy(), result.ssim.numpy(), ds.name)
+
+
+def encode_points(coords: np.ndarray | Tensor, values: np.ndarray | Tensor, space, *,
+                  mask: np.ndarray | Tensor | None = None, root: str | Path | None = None,
+                  device: str | torch.device | None = None, first_index: int = 0,
+                  progress: bool = True) -> EncodeResult:
+    """Latents ``[N, P]`` for signals known at arbitrary points, in the MedNF ``space``.
+
+    Args:
+        coords: ``[N, M, C]`` (or ``[M, C]`` shared) in [-1, 1], C = the space's dimensions, ordered like
+            the grid's axes (row, column[, depth]); the corner pixels of the native grid are at ±1.
+        values: ``[N, M, D]`` in [0, 1] (float) or 0..255 (uint8), D = the space's channels.
+        mask: ``[N, M]`` bool or 0/1, False at padding when signals have fewer than M points.
+    Returns:
+        :class:`EncodeResult` (PSNR over each signal's points; SSIM NaN). Decode on any grid with
+        :func:`mednf.engine.field.decode` or ``mednf inpaint``-style on the space's θ.
+    """
+    from tqdm.auto import tqdm
+
+    from mednf.engine.fit import fit_points
+
+    ds = open_space(space, root)
+    cfg = ds.config
+    coords, values = torch.as_tensor(coords), torch.as_tensor(values)
+    if values.dtype not in (torch.uint8, torch.float16, torch.float32, torch.float64):
+        raise EncodeError(f"values have dtype {values.dtype}: expected uint8 (0..255) or float in [0, 1]")
+    seen = None if mask is None else as_mask(mask, len(values), tuple(values.shape[1:2]))
+    if values.dtype != torch.uint8 and values.numel():
+        real = values if seen is None else values[seen]
+        lo, hi = float(real.min()), float(real.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
+            raise EncodeError(f"values span [{lo:g}, {hi:g}]: expected values in [0, 1]; divide uint8 data by 255")
+    if len(values) == 0:
+        raise EncodeError("values is empty: expected at least one signal")
+    device = torch.device(device or "cpu")
+    with tqdm(total=len(values), desc=f"encode into {ds.name}", unit="signal", disable=not progress) as bar:
+        result = fit_points(ds.theta(device), coords, values, cfg.field, cfg.fit, observed=seen, device=device,
+                            seed=ds.manifest.fit_seed, first_index=first_index,
+                            on_batch=lambda n, _t: bar.update(n - bar.n))
+    return EncodeResult(result.latents.numpy(), result.psnr.numpy(), np.full(len(values), np.nan, np.float32),
+                        ds.name)
+
+
+def as_mask(mask: np.ndarray | Tensor, count: int, spatial: tuple[int, ...]) -> Tensor:
+    """A user's mask as ``[count, *spatial]`` bool: bool or 0/1 values, one per signal or one for all."""
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    if m.dtype != torch.bool:
+        if m.is_floating_point() or m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
+            raise EncodeError(f"mask has dtype {m.dtype} with values other than 0/1: expected bool or 0/1 "
+                              "(True = observed)")
+        m = m != 0
+    if tuple(m.shape) == spatial:
+        m = m.expand(count, *spatial)
+    if tuple(m.shape) != (count, *spatial):
+        raise EncodeError(f"mask has shape {tuple(m.shape)}: expected {[count, *spatial]} (one per image) or "
+                          f"{list(spatial)} (one for all)")
+    empty = ~m.reshape(count, -1).any(dim=1)
+    if bool(empty.any()):
+        rows = torch.nonzero(empty).flatten()[:5].tolist()
+        raise EncodeError(f"mask observes no pixel of {int(empty.sum())} image(s) (e.g. {rows}): expected at least "
+                          "one True per image; drop those images")
+    return m.contiguous()
 
 
 def _splits(space, root) -> list[str]:
@@ -102,20 +184,23 @@ def _splits(space, root) -> list[str]:
     return list(Manifest.read(find_dataset(space, root)).splits)
 
 
-def read_images_npz(path: str | Path, key: str | None = None) -> np.ndarray:
-    """The image array of an ``.npz``: ``key``, or the only array, or ``images``, or MedMNIST's ``test_images``."""
+def read_images_npz(path: str | Path, key: str | None = None,
+                    names: tuple[str, ...] = ("images", "test_images")) -> np.ndarray:
+    """The array of an ``.npz``: ``key``, or the only array, or the first of ``names`` present (images:
+    ``images``, then MedMNIST's ``test_images``; masks: ``mask``)."""
     path = Path(path)
     if not path.is_file():
-        raise EncodeError(f"{path} does not exist; give an .npz with an image array")
+        raise EncodeError(f"{path} does not exist; give an .npz with an array named {names[0]!r}")
     if not zipfile.is_zipfile(path):
         raise EncodeError(f"{path} is not an .npz archive (a .npy file?); save the images with numpy.savez(path, images=...)")
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
             if key is None:
-                key = next((k for k in ("images", "test_images") if k in keys), keys[0] if len(keys) == 1 else None)
+                key = next((k for k in names if k in keys), keys[0] if len(keys) == 1 else None)
             if key is None or key not in keys:
-                raise EncodeError(f"{path} holds {keys}: say which array with --key (e.g. --key {keys[0] if keys else 'images'})")
+                raise EncodeError(f"{path} holds {keys}: name the array {names[0]!r}, or say which with --key "
+                                  f"(e.g. --key {keys[0] if keys else names[0]})")
             return data[key]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # damaged or truncated members
         raise EncodeError(f"{path} is not a readable .npz ({str(err) or type(err).__name__}); save the images "
