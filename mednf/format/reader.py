@@ -53,20 +53,27 @@ def check_structure(root: Path, manifest: Manifest) -> None:
         if size != entry.size:
             raise FormatError(f"{root / rel} has {size} bytes, the manifest says {entry.size}; {_FIX}")
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
         index = pq.read_table(root / INDEX, columns=["split", "row"])
     except (OSError, pa.ArrowException) as err:
         raise FormatError(f"{root / INDEX} is not a readable index ({err}); {_FIX}") from None
+    check_index_rows(index, manifest, root)
+
+
+def check_index_rows(index: Any, manifest: Manifest, where: str | Path) -> None:
+    """The index (pyarrow Table with ``split`` and ``row``) holds rows exactly ``0..N-1`` per split and as many
+    rows as the manifest counts; ``where`` names the dataset in the error."""
+    import pyarrow.compute as pc
+
     splits = index["split"].cast("string")
     for split, stats in manifest.splits.items():
         rows = np.sort(index.filter(pc.equal(splits, split))["row"].to_numpy())
         if not np.array_equal(rows, np.arange(stats.count)):
-            raise FormatError(f"{root}: index rows of split {split!r} are not exactly 0..{stats.count - 1}; {_FIX}")
+            raise FormatError(f"{where}: index rows of split {split!r} are not exactly 0..{stats.count - 1}; {_FIX}")
     if len(index) != manifest.total:
-        raise FormatError(f"{root}: {INDEX} has {len(index)} rows, the manifest counts {manifest.total}; {_FIX}")
+        raise FormatError(f"{where}: {INDEX} has {len(index)} rows, the manifest counts {manifest.total}; {_FIX}")
 
 
 def check_checksums(root: Path, manifest: Manifest) -> None:
@@ -181,10 +188,7 @@ class DatasetFiles:
             raise FormatError(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
                               f"{_FIX}") from None
         self.check_unchanged(files)  # not replaced while it was being read
-        bad = ~np.isfinite(data).all(axis=1)
-        if bad.any():
-            raise FormatError(f"{path} has {int(bad.sum())} rows of NaN/inf (rows {np.flatnonzero(bad)[:3].tolist()}…: "
-                              f"never written or damaged); {_FIX}")
+        check_finite(data, path)
         data.setflags(write=False)  # shared by every view of the split: nobody may change it in place
         return data
 
@@ -193,18 +197,12 @@ class DatasetFiles:
         self.check_unchanged([MODEL])
         tensors, _ = load_tensors(self.root / MODEL)
         self.check_unchanged([MODEL])
-        expected = param_shapes(self.manifest.engine_config.field)
-        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        if shapes != expected:
-            wrong = sorted(set(shapes) ^ set(expected)) or [k for k in expected if shapes[k] != expected[k]]
-            raise FormatError(f"{self.root / MODEL} does not hold the network the manifest describes (differs at "
-                              f"{wrong[:3]}); {_FIX}")
+        check_theta(tensors, self.manifest, self.root / MODEL)
         return tensors
 
     def index(self, split: str):
         """The split's rows of ``index.parquet`` (pyarrow Table) sorted by ``row``."""
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         self.check_unchanged([INDEX])
@@ -213,9 +211,41 @@ class DatasetFiles:
         except (OSError, pa.ArrowException) as err:
             raise FormatError(f"{self.root / INDEX} cannot be read ({err}); {_FIX}") from None
         self.check_unchanged([INDEX])
-        column = "labels" if self.manifest.multi_label else "label"
-        if column not in table.column_names:
-            raise FormatError(f"{self.root / INDEX} has no {column!r} column, which a {self.manifest.labels.task} "
-                              f"dataset needs; {_FIX}")
-        return table.filter(pc.equal(table["split"].cast("string"), split)).sort_by("row")
+        return split_index(table, self.manifest, split, self.root / INDEX)
+
+    def latent_rows(self, split: str) -> np.ndarray:
+        """What :class:`~mednf.dataset.MedNFDataset` indexes rows in: the whole matrix ``[N, P]``, read once
+        (a local disk reads it fastest in one go; the remote reader returns a lazy view instead)."""
+        return self.latents(split)
+
+
+# ---------------------------------------------------------------------- checks shared with the remote reader
+
+
+def check_finite(data: np.ndarray, where: str | Path) -> None:
+    """FormatError if latent rows ``[n, P]`` hold NaN/inf (rows never written, or damaged)."""
+    bad = ~np.isfinite(data).all(axis=1)
+    if bad.any():
+        raise FormatError(f"{where} has {int(bad.sum())} rows of NaN/inf (rows {np.flatnonzero(bad)[:3].tolist()}…: "
+                          f"never written or damaged); {_FIX}")
+
+
+def check_theta(tensors: dict[str, Any], manifest: Manifest, where: str | Path) -> None:
+    """FormatError unless ``tensors`` hold exactly the network the manifest describes (names and shapes)."""
+    expected = param_shapes(manifest.engine_config.field)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    if shapes != expected:
+        wrong = sorted(set(shapes) ^ set(expected)) or [k for k in expected if shapes[k] != expected[k]]
+        raise FormatError(f"{where} does not hold the network the manifest describes (differs at {wrong[:3]}); "
+                          f"{_FIX}")
+
+
+def split_index(table: Any, manifest: Manifest, split: str, where: str | Path) -> Any:
+    """The rows of ``split`` in index ``table`` (pyarrow), sorted by ``row``, after checking the label column."""
+    import pyarrow.compute as pc
+
+    column = "labels" if manifest.multi_label else "label"
+    if column not in table.column_names:
+        raise FormatError(f"{where} has no {column!r} column, which a {manifest.labels.task} dataset needs; {_FIX}")
+    return table.filter(pc.equal(table["split"].cast("string"), split)).sort_by("row")
 
