@@ -7,6 +7,9 @@
   own copy (ChestNF train: 640 MB); read ``ds.latents`` before creating the loader to share the parent's
   copy with forked workers. A ``DataLoader`` fetches each batch with one gather (``__getitems__``), so
   workers rarely pay off unless items are decoded to images.
+- A dataset opened by URL (``https://…``, ``s3://…``: :mod:`mednf.remote.lazy`) reads rows by Zarr chunk on
+  demand instead: ``ds.latents`` is then a lazy array-like (:class:`~mednf.remote.lazy.LazyLatents`) that
+  fetches and verifies only the chunks the indexed rows are in.
 - ``ds.decode(indices, size=...)`` renders latents with θ at any resolution, batched, on CPU or GPU;
   ``ds.with_images(size)`` returns a view whose items also carry ``image``.
 - ``ds.to_hf()`` builds a ``datasets.Dataset`` whose latent column wraps the in-memory matrix without a
@@ -20,7 +23,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,9 +32,22 @@ from torch import Tensor
 from mednf.errors import ConfigError, FormatError
 from mednf.format.reader import DatasetFiles, open_dataset
 
+if TYPE_CHECKING:
+    from mednf.remote.lazy import LazyLatents, RemoteFiles
+
 IndexLike = int | slice | Sequence[int] | np.ndarray | Tensor
 
 
+def open_files(root: str | Path, *, verify: bool = True) -> DatasetFiles | RemoteFiles:
+    """The files of a dataset: a local folder (verified, :mod:`mednf.format.reader`) or a URL, read lazily
+    (:mod:`mednf.remote.lazy`; every file verified as it arrives, so ``verify`` does not apply)."""
+    from mednf.remote.fetch import is_url
+
+    if is_url(root):
+        from mednf.remote.lazy import open_remote
+
+        return open_remote(str(root))
+    return open_dataset(root, verify=verify)
 
 
 class MedNFDataset(torch.utils.data.Dataset):
@@ -39,10 +55,11 @@ class MedNFDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, split: str, *, device: str | torch.device | None = None,
                  image_size: int | Sequence[int] | None = None, verify: bool = True,
-                 files: DatasetFiles | None = None) -> None:
-        """``verify``: check every file's sha256 against the manifest first (remembered while the files are
-        unchanged, see :mod:`mednf.format.reader`); ``files``: an already opened handle (shared by splits)."""
-        self.files = files or open_dataset(root, verify=verify)
+                 files: DatasetFiles | RemoteFiles | None = None) -> None:
+        """``root``: a dataset folder or a URL (:func:`open_files`). ``verify``: check every file's sha256
+        against the manifest first (remembered while the files are unchanged, see :mod:`mednf.format.reader`);
+        ``files``: an already opened handle (shared by splits)."""
+        self.files = files or open_files(root, verify=verify)
         self.root = self.files.root
         self.manifest = self.files.manifest
         self.split = self.manifest.check_split(split)
@@ -53,7 +70,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         self.device = torch.device(device) if device is not None else None
         self.image_size = image_size
         self._read_index()
-        self._latents: np.ndarray | None = None
+        self._latents: np.ndarray | LazyLatents | None = None
         self._theta: dict[str, Tensor] | None = None
 
     def _read_index(self) -> None:
@@ -84,10 +101,11 @@ class MedNFDataset(torch.utils.data.Dataset):
         return state
 
     @property
-    def latents(self) -> np.ndarray:
-        """The split's latent matrix ``[N, P]`` float32, read from Zarr on first use (then kept)."""
+    def latents(self) -> np.ndarray | LazyLatents:
+        """The split's latent matrix ``[N, P]`` float32, read from Zarr on first use (then kept); for a
+        dataset opened by URL a lazy view that fetches the chunks of the rows indexed (``np.asarray`` → all)."""
         if self._latents is None:
-            self._latents = self.files.latents(self.split)  # checked: unchanged files, shape, no NaN
+            self._latents = self.files.latent_rows(self.split)  # checked: unchanged files, shape, no NaN
         return self._latents
 
     def __len__(self) -> int:
@@ -235,7 +253,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         import pyarrow as pa
         from datasets.table import InMemoryTable
 
-        latents = self.latents
+        latents = np.asarray(self.latents)  # the matrix itself (a remote split: every chunk fetched)
         N, P = latents.shape
         values = pa.Array.from_buffers(pa.float32(), N * P, [None, pa.py_buffer(latents)])
         label = (pa.FixedSizeListArray.from_arrays(pa.array(self.labels.reshape(-1), pa.int8()), self.labels.shape[1])

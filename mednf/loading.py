@@ -2,7 +2,9 @@
 ``mednf.load`` on import): find a dataset by path or name (cache, or a verified download).
 
 Names are looked up case-insensitively in ``root`` / ``$MEDNF_HOME``; a name that is not there but is in
-the registry is downloaded (Zenodo by default, or the HF Hub) and verified before it is opened.
+the registry is downloaded (Zenodo by default, or the HF Hub) and verified before it is opened. A URL
+(``https://host/path/DermaNF``, ``s3://…``, ``gs://…``) is read lazily, by chunk, without a download
+(:mod:`mednf.remote.lazy`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mednf.errors import ConfigError, NotFoundError
 from mednf.format.layout import INDEX, MANIFEST, mednf_home
 from mednf.format.manifest import Manifest, check_split
 from mednf.format.reader import open_dataset
+from mednf.remote.fetch import is_url
 from mednf.sources.spec import SPLITS
 
 
@@ -51,17 +54,30 @@ def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Pa
 def load(name_or_path: str | Path, split: str | None = "train", *, root: str | Path | None = None,
          source: str = "auto", download: bool = True, device: str | torch.device | None = None,
          verify: bool = True) -> MedNFDataset | MedNFDatasetDict:
-    """A MedNF dataset: a directory, a name in the cache (``root`` / ``$MEDNF_HOME``), or (``download``)
-    a name fetched from Zenodo / the HF Hub.
+    """A MedNF dataset: a directory, a name in the cache (``root`` / ``$MEDNF_HOME``), (``download``) a name
+    fetched from Zenodo / the HF Hub, or the URL of a published dataset folder, read lazily.
 
     ``split`` is ``"train"``, ``"val"``, ``"test"``, or None for all three (:class:`MedNFDatasetDict`).
     ``verify``: check the sha256 of every file against the manifest before the first read (remembered
-    while the files are unchanged; see :mod:`mednf.format.reader`); False skips it.
+    while the files are unchanged; see :mod:`mednf.format.reader`); False skips it. A URL
+    (``https://host/path/DermaNF``; ``s3://``, ``gs://``, … with that fsspec filesystem installed) fetches
+    the manifest and index now and latent chunks, θ when first needed, every file checked against the
+    manifest's sha256 as it arrives whatever ``verify`` says (:mod:`mednf.remote.lazy`).
     """
     if source not in ("auto", "local", "zenodo", "hf"):
         raise ConfigError(f"source = {source!r} is invalid: expected 'auto', 'local', 'zenodo' or 'hf'")
     if split is not None:
         check_split(split, SPLITS)
+    if is_url(name_or_path):
+        from mednf.remote.lazy import open_remote
+
+        if source != "auto":
+            raise ConfigError(f"source = {source!r} was given with a URL {name_or_path}; use source='auto'")
+        remote = open_remote(str(name_or_path))
+        if split is None:
+            return MedNFDatasetDict({s: MedNFDataset(remote.root, s, device=device, files=remote)
+                                     for s in remote.manifest.splits})
+        return MedNFDataset(remote.root, split, device=device, files=remote)
     try:
         path = find_dataset(name_or_path, root)
         if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
@@ -83,9 +99,18 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
 
 
 def info(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
-    """Manifest summary: counts, P, hyper-parameters, PSNR/SSIM per split, licence, source, path."""
-    path = find_dataset(name_or_path, root)
-    m = Manifest.read(path)
+    """Manifest summary: counts, P, hyper-parameters, PSNR/SSIM per split, licence, source, path (a URL:
+    only its manifest is fetched)."""
+    if is_url(name_or_path):
+        from mednf.remote.fetch import RemoteFolder
+        from mednf.remote.lazy import remote_manifest
+
+        folder = RemoteFolder(str(name_or_path))
+        path: str | Path = folder.url
+        m = remote_manifest(folder)
+    else:
+        path = find_dataset(name_or_path, root)
+        m = Manifest.read(path)
     return {"name": m.name, "path": str(path), "splits": {s: dataclasses.asdict(v) for s, v in m.splits.items()},
             "latent_dim": m.latent.dim, "labels": {"task": m.labels.task, "names": list(m.labels.names)},
             "engine": m.engine, "source": m.source, "license": m.license, "created": m.created, "device": m.device,
