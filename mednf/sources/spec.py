@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from mednf.engine.presets import get_preset
 from mednf.errors import ConfigError
 from mednf.sources.base import SPLITS
 from mednf.sources.kinds import get_kind
+from mednf.sources.values import get_value as _get
 
 Task = Literal["multi-class", "multi-label", "ordinal"]
 _TASKS = ("multi-class", "multi-label", "ordinal")
@@ -39,19 +41,20 @@ _SECTIONS = ("source", "labels", "splits", "engine", "build")
 _SOURCE_KEYS = ("kind", "size", "channels", "dims", "license")  # every kind; kinds add their own
 _ENGINE_SECTIONS = {"field": FieldConfig, "meta": MetaConfig, "fit": FitConfig}
 _FROM_SOURCE = {"in_dims": "dims", "out_dims": "channels"}  # field keys that follow [source]
-_TYPE_NAMES = {dict: "a table", list: "an array", str: "a string", int: "an integer", bool: "true or false"}
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # "medmnist" | "phantom"
-    size: int  # side length of the images / volumes
-    channels: int  # 1 gray, 3 RGB
-    dims: int = 2  # 2 images, 3 volumes
+    kind: str  # one of mednf.sources.kinds.kind_names(): "medmnist", "phantom", "images", "nifti", "table1d"
+    size: int  # side length of the images / volumes, length of 1D signals
+    channels: int  # 1 gray, 3 RGB (1D signals: any number of leads)
+    dims: int = 2  # 1 signals, 2 images, 3 volumes
     license: str = ""
     flag: str = ""  # medmnist flag, e.g. "chestmnist"
     url: str = ""  # with "{file}" placeholder
     md5: dict[str, str] = field(default_factory=dict)  # size (as str) → md5 of the official npz
+    path: str = ""  # a user's folder or file (images, nifti, table1d), absolute: resolved against the builder file
+    options: dict[str, Any] = field(default_factory=dict)  # the kind's own keys, defaults filled in
 
     @property
     def file_name(self) -> str:
@@ -131,19 +134,6 @@ def builder_names() -> list[str]:
     return [s.name for s in specs]
 
 
-def _get(table: dict[str, Any], key: str, where: str, kind: type, default: Any = ...) -> Any:
-    """``table[key]`` checked to be of type ``kind`` (a bool is never an int), or ``default`` when absent."""
-    if key not in table:
-        if default is ...:
-            raise ConfigError(f"{where}: key {key!r} is missing; add it to the builder file")
-        return default
-    value = table[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key} = {value!r} is invalid: expected {_TYPE_NAMES.get(kind, kind.__name__)}; "
-                          "fix the builder file")
-    return value
-
-
 def _count(table: dict[str, Any], key: str, where: str, default: Any = ..., minimum: int = 1) -> int:
     value = _get(table, key, where, int, default)
     if value < minimum:
@@ -161,12 +151,16 @@ def _check_keys(table: dict[str, Any], known: Iterable[str], where: str, what: s
             raise ConfigError(f"{where}: {thing} is unknown{what}: expected one of {', '.join(known)}{hint}")
 
 
-def _parse_source(data: dict[str, Any], where: str) -> SourceSpec:
+def _parse_source(data: dict[str, Any], where: str, base_dir: Path) -> SourceSpec:
     src = _get(data, "source", where, dict)
     where = f"{where} [source]"
     kind = get_kind(_get(src, "kind", where, str), where)
     _check_keys(src, (*_SOURCE_KEYS, *kind.source_keys), where, f" for kind = {kind.name!r}")
     md5 = _get(src, "md5", where, dict, {}) if "md5" in kind.source_keys else {}
+    path = _get(src, "path", where, str, ... if "path" in kind.required_keys else "")
+    if path:  # relative to the builder file's folder, stored absolute (a manifest must not depend on the cwd)
+        path = os.path.normpath(base_dir / Path(path).expanduser())
+    own = {k: v for k, v in src.items() if k not in (*_SOURCE_KEYS, "flag", "url", "md5", "path")}
     source = SourceSpec(
         kind=kind.name,
         size=_count(src, "size", where, minimum=4),
@@ -176,10 +170,12 @@ def _parse_source(data: dict[str, Any], where: str) -> SourceSpec:
         flag=_get(src, "flag", where, str, ... if "flag" in kind.required_keys else ""),
         url=_get(src, "url", where, str, ""),
         md5={str(k): _get(md5, k, f"{where} md5", str) for k in md5},
+        path=path,
+        options=kind.parse_options(own, where),
     )
-    if source.channels not in (1, 3) or source.dims not in (2, 3):
+    if source.channels < 1 or source.dims not in (1, 2, 3):  # each kind narrows these in check_source
         raise ConfigError(f"{where}: channels = {source.channels}, dims = {source.dims} is invalid: expected channels "
-                          "1 or 3 and dims 2 or 3")
+                          "≥ 1 (1 gray, 3 RGB) and dims 1, 2 or 3")
     kind.check_source(source, where)
     return source
 
@@ -228,15 +224,17 @@ def _parse_build(data: dict[str, Any], where: str) -> BuildSettings:
     return BuildSettings(**{k: _count(build_t, k, where) for k in build_t})
 
 
-def parse_builder(data: dict[str, Any], where: str) -> BuilderSpec:
+def parse_builder(data: dict[str, Any], where: str, base_dir: str | Path | None = None) -> BuilderSpec:
     """Validate the parsed TOML of a builder file (``where`` names it in errors): every key known, every
-    value of the right type."""
+    value of the right type. A relative ``[source] path`` is resolved against ``base_dir`` (the builder
+    file's folder; default the current directory)."""
     _check_keys(data, (*_TOP_KEYS, *_SECTIONS), where)
     name = _get(data, "name", where, str)
     if not _NAME.match(name):
         raise ConfigError(f"{where}: name = {name!r} is invalid: expected letters, digits and underscores starting "
                           "with a letter (it names the dataset's folder), e.g. 'MyPhantoms'")
-    source, labels = _parse_source(data, where), _parse_labels(data, where)
+    source = _parse_source(data, where, Path(base_dir if base_dir is not None else ".").absolute())
+    labels = _parse_labels(data, where)
     splits_t = _get(data, "splits", where, dict)
     _check_keys(splits_t, SPLITS, f"{where} [splits]")
     splits = {s: _count(splits_t, s, f"{where} [splits]") for s in SPLITS}
@@ -273,7 +271,7 @@ def load_builder(name_or_path: str | Path) -> BuilderSpec:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"builder file {text_name!r} is not valid TOML ({err}); fix its syntax") from None
-        return parse_builder(data, str(path))
+        return parse_builder(data, str(path), path.parent)
     files = _builtin_files()
     key = text_name.lower()
     if key not in files:
