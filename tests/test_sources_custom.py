@@ -195,6 +195,23 @@ def test_images_16_bit_gray_saved_as_rgb_and_luminance(tmp_path):
     np.testing.assert_allclose(data.splits["test"].images[0, 0], luma, atol=1e-6)
 
 
+def test_images_multi_label_cells_and_float_images_resized(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(RNG.random((20, 12)).astype(np.float32)).save(folder / f"f{i}.tif")
+    write_csv(folder, [("f0.tif", "a;c", "train"), ("f1.tif", "", "val"), ("f2.tif", "1", "test")],
+              header="path,label,split")
+    spec = load_builder(write_builder(tmp_path, "images", size=8, splits=(1, 1, 1), path="imgs", resize="lanczos",
+                                      task="multi-label", names=("a", "b", "c")))
+    data = load_source(spec, progress=False)
+    assert [d.labels.tolist() for d in data.splits.values()] == [[[1, 0, 1]], [[0, 0, 0]], [[0, 1, 0]]]
+    image = data.splits["train"].images[0, 0]
+    expected = np.asarray(Image.open(folder / "f0.tif").resize((8, 8), Image.Resampling.LANCZOS)).clip(0, 1)
+    assert image.dtype == np.float32 and image.shape == (8, 8)  # non-square 12×20 stretched to 8×8
+    np.testing.assert_allclose(image, expected)
+
+
 # ----------------------------------------------------------------------------------------------------- nifti
 
 def write_volume(path: Path, voxels: np.ndarray) -> None:
@@ -362,6 +379,16 @@ def _bad_images(tmp_path, case):
         _folder_with(tmp_path, {**good, "a.tif": Image.fromarray(np.full((16, 16), np.nan, np.float32))},
                      _three(("a.tif", "b.png", "c.png")), split)
         return {}, ["a.tif has 256 NaN/inf pixels"]
+    if case == "listed twice":
+        _folder_with(tmp_path, good, _three(("a.png", "b.png", "./a.png")), split)
+        return {}, ["labels.csv line 4: './a.png' is listed twice (also on line 2)"]
+    if case == "outside the folder":
+        _folder_with(tmp_path, good, _three(("a.png", "b.png", "../c.png")), split)
+        return {}, ["labels.csv line 4: path '../c.png' is invalid: expected a path relative to"]
+    if case == "no csv":
+        _folder_with(tmp_path, good, [])
+        (tmp_path / "data" / "labels.csv").unlink()
+        return {}, ["labels.csv does not exist: expected a CSV with columns path,label[,split]"]
     if case == "counts differ":
         _folder_with(tmp_path, {**good, "d.png": _gray()}, _three(("a.png", "b.png", "c.png", "d.png"),
                                                                    (0, 1, 0, 1), ("train", "val", "test", "train")),
@@ -371,7 +398,8 @@ def _bad_images(tmp_path, case):
 
 
 IMAGE_CASES = ["corrupt", "mixed sizes", "missing file", "label id outside", "label name unknown", "empty folder",
-               "unknown split", "empty split column", "empty ratio split", "rgb for gray", "float nan", "counts differ"]
+               "unknown split", "empty split column", "empty ratio split", "rgb for gray", "float nan", "counts differ",
+               "listed twice", "outside the folder", "no csv"]
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES)
@@ -496,3 +524,11 @@ def test_relative_path_follows_the_builder_file_and_source_npz_is_refused(tmp_pa
     assert spec.source.path == str(tmp_path / "imgs") and spec.source.options["resize"] == "bicubic"
     with pytest.raises(ConfigError, match="--source-npz x.npz is invalid for Mine"):
         load_source(spec, source_npz="x.npz", progress=False)
+
+
+def test_example_builder_files_parse():
+    folder = Path(__file__).resolve().parents[1] / "examples" / "builders"
+    specs = [load_builder(path) for path in sorted(folder.glob("*.toml"))]
+    assert {s.source.kind for s in specs} == {"images", "nifti", "table1d"}
+    for spec in specs:
+        assert Path(spec.source.path).is_absolute() and spec.source.path.startswith(str(folder.parents[1]))

@@ -35,10 +35,10 @@ from mednf.sources.userdata import (
     Digest,
     UserDataKind,
     Warn,
-    _ignore,
     describe,
     label_rows,
     make_splits,
+    no_warnings,
     parse_csv_name,
     parse_split_ratio,
     read_bytes,
@@ -145,7 +145,7 @@ class ImagesKind(UserDataKind):
             raise ConfigError(f"{where}: channels = {source.channels}, dims = {source.dims} is invalid for kind "
                               "'images': expected dims = 2 and channels 1 (gray) or 3 (RGB)")
 
-    def read(self, spec: BuilderSpec, warn: Warn = _ignore) -> SourceData:
+    def read(self, spec: BuilderSpec, warn: Warn = no_warnings) -> SourceData:
         src, opts = spec.source, spec.source.options
         folder = Path(src.path)
         table = read_label_csv(folder, opts["csv"], SUFFIXES, "images")

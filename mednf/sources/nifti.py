@@ -36,10 +36,10 @@ from mednf.sources.userdata import (
     Digest,
     UserDataKind,
     Warn,
-    _ignore,
     describe,
     label_rows,
     make_splits,
+    no_warnings,
     parse_csv_name,
     parse_split_ratio,
     read_bytes,
@@ -181,7 +181,7 @@ class NiftiKind(UserDataKind):
             raise ConfigError(f"{where}: channels = {source.channels}, dims = {source.dims} is invalid for kind "
                               "'nifti': expected dims = 3 and channels = 1 (one intensity per voxel)")
 
-    def read(self, spec: BuilderSpec, warn: Warn = _ignore) -> SourceData:
+    def read(self, spec: BuilderSpec, warn: Warn = no_warnings) -> SourceData:
         _nibabel()  # one clear line before anything else
         src, opts = spec.source, spec.source.options
         folder = Path(src.path)

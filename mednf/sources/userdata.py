@@ -47,7 +47,7 @@ DEFAULT_RATIO = (0.8, 0.1, 0.1)
 DIGEST_VERSION = 1  # bump when what the digest covers changes
 
 
-def _ignore(message: str) -> None:
+def no_warnings(message: str) -> None:
     pass
 
 
@@ -269,7 +269,7 @@ class UserDataKind(SourceKind):
     what = "files"  # for messages: "images", "volumes", "signals"
 
     @abstractmethod
-    def read(self, spec: BuilderSpec, warn: Warn = _ignore) -> SourceData:
+    def read(self, spec: BuilderSpec, warn: Warn = no_warnings) -> SourceData:
         """Every sample of ``spec``'s files, split, with the description (``sha256`` among it)."""
 
     def sizes(self, source: Any) -> list[int] | None:
