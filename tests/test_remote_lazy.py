@@ -83,6 +83,7 @@ def test_reads_fetch_only_the_chunks_they_need(url, server):
 def test_dataloader_workers_read_remote_rows(phantom_dir, url):
     ds, local = mednf.load(url, split="val"), mednf.load(phantom_dir, split="val")
     expected = torch.from_numpy(local.latents.copy())
+    ds[0]  # the parent has read (zarr array, connections, cache): forked workers must make their own connections
     forked = torch.cat([b["latent"] for b in ds.dataloader(6, num_workers=2)])
     spawned = list(torch.utils.data.DataLoader(ds, batch_size=7, num_workers=1, multiprocessing_context="spawn"))
     assert torch.equal(forked, expected)
