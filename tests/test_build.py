@@ -11,8 +11,10 @@ import pytest
 import torch
 import zarr
 from conftest import SHARED_MEDMNIST, TINY, report
+from PIL import Image
 from safetensors.torch import load_file
 
+from mednf.build.curves import read_training
 from mednf.build.pipeline import BuildOptions, build
 from mednf.engine.config import EngineConfig
 from mednf.engine.field import decode
@@ -35,7 +37,9 @@ def test_manifest_and_checksums(phantom_dir):
     assert any(name.startswith("latents.zarr/") for name in manifest["files"])
     assert not (phantom_dir / ".partial").exists()
     assert sorted(p.name for p in phantom_dir.iterdir()) == [
-        "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json", "model.safetensors"]
+        "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json", "model.safetensors", "training.csv",
+        "training.png"]
+    assert {"training.csv", "training.png"} <= set(manifest["files"])
     assert (phantom_dir.parent / ".PhantomNF.lock").is_file()  # the dataset lock lives beside the folder
 
 
@@ -181,11 +185,21 @@ def test_the_best_validated_theta_is_the_one_saved(tmp_path):
     cfg = EngineConfig.from_dict(manifest["engine"])
     images, _ = make_phantoms(manifest["builder"]["splits"]["train"], 16, seed=0)
     learner = MetaLearner(cfg.field, cfg.meta, seed=0)
-    for it in range(best["step"]):
-        learner.step(torch.from_numpy(images[:16][batch_positions(0, it, cfg.meta.batch_size, 16)]))
+    losses = [learner.step(torch.from_numpy(images[:16][batch_positions(0, it, cfg.meta.batch_size, 16)]))["loss"]
+              for it in range(best["step"])]
     saved = load_file(out / "model.safetensors")
     for name, value in learner.detached_params().items():
         np.testing.assert_allclose(saved[name].numpy(), value.numpy(), rtol=1e-6, atol=1e-7)
+    # training.csv: one row per iteration with the replay's loss, one per validation with the history's PSNR
+    rows = read_training(out / "training.csv")
+    train, val = [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "val"]
+    assert [int(r["iteration"]) for r in train] == list(range(1, 9)) == [int(r["iteration"]) for r in val]
+    np.testing.assert_allclose([float(r["loss"]) for r in train[:best["step"]]], losses, rtol=1e-5)
+    np.testing.assert_allclose([float(r["val_psnr"]) for r in val], [h["val_psnr"] for h in history], rtol=1e-5)
+    assert all(-1 <= float(r["val_ssim"]) <= 1 for r in val) and all(float(r["lr"]) == 0.03 for r in train)
+    png = Image.open(out / "training.png")
+    assert png.size == (900, 340)
+    assert "![training curves" in (out / "README.md").read_text()
     report(f"best-checkpoint test: validation PSNR per step {[round(h['val_psnr'], 2) for h in history]}, "
            f"best at step {best['step']}")
 

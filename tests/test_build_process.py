@@ -17,6 +17,7 @@ import zarr
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from mednf.build.curves import read_training
 from mednf.cli import main
 from mednf.format.reader import verify_dataset
 from mednf.format.tensors import load_tensors
@@ -93,6 +94,14 @@ def test_sigkill_during_meta_training_and_fitting_then_resume(reference, tmp_pat
         np.testing.assert_allclose(theta[name].numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
     for split, ref in latents(reference).items():
         np.testing.assert_allclose(latents(out)[split], ref, rtol=1e-4, atol=1e-5)
+    # training.csv: every iteration once, after two kills, with the uninterrupted run's numbers
+    rows, ref_rows = read_training(out / "training.csv"), read_training(reference / "training.csv")
+    assert [int(r["iteration"]) for r in rows if r["kind"] == "train"] == list(range(1, 201))
+    assert [int(r["iteration"]) for r in rows if r["kind"] == "val"] == [50, 100, 150, 200]
+    assert [(r["kind"], r["iteration"]) for r in rows] == [(r["kind"], r["iteration"]) for r in ref_rows]
+    for column in ("loss", "train_psnr", "val_psnr"):
+        got = [float(r[column]) for r in rows if r[column]]
+        np.testing.assert_allclose(got, [float(r[column]) for r in ref_rows if r[column]], rtol=1e-4)
 
 
 def test_second_build_into_a_running_directory_is_refused(tmp_path):

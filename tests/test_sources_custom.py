@@ -293,6 +293,12 @@ def test_table1d_csv_build_end_to_end_and_rerun(tmp_path):
     assert tuple(ds.decode([0]).shape) == (1, 1, 40)
     np.testing.assert_array_equal(source_images(ds.manifest, "test", ds.source_index), data.splits["test"].images)
     assert "already complete" in CliRunner().invoke(main, ["build", str(path), "--out", str(out)]).output
+    run = CliRunner().invoke(main, ["decode", str(out), "--split", "test", "--indices", "0:3", "--out",
+                                    str(tmp_path / "curves.png")])  # 1D: curves, input dashed under each
+    assert run.exit_code == 0, run.output
+    assert Image.open(tmp_path / "curves.png").size == (3 * 220, 160)
+    card = (out / "README.md").read_text()
+    assert "the builder's own signals from" in card and "phantom" not in card
 
 
 def test_table1d_headerless_csv_npy_and_npz(tmp_path):

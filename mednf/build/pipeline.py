@@ -8,7 +8,7 @@ Stages, each resumable (state in ``<out>/.partial``):
    (``.partial/blocks/<split>-<b>.npz``: PSNR, SSIM) written after its latents, so a block without a
    record is simply fitted again;
 3. **finalize** (rank 0): check that every row was written, write ``index.parquet``,
-   ``model.safetensors`` and the card, checksum every file, write ``mednf.json`` last, drop ``.partial``.
+   ``model.safetensors``, ``training.csv`` / ``training.png`` (:mod:`mednf.build.curves`) and the card, checksum every file, write ``mednf.json`` last, drop ``.partial``.
 
 A build directory is locked while a build runs in it (:func:`mednf.io.lock.dataset_lock`, the lock that
 downloads and imports take too; the OS releases it even on SIGKILL). The build's identity (spec, engine,
@@ -42,14 +42,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from mednf.build.curves import plot_training
 from mednf.build.distributed import Dist, setup
-from mednf.build.trainer import MetaTrainer, TrainSummary
+from mednf.build.trainer import CURVES, MetaTrainer, TrainSummary
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import fit_latents
 from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
 from mednf.engine.precision import Precision, PrecisionWarning, resolve_precision
 from mednf.errors import BuildError, ConfigError, LockedError, MednfError
-from mednf.format.layout import CARD, INDEX, LATENTS, LOG, MANIFEST, MODEL, WORK, mednf_home
+from mednf.format.layout import (
+    CARD,
+    INDEX,
+    LATENTS,
+    LOG,
+    MANIFEST,
+    MODEL,
+    TRAINING_CSV,
+    TRAINING_PNG,
+    WORK,
+    mednf_home,
+)
 from mednf.format.manifest import Manifest, new_manifest
 from mednf.format.reader import verify_dataset
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
@@ -251,6 +263,7 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
         fit_seconds += seconds
         index[split] = SplitIndex(data.source_index, data.labels, psnr, ssim)
     writer.write_theta(theta, {"field": dataclasses.asdict(cfg.field)})
+    _write_curves(work, writer.root, spec, summary)
     total = sum(len(d.images) for d in source.splits.values())
     manifest = new_manifest(
         spec, cfg, source=source.description, chunk_rows=rows,
@@ -258,7 +271,7 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
                        "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
                        "history": summary.history, "seconds": summary.seconds,
                        "memory": plan.to_dict() | {"measured_peak_bytes": peak_memory(device)},
-                       "precision": precision.to_dict()},
+                       "precision": precision.to_dict(), "curves": {"csv": TRAINING_CSV, "png": TRAINING_PNG}},
         fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch},
         device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
     manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"
@@ -266,9 +279,20 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
     return manifest
 
 
+def _write_curves(work: Path, out: Path, spec: BuilderSpec, summary: TrainSummary) -> None:
+    """``training.csv`` from the run's log and its plot ``training.png`` into the dataset."""
+    source = work / CURVES
+    if not source.is_file():
+        raise BuildError(f"{source} is missing (the meta-training log); rerun with --restart")
+    atomic_write_bytes(out / TRAINING_CSV, source.read_bytes())
+    plot_training(out / TRAINING_CSV, out / TRAINING_PNG, best_step=summary.best_step,
+                  title=f"{spec.name}: {summary.steps} meta-iterations, best validation {summary.best_val_psnr:.2f} dB "
+                        f"at {summary.best_step}")
+
+
 def _clear(out: Path) -> None:
     """--restart: remove an earlier build's files (only mednf's own names)."""
-    for name in (MANIFEST, MODEL, INDEX, CARD, WORK, LATENTS):
+    for name in (MANIFEST, MODEL, INDEX, CARD, WORK, LATENTS, TRAINING_CSV, TRAINING_PNG):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)

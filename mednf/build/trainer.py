@@ -9,7 +9,9 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 - **Checkpoints** (θ, AdamW moments, scheduler, iteration, validation history) go into one safetensors
   file with the scalars as JSON metadata, written atomically every ``checkpoint_every`` iterations.
 - **Validation**: every ``val_every`` iterations and at the end, the fixed val subset is fitted with the
-  test-time fit (H steps) and its mean PSNR recorded; the best θ is kept (paper §4.3) and returned.
+  test-time fit (H steps) and its mean PSNR (and SSIM) recorded; the best θ is kept (paper §4.3) and returned.
+- **Curves**: every iteration and validation is a row of ``training.csv`` (:mod:`mednf.build.curves`),
+  cut back to the checkpoint on resume, so each iteration is in it once.
 - **Data parallel**: rank r takes positions ``r::world`` of each global batch, gradients are summed
   across ranks before clipping, validation rows are sharded and their PSNR sums all-reduced. Rank 0
   writes the checkpoints.
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mednf.build.curves import TrainingLog
 from mednf.build.distributed import Dist
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
@@ -42,6 +45,7 @@ from mednf.sources.spec import BuildSettings
 
 LAST = "meta-last.safetensors"
 BEST = "meta-best.safetensors"
+CURVES = "training.csv"
 
 
 @dataclass
@@ -142,23 +146,27 @@ class MetaTrainer:
             self.log(f"resuming meta-training at iteration {self.resumed_from} from {path}")
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> float:
-        """Mean PSNR of the fixed val subset after the test-time fit (sharded over ranks)."""
+    def validate(self) -> tuple[float, float]:
+        """Mean PSNR and SSIM (NaN where undefined) of the fixed val subset after the test-time fit (sharded
+        over ranks)."""
         n, world, rank = len(self.val_images), self.dist.world, self.dist.rank
         start, stop = rank * n // world, (rank + 1) * n // world  # contiguous: keys match one process's
         mine = self.val_images[start:stop]
-        total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        total = torch.zeros(4, dtype=torch.float64, device=self.dist.device)  # PSNR sum, count, SSIM sum, count
         if len(mine):
             fit = self.cfg.fit
             if self.plan is not None:  # planned beside what meta-learning holds now (freed pages returned first)
                 batch = fit_batch_now(self.plan, self.cfg, mine.shape[2:], self.device)
                 fit = dataclasses.replace(fit, batch_size=batch)
             result = fit_latents(self.learner.detached_params(), mine, self.cfg.field, fit,
-                                 device=self.device, seed=self.seed, first_index=start)
-            total += torch.tensor([float(result.psnr.double().sum()), float(len(mine))], device=total.device)
+                                 device=self.device, seed=self.seed, first_index=start, with_ssim=True)
+            ssim = result.ssim.double()
+            defined = torch.isfinite(ssim)
+            total += torch.tensor([float(result.psnr.double().sum()), float(len(mine)),
+                                   float(ssim[defined].sum()), float(defined.sum())], device=total.device)
             release_free_memory()  # the fit's pages, before the next meta-iteration
         self.dist.sum_([total])
-        return float(total[0] / total[1])
+        return float(total[0] / total[1]), float(total[2] / total[3]) if total[3] > 0 else float("nan")
 
     # ------------------------------------------------------------------ loop
     def run(self, *, progress: bool = True) -> TrainSummary:
@@ -172,6 +180,9 @@ class MetaTrainer:
         bar = tqdm(total=steps, initial=self.learner.iteration, desc="meta-training", unit="it",
                    disable=not (progress and dist.is_main), dynamic_ncols=True)
         reduce = dist.sum_ if dist.enabled else None
+        curves = TrainingLog(self.work / CURVES) if dist.is_main else None
+        if curves is not None:
+            curves.resume(self.learner.iteration)
         stats: dict[str, float] = {}
         while self.learner.iteration < steps:
             started = time.perf_counter()
@@ -181,10 +192,16 @@ class MetaTrainer:
             stats = self.learner.step(signals, positions=positions, global_batch=batch, reduce_grads=reduce,
                                       micro_batch=self.micro_batch)
             done = self.learner.iteration
+            if curves is not None:
+                curves.train(done, stats, time.perf_counter() - started)
             validated = done % self.settings.val_every == 0 or done == steps
             if validated:
-                val = self.validate()
-                self.history.append({"step": done, "val_psnr": val, "train_psnr": stats["psnr"]})
+                val_started = time.perf_counter()
+                val, val_ssim = self.validate()
+                if curves is not None:
+                    curves.val(done, val, val_ssim, time.perf_counter() - val_started)
+                self.history.append({"step": done, "val_psnr": val, "train_psnr": stats["psnr"]}
+                                    | ({"val_ssim": val_ssim} if np.isfinite(val_ssim) else {}))
                 improved = val > self.best_psnr
                 if improved:
                     self.best_step, self.best_psnr = done, val
@@ -199,6 +216,8 @@ class MetaTrainer:
             bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", refresh=False)
             bar.update(1)
         bar.close()
+        if curves is not None:
+            curves.close()
         dist.barrier()
         return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from)
 

@@ -8,6 +8,8 @@
       latents.zarr/       Zarr v3 group, one array per split [N, P] float32, chunks of chunk_rows rows
       index.parquet       one row per sample: split, row, source_index, label | labels, psnr, ssim
       README.md           dataset card
+      training.csv        one row per meta-iteration and per validation (mednf.build.curves)
+      training.png        its curves
       build.log           log of the build (not content: not checksummed)
       .partial/           state of a build in progress (checkpoints, finished blocks); removed at the end
 
@@ -27,6 +29,8 @@ MODEL = "model.safetensors"
 LATENTS = "latents.zarr"
 INDEX = "index.parquet"
 CARD = "README.md"
+TRAINING_CSV = "training.csv"
+TRAINING_PNG = "training.png"
 LOG = "build.log"
 WORK = ".partial"
 _NOT_CONTENT = {MANIFEST, LOG, WORK}

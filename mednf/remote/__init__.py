@@ -21,6 +21,11 @@
 - :mod:`~mednf.remote.export` — ``<out>/<Name>.tar`` + ``SHA256SUMS`` + registry entry for Zenodo; an HF
   dataset folder (Parquet shards with features, a card whose config is named by the shards' content).
 
+- :mod:`~mednf.remote.lazy` — ``mednf.load(URL)``: a published folder read where it is served (http(s),
+  s3/gs through fsspec), manifest and index first, then only the Zarr chunks of the rows asked for;
+  :mod:`~mednf.remote.fetch` fetches every file whole and checks it against the manifest's sha256 and
+  size, :mod:`~mednf.remote.zarr_store` lets zarr decode chunks through that verified fetch.
+
 ``$MEDNF_OFFLINE=1`` forbids the network; ``$MEDNF_ZENODO_URL`` / ``$MEDNF_HF_ENDPOINT`` point at mirrors.
 Only bytes, JSON, safetensors, Zarr and Parquet are read from a mednf copy; the official release's ``.pt``
 files go through torch's weights-only unpickler with an allow-list: nothing is unpickled freely.

@@ -451,7 +451,7 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
     labels = {s: data[s].labels.astype(np.int64) for s in SPLITS}  # [N] or [N, L]
     inputs: dict[str, dict[str, np.ndarray]] = {}
     if "latents" in features:
-        inputs["latents"] = {s: data[s].latents for s in SPLITS}  # [N, P]
+        inputs["latents"] = {s: np.asarray(data[s].latents) for s in SPLITS}  # [N, P] (a URL's rows are fetched)
     if "pixels" in features:
         inputs["pixels"] = {}
         for s in SPLITS:

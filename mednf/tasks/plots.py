@@ -1,4 +1,5 @@
-"""PNG grids of decoded images (Pillow): reconstructions, optionally each below its input."""
+"""PNG grids of decoded images (Pillow): reconstructions, optionally each below its input; 1D signals as
+curves (matplotlib)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
 
 def save_grid(path: Path, recon: np.ndarray, inputs: np.ndarray | None = None, columns: int = 8) -> None:
     """Write ``recon`` ``[n, D, *spatial]`` as a grid; with ``inputs`` each column shows input over
-    reconstruction (inputs are resized, nearest, to the reconstruction's size)."""
+    reconstruction (inputs are resized, nearest, to the reconstruction's size). 1D signals ``[n, D, L]``
+    are drawn as curves, the input dashed under the reconstruction."""
     from PIL import Image
+
+    if recon.ndim == 3:
+        _save_curves(path, recon, inputs, columns)
+        return
 
     tiles = [_to_uint8_rgb(r) for r in recon]
     h, w = tiles[0].shape[:2]
@@ -37,3 +43,35 @@ def save_grid(path: Path, recon: np.ndarray, inputs: np.ndarray | None = None, c
             top += h + 2
         canvas[top:top + h, c * (w + 2):c * (w + 2) + w] = tile
     Image.fromarray(canvas).save(path)
+
+
+def _save_curves(path: Path, recon: np.ndarray, inputs: np.ndarray | None, columns: int) -> None:
+    """1D signals ``[n, D, L]``: one small plot per signal (every channel), written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from mednf.io.files import atomic_write_bytes
+
+    n = len(recon)
+    cols = min(n, columns)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows), dpi=100, squeeze=False, sharey=True)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.axis("off")
+            continue
+        for d in range(recon.shape[1]):
+            if inputs is not None:
+                ax.plot(np.linspace(0, 1, inputs.shape[-1]), inputs[k, d], "--", lw=0.8, color="gray")
+            ax.plot(np.linspace(0, 1, recon.shape[-1]), recon[k, d], lw=1.0)
+        ax.set_title(f"#{k}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
