@@ -21,12 +21,11 @@ decoding at full size). PSNR is measured on the **hidden pixels only**, per imag
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+from gpu_check import cpu_model  # sibling script (benchmarks/ is not a package)
 
 
 def masks(count: int, side: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -128,10 +127,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in model.splitlines() if line.startswith("Model name")),
-                 platform.processor())
-    print(f"device: {model}; {time.strftime('%Y-%m-%d')}")
+    print(f"device: {cpu_model()}; {time.strftime('%Y-%m-%d')}")
     for folder in args.datasets:
         run(folder, args.medmnist_root, args.images, args.seed)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from mednf.format.manifest import LatentInfo, Manifest
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from gpu_check import cpu_model  # sibling script (benchmarks/ is not a package)
 from range_server import RangeServer  # the tests' server (tests/ is not a package)
 
 
@@ -100,15 +100,6 @@ def measure(where: str, rows: int, chunk_rows: int, random_items: int) -> dict[s
     ds = mednf.load(where, split="train")
     out["whole"] = rows / timed(lambda: np.asarray(ds.latents))
     return out
-
-
-def cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no lscpu)"
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")),
-                "unknown")
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ import torch
 from mednf.build.curves import plot_training
 from mednf.build.distributed import Dist, setup
 from mednf.build.trainer import CURVES, MetaTrainer, TrainSummary
+from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import fit_latents
 from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
@@ -252,16 +253,20 @@ def _device_name(device: torch.device) -> str:
 
 def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
               theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist,
-              plan: MemoryPlan, fit_batch: int, precision: Precision) -> Manifest:
-    """Index, θ, card and manifest (rank 0), then drop ``.partial``."""
+              plan: MemoryPlan, fit_batch: int, precision: Precision,
+              baseline: tuple[np.ndarray, float]) -> Manifest:
+    """Index (with each split's baselines), θ, card and manifest (rank 0), then drop ``.partial``."""
     rows = spec.build.block_rows
     fit_seconds = 0.0  # summed over blocks (and ranks), across resumed runs
+    mean, val_baseline = baseline
+    zero = zero_latent_image(theta, cfg.field, tuple(mean.shape[1:]))
     index = {}
     for split in SPLITS:
         data = source.splits[split]
         psnr, ssim, seconds = _collect_records(work, split, len(data.images), rows)
         fit_seconds += seconds
-        index[split] = SplitIndex(data.source_index, data.labels, psnr, ssim)
+        index[split] = SplitIndex(data.source_index, data.labels, psnr, ssim,
+                                  baselines=split_baselines(data.images, mean, zero))
     writer.write_theta(theta, {"field": dataclasses.asdict(cfg.field)})
     _write_curves(work, writer.root, spec, summary)
     total = sum(len(d.images) for d in source.splits.values())
@@ -271,7 +276,9 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
                        "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
                        "history": summary.history, "seconds": summary.seconds,
                        "memory": plan.to_dict() | {"measured_peak_bytes": peak_memory(device)},
-                       "precision": precision.to_dict(), "curves": {"csv": TRAINING_CSV, "png": TRAINING_PNG}},
+                       "precision": precision.to_dict(), "curves": {"csv": TRAINING_CSV, "png": TRAINING_PNG},
+                       "baseline_check": {"val_mean_image_psnr": val_baseline, "margin_db": MARGIN_DB,
+                                          "learns_per_sample": summary.learns_per_sample}},
         fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch},
         device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
     manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"
@@ -415,8 +422,11 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
          f"engine: K={cfg.field.num_layers} L={cfg.field.hidden_dim} P={cfg.field.latent_dim}, "
          f"{cfg.meta.steps} meta-iterations of B={cfg.meta.batch_size}", dist)
 
+    mean = mean_image(source.splits["train"].images)  # [D, *spatial]: the mean-image baseline
+    val_baseline = float(psnr_against(source.splits["val"].images[:spec.build.val_samples], mean).mean())
     trainer = MetaTrainer(cfg, spec.build, source.splits["train"].images, source.splits["val"].images, work,
-                          seed=spec.seed, device=device, dist=dist, log=lambda m: _say(m, dist), plan=plan)
+                          seed=spec.seed, device=device, dist=dist, log=lambda m: _say(m, dist), plan=plan,
+                          val_baseline=val_baseline)
     summary = trainer.run(progress=options.progress)
     theta = trainer.best_params()
     _say(f"meta-training done: best validation PSNR {summary.best_val_psnr:.2f} dB at iteration "
@@ -431,7 +441,7 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
     dist.barrier()
     if dist.is_main:
         manifest = _finalize(writer, work, spec, cfg, source, theta, summary, device, dist, plan, fit_batch,
-                             precision)
+                             precision, (mean, val_baseline))
         line = ", ".join(f"{s} {v.count} @ {v.psnr_mean:.2f} dB" for s, v in manifest.splits.items())
         _say(f"done: {out} ({line}); {(time.perf_counter() - started) / 60:.1f} min this run", dist)
     dist.barrier()

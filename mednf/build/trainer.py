@@ -10,6 +10,9 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
   file with the scalars as JSON metadata, written atomically every ``checkpoint_every`` iterations.
 - **Validation**: every ``val_every`` iterations and at the end, the fixed val subset is fitted with the
   test-time fit (H steps) and its mean PSNR (and SSIM) recorded; the best θ is kept (paper §4.3) and returned.
+- **Baseline check**: a best validation PSNR not clearly above the mean-image baseline of the val subset
+  (:func:`mednf.engine.baselines.learns_per_sample`) is a ``warning:`` line with the likely fixes, as soon
+  as the validations stall below it (from the second on; once) and again at the end.
 - **Curves**: every iteration and validation is a row of ``training.csv`` (:mod:`mednf.build.curves`),
   cut back to the checkpoint on resume, so each iteration is in it once.
 - **Data parallel**: rank r takes positions ``r::world`` of each global batch, gradients are summed
@@ -35,6 +38,7 @@ import torch
 
 from mednf.build.curves import TrainingLog
 from mednf.build.distributed import Dist
+from mednf.engine.baselines import MARGIN_DB, learns_per_sample
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.meta import MetaLearner
@@ -46,6 +50,7 @@ from mednf.sources.spec import BuildSettings
 LAST = "meta-last.safetensors"
 BEST = "meta-best.safetensors"
 CURVES = "training.csv"
+STALLED_DB = 0.1  # a validation gaining less than this over the previous one has stalled
 
 
 @dataclass
@@ -56,6 +61,7 @@ class TrainSummary:
     history: list[dict[str, float]] = field(default_factory=list)  # validation points
     seconds: float = 0.0  # wall time of this process's meta-training (all runs of a resumed build)
     resumed_from: int = 0
+    learns_per_sample: bool | None = None  # best validation clearly above the mean image (None: no baseline)
 
 
 def batch_positions(seed: int, iteration: int, batch: int, num_samples: int) -> np.ndarray:
@@ -98,8 +104,10 @@ class MetaTrainer:
 
     def __init__(self, cfg: EngineConfig, settings: BuildSettings, train_images: np.ndarray,
                  val_images: np.ndarray, work: Path, *, seed: int, device: torch.device, dist: Dist,
-                 log: Callable[[str], None] = print, plan: MemoryPlan | None = None) -> None:
+                 log: Callable[[str], None] = print, plan: MemoryPlan | None = None,
+                 val_baseline: float | None = None) -> None:
         self.cfg, self.settings, self.work, self.seed = cfg, settings, work, seed
+        self.val_baseline = val_baseline  # mean-image PSNR of the validation subset
         self.plan = plan
         self.micro_batch = plan.micro_batch if plan is not None else None  # None: the whole local batch
         self.train_images = train_images  # [N, D, *spatial] uint8 or float
@@ -184,6 +192,7 @@ class MetaTrainer:
         if curves is not None:
             curves.resume(self.learner.iteration)
         stats: dict[str, float] = {}
+        warned = False
         while self.learner.iteration < steps:
             started = time.perf_counter()
             it = self.learner.iteration
@@ -209,6 +218,9 @@ class MetaTrainer:
                         self._save(self.work / BEST, with_optimizer=False)
                 self.log(f"iteration {done}: val PSNR {val:.2f} dB (fit H={self.cfg.fit.steps}) "
                          f"{'new best' if improved else f'best {self.best_psnr:.2f} dB at {self.best_step}'}")
+                if done == steps or (not warned and len(self.history) >= 2
+                                     and self.history[-1]["val_psnr"] - self.history[-2]["val_psnr"] < STALLED_DB):
+                    warned = self._check_baseline(done) or warned
             self.seconds += time.perf_counter() - started
             # with every validation too, so a newer meta-best never outlives the run it came from
             if dist.is_main and (validated or done % self.settings.checkpoint_every == 0):
@@ -219,7 +231,20 @@ class MetaTrainer:
         if curves is not None:
             curves.close()
         dist.barrier()
-        return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from)
+        learns = (None if self.val_baseline is None or not self.history
+                  else learns_per_sample(self.best_psnr, self.val_baseline))
+        return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from,
+                            learns)
+
+    def _check_baseline(self, done: int) -> bool:
+        """A ``warning:`` line (and True) if the best validation is not clearly above the mean-image baseline."""
+        if self.val_baseline is None or learns_per_sample(self.best_psnr, self.val_baseline):
+            return False
+        self.log(f"warning: the best validation PSNR {self.best_psnr:.2f} dB after {done} iterations is not "
+                 f"{MARGIN_DB:g} dB above the mean-image baseline {self.val_baseline:.2f} dB: the latents barely "
+                 "learn per sample; raise the inner learning rate (--set meta.inner_lr=… --set fit.lr=…, e.g. ×10), "
+                 "the inner/fit steps, the iterations (--steps), or use a larger preset (`mednf presets`)")
+        return True
 
     def best_params(self) -> dict[str, torch.Tensor]:
         """θ of the best validation (the final θ if there was no validation yet)."""

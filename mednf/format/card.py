@@ -60,8 +60,18 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None)
         f"| {split} | {s.count} | "
         + (f"{s.psnr_mean:.2f} ± {s.psnr_std:.2f} | " if s.psnr_mean is not None else "not measured | ")
         + (f"{s.ssim_mean:.4f} |" if s.ssim_mean is not None else "— |")
+        + "".join(f" {(s.baselines or {})[k]:.2f} |" if k in (s.baselines or {}) else " — |"
+                  for k in ("mean_image_psnr", "zero_latent_psnr"))
         for split, s in manifest.splits.items()
     )
+    check = manifest.meta_training.get("baseline_check") or {}
+    learning_warning = ""
+    if check.get("learns_per_sample") is False:
+        learning_warning = (
+            f"\n> **Warning:** the best validation PSNR ({manifest.meta_training['best_val_psnr']:.2f} dB) is not "
+            f"{check['margin_db']:g} dB above the mean-image baseline of the validation subset "
+            f"({check['val_mean_image_psnr']:.2f} dB): these latents carry little per-sample information. "
+            "Rebuild with a larger inner learning rate, more steps or a larger preset.\n")
     src = builder["source"]
     source_line = get_kind(source["kind"], "manifest source").card_line(source)
     if source["kind"] == "medmnist":
@@ -125,4 +135,5 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None)
         source_citation=citation,
         training_files=training_files,
         training_plot=training_plot,
+        learning_warning=learning_warning,
     )

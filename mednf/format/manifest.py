@@ -55,6 +55,16 @@ class SplitStats:
     ssim_mean: float | None
     latents_sha256: str  # sha256 of the raw little-endian float32 rows, independent of compression
     index_sha256: str | None = None  # sha256 of the split's index rows (writer.index_digest); None: older mednf
+    # PSNR without per-sample latents (mednf.engine.baselines): mean_image_psnr, zero_latent_psnr; None: not known
+    baselines: dict[str, float] | None = None
+
+
+def _baselines(stats: dict[str, Any], split: str) -> dict[str, float]:
+    value = stats["baselines"]
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(x, (int, float))
+                                              and not isinstance(x, bool) for k, x in value.items()):
+        raise FormatError(f"manifest field splits.{split}.baselines is invalid: expected names mapped to numbers")
+    return {k: float(x) for k, x in value.items()}
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,8 @@ class Manifest:
                                            ssim_mean=_typed(v, "ssim_mean", (int, float), optional=True),
                                            latents_sha256=_typed(v, "latents_sha256", str),
                                            index_sha256=_typed(v, "index_sha256", str, optional=True)
-                                           if "index_sha256" in v else None)
+                                           if "index_sha256" in v else None,
+                                           baselines=_baselines(v, s) if v.get("baselines") is not None else None)
                         for s, v in _typed(data, "splits", dict).items()},
                 meta_training=_typed(data, "meta_training", dict),
                 fit=_typed(data, "fit", dict, optional=True),
@@ -207,8 +218,13 @@ class Manifest:
         return cls.from_json(data, path)
 
 
+SPLIT_ALIASES = {"validation": "val"}  # the Hugging Face name of the validation split
+
+
 def check_split(split: Any, allowed: Any, what: str = "split") -> str:
-    """The one check of a split name: ``split`` if it is in ``allowed``, else a one-line ConfigError."""
+    """The one check of a split name: ``split`` (an alias such as ``"validation"`` given as the name it stands
+    for, ``"val"``) if it is in ``allowed``, else a one-line ConfigError."""
+    split = SPLIT_ALIASES.get(split, split) if isinstance(split, str) else split
     if split not in allowed:
         given = f"{what} {split!r}" if what.startswith("--") else f"{what} = {split!r}"  # a CLI flag or a parameter
         raise ConfigError(f"{given} is invalid: expected one of {', '.join(allowed)}")

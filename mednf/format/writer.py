@@ -46,6 +46,7 @@ class SplitIndex:
     labels: np.ndarray  # [N, L] int: L = 1 (class id) or the number of labels (0/1 flags, multi-label)
     psnr: np.ndarray  # [N] float (NaN: not measured)
     ssim: np.ndarray  # [N] float (NaN: undefined or not measured)
+    baselines: dict[str, float] | None = None  # the split's PSNR without latents (mednf.engine.baselines)
 
 
 def row_blocks(count: int, rows: int) -> list[tuple[int, int]]:
@@ -153,7 +154,8 @@ class DatasetWriter:
                           psnr_mean=float(np.nanmean(psnr)) if measured else None,
                           psnr_std=float(np.nanstd(psnr)) if measured else None,
                           ssim_mean=float(np.nanmean(ssim)) if np.isfinite(ssim).any() else None,
-                          latents_sha256=digest.hexdigest(), index_sha256=index_digest(rows))
+                          latents_sha256=digest.hexdigest(), index_sha256=index_digest(rows),
+                          baselines=rows.baselines)
 
     def _write_index(self, index: dict[str, SplitIndex], multi_label: bool) -> None:
         """``index.parquet``: split (dictionary), row, source_index, label | labels, psnr, ssim."""

@@ -1,0 +1,61 @@
+"""Baselines beside the quality numbers: mean image and φ = 0 per split, and the warning when nothing is learned."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from safetensors.torch import load_file
+
+import mednf
+from mednf.build.pipeline import BuildOptions, build
+from mednf.engine import field as nf
+from mednf.engine.config import EngineConfig
+from mednf.sources.loader import source_images
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(-10 * np.log10(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def test_baselines_equal_an_independent_numpy_computation(phantom_dir):
+    manifest = json.loads((phantom_dir / "mednf.json").read_text())
+    images = {s: source_images(mednf.load(phantom_dir, s).manifest, s, mednf.load(phantom_dir, s).source_index)
+              for s in ("train", "val", "test")}  # [N, 1, 32, 32] float in [0, 1]
+    mean = np.zeros(images["train"].shape[1:])
+    for image in images["train"]:  # a plain loop, in float64
+        mean += image.astype(np.float64) / len(images["train"])
+    theta = load_file(phantom_dir / "model.safetensors")
+    cfg = EngineConfig.from_dict(manifest["engine"]).field
+    with torch.no_grad():
+        zero = nf.forward(theta, torch.zeros(1, cfg.latent_dim), nf.coordinate_grid((32, 32)), cfg).clamp(0, 1)
+    zero = zero[0, :, 0].reshape(1, 32, 32).double().numpy()
+    for split, split_images in images.items():
+        stored = manifest["splits"][split]["baselines"]
+        assert stored["mean_image_psnr"] == pytest.approx(np.mean([_psnr(x, mean) for x in split_images]), abs=1e-6)
+        assert stored["zero_latent_psnr"] == pytest.approx(np.mean([_psnr(x, zero) for x in split_images]), abs=1e-4)
+    assert mednf.load(phantom_dir, "test").manifest.splits["test"].baselines == pytest.approx(
+        manifest["splits"]["test"]["baselines"])
+    card = (phantom_dir / "README.md").read_text()
+    assert "baseline: mean image" in card and f"{manifest['splits']['test']['baselines']['mean_image_psnr']:.2f}" in card
+
+
+@pytest.mark.parametrize("alpha, learns", [(1e-7, False), (0.1, True)])
+def test_the_warning_fires_on_a_run_that_learns_nothing_and_not_on_one_that_does(tmp_path, alpha, learns):
+    out = tmp_path / "P"
+    options = {**TINY, "max_samples": 48, "build_overrides": {"block_rows": 16, "val_every": 20, "val_samples": 16}}
+    build("phantomnf", BuildOptions(out=out, overrides={"meta": {"steps": 200, "inner_lr": alpha}, "fit": {"lr": alpha}},
+                                    **options))
+    manifest = json.loads((out / "mednf.json").read_text())
+    check = manifest["meta_training"]["baseline_check"]
+    assert check["learns_per_sample"] is learns
+    best, baseline = manifest["meta_training"]["best_val_psnr"], check["val_mean_image_psnr"]
+    assert (best >= baseline + 1.0) is learns
+    log, card = (out / "build.log").read_text(), (out / "README.md").read_text()
+    warned = "not 1 dB above the mean-image baseline" in log
+    assert warned is not learns and ("**Warning:**" in card) is not learns
+    if warned:  # once at the second validation and once at the end, with the fix
+        assert log.count("not 1 dB above the mean-image baseline") == 2 and "--set meta.inner_lr=" in log
