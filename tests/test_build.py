@@ -87,6 +87,9 @@ def test_rerun_reports_complete_and_other_settings_are_refused(phantom_dir):
     from mednf.errors import BuildError
 
     build("phantomnf", BuildOptions(out=phantom_dir, **TINY))  # same settings: nothing to do
+    neutral = {**TINY, "build_overrides": {**TINY["build_overrides"], "checkpoint_every": 3}}
+    build("phantomnf", BuildOptions(out=phantom_dir, overrides={"fit": {"batch_size": 3, "memory_budget_mb": 64}},
+                                    memory_budget="6GB", **neutral))  # batching and saving only: the same build
     with pytest.raises(BuildError, match="built with other settings .*engine.meta.steps: 20 → 30"):
         build("phantomnf", BuildOptions(out=phantom_dir, overrides={"meta": {"steps": 30}}, **TINY))
 

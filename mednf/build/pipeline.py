@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.build.curves import plot_training
+from mednf.build.curves import plot_training, read_training
 from mednf.build.distributed import Dist, setup
 from mednf.build.trainer import CURVES, MetaTrainer, TrainSummary
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
@@ -139,9 +139,25 @@ def _directory_lock(out: Path, dist: Dist):
         yield
 
 
+RESULT_NEUTRAL_BUILD = ("checkpoint_every",)  # [build] settings that change when state is saved, not the result
+
+
+def _builder_identity(builder: dict[str, Any]) -> dict[str, Any]:
+    """A spec's ``to_dict()`` (or a manifest's ``builder``) without what does not change the result."""
+    build_settings = {k: v for k, v in builder["build"].items() if k not in RESULT_NEUTRAL_BUILD}
+    return builder | {"path": "", "build": build_settings}
+
+
+def _engine_identity(engine: dict[str, Any]) -> dict[str, Any]:
+    """An engine dict without the fit's batching settings (:meth:`EngineConfig.result_dict`)."""
+    return EngineConfig.from_dict(engine).result_dict()
+
+
 def _identity(spec: BuilderSpec, cfg: EngineConfig, source: SourceData) -> dict[str, Any]:
-    """What makes two runs the same build (JSON-normalised, so it compares equal after a round trip)."""
-    identity = {"builder": spec.to_dict() | {"path": ""}, "engine": cfg.to_dict(), "source": source.description}
+    """What makes two runs the same build (JSON-normalised, so it compares equal after a round trip). Settings
+    that change how the work is split or saved, not its result (checkpoint interval, fit batch size, memory
+    budgets), are left out: a rerun with other values resumes."""
+    identity = {"builder": _builder_identity(spec.to_dict()), "engine": cfg.result_dict(), "source": source.description}
     return json.loads(json.dumps(identity))
 
 
@@ -156,6 +172,9 @@ def _check_identity(work: Path, identity: dict[str, Any], dist: Dist) -> None:
     path = work / "build.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(old, dict) and {"builder", "engine"} <= set(old):  # as written by any mednf version
+            old = json.loads(json.dumps(old | {"builder": _builder_identity(old["builder"]),
+                                               "engine": _engine_identity(old["engine"])}))
         if old != identity:
             differ = _differences(old, identity)
             raise BuildError(f"{work.parent} holds an unfinished build with other settings ({'; '.join(differ[:3])}); "
@@ -268,7 +287,7 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
         index[split] = SplitIndex(data.source_index, data.labels, psnr, ssim,
                                   baselines=split_baselines(data.images, mean, zero))
     writer.write_theta(theta, {"field": dataclasses.asdict(cfg.field)})
-    _write_curves(work, writer.root, spec, summary)
+    curves = _write_curves(work, writer.root, spec, summary, dist)
     total = sum(len(d.images) for d in source.splits.values())
     manifest = new_manifest(
         spec, cfg, source=source.description, chunk_rows=rows,
@@ -276,7 +295,7 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
                        "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
                        "history": summary.history, "seconds": summary.seconds,
                        "memory": plan.to_dict() | {"measured_peak_bytes": peak_memory(device)},
-                       "precision": precision.to_dict(), "curves": {"csv": TRAINING_CSV, "png": TRAINING_PNG},
+                       "precision": precision.to_dict(), "curves": curves,
                        "baseline_check": {"val_mean_image_psnr": val_baseline, "margin_db": MARGIN_DB,
                                           "learns_per_sample": summary.learns_per_sample}},
         fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch},
@@ -286,15 +305,25 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
     return manifest
 
 
-def _write_curves(work: Path, out: Path, spec: BuilderSpec, summary: TrainSummary) -> None:
-    """``training.csv`` from the run's log and its plot ``training.png`` into the dataset."""
+def _write_curves(work: Path, out: Path, spec: BuilderSpec, summary: TrainSummary, dist: Dist) -> dict[str, Any]:
+    """``training.csv`` from the run's log and its plot ``training.png`` into the dataset; what the manifest
+    records of them. A log that does not hold every iteration (meta-training began under a mednf that wrote
+    none) is kept with ``complete: false`` and a warning."""
     source = work / CURVES
     if not source.is_file():
-        raise BuildError(f"{source} is missing (the meta-training log); rerun with --restart")
+        _say("warning: this build's meta-training log is missing (begun by an older mednf); the dataset has no "
+             "training.csv / training.png", dist)
+        return {}
     atomic_write_bytes(out / TRAINING_CSV, source.read_bytes())
+    done = [int(r["iteration"]) for r in read_training(out / TRAINING_CSV) if r["kind"] == "train"]
+    complete = done == list(range(1, summary.steps + 1))
+    if not complete:
+        _say(f"warning: training.csv holds {len(done)} of {summary.steps} iterations (meta-training began under a "
+             "mednf that wrote no log); it is kept as it is", dist)
     plot_training(out / TRAINING_CSV, out / TRAINING_PNG, best_step=summary.best_step,
                   title=f"{spec.name}: {summary.steps} meta-iterations, best validation {summary.best_val_psnr:.2f} dB "
                         f"at {summary.best_step}")
+    return {"csv": TRAINING_CSV, "png": TRAINING_PNG, "complete": complete}
 
 
 def _clear(out: Path) -> None:
@@ -377,9 +406,9 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
     dist.barrier()
     if (out / MANIFEST).is_file():
         manifest = verify_dataset(out, checksums=False)
-        done = {"builder": manifest.builder | {"path": ""}, "engine": manifest.engine,
+        done = {"builder": _builder_identity(manifest.builder), "engine": _engine_identity(manifest.engine),
                 "max_samples": manifest.source.get("max_samples")}
-        wanted = json.loads(json.dumps({"builder": spec.to_dict() | {"path": ""}, "engine": cfg.to_dict(),
+        wanted = json.loads(json.dumps({"builder": _builder_identity(spec.to_dict()), "engine": cfg.result_dict(),
                                         "max_samples": options.max_samples}))
         if done != wanted:
             raise BuildError(f"{out} holds a complete {manifest.name} built with other settings "

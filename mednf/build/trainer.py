@@ -137,7 +137,7 @@ class MetaTrainer:
         if not path.is_file():
             return
         tensors, meta = load_tensors(path)
-        if meta["engine"] != self.cfg.to_dict():
+        if EngineConfig.from_dict(meta["engine"]).result_dict() != self.cfg.result_dict():
             raise BuildError(f"{path} was written with other hyper-parameters than this build's; rerun with the "
                              "same options, or pass --restart to discard the unfinished build")
         params = {k.removeprefix("theta."): v for k, v in tensors.items() if k.startswith("theta.")}

@@ -99,7 +99,11 @@ class BuilderSpec:
     path: str = ""  # where the spec was read from
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for key in ("path", "options"):  # only user-data kinds have them: MedMNIST/phantom specs stay as before
+            if not data["source"][key]:
+                del data["source"][key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuilderSpec:
