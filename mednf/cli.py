@@ -5,12 +5,14 @@ shows the traceback instead."""
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import re
 import shutil
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,45 @@ def _check_folder(option: str, path: Path) -> None:
         raise ConfigError(f"{option} {path} is invalid: its folder {folder} {state}; create it or choose another path")
 
 
+def parse_threads(value: str | None) -> int | None:
+    """``--threads`` text → a thread count ≥ 1 (None: not given); a one-line ConfigError otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--threads {value!r} is invalid: expected a whole number ≥ 1 of CPU threads, e.g. "
+                          f"--threads {os.cpu_count() or 4}")
+    threads = int(text)
+    return threads
+
+
+def set_threads(threads: int) -> None:
+    """Let torch use ``threads`` CPU threads for its operations (and as many for inter-op work, when torch
+    still allows setting that: only before its first parallel work in the process)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        pass  # parallel work already ran in this process (e.g. an earlier command in the same interpreter)
+
+
+def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--threads N`` for a command that computes: checked and applied (:func:`set_threads`) before the
+    command's own body runs; a bad N is one line and exit status 2 like every other user mistake."""
+
+    @functools.wraps(command)
+    def run(*args: Any, threads: str | None = None, **kwargs: Any) -> Any:
+        count = parse_threads(threads)
+        if count is not None:
+            set_threads(count)
+        return command(*args, **kwargs)
+
+    return click.option("--threads", metavar="N", default=None,
+                        help="CPU threads for torch (torch.set_num_threads) [default: torch's, all cores].")(run)
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="mednf")
 def main() -> None:
@@ -172,6 +213,7 @@ def main() -> None:
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Meta-iterations.")
 @click.option("--size", default=32, show_default=True, type=click.IntRange(min=4), help="Phantom side length.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@threads_option
 def demo(steps: int, size: int, seed: int) -> None:
     """Meta-learn and fit on generated phantoms (CPU, no download, ~1 minute)."""
     from mednf.tasks.demo import run_demo
@@ -276,19 +318,30 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
 
 
 @main.command(name="list")
-def list_builders() -> None:
-    """List the builders: modality, size, channels, task and split counts."""
+@click.option("--root", type=click.Path(path_type=Path), help="Cache folder [default: $MEDNF_HOME].")
+def list_builders(root: Path | None) -> None:
+    """List the builders (modality, size, channels, task, split counts) and where each stands here: built
+    (where, test PSNR), downloadable (a registered published copy) or buildable only."""
+    from mednf.remote.catalogue import availability, cached_names
     from mednf.sources.kinds import kind_of
     from mednf.sources.spec import builder_names, load_builder
 
     click.echo(f"{'name':13s} {'modality':26s} {'size':>7s} {'ch':>3s} {'task':12s} {'train':>7s} {'val':>6s} "
                f"{'test':>6s}  preset")
-    for name in builder_names():
+    names = builder_names()
+    for name in names:
         s = load_builder(name)
         size = "×".join([str(s.source.size)] * s.source.dims)
         tag = "" if s.paper else " (embedded)" if kind_of(s).embedded else " (extra)"
         click.echo(f"{s.name:13s} {s.modality[:26]:26s} {size:>7s} {s.source.channels:>3d} {s.labels.task:12s} "
                    f"{s.splits['train']:>7d} {s.splits['val']:>6d} {s.splits['test']:>6d}  {s.preset}{tag}")
+        click.echo(f"{'':13s} → {availability(s.name, root).describe()}")
+    shipped = {n.lower() for n in names}
+    others = [n for n in cached_names(root) if n.lower() not in shipped]
+    if others:
+        click.echo("in the cache from other builder files:")
+        for name in others:
+            click.echo(f"{name:13s} → {availability(name, root).describe()}")
 
 
 @main.command()
@@ -346,6 +399,7 @@ def _parse_indices(text: str, n: int) -> list[int]:
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
               help="Where the source npz is, to show inputs beside reconstructions.")
 @click.option("--gpu", type=int, default=None, help="Decode on cuda:N.")
+@threads_option
 def decode(name: str, split: str, indices: str, size: int | None, out: Path, root: Path | None,
            medmnist_root: Path | None, gpu: int | None) -> None:
     """Decode latents of NAME to images: a PNG grid (inputs beside reconstructions when the source
@@ -357,25 +411,26 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
     from mednf.build.pipeline import resolve_device
     from mednf.io.files import atomic_write_bytes
     from mednf.loading import load
-    from mednf.sources.loader import source_images
-    from mednf.tasks.plots import save_grid
+    from mednf.tasks.plots import dataset_samples, figure_class, save_figure
 
     if out.suffix.lower() not in (".png", ".npy"):
         raise ConfigError(f"--out {out} is invalid: expected a .png or .npy file name")
     _check_folder("--out", out)
+    if out.suffix.lower() == ".png":
+        figure_class()  # no matplotlib: one line now, before anything is read
     ds = load(name, split, root=root)
     positions = _parse_indices(indices, len(ds))
-    images = ds.decode(positions, size=size, device=resolve_device(gpu))  # [n, D, *spatial]
     if out.suffix.lower() == ".npy":
+        images = ds.decode(positions, size=size, device=resolve_device(gpu))  # [n, D, *spatial]
         buffer = io.BytesIO()
         np.save(buffer, images.numpy())
         atomic_write_bytes(out, buffer.getvalue())  # never a half-written .npy under the real name
         click.echo(f"wrote {out}: array {tuple(images.shape)} float32 in [0, 1]")
         return
-    inputs = source_images(ds.manifest, split, ds.source_index[positions], medmnist_root)
-    save_grid(out, images.numpy(), inputs)
-    click.echo(f"wrote {out}: {len(positions)} reconstructions at {tuple(images.shape[2:])}"
-               + (" beside their inputs" if inputs is not None else " (source images not available)"))
+    samples = dataset_samples(ds, positions, size=size, root=medmnist_root, device=resolve_device(gpu))
+    save_figure(samples.figure(), out)
+    click.echo(f"wrote {out}: {len(positions)} reconstructions at {tuple(samples.recon.shape[2:])}"
+               + (" beside their inputs" if samples.inputs is not None else f" ({samples.note})"))
 
 
 @main.command()
@@ -383,28 +438,33 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
 @click.option("--source", type=click.Choice(["zenodo", "hf"]), default="zenodo", show_default=True)
 @click.option("--root", type=click.Path(path_type=Path), help="Cache folder [default: $MEDNF_HOME].")
 def download(name: str, source: str, root: Path | None) -> None:
-    """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest)."""
+    """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest). A dataset that
+    is already complete in the cache (built or downloaded) is left as it is."""
     from mednf.errors import FormatError, NotFoundError
     from mednf.format.reader import verify_dataset
     from mednf.loading import find_dataset
     from mednf.remote.hf import download_hf
-    from mednf.remote.registry import registry_entry
+    from mednf.remote.registry import is_registered, registry_entry
     from mednf.remote.zenodo import download_zenodo
 
-    key, _ = registry_entry(name)
+    key = registry_entry(name)[0] if is_registered(name) else name
     try:
         path = find_dataset(key, root)
         manifest = verify_dataset(path, checksums=True)  # remembered while unchanged: cheap after the first time
-        if manifest.origin is None:
-            click.echo(f"{key} is already in {path}, built on this machine (not the published copy: use another "
-                       "--root to download that)")
+        if manifest.origin is None:  # built by mednf here, or a mednf export (which keeps its builder's manifest)
+            click.echo(f"{manifest.name} is already in {path}, complete and verified (built by mednf): nothing "
+                       "downloaded; use another --root to download the published copy")
         else:
-            click.echo(f"{key} is already in {path} (a verified download)")
+            click.echo(f"{manifest.name} is already in {path}, complete and verified (a download or import): "
+                       "nothing downloaded")
         return
     except NotFoundError:
         pass
     except FormatError as err:
+        if not is_registered(name):
+            raise
         click.echo(f"the copy in the cache does not verify ({err}); downloading it again", err=True)
+    key, _ = registry_entry(name)  # not registered: the one line saying so and how to build it
     path = (download_hf if source == "hf" else download_zenodo)(key, root=root)
     click.echo(f"downloaded and verified {key} into {path}")
 
@@ -418,12 +478,12 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
     """Write a publishable copy of a built dataset: zenodo (one archive + SHA256SUMS + registry entry) or
     hf (Parquet shards + card with data_files, loadable by datasets.load_dataset, + manifest and θ)."""
     from mednf.loading import find_dataset
-    from mednf.remote.export import export_hf, export_zenodo
+    from mednf.remote.export import export_hf, export_zenodo, upload_hint
 
     if fmt == "hf":
         folder = export_hf(find_dataset(name, root), out)
-        click.echo(f"wrote {folder}: data/*.parquet, README.md, mednf.json, model.safetensors "
-                   "(upload with `huggingface-cli upload --repo-type dataset`)")
+        click.echo(f"wrote {folder}: data/*.parquet, README.md, mednf.json, model.safetensors; upload it with "
+                   f"`{upload_hint(folder)}`")
         return
     archive = export_zenodo(find_dataset(name, root), out)
     click.echo(f"wrote {archive} ({archive.stat().st_size / 2**20:.1f} MiB), {out / 'SHA256SUMS'}, "
@@ -440,6 +500,7 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
               help="Where the source npz is [default: $MEDMNIST_ROOT or ~/.medmnist].")
 @click.option("--gpu", type=int, default=None, help="Decode on cuda:N.")
+@threads_option
 def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path | None,
           medmnist_root: Path | None, gpu: int | None) -> None:
     """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
@@ -484,6 +545,7 @@ def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
               help="Where the source npz is (pixel baseline).")
 @click.option("--gpu", type=int, default=None, help="Train the MLP on cuda:N.")
+@threads_option
 def classify(name: str, model: str, features: str, epochs: int, seed: int, json_out: Path | None,
              root: Path | None, medmnist_root: Path | None, gpu: int | None) -> None:
     """k-NN (k = 1, 3) and the paper's MLP on NAME's latents, beside the same on raw pixels (Table 4)."""
@@ -516,6 +578,7 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
               help="An .npz with a bool/0-1 array 'mask' [N, *size] or [*size]: fit only the observed (True) pixels.")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
 @click.option("--gpu", type=int, default=None, help="Fit on cuda:N.")
+@threads_option
 def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, mask_path: Path | None,
            root: Path | None, gpu: int | None) -> None:
     """Fit latents for the images of an .npz into NAME's space (its θ and fit settings)."""
@@ -544,6 +607,7 @@ def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, 
 @click.option("--size", type=int, default=None, help="Side length of the output grid [default: the space's].")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset folder [default: $MEDNF_HOME].")
 @click.option("--gpu", type=int, default=None, help="Fit on cuda:N.")
+@threads_option
 def inpaint(name: str, images: Path, mask_path: Path, out: Path, key: str | None, size: int | None,
             root: Path | None, gpu: int | None) -> None:
     """Fill the unobserved pixels of IMAGES: fit each to its observed pixels in NAME's space, decode it whole
@@ -584,6 +648,7 @@ def _write_npz(path: Path, **arrays: Any) -> None:
 @click.option("--medmnist-root", type=click.Path(path_type=Path), envvar="MEDMNIST_ROOT",
               help="Where the source npz is (label check, --measure).")
 @click.option("--gpu", type=int, default=None, help="Measure on cuda:N.")
+@threads_option
 def import_official(directory: Path, name: str, out: Path | None, w0: float | None, w0_increment: float | None,
                     measure: bool, medmnist_root: Path | None, gpu: int | None) -> None:
     """Convert the official MedNF release layout (model.pt, {train,val,test}/datapoint_{i}.pt) into

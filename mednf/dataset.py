@@ -14,6 +14,13 @@
   ``ds.with_images(size)`` returns a view whose items also carry ``image``.
 - ``ds.to_hf()`` builds a ``datasets.Dataset`` whose latent column wraps the in-memory matrix without a
   copy (Arrow ``fixed_size_list<float>[P]`` over the numpy buffer), labels as ``ClassLabel``.
+- ``transform`` (``mednf.load(..., transform=fn)``): every item passes through ``fn(item) -> item``, one
+  sample at a time: ``ds[i]``, each sample of a ``DataLoader(ds, batch_size=…)`` batch (before
+  collation), and with a batch index (``ds[10:20]``, lists, arrays, masks, :meth:`MedNFDataset.dataloader`)
+  each sample's item, the results stacked by torch's ``default_collate``, so every path gives the same
+  batches. A transform that raises is a one-line :class:`~mednf.errors.TransformError` naming the sample.
+- ``ds.plot(indices)``: a matplotlib figure of inputs, reconstructions and |error| maps
+  (:mod:`mednf.tasks.plots`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +36,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.errors import ConfigError, FormatError
+from mednf.errors import ConfigError, FormatError, TransformError
 from mednf.format.reader import DatasetFiles, open_dataset
 
 if TYPE_CHECKING:
     from mednf.remote.lazy import LazyLatents, RemoteFiles
 
 IndexLike = int | slice | Sequence[int] | np.ndarray | Tensor
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def open_files(root: str | Path, *, verify: bool = True) -> DatasetFiles | RemoteFiles:
@@ -55,10 +63,13 @@ class MedNFDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, split: str, *, device: str | torch.device | None = None,
                  image_size: int | Sequence[int] | None = None, verify: bool = True,
-                 files: DatasetFiles | RemoteFiles | None = None) -> None:
+                 files: DatasetFiles | RemoteFiles | None = None, transform: Transform | None = None) -> None:
         """``root``: a dataset folder or a URL (:func:`open_files`). ``verify``: check every file's sha256
         against the manifest first (remembered while the files are unchanged, see :mod:`mednf.format.reader`);
-        ``files``: an already opened handle (shared by splits)."""
+        ``files``: an already opened handle (shared by splits); ``transform``: applied to every item (see the
+        module docstring). ``split`` may be ``"validation"`` for ``"val"``."""
+        if transform is not None and not callable(transform):
+            raise ConfigError(f"transform = {transform!r} is invalid: expected a function item -> item")
         self.files = files or open_files(root, verify=verify)
         self.root = self.files.root
         self.manifest = self.files.manifest
@@ -69,6 +80,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         self.multi_label = self.manifest.multi_label
         self.device = torch.device(device) if device is not None else None
         self.image_size = image_size
+        self.transform = transform
         self._read_index()
         self._latents: np.ndarray | LazyLatents | None = None
         self._theta: dict[str, Tensor] | None = None
@@ -138,7 +150,14 @@ class MedNFDataset(torch.utils.data.Dataset):
                     "index": int(self.source_index[pos]), "psnr": float(self.psnr[pos])}
             if self.image_size is not None:
                 item["image"] = self.decode([pos], size=self.image_size)[0]
-            return item
+            return self._transformed(item, pos)
+        if self.transform is not None:  # per item, then stacked: the batches of DataLoader(ds, batch_size=…)
+            from torch.utils.data import default_collate
+
+            items = self.__getitems__(pos.tolist())
+            if not items:
+                raise IndexError(f"an empty batch index of {self.name} {self.split}: nothing to transform")
+            return default_collate(items)
         batch = {"latent": torch.from_numpy(self.latents[pos]), "label": torch.from_numpy(self.labels[pos]),
                  "index": torch.from_numpy(self.source_index[pos]), "psnr": torch.from_numpy(self.psnr[pos])}
         if self.image_size is not None:
@@ -158,7 +177,26 @@ class MedNFDataset(torch.utils.data.Dataset):
         if images is not None:
             for item, image in zip(items, images):
                 item["image"] = image
+        if self.transform is not None:
+            items = [self._transformed(item, int(p)) for item, p in zip(items, pos)]
         return items
+
+    def _transformed(self, item: dict[str, Any], pos: int) -> dict[str, Any]:
+        """``item`` through :attr:`transform` (none: as it is); its failure is one line naming the sample."""
+        if self.transform is None:
+            return item
+        name = getattr(self.transform, "__qualname__", None) or type(self.transform).__name__
+        try:
+            out = self.transform(item)
+        except Exception as err:
+            reason = (str(err).splitlines() or [""])[0]
+            raise TransformError(f"transform {name} failed on sample {pos} of {self.name} {self.split} (source "
+                                 f"index {int(self.source_index[pos])}): {type(err).__name__}"
+                                 + (f": {reason}" if reason else "") + "; fix the transform") from err
+        if out is None:
+            raise TransformError(f"transform {name} returned None for sample {pos} of {self.name} {self.split}: "
+                                 "expected the item; return it (e.g. `return item` after changing it)")
+        return out
 
     def dataloader(self, batch_size: int = 256, *, shuffle: bool = False, drop_last: bool = False,
                    generator: torch.Generator | None = None, **kwargs: Any) -> torch.utils.data.DataLoader:
@@ -225,6 +263,18 @@ class MedNFDataset(torch.utils.data.Dataset):
         if len(spatial) != dims or min(spatial) < 1:
             raise ConfigError(f"size = {size!r} is invalid: expected a positive side length or {dims} of them")
         return spatial
+
+    def plot(self, indices: IndexLike | None = None, *, size: int | Sequence[int] | None = None,
+             with_inputs: bool = True, root: str | Path | None = None, columns: int = 8) -> Any:
+        """A matplotlib ``Figure`` of the samples at ``indices`` (default the first 8): rows input,
+        reconstruction (decoded at ``size``, default native) and |error|, the index and PSNR under each
+        sample (:func:`mednf.tasks.plots.grid_figure`). ``with_inputs=False`` or source images that cannot
+        be had (``root``: the MedMNIST folder) leave the input and |error| rows out, with a note. Needs
+        matplotlib (a one-line ConfigError naming ``pip install matplotlib`` otherwise). Save it with
+        ``fig.savefig("grid.png")`` or :func:`mednf.tasks.plots.save_figure`."""
+        from mednf.tasks.plots import dataset_figure
+
+        return dataset_figure(self, indices, size=size, with_inputs=with_inputs, root=root, columns=columns)
 
     def with_images(self, size: int | Sequence[int] | None = None) -> MedNFDataset:
         """A view whose items also hold ``image`` ``[D, *size]`` decoded on access (default native size)."""
@@ -294,10 +344,30 @@ class MedNFDatasetDict:
     splits: dict[str, MedNFDataset]
 
     def __getitem__(self, split: str) -> MedNFDataset:
-        return self.splits[split]
+        """One split (``"validation"`` for ``"val"``); a ConfigError naming the splits otherwise."""
+        from mednf.format.manifest import check_split
+
+        return self.splits[check_split(split, self.splits)]
+
+    def __contains__(self, split: object) -> bool:
+        from mednf.format.manifest import SPLIT_ALIASES
+
+        return isinstance(split, str) and SPLIT_ALIASES.get(split, split) in self.splits
+
+    def __iter__(self):
+        return iter(self.splits)
+
+    def __len__(self) -> int:
+        return len(self.splits)
 
     def keys(self):
         return self.splits.keys()
+
+    def values(self):
+        return self.splits.values()
+
+    def items(self):
+        return self.splits.items()
 
     def to_hf(self, **kwargs):
         import datasets

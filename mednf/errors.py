@@ -62,3 +62,7 @@ class ClassifyError(MednfError):
 
 class EncodeError(MednfError):
     """Images cannot be encoded into a space (wrong size, layout or file)."""
+
+
+class TransformError(MednfError):
+    """A user's ``transform`` (``mednf.load(..., transform=fn)``) failed on a sample, or returned nothing."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mednf.dataset import MedNFDataset, MedNFDatasetDict
+from mednf.dataset import MedNFDataset, MedNFDatasetDict, Transform
 from mednf.errors import ConfigError, NotFoundError
 from mednf.format.layout import INDEX, MANIFEST, mednf_home
 from mednf.format.manifest import Manifest, check_split
@@ -53,11 +53,14 @@ def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Pa
 
 def load(name_or_path: str | Path, split: str | None = "train", *, root: str | Path | None = None,
          source: str = "auto", download: bool = True, device: str | torch.device | None = None,
-         verify: bool = True) -> MedNFDataset | MedNFDatasetDict:
+         verify: bool = True, transform: Transform | None = None) -> MedNFDataset | MedNFDatasetDict:
     """A MedNF dataset: a directory, a name in the cache (``root`` / ``$MEDNF_HOME``), (``download``) a name
     fetched from Zenodo / the HF Hub, or the URL of a published dataset folder, read lazily.
 
-    ``split`` is ``"train"``, ``"val"``, ``"test"``, or None for all three (:class:`MedNFDatasetDict`).
+    ``split`` is ``"train"``, ``"val"`` (or its Hugging Face name ``"validation"``), ``"test"``, or None for
+    all three (:class:`MedNFDatasetDict`). ``transform``: ``fn(item) -> item`` applied to every item, one
+    sample at a time (``ds[i]``, DataLoader samples, and each sample of a batch index before stacking; see
+    :mod:`mednf.dataset`); its failure is a one-line :class:`~mednf.errors.TransformError`.
     ``verify``: check the sha256 of every file against the manifest before the first read (remembered
     while the files are unchanged; see :mod:`mednf.format.reader`); False skips it. A URL
     (``https://host/path/DermaNF``; ``s3://``, ``gs://``, … with that fsspec filesystem installed) fetches
@@ -66,8 +69,10 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
     """
     if source not in ("auto", "local", "zenodo", "hf"):
         raise ConfigError(f"source = {source!r} is invalid: expected 'auto', 'local', 'zenodo' or 'hf'")
+    if transform is not None and not callable(transform):
+        raise ConfigError(f"transform = {transform!r} is invalid: expected a function item -> item")
     if split is not None:
-        check_split(split, SPLITS)
+        split = check_split(split, SPLITS)  # "validation" → "val"
     if is_url(name_or_path):
         from mednf.remote.lazy import open_remote
 
@@ -75,9 +80,9 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
             raise ConfigError(f"source = {source!r} was given with a URL {name_or_path}; use source='auto'")
         remote = open_remote(str(name_or_path))
         if split is None:
-            return MedNFDatasetDict({s: MedNFDataset(remote.root, s, device=device, files=remote)
+            return MedNFDatasetDict({s: MedNFDataset(remote.root, s, device=device, files=remote, transform=transform)
                                      for s in remote.manifest.splits})
-        return MedNFDataset(remote.root, split, device=device, files=remote)
+        return MedNFDataset(remote.root, split, device=device, files=remote, transform=transform)
     try:
         path = find_dataset(name_or_path, root)
         if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
@@ -94,8 +99,9 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
             str(name_or_path), root=root)
     files = open_dataset(path, verify=verify)
     if split is None:
-        return MedNFDatasetDict({s: MedNFDataset(path, s, device=device, files=files) for s in files.manifest.splits})
-    return MedNFDataset(path, split, device=device, files=files)
+        return MedNFDatasetDict({s: MedNFDataset(path, s, device=device, files=files, transform=transform)
+                                 for s in files.manifest.splits})
+    return MedNFDataset(path, split, device=device, files=files, transform=transform)
 
 
 def info(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, Any]:

@@ -54,7 +54,8 @@ def test_eval_cli_writes_summary_samples_and_plot(phantom_dir, tmp_path):
     assert summary["splits"]["val"]["psnr_mean"] == pytest.approx(float(stored.mean()), abs=1e-2)
     table = pq.read_table(out / "samples.parquet")
     assert table.num_rows == 20 and set(table.column_names) >= {"split", "row", "source_index", "mse", "psnr", "ssim"}
-    assert Image.open(plot).size == (8 * 34, 3 * 34)  # 8 columns; input, reconstruction, |error| rows of 32+2 px
+    # 8 columns of 112 px tiles; rows input, reconstruction, |error| with its colour bar (tests/test_plots.py)
+    assert Image.open(plot).size == (112 + 8 * 112 + 7 * 10 + 78, 46 + 3 * 112 + 2 * 6 + 36)
 
 
 def test_eval_errors_are_one_line(phantom_dir, tmp_path):

@@ -88,7 +88,9 @@ def test_offline_without_a_copy_names_what_to_download(zenodo, archive, monkeypa
     monkeypatch.setenv("MEDNF_OFFLINE", "1")
     with pytest.raises(DownloadError) as err:
         mednf.load("PhantomNF", root=zenodo.cache)
-    assert f"/api/records/{RECORD}" in str(err.value) and str(zenodo.cache / "PhantomNF") in str(err.value)
+    # the file a person can fetch by hand (on the mirror in use) and where to unpack it
+    assert f"download {zenodo.url}/records/{RECORD}/files/PhantomNF.tar?download=1 (sha256 " in str(err.value)
+    assert f"`tar -xf PhantomNF.tar -C {zenodo.cache}`" in str(err.value)
     assert zenodo.requests == []
 
 

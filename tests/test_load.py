@@ -134,7 +134,9 @@ def test_cli_info_and_decode(phantom_dir, tmp_path):
     assert result.exit_code == 0 and "beside their inputs" in result.output, result.output
     from PIL import Image
 
-    assert Image.open(png).size == (5 * 66, 2 * 66)  # inputs over reconstructions, 2-pixel gaps
+    # labelled rows input over reconstruction (no |error| row: 32² inputs, 64² reconstructions; a note says so),
+    # 5 tiles of 112 px with 10 px gaps beside the row labels; title, captions and note (tests/test_plots.py)
+    assert Image.open(png).size == (112 + 5 * 112 + 4 * 10 + 16, 46 + 2 * 112 + 6 + 36 + 25)
     npy = tmp_path / "x.npy"
     result = runner.invoke(main, ["decode", str(phantom_dir), "--split", "val", "--indices", "1,4", "--out", str(npy)])
     assert result.exit_code == 0

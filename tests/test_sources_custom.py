@@ -296,7 +296,7 @@ def test_table1d_csv_build_end_to_end_and_rerun(tmp_path):
     run = CliRunner().invoke(main, ["decode", str(out), "--split", "test", "--indices", "0:3", "--out",
                                     str(tmp_path / "curves.png")])  # 1D: curves, input dashed under each
     assert run.exit_code == 0, run.output
-    assert Image.open(tmp_path / "curves.png").size == (3 * 220, 160)
+    assert Image.open(tmp_path / "curves.png").size == (690, 268)  # 3 plots of 2.2 in, title and captions
     card = (out / "README.md").read_text()
     assert "the builder's own signals from" in card and "phantom" not in card
 

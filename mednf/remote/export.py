@@ -1,5 +1,6 @@
 """Publishable copies of a built dataset: one tar for Zenodo (+ SHA256SUMS, registry entry), or an HF Hub
-dataset folder (Parquet shards with features, card with ``configs``, manifest and θ).
+dataset folder (Parquet shards with features, card with ``configs``, manifest and θ) to upload with
+``hf upload <org>/<Name> <folder> --repo-type dataset`` (:func:`upload_hint`).
 """
 
 from __future__ import annotations
@@ -104,3 +105,13 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
         f'[{manifest.name}]\nhf_repo = "<org>/{manifest.name}"\nhf_revision = "<commit after upload>"\n'
         f'manifest_sha256 = "{sha256_file(out / MANIFEST)}"\n', encoding="utf-8")
     return out
+
+
+def upload_hint(folder: str | Path, repo: str | None = None) -> str:
+    """The command that uploads an HF export folder with the CLI huggingface_hub ships (``hf``; the older
+    ``huggingface-cli`` is deprecated): ``hf upload <org>/<Name> <folder> --repo-type dataset``."""
+    from mednf.format.manifest import Manifest
+
+    folder = Path(folder)
+    repo = repo or f"<org>/{Manifest.read(folder).name}"
+    return f"hf upload {repo} {folder} --repo-type dataset"

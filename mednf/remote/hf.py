@@ -32,7 +32,8 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
     endpoint = endpoint or os.environ.get("MEDNF_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
 
     def produce(tmp: Path) -> None:
-        offline_check(key, f"{endpoint}/datasets/{repo}", target)
+        offline_check(key, f"on a machine that reaches {endpoint}, run `mednf download {key} --source hf --root DIR` "
+                           f"and copy DIR/{key} to {target}")
         snapshot = fetch_folder(target)
         _snapshot(repo, revision, endpoint, snapshot)
         manifest = _remote_manifest(snapshot, repo, entry.get("manifest_sha256"))

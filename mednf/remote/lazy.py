@@ -273,7 +273,7 @@ class RemoteFiles:
 
     def latent_rows(self, split: str) -> LazyLatents:
         """The split's rows, read by chunk on demand (see :class:`LazyLatents`)."""
-        self.manifest.check_split(split)
+        split = self.manifest.check_split(split)
         if split not in self._views:
             self._views[split] = LazyLatents(self, split)
         return self._views[split]

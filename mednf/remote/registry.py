@@ -37,10 +37,16 @@ def registry_entry(name: str) -> tuple[str, dict[str, Any]]:
                         f"build it with `mednf build {name.lower()}`")
 
 
-def offline_check(what: str, url: str, target: Path) -> None:
-    if os.environ.get("MEDNF_OFFLINE", "") not in ("", "0"):
-        raise DownloadError(f"{what} is not in the cache and MEDNF_OFFLINE is set; download {url} and unpack it "
-                            f"to {target}, or unset MEDNF_OFFLINE")
+def offline() -> bool:
+    """Whether ``$MEDNF_OFFLINE`` forbids the network (set to anything but empty or 0)."""
+    return os.environ.get("MEDNF_OFFLINE", "") not in ("", "0")
+
+
+def offline_check(what: str, how: str) -> None:
+    """A DownloadError when offline: ``what`` is not in the cache, ``how`` says which file to fetch by hand
+    and what to do with it."""
+    if offline():
+        raise DownloadError(f"{what} is not in the cache and MEDNF_OFFLINE is set; {how}, or unset MEDNF_OFFLINE")
 
 
 def check_target(target: Path) -> None:

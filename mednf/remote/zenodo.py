@@ -111,13 +111,31 @@ def download_zenodo(name: str, *, root: str | Path | None = None, base_url: str 
     api = f"{base}/api/records/{record_id}"
 
     def produce(tmp: Path) -> None:
-        offline_check(key, api, target)
+        offline_check(key, offline_hint(key, entry, base, record_id, target))
         record = parse_record(get_json(check_url(api, allowed_hosts=None, what="the Zenodo API URL")), record_id,
                               base, api)
         unpack = _official if entry.get("layout") == "official" else _export
         unpack(key, entry, record, tmp, fetch_folder(target), progress)
 
     return install(target, produce, what=f"{key} (Zenodo record {record_id})")
+
+
+def offline_hint(key: str, entry: dict[str, Any], base: str, record_id: str, target: Path) -> str:
+    """What to do by hand without the network: which file of the record to download, and the command or
+    place that makes it the cached dataset ``target``."""
+    pins = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+    record = f"{base}/records/{record_id}"
+    if entry.get("layout") == "official":
+        files = " and ".join(f"{record}/files/{name}?download=1" for name in pins) or (
+            f"the zip/tar archive(s) named like {key} from {record}")
+        return (f"download {files}, unpack it and run `mednf import-official <unpacked folder> --name {key} "
+                f"--out {target}`")
+    if pins:
+        name, pin = next(iter(pins.items()))
+        sha = f" (sha256 {pin['sha256']})" if isinstance(pin, dict) and "sha256" in pin else ""
+        return (f"download {record}/files/{name}?download=1{sha} and unpack it into {target.parent} "
+                f"(`tar -xf {name} -C {target.parent}`)")
+    return f"download {key}'s files from {record} into {target}"
 
 
 def _export(key: str, entry: dict[str, Any], record: Record, tmp: Path, archives: Path, progress: bool) -> None:

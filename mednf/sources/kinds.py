@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mednf.sources.spec import BuilderSpec, SourceSpec
 
 __all__ = ["Root", "SourceKind", "get_kind", "images_unavailable", "kind_names", "kind_of", "local_splits",
-           "official_description"]
+           "official_description", "recorded_source"]
 _FLAG = re.compile(r"[a-z0-9_]+\Z")
 _MD5 = re.compile(r"[0-9a-f]{32}\Z")
 
@@ -106,16 +106,31 @@ class MedMNISTKind(SourceKind):
                 "file": spec.source.file_name, "md5": md5, "official": official, "url": source_url(spec),
                 "license": spec.source.license}
 
+    def recorded(self, data: SourceData) -> dict[str, Any]:
+        """The description plus ``path``, the absolute path of the npz the build read, so that evaluation
+        and plots find it again without being told where it is."""
+        return {**data.description, "path": str(Path(data.origin).expanduser().absolute())}
+
+    def _candidates(self, spec: BuilderSpec, source: dict[str, Any], root: Root) -> list[Path]:
+        """Where the built-from npz may be: ``root`` (else ``$MEDMNIST_ROOT``, ``~/.medmnist``), then the path
+        the build recorded."""
+        paths = [medmnist_root(root) / spec.source.file_name]
+        if source.get("path") and Path(source["path"]) not in paths:
+            paths.append(Path(source["path"]))
+        return paths
+
     def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:
-        path = medmnist_root(root) / spec.source.file_name
-        if not path.is_file() or file_md5(path) != source["md5"]:
-            return None
-        return read_npz(path, spec)[split]
+        for path in self._candidates(spec, source, root):
+            if path.is_file() and file_md5(path) == source["md5"]:
+                return read_npz(path, spec)[split]
+        return None
 
     def images_unavailable(self, name: str, source: dict[str, Any], root: Root) -> str:
         path = medmnist_root(root) / source["file"]
         problem = "has another md5" if path.is_file() else "is missing"
-        return (f"{path} {problem} ({name} was built from {source['file']}, md5 {source['md5']}): download "
+        recorded = source.get("path")
+        also = f" (as is {recorded}, where the build read it)" if recorded and Path(recorded) != path else ""
+        return (f"{path} {problem}{also} ({name} was built from {source['file']}, md5 {source['md5']}): download "
                 f"{source.get('url', source['file'])} there, pass --medmnist-root DIR (medmnist_root=) or set "
                 "$MEDMNIST_ROOT")
 
@@ -199,6 +214,15 @@ def local_splits(spec: BuilderSpec, root: Root = None) -> dict[str, SplitData] |
 def official_description(spec: BuilderSpec) -> dict[str, Any]:
     """The manifest ``source`` record ``mednf build`` writes for the official data of ``spec``."""
     return kind_of(spec).description(spec)
+
+
+def recorded_source(spec: BuilderSpec, data: SourceData) -> dict[str, Any]:
+    """The manifest ``source`` record a build writes for ``data`` read by :func:`mednf.sources.loader.load_source`:
+    its description and, for a MedMNIST npz, where it was read (``path``), so ``mednf decode`` / ``eval`` find
+    the images again without --medmnist-root. (Not part of the description a resumed build compares: the
+    same file moved elsewhere is the same source.)"""
+    kind = kind_of(spec)
+    return kind.recorded(data) if isinstance(kind, MedMNISTKind) else dict(data.description)
 
 
 def images_unavailable(manifest: Any, root: Root = None) -> str:

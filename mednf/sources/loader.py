@@ -66,9 +66,10 @@ def check_labels(spec: BuilderSpec, splits: dict[str, SplitData], origin: str) -
 def source_images(manifest: Any, split: str, source_index: np.ndarray,
                   root: str | Path | None = None) -> np.ndarray | None:
     """The original images ``[n, D, *spatial]`` (float in [0, 1]) of a built dataset's samples, when they
-    can be had without a download: phantoms are regenerated, MedMNIST files are read from the root if
-    present with the md5 the manifest recorded. None otherwise (:func:`mednf.sources.kinds.images_unavailable`
-    says why)."""
+    can be had without a download: phantoms are regenerated, MedMNIST files are read from ``root`` (else
+    ``$MEDMNIST_ROOT``, ``~/.medmnist``) or, failing that, from the path the build recorded
+    (:func:`mednf.sources.kinds.recorded_source`), with the md5 the manifest recorded. None otherwise
+    (:func:`mednf.sources.kinds.images_unavailable` says why)."""
     source = manifest.source  # a mednf.format.manifest.Manifest
     spec = BuilderSpec.from_dict(manifest.builder)
     data = get_kind(source["kind"], "manifest source").built_split(spec, source, split, root)

@@ -8,7 +8,8 @@ file name, URL and md5 of every size come from the builder file, a copy of ``med
 Where a file is looked for: ``--medmnist-root`` / ``root=``, else ``$MEDMNIST_ROOT``, else medmnist's
 default ``~/.medmnist``. A missing file is downloaded (``urllib``, timeout, progress bar) to a temporary
 name beside the target, its md5 checked while streaming, then renamed: a half-downloaded or corrupt file
-never sits under the real name. ``$MEDNF_MEDMNIST_URL`` replaces the URL template (mirrors, tests).
+never sits under the real name; ``$MEDNF_OFFLINE=1`` forbids it (the error names the file and where it
+goes). ``$MEDNF_MEDMNIST_URL`` replaces the URL template (mirrors, tests).
 
 Images are returned channels first, ``[N, D, *spatial]``, as stored (uint8 0..255, or float in [0, 1]);
 the engine converts each batch to float32.
@@ -63,7 +64,12 @@ def source_url(spec: BuilderSpec) -> str:
 
 def download(url: str, target: Path, md5: str, *, progress: bool = True) -> None:
     """Fetch ``url`` to ``target`` with :func:`mednf.io.http.fetch_verified` (temporary name, Content-Length and
-    md5 checked before the rename); a failure is a :class:`SourceError` saying where to put the file."""
+    md5 checked before the rename); a failure, or ``$MEDNF_OFFLINE`` set, is a :class:`SourceError` saying
+    which file to fetch and where to put it."""
+    if os.environ.get("MEDNF_OFFLINE", "") not in ("", "0"):
+        raise SourceError(f"{target.name} is missing and MEDNF_OFFLINE is set; download {url} (md5 {md5}) and put "
+                          f"it at {target}, point --medmnist-root / MEDMNIST_ROOT at a folder that has it, or unset "
+                          "MEDNF_OFFLINE")
     try:
         fetch_verified(url, target, size=None, md5=md5, progress=progress)
     except DownloadError as err:

@@ -20,6 +20,7 @@ import torch
 
 from mednf.engine.metrics import reconstruction_metrics
 from mednf.errors import EvalError
+from mednf.format.manifest import SPLIT_ALIASES
 
 
 @dataclass
@@ -77,6 +78,7 @@ def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("te
     dsets = load(path, split=None, device=device)
     available = list(dsets.keys())
     names = available if splits is None else [splits] if isinstance(splits, str) else list(splits)
+    names = [SPLIT_ALIASES.get(s, s) if isinstance(s, str) else s for s in names]  # "validation" → "val"
     unknown = [s for s in names if s not in available]
     if unknown or not names:
         from mednf.errors import ConfigError
@@ -124,16 +126,17 @@ def write_report(report: EvalReport, out: str | Path) -> Path:
 def save_error_grid(name_or_path: str | Path, path: str | Path, *, split: str = "test", count: int = 8,
                     root: str | Path | None = None, medmnist_root: str | Path | None = None,
                     device: str | torch.device | None = None) -> Path:
-    """PNG with one column per sample: input, reconstruction, |error| (scaled to the grid's largest error)."""
+    """PNG of the first ``count`` samples of ``split``: rows input, reconstruction and |error| (one colour
+    scale, with its bar), the index and recorded PSNR under each sample (:mod:`mednf.tasks.plots`)."""
     from mednf.loading import load
-    from mednf.tasks.plots import save_grid
+    from mednf.sources.kinds import images_unavailable
+    from mednf.sources.loader import source_images
+    from mednf.tasks.plots import dataset_figure, save_figure
 
     ds = load(name_or_path, split=split, root=root, device=device)
-    count = min(count, len(ds))
-    images = _split_images(ds, medmnist_root)[:count]  # [n, D, *spatial]
-    decoded = ds.decode(np.arange(count)).numpy()
-    error = np.abs(decoded - images)
-    error = error / max(float(error.max()), 1e-8)
-    stacked = np.concatenate([images, decoded, error])  # three rows of `count` columns
-    save_grid(Path(path), stacked, columns=count)
-    return Path(path)
+    positions = np.arange(min(count, len(ds)))
+    if source_images(ds.manifest, ds.split, ds.source_index[positions], medmnist_root) is None:
+        raise EvalError(f"the source images of {ds.name} are not available: "
+                        f"{images_unavailable(ds.manifest, medmnist_root)}")
+    fig = dataset_figure(ds, positions, root=medmnist_root, device=device, what="reconstruction error · ")
+    return save_figure(fig, path)

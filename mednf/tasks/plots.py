@@ -1,77 +1,267 @@
-"""PNG grids of decoded images (Pillow): reconstructions, optionally each below its input; 1D signals as
-curves (matplotlib)."""
+"""Figures people read (matplotlib, Agg; no display needed): decoded samples beside their inputs.
+
+:func:`grid_figure` lays out one column per sample, in bands of up to ``columns`` samples, with labelled
+rows: **input** (the source image, when it can be had), **reconstruction** (decoded from the latent) and
+**|error|** (absolute difference, one colour scale for the figure, shown by a colour bar; only when the
+input has the reconstruction's size). Under each sample: its index in the split and its PSNR. Rows that
+cannot be had are left out and a note under the grid says why. Tiles are drawn with nearest-neighbour
+upscaling and at least ``MIN_TILE_PX`` pixels a side, so 28² and 64² images are visible. Volumes show
+their middle slice (the title says so). 1D signals are curves (:func:`curves_figure`), the input dashed
+under the reconstruction, with the same title and captions.
+
+:func:`dataset_figure` makes the figure of a :class:`~mednf.dataset.MedNFDataset` (``ds.plot``, ``mednf
+decode --out x.png``, ``mednf eval --plot``); :func:`save_figure` writes a PNG atomically. Figures are
+built on :class:`matplotlib.figure.Figure` directly (no pyplot state); matplotlib is imported when a
+figure is made, and its absence is a one-line :class:`~mednf.errors.ConfigError`.
+"""
 
 from __future__ import annotations
 
+import io
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mednf.errors import ConfigError
 
-def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
-    """``[D, *spatial]`` in [0, 1] → ``[H, W, 3]`` uint8 (volumes: the middle slice)."""
-    while image.ndim > 3:
-        image = image[:, image.shape[1] // 2]
-    image = np.clip(image, 0.0, 1.0)
-    hwc = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
-    return (np.moveaxis(hwc, 0, -1) * 255 + 0.5).astype(np.uint8)
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-
-def save_grid(path: Path, recon: np.ndarray, inputs: np.ndarray | None = None, columns: int = 8) -> None:
-    """Write ``recon`` ``[n, D, *spatial]`` as a grid; with ``inputs`` each column shows input over
-    reconstruction (inputs are resized, nearest, to the reconstruction's size). 1D signals ``[n, D, L]``
-    are drawn as curves, the input dashed under the reconstruction."""
-    from PIL import Image
-
-    if recon.ndim == 3:
-        _save_curves(path, recon, inputs, columns)
-        return
-
-    tiles = [_to_uint8_rgb(r) for r in recon]
-    h, w = tiles[0].shape[:2]
-    if inputs is not None:
-        originals = [np.asarray(Image.fromarray(_to_uint8_rgb(x)).resize((w, h), Image.NEAREST)) for x in inputs]
-    rows_per_item = 2 if inputs is not None else 1
-    n = len(tiles)
-    grid_rows = -(-n // columns)
-    canvas = np.zeros((grid_rows * rows_per_item * (h + 2), min(n, columns) * (w + 2), 3), dtype=np.uint8)
-    for k, tile in enumerate(tiles):
-        r, c = divmod(k, columns)
-        top = r * rows_per_item * (h + 2)
-        if inputs is not None:
-            canvas[top:top + h, c * (w + 2):c * (w + 2) + w] = originals[k]
-            top += h + 2
-        canvas[top:top + h, c * (w + 2):c * (w + 2) + w] = tile
-    Image.fromarray(canvas).save(path)
+DPI = 100
+MIN_TILE_PX = 112  # smallest side a tile is shown at (28² → 4×, 32² → 3.5×)
+MAX_TILE_PX = 256  # larger images are shown smaller
+ROW_LABELS = ("input", "reconstruction", "|error|")
+# pixel layout of an image grid
+_LEFT, _RIGHT_BAR, _RIGHT, _HGAP, _VGAP, _CAPTION = 112, 78, 16, 10, 6, 36
+_TITLE_LINE, _NOTE_LINE = 18, 15  # pixels per line of the title (11 pt) and of the note (8 pt)
 
 
-def _save_curves(path: Path, recon: np.ndarray, inputs: np.ndarray | None, columns: int) -> None:
-    """1D signals ``[n, D, L]``: one small plot per signal (every channel), written atomically."""
-    import io
+def figure_class() -> type[Figure]:
+    """matplotlib's ``Figure`` (ConfigError naming the install command when matplotlib is missing)."""
+    try:
+        import matplotlib  # noqa: F401  (a None in sys.modules: treated as missing)
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib, which is not installed: pip install matplotlib") from None
+    return Figure
 
-    import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI`, atomically (never half a file under the real name)."""
     from mednf.io.files import atomic_write_bytes
 
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def middle_slice(images: np.ndarray) -> np.ndarray:
+    """``[n, D, *spatial]`` → ``[n, D, H, W]``: volumes cut through the middle of each leading axis."""
+    while images.ndim > 4:
+        images = images[:, :, images.shape[2] // 2]
+    return images
+
+
+def grid_title(name: str, split: str, spatial: Sequence[int], count: int) -> str:
+    """``PhantomNF · test split · 8 samples at 32×32`` (volumes: which slice; 1D: how many points)."""
+    size = "×".join(str(s) for s in spatial)
+    title = f"{name} · {split} split · {count} sample{'s' if count != 1 else ''} at {size}"
+    if len(spatial) == 1:
+        return f"{title} points"
+    if len(spatial) == 3:
+        return f"{title}, middle slice (axis 0 at {spatial[0] // 2} of {spatial[0]})"
+    return title
+
+
+def _caption(index: int, psnr: float | None) -> str:
+    return f"#{index}\n" + (f"{psnr:.2f} dB" if psnr is not None and np.isfinite(psnr) else "PSNR —")
+
+
+def _tile_size(h: int, w: int) -> tuple[int, int]:
+    scale = max(1.0, MIN_TILE_PX / min(h, w))
+    scale = min(scale, MAX_TILE_PX / max(h, w)) if max(h, w) * scale > MAX_TILE_PX else scale
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _show(ax: Any, tile: np.ndarray, **kwargs: Any) -> Any:
+    """Draw a ``[D, H, W]`` tile in [0, 1]: gray for one channel, RGB for three (else the first channel)."""
+    if tile.shape[0] == 3:
+        return ax.imshow(np.moveaxis(np.clip(tile, 0.0, 1.0), 0, -1), interpolation="nearest", **kwargs)
+    return ax.imshow(tile[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", **kwargs)
+
+
+def _bare(ax: Any) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def grid_figure(recon: np.ndarray, inputs: np.ndarray | None = None, *, indices: Sequence[int] | None = None,
+                psnr: Sequence[float] | np.ndarray | None = None, title: str = "", note: str | None = None,
+                columns: int = 8) -> Figure:
+    """The labelled grid of ``recon`` ``[n, D, *spatial]`` in [0, 1] (see the module docstring).
+
+    ``inputs`` ``[n, D, *spatial']`` (None: no input and |error| rows); ``indices`` and ``psnr`` ``[n]`` are
+    the captions (default 0..n-1, no PSNR); ``note`` is printed under the grid (with the reason for any
+    row left out). 1D signals ``[n, D, L]`` are drawn by :func:`curves_figure`.
+    """
+    recon = np.asarray(recon, dtype=np.float32)
     n = len(recon)
-    cols = min(n, columns)
-    rows = -(-n // columns)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.6 * rows), dpi=100, squeeze=False, sharey=True)
-    for k, ax in enumerate(axes.flat):
-        if k >= n:
-            ax.axis("off")
-            continue
+    indices = list(range(n)) if indices is None else [int(i) for i in indices]
+    psnr_values = [None] * n if psnr is None else [float(p) for p in psnr]
+    if recon.ndim == 3:
+        return curves_figure(recon, inputs, indices=indices, psnr=psnr_values, title=title, note=note,
+                             columns=columns)
+    notes = [note] if note else []
+    shown = middle_slice(recon)  # [n, D, H, W]
+    shown_inputs = middle_slice(np.asarray(inputs, dtype=np.float32)) if inputs is not None else None
+    errors = None
+    if inputs is not None and inputs.shape == recon.shape:
+        errors = np.abs(shown - shown_inputs).mean(axis=1)  # [n, H, W]
+    elif inputs is not None:
+        notes.append(f"no |error| row: the reconstructions are {'×'.join(map(str, recon.shape[2:]))}, the inputs "
+                     f"{'×'.join(map(str, inputs.shape[2:]))}")
+    rows = [("input", shown_inputs)] if shown_inputs is not None else []
+    rows += [("reconstruction", shown)] + ([("|error|", errors)] if errors is not None else [])
+
+    cols = max(1, min(n, columns))
+    bands = -(-n // cols)
+    th, tw = _tile_size(*shown.shape[2:])
+    right = _RIGHT_BAR if errors is not None else _RIGHT
+    width = _LEFT + cols * tw + (cols - 1) * _HGAP + right
+    band_h = len(rows) * th + (len(rows) - 1) * _VGAP + _CAPTION
+    note_lines = [line for text in notes for line in textwrap.wrap(text, max(30, (width - 20) // 7))]
+    title_lines = textwrap.wrap(title, max(20, (width - 20) // 9))
+    top = 16 + _TITLE_LINE * len(title_lines) + 12
+    height = top + bands * band_h + (len(note_lines) * _NOTE_LINE + 10 if note_lines else 0)
+
+    fig = figure_class()(figsize=(width / DPI, height / DPI), dpi=DPI)
+
+    def axes_at(x: float, y: float, w: float, h: float) -> Any:  # pixels from the top left
+        return fig.add_axes((x / width, 1 - (y + h) / height, w / width, h / height))
+
+    vmax = max(float(errors.max()), 1e-6) if errors is not None else 1.0
+    for k in range(n):
+        band, col = divmod(k, cols)
+        x = _LEFT + col * (tw + _HGAP)
+        for r, (label, data) in enumerate(rows):
+            y = top + band * band_h + r * (th + _VGAP)
+            ax = axes_at(x, y, tw, th)
+            ax.set_label(f"{label} #{indices[k]}")  # finds a tile: {a.get_label(): a for a in fig.axes}
+            _bare(ax)
+            if label == "|error|":
+                image = ax.imshow(data[k], cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+            else:
+                _show(ax, data[k])
+            ax.set_aspect("auto")
+            if col == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9, labelpad=6)
+            if r == len(rows) - 1:
+                ax.set_xlabel(_caption(indices[k], psnr_values[k]), fontsize=8, labelpad=3)
+        if errors is not None and k == 0:  # one colour bar beside the first band's |error| row
+            y = top + (len(rows) - 1) * (th + _VGAP)
+            cax = axes_at(_LEFT + cols * tw + (cols - 1) * _HGAP + 10, y, 10, th)
+            cax.set_label("colour bar")
+            bar = fig.colorbar(image, cax=cax)
+            bar.ax.tick_params(labelsize=7)
+            bar.set_label("|error|", fontsize=8)
+    if title_lines:
+        fig.suptitle("\n".join(title_lines), x=0.5, y=1 - 12 / height, va="top", fontsize=11)
+    if note_lines:
+        fig.text(10 / width, (len(note_lines) * _NOTE_LINE + 4) / height, "\n".join(note_lines), fontsize=8,
+                 va="top", ha="left", color="0.25")
+    return fig
+
+
+def curves_figure(recon: np.ndarray, inputs: np.ndarray | None = None, *, indices: Sequence[int] | None = None,
+                  psnr: Sequence[float | None] | None = None, title: str = "", note: str | None = None,
+                  columns: int = 8) -> Figure:
+    """1D signals ``[n, D, L]``: one small plot per signal (every channel), the input ``[n, D, L']`` dashed
+    under the reconstruction; the sample index and PSNR under each plot, a legend and the title above."""
+    n = len(recon)
+    indices = list(range(n)) if indices is None else list(indices)
+    psnr = [None] * n if psnr is None else list(psnr)
+    cols = max(1, min(n, columns))
+    rows = -(-n // cols)
+    width = 2.2 * cols + 0.3  # inches
+    note_lines = textwrap.wrap(note, max(30, int(width * DPI - 20) // 7)) if note else []
+    title_lines = textwrap.wrap(title, max(20, int(width * DPI - 200) // 8))  # the legend sits at the right
+    top = 0.25 + 0.18 * len(title_lines) + 0.2  # inches: title, legend
+    bottom = 0.45 + 0.15 * len(note_lines)  # tick labels, captions, note
+    height = 1.6 * rows + 0.45 * (rows - 1) + top + bottom
+    fig = figure_class()(figsize=(width, height), dpi=DPI)
+    grid = fig.add_gridspec(rows, cols, left=0.5 / width, right=1 - 0.1 / width, top=1 - top / height,
+                            bottom=bottom / height, hspace=0.45 / 1.6, wspace=0.25)
+    first = None
+    for k in range(n):
+        ax = fig.add_subplot(grid[divmod(k, cols)], sharey=first, label=f"signal #{indices[k]}")
+        first = first or ax
         for d in range(recon.shape[1]):
             if inputs is not None:
-                ax.plot(np.linspace(0, 1, inputs.shape[-1]), inputs[k, d], "--", lw=0.8, color="gray")
-            ax.plot(np.linspace(0, 1, recon.shape[-1]), recon[k, d], lw=1.0)
-        ax.set_title(f"#{k}", fontsize=8)
+                ax.plot(np.linspace(0, 1, inputs.shape[-1]), inputs[k, d], "--", lw=0.8, color="gray",
+                        label="input" if d == 0 else None)
+            ax.plot(np.linspace(0, 1, recon.shape[-1]), recon[k, d], lw=1.0, color=f"C{d}",
+                    label="reconstruction" if d == 0 else None)
+        ax.set_xlabel(_caption(indices[k], psnr[k]).replace("\n", "  "), fontsize=8, labelpad=2)
         ax.tick_params(labelsize=6)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+        if k % cols == 0:
+            ax.set_ylabel("value", fontsize=8)
+    if first is not None:
+        handles, labels = first.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False, ncols=2,
+                   bbox_to_anchor=(1 - 0.05 / width, 1 - 0.08 / height))
+    if title_lines:
+        fig.suptitle("\n".join(title_lines), x=0.1 / width, ha="left", y=1 - 0.1 / height, va="top", fontsize=10)
+    if note_lines:
+        fig.text(0.1 / width, (0.08 + 0.15 * len(note_lines)) / height, "\n".join(note_lines), fontsize=8,
+                 va="top", color="0.25")
+    return fig
+
+
+@dataclass
+class Samples:
+    """What a dataset figure shows: decoded samples, their inputs when they can be had, captions, title."""
+
+    recon: np.ndarray  # [n, D, *spatial] in [0, 1]
+    inputs: np.ndarray | None  # [n, D, *native] or None (left out: ``note`` says why)
+    positions: np.ndarray  # [n] indices in the split
+    psnr: np.ndarray  # [n] recorded at build (NaN: not measured)
+    title: str
+    note: str | None = None
+
+    def figure(self, columns: int = 8) -> Figure:
+        return grid_figure(self.recon, self.inputs, indices=self.positions.tolist(), psnr=self.psnr,
+                           title=self.title, note=self.note, columns=columns)
+
+
+def dataset_samples(ds: Any, indices: Any = None, *, size: int | Sequence[int] | None = None,
+                    with_inputs: bool = True, root: str | Path | None = None, device: Any = None,
+                    what: str = "") -> Samples:
+    """The samples of ``ds`` (a :class:`~mednf.dataset.MedNFDataset`) at ``indices`` (default the first 8),
+    decoded at ``size`` (default native), with the source images when ``with_inputs`` and they can be had
+    (``root``: where MedMNIST files are; default ``$MEDMNIST_ROOT``, ``~/.medmnist``, then the folder the
+    build read them from), captioned with the PSNR recorded at build; ``what`` goes before the title."""
+    from mednf.sources.kinds import images_unavailable
+    from mednf.sources.loader import source_images
+
+    figure_class()  # a missing matplotlib ends here, before anything is decoded
+    positions = np.arange(min(8, len(ds))) if indices is None else np.atleast_1d(ds._positions(indices))
+    recon = ds.decode(positions, size=size, device=device).numpy()  # [n, D, *spatial]
+    inputs, note = None, None
+    if with_inputs:
+        inputs = source_images(ds.manifest, ds.split, ds.source_index[positions], root)
+        if inputs is None:
+            note = f"no input or |error| rows: {images_unavailable(ds.manifest, root)}"
+    title = what + grid_title(ds.name, ds.split, recon.shape[2:], len(positions))
+    return Samples(recon, inputs, positions, np.asarray(ds.psnr[positions], dtype=np.float64), title, note)
+
+
+def dataset_figure(ds: Any, indices: Any = None, *, columns: int = 8, **kwargs: Any) -> Figure:
+    """:func:`dataset_samples` as a figure (``ds.plot``)."""
+    return dataset_samples(ds, indices, **kwargs).figure(columns)
