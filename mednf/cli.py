@@ -274,16 +274,20 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--resume", is_flag=True, help="Continue an unfinished build (what a rerun does anyway).")
 @click.option("--restart", is_flag=True, help="Discard an earlier build in the output directory and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--continue-to", "continue_to", type=int, metavar="N",
+              help="Continue a finished build's meta-training to N iterations (its own settings, the schedule "
+                   "re-planned), then fit and write it again; the old dataset stays until the new one is complete.")
 @click.option("--memory-budget", metavar="SIZE",
               help="Memory the build may use, e.g. 8GB or 6GiB (GB = 10^9 B, GiB = G = 2^30 B): the whole process "
                    "on the CPU, the GPU's memory with --gpu. Meta-iterations run in micro-batches that fit it "
                    "(same result). [default: 60% of available RAM / 80% of free GPU memory]")
+@threads_option
 def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: int | None,
           batch_size: int | None, latent_dim: int | None, fit_steps: int | None, size: int | None,
           preset: str | None, settings: tuple[str, ...], medmnist_root: Path | None, source_npz: Path | None,
           max_samples: int | None, no_download: bool, resume: bool, restart: bool, quiet: bool,
           precision: str | None,
-          memory_budget: str | None) -> None:
+          memory_budget: str | None, continue_to: int | None) -> None:
     """Build the MedNF sub-dataset NAME (a builder name, see `mednf list`, or a builder .toml file).
 
     Meta-learns the shared network, fits a latent for every image of every split and writes the dataset
@@ -313,7 +317,7 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
     options = BuildOptions(out=out, gpu=gpu, size=size, preset=preset, overrides=sections,
                            build_overrides=build_overrides, medmnist_root=medmnist_root, source_npz=source_npz,
                            max_samples=max_samples, download=not no_download, restart=restart, progress=not quiet,
-                           memory_budget=memory_budget)
+                           memory_budget=memory_budget, continue_to=continue_to)
     run_build(name, options)
 
 

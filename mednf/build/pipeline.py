@@ -42,17 +42,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from mednf.build.continuation import continued_settings, keep_checkpoints, prepare_scratch, scratch_folder, swap_in
 from mednf.build.curves import plot_training, read_training
 from mednf.build.distributed import Dist, setup
 from mednf.build.trainer import CURVES, MetaTrainer, TrainSummary
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
-from mednf.engine.config import EngineConfig
+from mednf.engine.config import RESULT_NEUTRAL_FIT, EngineConfig
 from mednf.engine.fit import fit_latents
 from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
 from mednf.engine.precision import Precision, PrecisionWarning, resolve_precision
 from mednf.errors import BuildError, ConfigError, LockedError, MednfError
 from mednf.format.layout import (
     CARD,
+    CONTINUE,
     INDEX,
     LATENTS,
     LOG,
@@ -69,6 +71,7 @@ from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.files import atomic_write_bytes, atomic_write_json
 from mednf.io.lock import dataset_lock
 from mednf.sources.base import SourceData
+from mednf.sources.kinds import recorded_source
 from mednf.sources.loader import load_source
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
 
@@ -90,6 +93,7 @@ class BuildOptions:
     restart: bool = False
     progress: bool = True
     memory_budget: MemoryBudget | str | int | None = None  # "8GB", bytes; None → a safe share of free memory
+    continue_to: int | None = None  # continue a finished build's meta-training to this many iterations
 
 
 def resolve_device(gpu: int | None) -> torch.device:
@@ -290,17 +294,18 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
     curves = _write_curves(work, writer.root, spec, summary, dist)
     total = sum(len(d.images) for d in source.splits.values())
     manifest = new_manifest(
-        spec, cfg, source=source.description, chunk_rows=rows,
+        spec, cfg, source=recorded_source(spec, source), chunk_rows=rows,
         meta_training={"steps": summary.steps, "best_step": summary.best_step,
                        "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
                        "history": summary.history, "seconds": summary.seconds,
                        "memory": plan.to_dict() | {"measured_peak_bytes": peak_memory(device)},
-                       "precision": precision.to_dict(), "curves": curves,
+                       "precision": precision.to_dict(), "curves": curves, "schedule": summary.schedule,
                        "baseline_check": {"val_mean_image_psnr": val_baseline, "margin_db": MARGIN_DB,
                                           "learns_per_sample": summary.learns_per_sample}},
         fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch},
         device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
     manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"
+    keep_checkpoints(work, writer.root)  # for --continue-to
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
@@ -328,7 +333,7 @@ def _write_curves(work: Path, out: Path, spec: BuilderSpec, summary: TrainSummar
 
 def _clear(out: Path) -> None:
     """--restart: remove an earlier build's files (only mednf's own names)."""
-    for name in (MANIFEST, MODEL, INDEX, CARD, WORK, LATENTS, TRAINING_CSV, TRAINING_PNG):
+    for name in (MANIFEST, MODEL, INDEX, CARD, WORK, LATENTS, TRAINING_CSV, TRAINING_PNG, CONTINUE):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -336,14 +341,22 @@ def _clear(out: Path) -> None:
             path.unlink()
 
 
-def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path:
-    """Build (or resume, or confirm) a dataset; returns its directory. See the module docstring."""
-    options = options or BuildOptions()
-    spec, cfg = prepare_spec(name_or_path, options)
-    device = resolve_device(options.gpu)
+def _rank_device(gpu: int | None) -> torch.device:
+    device = resolve_device(gpu)
     if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
         torch.cuda.set_device(device)
+    return device
+
+
+def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path:
+    """Build (or resume, or confirm, or with ``continue_to`` continue) a dataset; returns its directory. See
+    the module docstring."""
+    options = options or BuildOptions()
+    if options.continue_to is not None:
+        return _continue(name_or_path, options)
+    spec, cfg = prepare_spec(name_or_path, options)
+    device = _rank_device(options.gpu)
     budget = resolve_budget(options.memory_budget, device)
     _plan(spec, cfg, budget, device, (spec.source.size,) * spec.source.dims, _env_rank())  # refuse before any work
     out = Path(options.out or mednf_home() / spec.name).expanduser()
@@ -360,6 +373,54 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
         with _directory_lock(out, dist):
             handler = _setup_logging(out, dist)
             return _build_locked(out, spec, cfg, options, device, dist, budget)
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+        dist.close()
+
+
+def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
+    """``--continue-to N`` (:mod:`mednf.build.continuation`): the finished build's settings re-planned to N,
+    built in a scratch folder, swapped in when complete."""
+    target = options.continue_to
+    if not isinstance(target, int) or isinstance(target, bool) or target < 1:
+        raise ConfigError(f"--continue-to {target!r} is invalid: expected a number of meta-iterations ≥ 1")
+    neutral_fit = {k: v for k, v in options.overrides.get("fit", {}).items() if k in RESULT_NEUTRAL_FIT}
+    changed = ([f"--{name.replace('_', '-')}" for name in ("size", "preset", "max_samples")
+                if getattr(options, name) is not None] + (["--restart"] if options.restart else [])
+               + [f"{section}.{key}" for section, values in options.overrides.items() for key in values
+                  if not (section == "fit" and key in RESULT_NEUTRAL_FIT)]
+               + [f"build.{key}" for key in options.build_overrides if key not in RESULT_NEUTRAL_BUILD])
+    if changed:
+        raise ConfigError(f"--continue-to {target} continues the finished build with its own settings, but "
+                          f"{', '.join(changed)} was given; drop it, or build anew with --restart")
+    spec = load_builder(name_or_path)
+    out = Path(options.out or mednf_home() / spec.name).expanduser()
+    device = _rank_device(options.gpu)
+    budget = resolve_budget(options.memory_budget, device)
+    dist = setup(device)
+    handler = None
+    try:
+        with _directory_lock(out, dist):
+            manifest, spec, cfg = continued_settings(out, target)
+            if neutral_fit:
+                cfg = dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, **neutral_fit))
+            spec = dataclasses.replace(spec, build=dataclasses.replace(spec.build, **options.build_overrides))
+            if dist.is_main:
+                prepare_scratch(out, manifest, cfg)
+            dist.barrier()
+            scratch = scratch_folder(out)
+            handler = _setup_logging(scratch, dist)
+            _say(f"continuing {manifest.name} from {manifest.meta_training['steps']} to {target} meta-iterations in "
+                 f"{scratch}; {out} stays as it is until the new dataset is complete", dist)
+            again = dataclasses.replace(options, continue_to=None, max_samples=manifest.source.get("max_samples"))
+            _build_locked(scratch, spec, cfg, again, device, dist, budget, expect_source=manifest.source)
+            if dist.is_main:
+                swap_in(scratch, out)
+                _say(f"replaced {out} by the continued build", dist)
+            dist.barrier()
+            return out
     finally:
         if handler is not None:
             log.removeHandler(handler)
@@ -395,7 +456,8 @@ def _plan(spec: BuilderSpec, cfg: EngineConfig, budget: MemoryBudget, device: to
 
 
 def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: BuildOptions,
-                  device: torch.device, dist: Dist, budget: MemoryBudget) -> Path:
+                  device: torch.device, dist: Dist, budget: MemoryBudget,
+                  expect_source: dict[str, Any] | None = None) -> Path:
     started = time.perf_counter()
     work = out / WORK
     writer = DatasetWriter(out, latent_dim=cfg.field.latent_dim, chunk_rows=spec.build.block_rows)
@@ -414,8 +476,9 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
             raise BuildError(f"{out} holds a complete {manifest.name} built with other settings "
                              f"({'; '.join(_differences(done, wanted)[:3])}); pass --restart to rebuild it, "
                              "or choose another --out")
-        if dist.is_main:
-            shutil.rmtree(work, ignore_errors=True)  # killed between the manifest and the clean-up
+        if dist.is_main and work.is_dir():  # killed between the manifest and the clean-up
+            keep_checkpoints(work, out)
+            shutil.rmtree(work, ignore_errors=True)
         _say(f"{spec.name} is already complete in {out} (pass --restart to build it again)", dist)
         return out
     _say(f"building {spec.name} into {out} on {_device_name(device)}"
@@ -433,6 +496,11 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
         if not dist.agree(not error):
             raise BuildError(error or "reading the source data failed on another rank (see its message)")
     assert source is not None
+    expected = {k: v for k, v in (expect_source or {}).items() if k != "path"}  # where it was read: not identity
+    if expect_source is not None and json.loads(json.dumps(source.description)) != expected:
+        differ = _differences(expected, json.loads(json.dumps(source.description)))
+        raise BuildError(f"the source data is not the one {spec.name} was built from ({'; '.join(differ[:3])}); "
+                         "give the same files (--medmnist-root / --source-npz) to continue it")
     identity = _identity(spec, cfg, source)
     work.mkdir(exist_ok=True)
     dist.barrier()

@@ -62,6 +62,9 @@ class TrainSummary:
     seconds: float = 0.0  # wall time of this process's meta-training (all runs of a resumed build)
     resumed_from: int = 0
     learns_per_sample: bool | None = None  # best validation clearly above the mean image (None: no baseline)
+    # the learning-rate schedule as run: segments {"from": first iteration, "length": the meta.steps whose
+    # schedule it follows from there}; more than one after `mednf build --continue-to` (mednf.build.continuation)
+    schedule: list[dict[str, int]] = field(default_factory=list)
 
 
 def batch_positions(seed: int, iteration: int, batch: int, num_samples: int) -> np.ndarray:
@@ -118,6 +121,7 @@ class MetaTrainer:
         self.best_step, self.best_psnr = -1, float("-inf")
         self.seconds = 0.0
         self.resumed_from = 0
+        self.schedule = [{"from": 1, "length": cfg.meta.steps}]
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, path: Path, *, with_optimizer: bool) -> None:
@@ -125,7 +129,7 @@ class MetaTrainer:
         tensors = {f"theta.{k}": v for k, v in state["params"].items()}
         meta: dict[str, Any] = {"iteration": state["iteration"], "seed": state["seed"], "history": self.history,
                                 "best_step": self.best_step, "best_val_psnr": self.best_psnr,
-                                "seconds": self.seconds, "engine": self.cfg.to_dict()}
+                                "seconds": self.seconds, "engine": self.cfg.to_dict(), "schedule": self.schedule}
         if with_optimizer:
             opt_tensors, opt_rest = _optimizer_tensors(state["optimizer"])
             tensors.update(opt_tensors)
@@ -148,6 +152,7 @@ class MetaTrainer:
         self.best_step, self.best_psnr = meta["best_step"], meta["best_val_psnr"]
         self.seconds = meta["seconds"]
         self.resumed_from = meta["iteration"]
+        self.schedule = meta.get("schedule") or self.schedule
         if self.resumed_from >= self.cfg.meta.steps:
             self.log(f"meta-training finished in an earlier run ({self.resumed_from} iterations)")
         else:
@@ -234,7 +239,7 @@ class MetaTrainer:
         learns = (None if self.val_baseline is None or not self.history
                   else learns_per_sample(self.best_psnr, self.val_baseline))
         return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from,
-                            learns)
+                            learns, self.schedule)
 
     def _check_baseline(self, done: int) -> bool:
         """A ``warning:`` line (and True) if the best validation is not clearly above the mean-image baseline."""

@@ -215,6 +215,14 @@ def accumulate_meta_gradient(
     return MetaOutput(loss, torch.cat(outer), torch.cat(inner), torch.cat(latents))
 
 
+def lr_factor(meta_cfg: MetaConfig, iteration: int) -> float:
+    """Learning rate of meta-iteration ``iteration`` (0-based) as a fraction of β: cosine annealing over
+    ``meta.steps`` iterations, or constant."""
+    if meta_cfg.lr_schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(iteration, meta_cfg.steps) / meta_cfg.steps))
+
+
 class MetaLearner:
     """Holds θ, AdamW and the learning-rate schedule; :meth:`step` runs one meta-iteration."""
 
@@ -242,14 +250,7 @@ class MetaLearner:
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=meta_cfg.meta_lr, weight_decay=meta_cfg.weight_decay
         )
-        steps = meta_cfg.steps
-
-        def factor(i: int) -> float:
-            if meta_cfg.lr_schedule == "constant":
-                return 1.0
-            return 0.5 * (1.0 + math.cos(math.pi * min(i, steps) / steps))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(meta_cfg, i))
         self.iteration = 0
         self._grids: dict[tuple[tuple[int, ...], torch.dtype], Tensor] = {}
 

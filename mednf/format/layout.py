@@ -12,6 +12,7 @@
       training.png        its curves
       build.log           log of the build (not content: not checksummed)
       .partial/           state of a build in progress (checkpoints, finished blocks); removed at the end
+      .continue/          the finished build's last and best checkpoints, for `mednf build --continue-to`
 
 Every other file in the directory is content and must be listed in the manifest.
 """
@@ -33,6 +34,7 @@ TRAINING_CSV = "training.csv"
 TRAINING_PNG = "training.png"
 LOG = "build.log"
 WORK = ".partial"
+CONTINUE = ".continue"
 _NOT_CONTENT = {MANIFEST, LOG, WORK}
 
 

@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from mednf.errors import DownloadError, MednfError
-from mednf.format.layout import LOG, MANIFEST
+from mednf.format.layout import CONTINUE, LOG, MANIFEST
 from mednf.format.manifest import Manifest
 from mednf.format.reader import mark_verified, verify_dataset
 from mednf.io.lock import LockedError, dataset_lock
@@ -121,7 +121,7 @@ def _complete(target: Path) -> bool:
 
 def _check_replaceable(target: Path) -> None:
     """Only mednf's own files are replaced: those an (incomplete or damaged) copy's manifest lists, the
-    manifest, a failed build's log. Anything else in the folder is the user's: refused, never deleted."""
+    manifest, a failed build's log, a finished build's checkpoints. Anything else in the folder is the user's: refused, never deleted."""
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise DownloadError(f"{target} exists and is not a folder; move it away or download into another --root")
     if not target.is_dir():
@@ -132,7 +132,8 @@ def _check_replaceable(target: Path) -> None:
     except MednfError:
         pass  # no readable manifest: only the log is ours
     foreign = sorted(rel for p in target.rglob("*") if p.is_file() or p.is_symlink()
-                     if (rel := p.relative_to(target).as_posix()) not in ours)
+                     if (rel := p.relative_to(target).as_posix()) not in ours
+                     and not rel.startswith(f"{CONTINUE}/"))  # a finished build's checkpoints (--continue-to)
     if foreign:
         raise DownloadError(f"{target} holds files that are not a mednf dataset ({', '.join(foreign[:3])}); "
                             "move them away or download into another --root")

@@ -1,0 +1,119 @@
+"""`mednf build --continue-to N`: a finished build's meta-training continued, against one uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import mednf
+from mednf.build.curves import read_training
+from mednf.build.pipeline import BuildOptions, build
+from mednf.cli import main
+from mednf.errors import BuildError, ConfigError
+
+BASE = {"preset": "tiny", "size": 32, "max_samples": 20, "progress": False,
+        "build_overrides": {"block_rows": 8, "val_every": 5, "val_samples": 6}}
+
+
+def _build(out, steps, schedule="constant", **extra):
+    meta = {"steps": steps, "lr_schedule": schedule, "meta_lr": 3e-3}
+    return build("phantomnf", BuildOptions(out=out, overrides={"meta": meta}, **BASE, **extra))
+
+
+def _latents(out):
+    group = zarr.open_group(str(out / "latents.zarr"), mode="r")
+    return {s: group[s][:] for s in ("train", "val", "test")}
+
+
+def test_a_constant_schedule_continued_equals_one_uninterrupted_run(tmp_path):
+    short, long = tmp_path / "short" / "PhantomNF", tmp_path / "long" / "PhantomNF"
+    _build(short, 10)
+    before = load_file(short / "model.safetensors")
+    build("phantomnf", BuildOptions(out=short, continue_to=20, progress=False))
+    _build(long, 20)
+    theta, reference = load_file(short / "model.safetensors"), load_file(long / "model.safetensors")
+    for name, value in reference.items():
+        np.testing.assert_array_equal(theta[name].numpy(), value.numpy())
+    assert any(not np.array_equal(before[k].numpy(), theta[k].numpy()) for k in before)
+    for split, ref in _latents(long).items():
+        np.testing.assert_allclose(_latents(short)[split], ref, rtol=1e-5, atol=1e-6)
+    rows, ref_rows = read_training(short / "training.csv"), read_training(long / "training.csv")
+    assert [(r["kind"], r["iteration"], r["loss"]) for r in rows] == [(r["kind"], r["iteration"], r["loss"])
+                                                                      for r in ref_rows]
+    manifest = json.loads((short / "mednf.json").read_text())["meta_training"]
+    assert manifest["steps"] == 20 and manifest["schedule"] == [{"from": 1, "length": 10}, {"from": 11, "length": 20}]
+    assert [h["step"] for h in manifest["history"]] == [5, 10, 15, 20]
+    assert sorted(p.name for p in short.parent.iterdir()) == [".PhantomNF.lock", "PhantomNF"]  # nothing left over
+    assert (short / ".continue" / "meta-last.safetensors").is_file()
+    assert mednf.load(short, "test").latents.shape == (20, 32)
+
+
+def test_a_cosine_schedule_is_replanned_as_documented(tmp_path):
+    out = tmp_path / "PhantomNF"
+    _build(out, 10, "cosine")
+    build("phantomnf", BuildOptions(out=out, continue_to=25, progress=False))
+    lrs = {int(r["iteration"]): float(r["lr"]) for r in read_training(out / "training.csv") if r["kind"] == "train"}
+    assert sorted(lrs) == list(range(1, 26))
+    for t, lr in lrs.items():  # iteration t runs at the lr of the schedule planned for 10, then for 25 steps
+        length = 10 if t <= 10 else 25
+        assert lr == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * (t - 1) / length)), rel=5e-6)  # 6 significant digits in the CSV
+
+
+def test_bad_continuations_are_one_line_errors(tmp_path, phantom_dir):
+    out = tmp_path / "PhantomNF"
+    _build(out, 10)
+    with pytest.raises(BuildError, match="--continue-to 10 is invalid: PhantomNF has finished 10 meta-iterations"):
+        build("phantomnf", BuildOptions(out=out, continue_to=10, progress=False))
+    with pytest.raises(ConfigError, match="with its own settings, but --preset, meta.steps was given"):
+        build("phantomnf", BuildOptions(out=out, continue_to=30, preset="tiny", overrides={"meta": {"steps": 5}}))
+    with pytest.raises(BuildError, match="needs a finished build in .*which holds no dataset"):
+        build("phantomnf", BuildOptions(out=tmp_path / "nothing", continue_to=30))
+    unfinished = tmp_path / "unfinished"
+    (unfinished / ".partial").mkdir(parents=True)
+    with pytest.raises(BuildError, match="holds an unfinished build"):
+        build("phantomnf", BuildOptions(out=unfinished, continue_to=30))
+    imported = tmp_path / "imported"
+    shutil.copytree(phantom_dir, imported)
+    manifest = json.loads((imported / "mednf.json").read_text())
+    (imported / "mednf.json").write_text(json.dumps(manifest | {"origin": {"kind": "official-release"}}))
+    with pytest.raises(BuildError, match="was imported \\(official-release\\).*no meta-training checkpoint"):
+        build("phantomnf", BuildOptions(out=imported, continue_to=30))
+    shutil.rmtree(out / ".continue")
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(out), "--continue-to", "30"])
+    assert result.exit_code == 2 and "meta-last.safetensors is missing" in result.output
+    assert "Traceback" not in result.output and (out / "mednf.json").is_file()
+
+
+def test_a_killed_continuation_leaves_the_old_dataset_and_resumes(tmp_path):
+    out = tmp_path / "PhantomNF"
+    _build(out, 10)
+    old = (out / "mednf.json").read_bytes()
+    cmd = [sys.executable, "-m", "mednf.cli", "build", "phantomnf", "--out", str(out), "--continue-to", "400",
+           "--quiet", "--set", "build.checkpoint_every=5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scratch = tmp_path / ".PhantomNF.continue" / ".partial" / "training.csv"
+    deadline = time.monotonic() + 300
+    while not (scratch.is_file() and len(scratch.read_text().splitlines()) > 30):  # continued past iteration 20
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "mednf.json").read_bytes() == old  # the finished dataset is untouched
+    assert mednf.load(out, "test").manifest.meta_training["steps"] == 10
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "resuming meta-training at iteration" in result.stderr
+    rows = read_training(out / "training.csv")
+    assert [int(r["iteration"]) for r in rows if r["kind"] == "train"] == list(range(1, 401))
+    assert not (tmp_path / ".PhantomNF.continue").exists()
