@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.pipeline import BuildOptions, build
 
 
 def main() -> None:

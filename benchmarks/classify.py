@@ -9,7 +9,7 @@ Usage::
 
 (1) Builds each dataset from the shared MedMNIST files with a small CPU preset (default ``cpu-small``:
 K6 L64 P128, 300 meta-iterations, H = 10) into ``--out/<Name>`` — a complete build with the same settings
-is reused (``mednf.build.pipeline`` confirms it), an interrupted one resumes; (2) runs :func:`mednf.tasks.classify.classify`
+is reused (``mednf.building.pipeline`` confirms it), an interrupted one resumes; (2) runs :func:`mednf.tasks.classify.classify`
 with every model on latents and pixels; (3) prints one Markdown section per dataset with the date, device,
 configuration and command. ``--json FILE`` also writes the reports as JSON.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.pipeline import BuildOptions, build
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MEDMNIST = Path(os.environ.get("MEDNF_TEST_MEDMNIST", ROOT.parent / "shared/data/medmnist"))

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.pipeline import BuildOptions, build
 from mednf.dataset import MedNFDataset
 from mednf.engine.config import EngineConfig, FieldConfig
 from mednf.engine.field import init_params

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import mednf
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.pipeline import BuildOptions, build
 from mednf.engine.config import EngineConfig, FieldConfig
 from mednf.engine.field import init_params
 from mednf.format.manifest import LatentInfo, Manifest

@@ -1,65 +1,46 @@
 """mednf: medical datasets as neural fields (MedFuncta / MedNF).
 
-``mednf.load(name_or_path, split=...)`` and ``mednf.info(name)`` are the entry points for users of a
-built dataset (see :mod:`mednf.dataset`); ``mednf.encode`` fits new images into a space (also from
-the observed pixels only, ``mask=``), ``mednf.encode_points`` signals known at irregular points,
-``mednf.inpaint`` fills unobserved pixels,
-``mednf.evaluate`` and ``mednf.classify`` measure one. All import their dependencies on first call.
+The user surface, each imported on first use (so ``import mednf`` stays light) with its real signature
+and docstring:
+
+- ``mednf.build(name_or_toml, ...)`` — build a dataset (what ``mednf build`` does) and return its splits;
+- ``mednf.load(name_or_path_or_url, split=...)``, ``mednf.info(name)`` — a built dataset
+  (:mod:`mednf.dataset`);
+- ``mednf.encode(images, space, mask=...)``, ``mednf.encode_points(coords, values, space)`` — fit new
+  images (or their observed pixels, or irregular points) into a space; ``mednf.inpaint`` fills pixels;
+- ``mednf.evaluate``, ``mednf.classify`` — measure a dataset.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from mednf.version import __version__
 
-__all__ = ["__version__", "classify", "encode", "encode_points", "evaluate", "info", "inpaint", "load"]
+if TYPE_CHECKING:  # for editors and type checkers; at run time they are imported on first use
+    from mednf.building.api import build
+    from mednf.loading import info, load
+    from mednf.tasks.classify import classify
+    from mednf.tasks.encode import encode, encode_points
+    from mednf.tasks.evaluate import evaluate
+    from mednf.tasks.inpaint import inpaint
+
+_LAZY = {"build": "mednf.building.api", "load": "mednf.loading", "info": "mednf.loading",
+         "encode": "mednf.tasks.encode", "encode_points": "mednf.tasks.encode", "inpaint": "mednf.tasks.inpaint",
+         "evaluate": "mednf.tasks.evaluate", "classify": "mednf.tasks.classify"}
+
+__all__ = ["__version__", "build", "classify", "encode", "encode_points", "evaluate", "info", "inpaint", "load"]
 
 
-def load(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.loading.load`."""
-    from mednf.loading import load as _load
-
-    return _load(*args, **kwargs)
-
-
-def info(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.loading.info`."""
-    from mednf.loading import info as _info
-
-    return _info(*args, **kwargs)
+def __getattr__(name: str) -> Any:
+    """The functions of the user surface, imported on first access (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mednf' has no attribute {name!r}")
 
 
-def encode(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.tasks.encode.encode`."""
-    from mednf.tasks.encode import encode as _encode
-
-    return _encode(*args, **kwargs)
-
-
-def encode_points(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.tasks.encode.encode_points`."""
-    from mednf.tasks.encode import encode_points as _encode_points
-
-    return _encode_points(*args, **kwargs)
-
-
-def inpaint(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.tasks.inpaint.inpaint`."""
-    from mednf.tasks.inpaint import inpaint as _inpaint
-
-    return _inpaint(*args, **kwargs)
-
-
-def evaluate(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.tasks.evaluate.evaluate`."""
-    from mednf.tasks.evaluate import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
-
-
-def classify(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mednf.tasks.classify.classify`."""
-    from mednf.tasks.classify import classify as _classify
-
-    return _classify(*args, **kwargs)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

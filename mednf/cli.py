@@ -293,31 +293,18 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
     Meta-learns the shared network, fits a latent for every image of every split and writes the dataset
     (manifest last). Rerunning the same command resumes an interrupted build.
     """
-    from mednf.build.pipeline import BuildOptions
-    from mednf.build.pipeline import build as run_build
+    from mednf.building.api import build_options
+    from mednf.building.pipeline import build as run_build
 
     if gpu is not None and force_cpu:
         raise ConfigError("--gpu and --cpu were both given: expected one of them; drop one")
     if resume and restart:
         raise ConfigError("--resume and --restart were both given: expected one of them; drop one")
-    if memory_budget is not None:
-        from mednf.engine.planner import parse_memory
-
-        parse_memory(memory_budget)  # a bad value ends here, before any work
-    sections = _parse_set(settings)
-    build_overrides = sections.pop("build", {})
-    for section, key, value in (("meta", "steps", steps), ("meta", "batch_size", batch_size),
-                                ("field", "latent_dim", latent_dim), ("fit", "steps", fit_steps),
-                                ("field", "precision", precision)):
-        if value is not None:
-            sections.setdefault(section, {})[key] = value
-    for key, value in build_overrides.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"--set build.{key}={value!r} is invalid: expected an integer ≥ 1")
-    options = BuildOptions(out=out, gpu=gpu, size=size, preset=preset, overrides=sections,
-                           build_overrides=build_overrides, medmnist_root=medmnist_root, source_npz=source_npz,
-                           max_samples=max_samples, download=not no_download, restart=restart, progress=not quiet,
-                           memory_budget=memory_budget, continue_to=continue_to)
+    options = build_options(out=out, gpu=gpu, steps=steps, batch_size=batch_size, latent_dim=latent_dim,
+                            fit_steps=fit_steps, precision=precision, size=size, preset=preset,
+                            overrides=_parse_set(settings), medmnist_root=medmnist_root, source_npz=source_npz,
+                            max_samples=max_samples, download=not no_download, restart=restart,
+                            continue_to=continue_to, memory_budget=memory_budget, progress=not quiet)
     run_build(name, options)
 
 
@@ -371,7 +358,20 @@ def info(name: str, root: Path | None, as_json: bool) -> None:
     for split, s in summary["splits"].items():
         ssim = f"{s['ssim_mean']:.3f}" if s["ssim_mean"] is not None else "—"
         psnr = f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB" if s["psnr_mean"] is not None else "not measured"
-        click.echo(f"  {split:5s} {s['count']:7d} samples  PSNR {psnr}  SSIM {ssim}")
+        click.echo(f"  {split:5s} {s['count']:7d} samples  PSNR {psnr}  SSIM {ssim}{_baselines_text(s.get('baselines'))}")
+    check = summary["meta_training"].get("baseline_check") or {}
+    if check.get("learns_per_sample") is False:
+        click.echo(f"  warning: the best validation PSNR is not {check['margin_db']:g} dB above the mean-image "
+                   f"baseline ({check['val_mean_image_psnr']:.2f} dB): the latents carry little per-sample information")
+
+
+def _baselines_text(baselines: dict[str, float] | None) -> str:
+    """``  baselines: mean image 15.2 dB, φ = 0 14.9 dB`` (empty when not recorded)."""
+    if not baselines:
+        return ""
+    parts = [f"{label} {baselines[key]:.2f} dB" for key, label in (("mean_image_psnr", "mean image"),
+                                                                    ("zero_latent_psnr", "φ = 0")) if key in baselines]
+    return "  baselines: " + ", ".join(parts)
 
 
 def _parse_indices(text: str, n: int) -> list[int]:
@@ -412,7 +412,7 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
 
     import numpy as np
 
-    from mednf.build.pipeline import resolve_device
+    from mednf.building.pipeline import resolve_device
     from mednf.io.files import atomic_write_bytes
     from mednf.loading import load
     from mednf.tasks.plots import dataset_samples, figure_class, save_figure
@@ -508,7 +508,7 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
 def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path | None,
           medmnist_root: Path | None, gpu: int | None) -> None:
     """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
-    from mednf.build.pipeline import resolve_device
+    from mednf.building.pipeline import resolve_device
     from mednf.format.manifest import Manifest, check_split
     from mednf.loading import find_dataset
     from mednf.tasks.evaluate import evaluate, save_error_grid, write_report
@@ -530,7 +530,8 @@ def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path
         ssim = f"{summary['ssim_mean']:.4f}" if summary["ssim_mean"] is not None else "—"
         click.echo(f"  {s:5s} {summary['count']:7d}  MSE {summary['mse_mean']:.5f}  PSNR {summary['psnr_mean']:.2f} ± "
                    f"{summary['psnr_std']:.2f} dB  SSIM {ssim}"
-                   + (f"  (recorded at build: {stored:.2f} dB)" if stored is not None else ""))
+                   + (f"  (recorded at build: {stored:.2f} dB)" if stored is not None else "")
+                   + _baselines_text(summary["baselines"]))
     click.echo(f"wrote {folder / 'summary.json'} and {folder / 'samples.parquet'}")
     if plot is not None:
         save_error_grid(path, plot, split=splits[0] if splits else "test", medmnist_root=medmnist_root, device=device)
@@ -555,7 +556,7 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
     """k-NN (k = 1, 3) and the paper's MLP on NAME's latents, beside the same on raw pixels (Table 4)."""
     import json
 
-    from mednf.build.pipeline import resolve_device
+    from mednf.building.pipeline import resolve_device
     from mednf.tasks.classify import classify as run
 
     if json_out is not None:
@@ -586,7 +587,7 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
 def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, mask_path: Path | None,
            root: Path | None, gpu: int | None) -> None:
     """Fit latents for the images of an .npz into NAME's space (its θ and fit settings)."""
-    from mednf.build.pipeline import resolve_device
+    from mednf.building.pipeline import resolve_device
     from mednf.tasks.encode import encode as run
     from mednf.tasks.encode import read_images_npz
 
@@ -616,7 +617,7 @@ def inpaint(name: str, images: Path, mask_path: Path, out: Path, key: str | None
             root: Path | None, gpu: int | None) -> None:
     """Fill the unobserved pixels of IMAGES: fit each to its observed pixels in NAME's space, decode it whole
     (a --size above the space's resolution gives super-resolution)."""
-    from mednf.build.pipeline import resolve_device
+    from mednf.building.pipeline import resolve_device
     from mednf.tasks.encode import read_images_npz
     from mednf.tasks.inpaint import inpaint as run
 
@@ -657,7 +658,7 @@ def import_official(directory: Path, name: str, out: Path | None, w0: float | No
                     measure: bool, medmnist_root: Path | None, gpu: int | None) -> None:
     """Convert the official MedNF release layout (model.pt, {train,val,test}/datapoint_{i}.pt) into
     mednf's format, reading it weights-only (no arbitrary unpickling)."""
-    from mednf.build.pipeline import resolve_device
+    from mednf.building.pipeline import resolve_device
     from mednf.format.layout import mednf_home
     from mednf.format.manifest import Manifest
     from mednf.remote.official_import import import_official as run

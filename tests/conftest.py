@@ -88,7 +88,7 @@ TINY = {"preset": "tiny", "size": 32, "max_samples": 20, "progress": False,
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A real dataset built by `mednf build` once per test session (read-only for the tests)."""
-    from mednf.build.pipeline import BuildOptions, build
+    from mednf.building.pipeline import BuildOptions, build
 
     out = tmp_path_factory.mktemp("built") / "PhantomNF"
     build("phantomnf", BuildOptions(out=out, **TINY))

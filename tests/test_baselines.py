@@ -11,7 +11,7 @@ from conftest import TINY
 from safetensors.torch import load_file
 
 import mednf
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.pipeline import BuildOptions, build
 from mednf.engine import field as nf
 from mednf.engine.config import EngineConfig
 from mednf.sources.loader import source_images
@@ -59,3 +59,18 @@ def test_the_warning_fires_on_a_run_that_learns_nothing_and_not_on_one_that_does
     assert warned is not learns and ("**Warning:**" in card) is not learns
     if warned:  # once at the second validation and once at the end, with the fix
         assert log.count("not 1 dB above the mean-image baseline") == 2 and "--set meta.inner_lr=" in log
+
+
+def test_info_and_eval_show_the_baselines(phantom_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    stored = json.loads((phantom_dir / "mednf.json").read_text())["splits"]["test"]["baselines"]
+    line = f"baselines: mean image {stored['mean_image_psnr']:.2f} dB, φ = 0 {stored['zero_latent_psnr']:.2f} dB"
+    info = CliRunner().invoke(main, ["info", str(phantom_dir)])
+    assert info.exit_code == 0 and line in info.output and "warning: the best validation PSNR" in info.output
+    run = CliRunner().invoke(main, ["eval", str(phantom_dir), "--out", str(tmp_path / "ev")])
+    assert run.exit_code == 0 and line in run.output, run.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["splits"]["test"]["baselines"] == pytest.approx(stored)

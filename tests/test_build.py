@@ -14,8 +14,8 @@ from conftest import SHARED_MEDMNIST, TINY, report
 from PIL import Image
 from safetensors.torch import load_file
 
-from mednf.build.curves import read_training
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.curves import read_training
+from mednf.building.pipeline import BuildOptions, build
 from mednf.engine.config import EngineConfig
 from mednf.engine.field import decode
 from mednf.engine.fit import fit_latents
@@ -173,7 +173,7 @@ def test_command_line_overrides_are_recorded(tmp_path):
 
 def test_the_best_validated_theta_is_the_one_saved(tmp_path):
     """Replay meta-training independently up to the best validation step: that θ is model.safetensors."""
-    from mednf.build.trainer import batch_positions
+    from mednf.building.trainer import batch_positions
     from mednf.engine.meta import MetaLearner
 
     out = tmp_path / "P"

@@ -17,7 +17,7 @@ import zarr
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from mednf.build.curves import read_training
+from mednf.building.curves import read_training
 from mednf.cli import main
 from mednf.format.reader import verify_dataset
 from mednf.format.tensors import load_tensors

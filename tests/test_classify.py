@@ -32,7 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def phantom_report(tmp_path_factory, one_thread):
     """PhantomNF (tiny preset, 32², 200 / 100 / 200 samples) and its report: every model on latents and pixels."""
-    from mednf.build.pipeline import BuildOptions, build
+    from mednf.building.pipeline import BuildOptions, build
 
     out = tmp_path_factory.mktemp("classify") / "PhantomNF"
     build("phantomnf", BuildOptions(out=out, preset="tiny", size=32, max_samples=200, progress=False,

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import mednf
-from mednf.build.curves import read_training
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.curves import read_training
+from mednf.building.pipeline import BuildOptions, build
 from mednf.cli import main
 from mednf.errors import BuildError, ConfigError
 

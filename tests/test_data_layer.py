@@ -15,8 +15,8 @@ import pytest
 from conftest import TINY
 
 import mednf
-from mednf.build.curves import read_training
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.curves import read_training
+from mednf.building.pipeline import BuildOptions, build
 from mednf.errors import FormatError
 from mednf.format import reader
 from mednf.format.manifest import Manifest

@@ -46,7 +46,7 @@ def test_load_dataset_on_the_export_equals_the_dataset(exported, phantom_dir):
 @pytest.fixture(scope="module")
 def other_phantom(tmp_path_factory):
     """Another real PhantomNF, same name, other content: 12 samples per split, 16-value latents."""
-    from mednf.build.pipeline import BuildOptions, build
+    from mednf.building.pipeline import BuildOptions, build
 
     out = tmp_path_factory.mktemp("other") / "PhantomNF"
     build("phantomnf", BuildOptions(out=out, **{**TINY, "max_samples": 12}, overrides={"field": {"latent_dim": 16}}))

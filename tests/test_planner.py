@@ -171,8 +171,8 @@ def test_cli_refuses_unbounded_sizes_before_allocating(tmp_path):
 
 def test_budget_is_recorded_and_not_part_of_the_identity(tmp_path, monkeypatch):
     """An unfinished build resumes under another budget; the manifest and build.log record budget and plan."""
-    from mednf.build import pipeline
-    from mednf.build.pipeline import BuildOptions, build
+    from mednf.building import pipeline
+    from mednf.building.pipeline import BuildOptions, build
 
     out = tmp_path / "PhantomNF"
 

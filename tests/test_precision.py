@@ -164,7 +164,7 @@ def test_precision_is_recorded_in_the_config_and_manifest(tmp_path):
     assert EngineConfig.from_dict(old).precision == "fp32"
     assert EngineConfig().precision == "fp32"  # the default
 
-    from mednf.build.pipeline import BuildOptions, build
+    from mednf.building.pipeline import BuildOptions, build
 
     options = {**TINY, "size": 16, "max_samples": 8}
     out = build("phantomnf", BuildOptions(out=tmp_path / "PhantomNF", **options,
@@ -180,7 +180,7 @@ def test_precision_is_recorded_in_the_config_and_manifest(tmp_path):
 
 def test_a_fallback_is_one_warning_line_and_recorded(tmp_path):
     """tf32 on the CPU: the build runs fp32, says so once in build.log, and the manifest records it."""
-    from mednf.build.pipeline import BuildOptions, build
+    from mednf.building.pipeline import BuildOptions, build
 
     options = {**TINY, "size": 16, "max_samples": 8}
     with warnings.catch_warnings():

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from mednf.build.pipeline import BuildOptions, build
+from mednf.building.pipeline import BuildOptions, build
 from mednf.cli import main
 from mednf.errors import BuildError, ConfigError, SourceError
 from mednf.format.reader import verify_dataset
@@ -126,7 +126,7 @@ def test_images_build_end_to_end_reruns_and_gets_the_exact_images_back(tmp_path)
 
 
 def test_an_interrupted_build_resumes_and_refuses_changed_files(tmp_path, monkeypatch):
-    from mednf.build import pipeline
+    from mednf.building import pipeline
 
     folder = png_folder(tmp_path)
     path = write_builder(tmp_path, "images", size=16, path=str(folder), split_ratio=[0.5, 0.25, 0.25])

@@ -8,7 +8,7 @@
       latents.zarr/       Zarr v3 group, one array per split [N, P] float32, chunks of chunk_rows rows
       index.parquet       one row per sample: split, row, source_index, label | labels, psnr, ssim
       README.md           dataset card
-      training.csv        one row per meta-iteration and per validation (mednf.build.curves)
+      training.csv        one row per meta-iteration and per validation (mednf.building.curves)
       training.png        its curves
       build.log           log of the build (not content: not checksummed)
       .partial/           state of a build in progress (checkpoints, finished blocks); removed at the end

@@ -32,12 +32,14 @@ class SplitEval:
     psnr: np.ndarray  # [N] dB
     ssim: np.ndarray  # [N] (NaN when a side is < 11 pixels)
     stored_psnr: np.ndarray  # [N] recorded at build time (NaN for an unmeasured import)
+    baselines: dict[str, float] | None = None  # the split's PSNR without latents, recorded at build
 
     def summary(self) -> dict[str, Any]:
         ssim = float(np.nanmean(self.ssim)) if np.isfinite(self.ssim).any() else None
         stored = float(np.nanmean(self.stored_psnr)) if np.isfinite(self.stored_psnr).any() else None
         return {"count": len(self.rows), "mse_mean": float(self.mse.mean()), "psnr_mean": float(self.psnr.mean()),
-                "psnr_std": float(self.psnr.std()), "ssim_mean": ssim, "stored_psnr_mean": stored}
+                "psnr_std": float(self.psnr.std()), "ssim_mean": ssim, "stored_psnr_mean": stored,
+                "baselines": self.baselines}
 
 
 @dataclass
@@ -98,7 +100,8 @@ def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("te
                 m, p, s = reconstruction_metrics(decoded, torch.from_numpy(images[a:b]))
                 mse[a:b], psnr[a:b], ssim[a:b] = m.numpy(), p.numpy(), s.numpy()
                 bar.update(b - a)
-        report.splits[split] = SplitEval(split, ds.rows, ds.source_index, mse, psnr, ssim, ds.psnr.astype(np.float64))
+        report.splits[split] = SplitEval(split, ds.rows, ds.source_index, mse, psnr, ssim, ds.psnr.astype(np.float64),
+                                         ds.manifest.splits[split].baselines)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -13,7 +13,7 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 - **Baseline check**: a best validation PSNR not clearly above the mean-image baseline of the val subset
   (:func:`mednf.engine.baselines.learns_per_sample`) is a ``warning:`` line with the likely fixes, as soon
   as the validations stall below it (from the second on; once) and again at the end.
-- **Curves**: every iteration and validation is a row of ``training.csv`` (:mod:`mednf.build.curves`),
+- **Curves**: every iteration and validation is a row of ``training.csv`` (:mod:`mednf.building.curves`),
   cut back to the checkpoint on resume, so each iteration is in it once.
 - **Data parallel**: rank r takes positions ``r::world`` of each global batch, gradients are summed
   across ranks before clipping, validation rows are sharded and their PSNR sums all-reduced. Rank 0
@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.build.curves import TrainingLog
-from mednf.build.distributed import Dist
+from mednf.building.curves import TrainingLog
+from mednf.building.distributed import Dist
 from mednf.engine.baselines import MARGIN_DB, learns_per_sample
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
@@ -63,7 +63,7 @@ class TrainSummary:
     resumed_from: int = 0
     learns_per_sample: bool | None = None  # best validation clearly above the mean image (None: no baseline)
     # the learning-rate schedule as run: segments {"from": first iteration, "length": the meta.steps whose
-    # schedule it follows from there}; more than one after `mednf build --continue-to` (mednf.build.continuation)
+    # schedule it follows from there}; more than one after `mednf build --continue-to` (mednf.building.continuation)
     schedule: list[dict[str, int]] = field(default_factory=list)
 
 

@@ -26,7 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
-from mednf.build.trainer import BEST, CURVES, LAST
+from mednf.building.trainer import BEST, CURVES, LAST
 from mednf.engine.config import EngineConfig
 from mednf.engine.meta import lr_factor
 from mednf.errors import BuildError

@@ -2,13 +2,13 @@
 
 Stages, each resumable (state in ``<out>/.partial``):
 
-1. **meta-training** (:mod:`mednf.build.trainer`): checkpoints, validation, best θ kept;
+1. **meta-training** (:mod:`mednf.building.trainer`): checkpoints, validation, best θ kept;
 2. **fitting**: every sample of train/val/test in blocks of ``block_rows`` rows (= one Zarr chunk);
    block ``b`` of a split belongs to rank ``b mod world``; a finished block leaves a record
    (``.partial/blocks/<split>-<b>.npz``: PSNR, SSIM) written after its latents, so a block without a
    record is simply fitted again;
 3. **finalize** (rank 0): check that every row was written, write ``index.parquet``,
-   ``model.safetensors``, ``training.csv`` / ``training.png`` (:mod:`mednf.build.curves`) and the card, checksum every file, write ``mednf.json`` last, drop ``.partial``.
+   ``model.safetensors``, ``training.csv`` / ``training.png`` (:mod:`mednf.building.curves`) and the card, checksum every file, write ``mednf.json`` last, drop ``.partial``.
 
 A build directory is locked while a build runs in it (:func:`mednf.io.lock.dataset_lock`, the lock that
 downloads and imports take too; the OS releases it even on SIGKILL). The build's identity (spec, engine,
@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.build.continuation import continued_settings, keep_checkpoints, prepare_scratch, scratch_folder, swap_in
-from mednf.build.curves import plot_training, read_training
-from mednf.build.distributed import Dist, setup
-from mednf.build.trainer import CURVES, MetaTrainer, TrainSummary
+from mednf.building.continuation import continued_settings, keep_checkpoints, prepare_scratch, scratch_folder, swap_in
+from mednf.building.curves import plot_training, read_training
+from mednf.building.distributed import Dist, setup
+from mednf.building.trainer import CURVES, MetaTrainer, TrainSummary
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
 from mednf.engine.config import RESULT_NEUTRAL_FIT, EngineConfig
 from mednf.engine.fit import fit_latents
@@ -75,7 +75,7 @@ from mednf.sources.kinds import recorded_source
 from mednf.sources.loader import load_source
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
 
-log = logging.getLogger("mednf.build.pipeline")
+log = logging.getLogger("mednf.building.pipeline")
 
 
 @dataclass
@@ -381,7 +381,7 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
 
 
 def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
-    """``--continue-to N`` (:mod:`mednf.build.continuation`): the finished build's settings re-planned to N,
+    """``--continue-to N`` (:mod:`mednf.building.continuation`): the finished build's settings re-planned to N,
     built in a scratch folder, swapped in when complete."""
     target = options.continue_to
     if not isinstance(target, int) or isinstance(target, bool) or target < 1:
