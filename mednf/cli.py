@@ -274,6 +274,9 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--resume", is_flag=True, help="Continue an unfinished build (what a rerun does anyway).")
 @click.option("--restart", is_flag=True, help="Discard an earlier build in the output directory and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--tensorboard", type=click.Path(path_type=Path), metavar="DIR",
+              help="Also log the training curves and validation reconstructions to TensorBoard in DIR "
+                   "(pip install tensorboard).")
 @click.option("--continue-to", "continue_to", type=int, metavar="N",
               help="Continue a finished build's meta-training to N iterations (its own settings, the schedule "
                    "re-planned), then fit and write it again; the old dataset stays until the new one is complete.")
@@ -287,7 +290,7 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
           preset: str | None, settings: tuple[str, ...], medmnist_root: Path | None, source_npz: Path | None,
           max_samples: int | None, no_download: bool, resume: bool, restart: bool, quiet: bool,
           precision: str | None,
-          memory_budget: str | None, continue_to: int | None) -> None:
+          memory_budget: str | None, continue_to: int | None, tensorboard: Path | None) -> None:
     """Build the MedNF sub-dataset NAME (a builder name, see `mednf list`, or a builder .toml file).
 
     Meta-learns the shared network, fits a latent for every image of every split and writes the dataset
@@ -304,7 +307,8 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
                             fit_steps=fit_steps, precision=precision, size=size, preset=preset,
                             overrides=_parse_set(settings), medmnist_root=medmnist_root, source_npz=source_npz,
                             max_samples=max_samples, download=not no_download, restart=restart,
-                            continue_to=continue_to, memory_budget=memory_budget, progress=not quiet)
+                            continue_to=continue_to, memory_budget=memory_budget, progress=not quiet,
+                            tensorboard=tensorboard)
     run_build(name, options)
 
 

@@ -74,3 +74,36 @@ def test_info_and_eval_show_the_baselines(phantom_dir, tmp_path):
     assert run.exit_code == 0 and line in run.output, run.output
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["splits"]["test"]["baselines"] == pytest.approx(stored)
+
+
+def test_tensorboard_logs_the_curves_and_a_reconstruction_grid(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mednf.building.curves import read_training
+
+    out, board = tmp_path / "P", tmp_path / "tb"
+    build("phantomnf", BuildOptions(out=out, overrides={"meta": {"steps": 6}}, tensorboard=board,
+                                    **{**TINY, "build_overrides": {"block_rows": 8, "val_every": 3, "val_samples": 6}}))
+    events = EventAccumulator(str(board), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    rows = read_training(out / "training.csv")
+    losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert losses == [(int(r["iteration"]), pytest.approx(float(r["loss"]), rel=1e-5)) for r in rows
+                      if r["kind"] == "train"]
+    assert [e.step for e in events.Scalars("val/psnr")] == [3, 6]
+    image = events.Images("val/inputs_over_reconstructions")
+    assert [e.step for e in image] == [3, 6] and (image[0].width, image[0].height) == (6 * 32, 2 * 32)
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(tmp_path / "P"), "--tensorboard",
+                                       str(tmp_path / "tb")])
+    assert result.exit_code == 2 and "pip install tensorboard" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "P").exists()

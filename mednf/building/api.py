@@ -63,7 +63,7 @@ def build_options(*, out: str | Path | None = None, gpu: int | None = None, step
                   overrides: Mapping[str, Any] | None = None, medmnist_root: str | Path | None = None,
                   source_npz: str | Path | None = None, max_samples: int | None = None, download: bool = True,
                   restart: bool = False, continue_to: int | None = None, memory_budget: str | int | None = None,
-                  progress: bool = True):
+                  progress: bool = True, tensorboard: str | Path | None = None):
     """The checked :class:`~mednf.building.pipeline.BuildOptions` of a build (see :func:`build`)."""
     from mednf.building.pipeline import BuildOptions
 
@@ -84,7 +84,8 @@ def build_options(*, out: str | Path | None = None, gpu: int | None = None, step
     return BuildOptions(out=_path(out), gpu=gpu, size=size, preset=preset, overrides=sections,
                         build_overrides=build_overrides, medmnist_root=_path(medmnist_root),
                         source_npz=_path(source_npz), max_samples=max_samples, download=download, restart=restart,
-                        progress=progress, memory_budget=memory_budget, continue_to=continue_to)
+                        progress=progress, memory_budget=memory_budget, continue_to=continue_to,
+                        tensorboard=_path(tensorboard))
 
 
 def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: str | int | torch.device | None = None,
@@ -93,7 +94,8 @@ def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: st
           preset: str | None = None, overrides: Mapping[str, Any] | None = None,
           medmnist_root: str | Path | None = None, source_npz: str | Path | None = None,
           max_samples: int | None = None, download: bool = True, restart: bool = False,
-          continue_to: int | None = None, memory_budget: str | int | None = None, progress: bool = True):
+          continue_to: int | None = None, memory_budget: str | int | None = None, progress: bool = True,
+          tensorboard: str | Path | None = None):
     """Build a MedNF dataset (what ``mednf build`` does) and return its splits.
 
     Args:
@@ -110,7 +112,8 @@ def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: st
         restart: discard an earlier build in ``out``; continue_to: continue a finished build to that many
             meta-iterations (:mod:`mednf.building.continuation`).
         memory_budget: e.g. ``"8GB"`` (default: 60 % of the available RAM / 80 % of free GPU memory).
-        progress: progress bars.
+        progress: progress bars; tensorboard: a folder for a TensorBoard log of the training curves and
+            validation reconstructions (needs ``pip install tensorboard``).
     Returns:
         The finished dataset, all three splits (:class:`mednf.dataset.MedNFDatasetDict`). Rerunning the same
         call resumes an interrupted build, or returns the complete one without work.
@@ -122,5 +125,5 @@ def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: st
                             fit_steps=fit_steps, precision=precision, size=size, preset=preset, overrides=overrides,
                             medmnist_root=medmnist_root, source_npz=source_npz, max_samples=max_samples,
                             download=download, restart=restart, continue_to=continue_to,
-                            memory_budget=memory_budget, progress=progress)
+                            memory_budget=memory_budget, progress=progress, tensorboard=tensorboard)
     return load(run(name_or_toml, options), split=None)

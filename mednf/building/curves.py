@@ -17,6 +17,8 @@ iteration exactly once, whatever was killed when. Columns (empty where a row kin
     val_ssim    its mean SSIM (empty where SSIM is undefined: 1D, sides < 11)
 
 The plot uses matplotlib (Agg backend: no display needed), the standard for such figures.
+:class:`TensorBoardLog` mirrors the same scalars into a TensorBoard log (``torch.utils.tensorboard``, which
+needs the optional ``tensorboard`` package: :func:`check_tensorboard` says so in one line before a build).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import csv
 import io
 import math
 from pathlib import Path
+
+import numpy as np
 
 from mednf.io.files import atomic_write_bytes
 
@@ -117,3 +121,52 @@ def plot_training(csv_path: Path, png_path: Path, *, title: str, best_step: int)
     fig.savefig(buffer, format="png")
     plt.close(fig)
     atomic_write_bytes(png_path, buffer.getvalue())
+
+
+def check_tensorboard() -> None:
+    """ConfigError unless ``torch.utils.tensorboard`` can be imported (it needs the tensorboard package)."""
+    from mednf.errors import ConfigError
+
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package, which is not installed: pip install "
+                          "tensorboard (or drop --tensorboard; training.csv has the same numbers)") from None
+
+
+class TensorBoardLog:
+    """The rows of :class:`TrainingLog` as TensorBoard scalars (``train/*``, ``val/*``) and, at each validation,
+    an image of the first validation inputs (top) over their reconstructions (bottom)."""
+
+    def __init__(self, folder: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(folder))
+
+    def train(self, iteration: int, stats: dict[str, float]) -> None:
+        for key, name in (("loss", "loss"), ("psnr", "psnr"), ("psnr_inner", "inner_psnr"), ("grad_norm", "grad_norm"),
+                          ("lr", "lr")):
+            self._writer.add_scalar(f"train/{name}", stats[key], iteration)
+
+    def val(self, iteration: int, psnr: float, ssim: float, inputs: np.ndarray, recon: np.ndarray | None) -> None:
+        """``inputs`` / ``recon``: ``[n, D, *spatial]`` in [0, 1] (volumes: the middle slice is shown)."""
+        self._writer.add_scalar("val/psnr", psnr, iteration)
+        if math.isfinite(ssim):
+            self._writer.add_scalar("val/ssim", ssim, iteration)
+        if recon is not None and recon.ndim >= 4:
+            self._writer.add_image("val/inputs_over_reconstructions", _grid(inputs[: len(recon)], recon), iteration)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _grid(inputs: np.ndarray, recon: np.ndarray) -> np.ndarray:
+    """``[n, D, *spatial]`` × 2 → one ``[3, 2·H, n·W]`` image: inputs on top, reconstructions below."""
+    def row(x: np.ndarray) -> np.ndarray:
+        while x.ndim > 4:  # volumes: the middle slice
+            x = x[:, :, x.shape[2] // 2]
+        x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x[:, :3]
+        return np.concatenate(list(np.clip(x, 0, 1)), axis=2)  # [3, H, n·W]
+
+    return np.concatenate([row(inputs), row(recon)], axis=1).astype(np.float32)

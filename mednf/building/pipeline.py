@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from mednf.building.continuation import continued_settings, keep_checkpoints, prepare_scratch, scratch_folder, swap_in
-from mednf.building.curves import plot_training, read_training
+from mednf.building.curves import check_tensorboard, plot_training, read_training
 from mednf.building.distributed import Dist, setup
 from mednf.building.trainer import CURVES, MetaTrainer, TrainSummary
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
@@ -94,6 +94,7 @@ class BuildOptions:
     progress: bool = True
     memory_budget: MemoryBudget | str | int | None = None  # "8GB", bytes; None → a safe share of free memory
     continue_to: int | None = None  # continue a finished build's meta-training to this many iterations
+    tensorboard: Path | None = None  # also log the training curves (and validation images) there
 
 
 def resolve_device(gpu: int | None) -> torch.device:
@@ -353,6 +354,8 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     """Build (or resume, or confirm, or with ``continue_to`` continue) a dataset; returns its directory. See
     the module docstring."""
     options = options or BuildOptions()
+    if options.tensorboard is not None:
+        check_tensorboard()  # before any work
     if options.continue_to is not None:
         return _continue(name_or_path, options)
     spec, cfg = prepare_spec(name_or_path, options)
@@ -523,7 +526,7 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
     val_baseline = float(psnr_against(source.splits["val"].images[:spec.build.val_samples], mean).mean())
     trainer = MetaTrainer(cfg, spec.build, source.splits["train"].images, source.splits["val"].images, work,
                           seed=spec.seed, device=device, dist=dist, log=lambda m: _say(m, dist), plan=plan,
-                          val_baseline=val_baseline)
+                          val_baseline=val_baseline, tensorboard=options.tensorboard)
     summary = trainer.run(progress=options.progress)
     theta = trainer.best_params()
     _say(f"meta-training done: best validation PSNR {summary.best_val_psnr:.2f} dB at iteration "

@@ -14,7 +14,8 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
   (:func:`mednf.engine.baselines.learns_per_sample`) is a ``warning:`` line with the likely fixes, as soon
   as the validations stall below it (from the second on; once) and again at the end.
 - **Curves**: every iteration and validation is a row of ``training.csv`` (:mod:`mednf.building.curves`),
-  cut back to the checkpoint on resume, so each iteration is in it once.
+  cut back to the checkpoint on resume, so each iteration is in it once; with ``tensorboard`` the same
+  scalars, and a reconstruction grid at each validation, go to a TensorBoard log too.
 - **Data parallel**: rank r takes positions ``r::world`` of each global batch, gradients are summed
   across ranks before clipping, validation rows are sharded and their PSNR sums all-reduced. Rank 0
   writes the checkpoints.
@@ -36,8 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.building.curves import TrainingLog
+from mednf.building.curves import TensorBoardLog, TrainingLog
 from mednf.building.distributed import Dist
+from mednf.engine import field as nf
 from mednf.engine.baselines import MARGIN_DB, learns_per_sample
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
@@ -50,6 +52,7 @@ from mednf.sources.spec import BuildSettings
 LAST = "meta-last.safetensors"
 BEST = "meta-best.safetensors"
 CURVES = "training.csv"
+PREVIEW = 8  # validation reconstructions shown in TensorBoard
 STALLED_DB = 0.1  # a validation gaining less than this over the previous one has stalled
 
 
@@ -108,7 +111,8 @@ class MetaTrainer:
     def __init__(self, cfg: EngineConfig, settings: BuildSettings, train_images: np.ndarray,
                  val_images: np.ndarray, work: Path, *, seed: int, device: torch.device, dist: Dist,
                  log: Callable[[str], None] = print, plan: MemoryPlan | None = None,
-                 val_baseline: float | None = None) -> None:
+                 val_baseline: float | None = None, tensorboard: Path | None = None) -> None:
+        self.tensorboard = tensorboard  # a TensorBoard log folder (mednf.building.curves.TensorBoardLog), or None
         self.cfg, self.settings, self.work, self.seed = cfg, settings, work, seed
         self.val_baseline = val_baseline  # mean-image PSNR of the validation subset
         self.plan = plan
@@ -159,13 +163,14 @@ class MetaTrainer:
             self.log(f"resuming meta-training at iteration {self.resumed_from} from {path}")
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> tuple[float, float]:
+    def validate(self, preview: int = 0) -> tuple[float, float, np.ndarray | None]:
         """Mean PSNR and SSIM (NaN where undefined) of the fixed val subset after the test-time fit (sharded
-        over ranks)."""
+        over ranks), and on rank 0 with ``preview`` the first ``preview`` reconstructions ``[n, D, *spatial]``."""
         n, world, rank = len(self.val_images), self.dist.world, self.dist.rank
         start, stop = rank * n // world, (rank + 1) * n // world  # contiguous: keys match one process's
         mine = self.val_images[start:stop]
         total = torch.zeros(4, dtype=torch.float64, device=self.dist.device)  # PSNR sum, count, SSIM sum, count
+        recon = None
         if len(mine):
             fit = self.cfg.fit
             if self.plan is not None:  # planned beside what meta-learning holds now (freed pages returned first)
@@ -177,9 +182,13 @@ class MetaTrainer:
             defined = torch.isfinite(ssim)
             total += torch.tensor([float(result.psnr.double().sum()), float(len(mine)),
                                    float(ssim[defined].sum()), float(defined.sum())], device=total.device)
+            if preview and start == 0:
+                theta = {k: v.cpu() for k, v in self.learner.detached_params().items()}
+                recon = nf.decode(theta, result.latents[:preview], self.cfg.field, mine.shape[2:]).numpy()
             release_free_memory()  # the fit's pages, before the next meta-iteration
         self.dist.sum_([total])
-        return float(total[0] / total[1]), float(total[2] / total[3]) if total[3] > 0 else float("nan")
+        return (float(total[0] / total[1]), float(total[2] / total[3]) if total[3] > 0 else float("nan"),
+                recon if preview and start == 0 and len(mine) else None)
 
     # ------------------------------------------------------------------ loop
     def run(self, *, progress: bool = True) -> TrainSummary:
@@ -196,6 +205,7 @@ class MetaTrainer:
         curves = TrainingLog(self.work / CURVES) if dist.is_main else None
         if curves is not None:
             curves.resume(self.learner.iteration)
+        board = TensorBoardLog(self.tensorboard) if dist.is_main and self.tensorboard is not None else None
         stats: dict[str, float] = {}
         warned = False
         while self.learner.iteration < steps:
@@ -208,12 +218,16 @@ class MetaTrainer:
             done = self.learner.iteration
             if curves is not None:
                 curves.train(done, stats, time.perf_counter() - started)
+            if board is not None:
+                board.train(done, stats)
             validated = done % self.settings.val_every == 0 or done == steps
             if validated:
                 val_started = time.perf_counter()
-                val, val_ssim = self.validate()
+                val, val_ssim, recon = self.validate(preview=PREVIEW if board is not None else 0)
                 if curves is not None:
                     curves.val(done, val, val_ssim, time.perf_counter() - val_started)
+                if board is not None:
+                    board.val(done, val, val_ssim, as_float_signals(self.val_images[:PREVIEW]).numpy(), recon)
                 self.history.append({"step": done, "val_psnr": val, "train_psnr": stats["psnr"]}
                                     | ({"val_ssim": val_ssim} if np.isfinite(val_ssim) else {}))
                 improved = val > self.best_psnr
@@ -233,8 +247,9 @@ class MetaTrainer:
             bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", refresh=False)
             bar.update(1)
         bar.close()
-        if curves is not None:
-            curves.close()
+        for log in (curves, board):
+            if log is not None:
+                log.close()
         dist.barrier()
         learns = (None if self.val_baseline is None or not self.history
                   else learns_per_sample(self.best_psnr, self.val_baseline))
