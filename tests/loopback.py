@@ -16,7 +16,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
 
-class Loopback:
+class ServedThread:
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) serving in a thread while used as a context manager."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Loopback(ServedThread):
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, str] = {}
@@ -81,8 +102,7 @@ class Loopback:
                 if fault == "no-length":
                     self.close_connection = True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.serve(Handler)
 
     def wait_for(self, path: str, timeout: float = 30.0) -> None:
         """Block until ``path`` has been requested (raise after ``timeout`` seconds)."""
@@ -92,15 +112,3 @@ class Loopback:
                 raise AssertionError(f"{path} was not requested within {timeout} s (requests: {self.requests})")
             time.sleep(0.01)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()

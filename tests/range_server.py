@@ -18,9 +18,10 @@ import re
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Self
+
+from loopback import ServedThread
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
@@ -39,7 +40,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return (start, stop) if start < size and start < stop else None
 
 
-class RangeServer:
+class RangeServer(ServedThread):
     """Serves ``root`` at :attr:`url` while used as a context manager (see the module docstring)."""
 
     def __init__(self, root: Path) -> None:
@@ -105,9 +106,8 @@ class RangeServer:
                 if not head:
                     self.wfile.write(body[start:stop])
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.serve(Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def body(self, path: str) -> bytes | None:
         """The bytes served at URL ``path`` (a replacement, or the file under ``root``), None if absent."""
@@ -127,15 +127,3 @@ class RangeServer:
         with self._lock:
             self.requests.clear()
 
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
