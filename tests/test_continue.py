@@ -117,3 +117,55 @@ def test_a_killed_continuation_leaves_the_old_dataset_and_resumes(tmp_path):
     rows = read_training(out / "training.csv")
     assert [int(r["iteration"]) for r in rows if r["kind"] == "train"] == list(range(1, 401))
     assert not (tmp_path / ".PhantomNF.continue").exists()
+
+
+def test_a_continuation_killed_around_the_swap_is_finished_not_redone(tmp_path, monkeypatch):
+    import os
+
+    from mednf.building import continuation
+
+    out = tmp_path / "PhantomNF"
+    _build(out, 6)
+    real_replace, calls = os.replace, []
+
+    def dies_between_the_renames(src, dst):
+        calls.append(dst)
+        real_replace(src, dst)
+        if str(dst).endswith(".replaced"):
+            raise KeyboardInterrupt  # the process is gone after the first rename
+    monkeypatch.setattr(continuation.os, "replace", dies_between_the_renames)
+    with pytest.raises(KeyboardInterrupt):
+        build("phantomnf", BuildOptions(out=out, continue_to=12, progress=False))
+    monkeypatch.setattr(continuation.os, "replace", real_replace)
+    assert not out.exists() and (tmp_path / ".PhantomNF.continue" / "mednf.json").is_file()
+    mednf.build("phantomnf", out=out, continue_to=12, progress=False)  # finishes the swap: no work redone
+    assert json.loads((out / "mednf.json").read_text())["meta_training"]["steps"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".PhantomNF.lock", "PhantomNF"]
+
+
+def test_a_continuation_killed_before_the_swap_is_swapped_in_and_another_target_starts_over(tmp_path, monkeypatch):
+    from mednf.building import continuation, pipeline
+
+    out = tmp_path / "PhantomNF"
+    _build(out, 6)
+
+    def killed(scratch, target):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pipeline, "swap_in", killed)
+    with pytest.raises(KeyboardInterrupt):  # complete in the scratch folder, not yet swapped
+        build("phantomnf", BuildOptions(out=out, continue_to=12, progress=False))
+    monkeypatch.undo()
+    before = len((tmp_path / ".PhantomNF.continue" / "build.log").read_text())
+    build("phantomnf", BuildOptions(out=out, continue_to=12, progress=False))
+    rerun = (out / "build.log").read_text()[before:]  # the continuation's log became the dataset's
+    assert "is already complete" in rerun and "resuming meta-training" not in rerun
+    assert json.loads((out / "mednf.json").read_text())["meta_training"]["steps"] == 12
+    # a continuation killed on its way to 20, then asked for 16: the old scratch is discarded, not refused
+    monkeypatch.setattr(pipeline, "swap_in", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build("phantomnf", BuildOptions(out=out, continue_to=20, progress=False))
+    monkeypatch.undo()
+    assert continuation._scratch_target(tmp_path / ".PhantomNF.continue") == 20
+    build("phantomnf", BuildOptions(out=out, continue_to=16, progress=False))
+    assert json.loads((out / "mednf.json").read_text())["meta_training"]["steps"] == 16
+    assert not (tmp_path / ".PhantomNF.continue").exists()

@@ -13,7 +13,9 @@ in ``<out>/.continue/`` (not content: never exported or checksummed). Continuing
    the checkpoint's iteration S to N, validating as before (a new best θ replaces the old one only if it
    is better), then fits every split again and writes the dataset;
 3. only then is the old dataset replaced (two renames under the dataset lock), so until the new one is
-   complete the old one stays as it was.
+   complete the old one stays as it was. A kill between the renames is finished at the next build of the
+   folder (:func:`recover_swap`); a continuation killed after it was complete is swapped in, not redone;
+   one killed on the way to another target is discarded and started again from ``.continue/``.
 
 The settings are the finished build's (its manifest), not the builder file's: a change of settings is a
 new build (``--restart``).
@@ -29,11 +31,13 @@ from pathlib import Path
 from mednf.building.trainer import BEST, CURVES, LAST
 from mednf.engine.config import EngineConfig
 from mednf.engine.meta import lr_factor
-from mednf.errors import BuildError
+from mednf.errors import BuildError, MednfError
 from mednf.format.layout import CONTINUE, LOG, MANIFEST, TRAINING_CSV, WORK
 from mednf.format.manifest import Manifest
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.sources.spec import BuilderSpec
+
+_TARGET = "continue-target"  # in the scratch's .partial: the iteration count it works towards
 
 
 def keep_checkpoints(work: Path, out: Path) -> None:
@@ -75,17 +79,55 @@ def continued_settings(out: Path, target: int) -> tuple[Manifest, BuilderSpec, E
     return manifest, BuilderSpec.from_dict(manifest.builder), cfg
 
 
+def replaced_folder(out: Path) -> Path:
+    """Where the old dataset waits during the swap (a fixed name, so a killed swap can be finished)."""
+    return out.parent / f".{out.name}.replaced"
+
+
+def recover_swap(out: Path) -> bool:
+    """Finish or undo a swap that was killed between its two renames (call it holding the lock): without
+    ``out``, a complete continuation takes its place, else the old dataset goes back; a leftover old copy
+    beside a present ``out`` is removed. True if a complete continuation was put in place."""
+    scratch, old = scratch_folder(out), replaced_folder(out)
+    if (scratch.exists() or old.exists()) and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # made empty by a build's writability probe before it took the lock
+    finished = False
+    if not out.exists():
+        if (scratch / MANIFEST).is_file():
+            os.replace(scratch, out)
+            finished = True
+        elif old.is_dir():
+            os.replace(old, out)
+    if out.exists() and old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    return finished
+
+
+def _scratch_target(scratch: Path) -> int | None:
+    """The iteration count the continuation in ``scratch`` works towards (None: nothing usable there)."""
+    if (scratch / MANIFEST).is_file():
+        try:
+            return int(Manifest.read(scratch).meta_training["steps"])
+        except (MednfError, KeyError, TypeError, ValueError):
+            return None
+    try:
+        return int((scratch / WORK / _TARGET).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def prepare_scratch(out: Path, manifest: Manifest, cfg: EngineConfig) -> Path:
     """The scratch build folder of the continuation, seeded with the re-planned checkpoints, the training log
-    and the build log (kept as it is when it exists: a continuation killed earlier resumes)."""
+    and the build log. A scratch folder working towards the same target (a continuation killed earlier,
+    finished or not) is kept and resumes; one with another target is discarded."""
     scratch = scratch_folder(out)
-    work = scratch / WORK
-    if work.is_dir():
+    if scratch.exists() and _scratch_target(scratch) == cfg.meta.steps:
         return scratch
     staging = scratch.parent / f"{scratch.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(scratch, ignore_errors=True)  # a scratch folder without state is a leftover
+    shutil.rmtree(scratch, ignore_errors=True)  # another target, or a leftover without state
     (staging / WORK).mkdir(parents=True)
+    (staging / WORK / _TARGET).write_text(str(cfg.meta.steps), encoding="utf-8")
     done = int(manifest.meta_training["steps"])
     for name in (LAST, BEST):
         source = out / CONTINUE / name
@@ -108,10 +150,12 @@ def prepare_scratch(out: Path, manifest: Manifest, cfg: EngineConfig) -> Path:
 
 
 def swap_in(scratch: Path, out: Path) -> None:
-    """Replace the dataset ``out`` by the finished continuation ``scratch`` (the caller holds the lock)."""
+    """Replace the dataset ``out`` by the finished continuation ``scratch`` (the caller holds the lock; a kill
+    between the two renames is finished by :func:`recover_swap` at the next build)."""
     if not (scratch / MANIFEST).is_file():
         raise BuildError(f"{scratch} is not complete; rerun the same command to finish the continuation")
-    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    old = replaced_folder(out)
+    shutil.rmtree(old, ignore_errors=True)
     os.replace(out, old)
     os.replace(scratch, out)
     shutil.rmtree(old, ignore_errors=True)

@@ -42,7 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.building.continuation import continued_settings, keep_checkpoints, prepare_scratch, scratch_folder, swap_in
+from mednf.building.continuation import (
+    continued_settings,
+    keep_checkpoints,
+    prepare_scratch,
+    recover_swap,
+    scratch_folder,
+    swap_in,
+)
 from mednf.building.curves import check_tensorboard, plot_training, read_training
 from mednf.building.distributed import Dist, setup
 from mednf.building.trainer import CURVES, MetaTrainer, TrainSummary
@@ -374,6 +381,9 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     handler = None
     try:
         with _directory_lock(out, dist):
+            if dist.is_main:
+                recover_swap(out)  # a continuation killed in the middle of replacing this dataset
+            dist.barrier()
             handler = _setup_logging(out, dist)
             return _build_locked(out, spec, cfg, options, device, dist, budget)
     finally:
@@ -406,6 +416,10 @@ def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
     handler = None
     try:
         with _directory_lock(out, dist):
+            finished = dist.agree(recover_swap(out)) if dist.is_main else dist.agree(True)
+            if finished and Manifest.read(out).meta_training.get("steps") == target:
+                _say(f"the continuation of {out} to {target} meta-iterations had finished; put it in place", dist)
+                return out
             manifest, spec, cfg = continued_settings(out, target)
             if neutral_fit:
                 cfg = dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, **neutral_fit))
