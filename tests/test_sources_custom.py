@@ -319,6 +319,15 @@ def test_table1d_headerless_csv_npy_and_npz(tmp_path):
         assert sorted(got.tolist()) == sorted(labels.tolist()), name
     np.testing.assert_allclose(data.splits["train"].images, (leads[:6] - leads[:6].min(axis=(1, 2), keepdims=True))
                                / np.ptp(leads[:6], axis=(1, 2), keepdims=True), atol=1e-6)
+    # headerless with label names in the last column: the first row is a signal, not a header
+    names = ["N", "V"]
+    (tmp_path / "named.csv").write_text("".join(",".join(f"{v:.6f}" for v in signals[i]) + f",{names[labels[i]]}\n"
+                                                for i in range(10)))
+    spec = load_builder(write_builder(tmp_path, "table1d", size=12, dims=1, splits=(8, 1, 1), names=("N", "V"),
+                                      path="named.csv"))
+    data = load_source(spec, progress=False)
+    assert sum(len(d.images) for d in data.splits.values()) == 10
+    assert sorted(np.concatenate([d.labels[:, 0] for d in data.splits.values()]).tolist()) == sorted(labels.tolist())
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs

@@ -182,7 +182,7 @@ def fit_latents(
     def batch(start: int, stop: int) -> _Batch:
         chunk = as_float_signals(signals[start:stop])
         if mask is not None:  # what is not observed is ignored, even NaN
-            chunk = chunk.masked_fill(~mask[start:stop, None], 0.0)
+            chunk = chunk.masked_fill(~mask[start:stop, None].to(chunk.device), 0.0)
         check_signals(chunk, f"signals[{start}:{stop}]")  # before the transfer: no device sync for it
         chunk = chunk.to(device)
         if mask is None:
@@ -232,7 +232,7 @@ def fit_points(
     if observed is not None:
         observed = check_mask(observed, tuple(values.shape[:2]))
         if coords.ndim == 3:  # padded points may hold anything
-            coords = coords.masked_fill(~observed[..., None], 0.0)
+            coords = coords.masked_fill(~observed[..., None].to(coords.device), 0.0)
     if not coords.is_floating_point() or not bool(torch.isfinite(coords).all()) or float(coords.abs().max()) > 1:
         raise ConfigError("coords must be finite floats in [-1, 1] (the grid's corner pixels are at ±1); "
                           "scale them, e.g. 2 * pixel / (size - 1) - 1")
@@ -242,7 +242,7 @@ def fit_points(
         chunk = as_float_signals(values[start:stop])
         points = coords if coords.ndim == 2 else coords[start:stop]
         if observed is not None:  # padding is ignored, even NaN
-            chunk = chunk.masked_fill(~observed[start:stop, :, None], 0.0)
+            chunk = chunk.masked_fill(~observed[start:stop, :, None].to(chunk.device), 0.0)
         check_signals(chunk, f"values[{start}:{stop}]")
         points = points.to(device)
         if observed is None:

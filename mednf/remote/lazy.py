@@ -152,6 +152,9 @@ class LazyLatents:
                     raise IndexError(f"boolean index of shape {arr.shape} does not match axis 0 with size {n}")
                 pos = np.flatnonzero(arr)
             else:
+                if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                    raise IndexError(f"only integers, slices and integer or boolean arrays are valid indices "
+                                     f"(got an array of {arr.dtype})")
                 pos = arr.astype(np.int64)
                 if pos.size and (pos.min() < -n or pos.max() >= n):
                     raise IndexError(f"index out of bounds for axis 0 with size {n}")

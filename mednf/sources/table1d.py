@@ -75,12 +75,23 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def read_csv(raw: bytes, path: Path, label_column: str) -> Table:
+def _looks_like_header(cells: list[str], label_column: str) -> bool:
+    """Whether a first row names columns: a named label column needs a header; otherwise the row is a header
+    when a *signal* cell is not a number (a label name in the last cell is data, not a header)."""
+    cells = [c.strip() for c in cells]
+    if label_column not in ("last", "none"):
+        return label_column in cells or "split" in cells
+    data = cells[:-1] if label_column == "last" else cells
+    return "split" in cells or not all(_is_number(c) for c in data)
+
+
+def read_csv(raw: bytes, path: Path, label_column: str, *, multi_label: bool = False) -> Table:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise SourceError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
-    return _numbers_only(text, path, label_column) or _read_rows(text, path, label_column)
+    fast = None if multi_label else _numbers_only(text, path, label_column)  # multi-label cells: "0;2"
+    return fast or _read_rows(text, path, label_column)
 
 
 def _numbers_only(text: str, path: Path, label_column: str) -> Table | None:
@@ -88,7 +99,7 @@ def _numbers_only(text: str, path: Path, label_column: str) -> Table | None:
     column; None when it is anything else (:func:`_read_rows` then reads it and names any bad cell)."""
     first = next((line for line in text.splitlines() if line.strip()), "")
     cells = [c.strip() for c in first.split(",")]
-    header = not all(_is_number(c) for c in cells)
+    header = _looks_like_header(cells, label_column)
     if header and "split" in cells or label_column not in ("last", "none", *(cells if header else ())):
         return None
     try:
@@ -114,7 +125,7 @@ def _read_rows(text: str, path: Path, label_column: str) -> Table:
     numbered = [(n, r) for n, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
     if not numbered:
         raise SourceError(f"{path} is empty: expected one row of numbers per signal")
-    has_header = not all(_is_number(c) for c in numbered[0][1])
+    has_header = _looks_like_header(numbered[0][1], label_column)
     names = [c.strip() for c in numbered[0][1]] if has_header else [str(i) for i in range(len(numbered[0][1]))]
     body = numbered[1:] if has_header else numbered
     if not body:
@@ -237,8 +248,10 @@ class Table1DKind(UserDataKind):
         src, opts = spec.source, spec.source.options
         path = Path(src.path)
         raw = read_bytes(path, "the [source] path of the signals", "fix [source] path")
-        reader = read_csv if path.suffix.lower() == ".csv" else read_array
-        table = reader(raw, path, opts["label_column"])
+        if path.suffix.lower() == ".csv":
+            table = read_csv(raw, path, opts["label_column"], multi_label=spec.labels.task == "multi-label")
+        else:
+            table = read_array(raw, path, opts["label_column"])
         signals = table.signals  # [N, C, L]
         n, channels, length = signals.shape
         if channels != src.channels:
