@@ -172,7 +172,8 @@ def test_images_rgb_formats_split_column_and_resize_none(tmp_path):
     np.testing.assert_array_equal(train.images[1], np.moveaxis(pixels[1], -1, 0))
     np.testing.assert_array_equal(test.images[0], np.repeat(pixels[3][None, ..., 0], 3, axis=0))
     assert np.abs(train.images[2].astype(int) - np.moveaxis(smooth, -1, 0)).mean() < 4  # JPEG: lossy
-    assert data.splits["val"].source_index.tolist() == [0]
+    # source_index is the sample's CSV row, so index.parquet says which file each latent came from
+    assert [d.source_index.tolist() for d in data.splits.values()] == [[0, 1, 4], [2], [3, 5]]
 
 
 def test_images_16_bit_gray_saved_as_rgb_and_luminance(tmp_path):

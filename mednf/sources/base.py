@@ -14,7 +14,7 @@ SPLITS = ("train", "val", "test")  # every source has these three, in this order
 class SplitData:
     images: np.ndarray  # [N, D, *spatial] uint8 or float32 in [0, 1] (may be a non-contiguous view)
     labels: np.ndarray  # [N, L] int64 (L = 1, or the number of labels for multi-label)
-    source_index: np.ndarray  # [N] int64: index of each sample in the source split
+    source_index: np.ndarray  # [N] int64: index in the source split (MedMNIST), row of the CSV / file (own data)
 
 
 @dataclass

@@ -253,12 +253,24 @@ def ratio_split(count: int, ratio: Sequence[float], seed: int) -> np.ndarray:
 
 def make_splits(images: np.ndarray, labels: np.ndarray, split: np.ndarray) -> dict[str, SplitData]:
     """``images [N, C, *spatial]``, ``labels [N, L]`` and ``split [N]`` → the three splits, each in the
-    order of the input; ``source_index`` is the position in the split."""
+    order of the input; ``source_index`` is each sample's row in the input (its CSV row / file entry, 0-based),
+    so ``index.parquet`` says where every latent came from."""
     out = {}
     for s, name in enumerate(SPLITS):
         rows = np.flatnonzero(split == s)
-        out[name] = SplitData(images[rows], labels[rows], np.arange(len(rows), dtype=np.int64))
+        out[name] = SplitData(images[rows], labels[rows], rows.astype(np.int64))
     return out
+
+
+def all_rows(splits: dict[str, SplitData]) -> SplitData:
+    """The three splits of :func:`make_splits` back as one collection indexed by ``source_index``."""
+    parts = list(splits.values())
+    count = sum(len(p.source_index) for p in parts)
+    images = np.empty((count, *parts[0].images.shape[1:]), parts[0].images.dtype)
+    labels = np.empty((count, *parts[0].labels.shape[1:]), parts[0].labels.dtype)
+    for part in parts:
+        images[part.source_index], labels[part.source_index] = part.images, part.labels
+    return SplitData(images, labels, np.arange(count, dtype=np.int64))
 
 
 class UserDataKind(SourceKind):
@@ -304,7 +316,7 @@ class UserDataKind(SourceKind):
             return None  # moved, deleted or damaged since the build
         if data.description.get("sha256") != source.get("sha256"):
             return None
-        return data.splits[split]
+        return all_rows(data.splits)  # a sample's source_index is its row in the user's files, whatever the split
 
     def images_unavailable(self, name: str, source: dict[str, Any], root: Root) -> str:
         path = Path(source.get("path", "?"))
