@@ -190,7 +190,7 @@ def test_a_fallback_is_one_warning_line_and_recorded(tmp_path):
     manifest = json.loads((out / "mednf.json").read_text())
     assert manifest["meta_training"]["precision"]["requested"] == "tf32"
     assert manifest["meta_training"]["precision"]["effective"] == "fp32"
-    lines = [line for line in (out / "build.log").read_text().splitlines() if "warning:" in line]
+    lines = [line for line in (out / "build.log").read_text().splitlines() if "warning: precision" in line]
     assert len(lines) == 1 and "tf32 is not available on cpu" in lines[0], lines
 
 
