@@ -23,7 +23,6 @@ in [0, 1]). NaN / inf are refused. Images are float32 ``[N, C, L]``.
 
 from __future__ import annotations
 
-import csv
 import io
 import zipfile
 import zlib
@@ -40,6 +39,7 @@ from mednf.sources.userdata import (
     Digest,
     UserDataKind,
     Warn,
+    csv_rows,
     describe,
     label_rows,
     make_splits,
@@ -118,11 +118,7 @@ def _numbers_only(text: str, path: Path, label_column: str) -> Table | None:
 
 
 def _read_rows(text: str, path: Path, label_column: str) -> Table:
-    try:
-        rows = list(csv.reader(io.StringIO(text)))
-    except csv.Error as err:
-        raise SourceError(f"{path} is not a readable CSV ({err}); fix its quoting") from None
-    numbered = [(n, r) for n, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
+    numbered = csv_rows(text, path)
     if not numbered:
         raise SourceError(f"{path} is empty: expected one row of numbers per signal")
     has_header = _looks_like_header(numbered[0][1], label_column)

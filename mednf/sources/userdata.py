@@ -107,6 +107,16 @@ class LabelTable:
     lines: list[int]  # [N] line number of each row in the CSV (for messages)
 
 
+def csv_rows(text: str, path: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV text with their 1-based line numbers (SourceError naming ``path`` if the
+    quoting is broken)."""
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as err:
+        raise SourceError(f"{path} is not a readable CSV ({err}); fix its quoting") from None
+    return [(n, r) for n, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
+
+
 def read_label_csv(folder: Path, csv_name: str, suffixes: Sequence[str], what: str) -> LabelTable:
     """Read and check the labels CSV of ``folder`` (``path,label[,split]`` with a header)."""
     if not folder.is_dir():
@@ -123,11 +133,7 @@ def read_label_csv(folder: Path, csv_name: str, suffixes: Sequence[str], what: s
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise SourceError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
-    try:
-        rows = list(csv.reader(io.StringIO(text)))
-    except csv.Error as err:
-        raise SourceError(f"{path} is not a readable CSV ({err}); fix its quoting") from None
-    rows = [(n, r) for n, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
+    rows = csv_rows(text, path)
     if not rows:
         raise SourceError(f"{path} is empty: expected a header path,label[,split] and one row per file")
     header = [c.strip().lower() for c in rows[0][1]]
