@@ -366,7 +366,9 @@ def info(name: str, root: Path | None, as_json: bool) -> None:
     check = summary["meta_training"].get("baseline_check") or {}
     if check.get("learns_per_sample") is False:
         click.echo(f"  warning: the best validation PSNR is not {check['margin_db']:g} dB above the mean-image "
-                   f"baseline ({check['val_mean_image_psnr']:.2f} dB): the latents carry little per-sample information")
+                   f"baseline ({check['val_mean_image_psnr']:.2f} dB): the latents carry little per-sample information"
+                   + ("; the inner loop diverged (rebuild with a smaller inner learning rate)"
+                      if check.get("cause") == "diverging" else ""))
 
 
 def _baselines_text(baselines: dict[str, float] | None) -> str:

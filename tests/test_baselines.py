@@ -43,22 +43,39 @@ def test_baselines_equal_an_independent_numpy_computation(phantom_dir):
     assert "baseline: mean image" in card and f"{manifest['splits']['test']['baselines']['mean_image_psnr']:.2f}" in card
 
 
-@pytest.mark.parametrize("alpha, learns", [(1e-7, False), (0.1, True)])
-def test_the_warning_fires_on_a_run_that_learns_nothing_and_not_on_one_that_does(tmp_path, alpha, learns):
+@pytest.mark.parametrize("alpha, cause", [(1e-7, "too_slow"), (0.1, None), (10.0, "diverging")])
+def test_the_warning_fires_on_a_run_that_learns_nothing_and_not_on_one_that_does(tmp_path, alpha, cause):
+    """α = 1e-7 barely moves φ (advice: raise α), α = 0.1 learns, α = 10 diverges (advice: lower α)."""
     out = tmp_path / "P"
     options = {**TINY, "max_samples": 48, "build_overrides": {"block_rows": 16, "val_every": 20, "val_samples": 16}}
     build("phantomnf", BuildOptions(out=out, overrides={"meta": {"steps": 200, "inner_lr": alpha}, "fit": {"lr": alpha}},
                                     **options))
     manifest = json.loads((out / "mednf.json").read_text())
-    check = manifest["meta_training"]["baseline_check"]
-    assert check["learns_per_sample"] is learns
+    check, learns = manifest["meta_training"]["baseline_check"], cause is None
+    assert check["learns_per_sample"] is learns and check.get("cause") == cause
     best, baseline = manifest["meta_training"]["best_val_psnr"], check["val_mean_image_psnr"]
     assert (best >= baseline + 1.0) is learns
     log, card = (out / "build.log").read_text(), (out / "README.md").read_text()
     warned = "not 1 dB above the mean-image baseline" in log
     assert warned is not learns and ("**Warning:**" in card) is not learns
-    if warned:  # once at the second validation and once at the end, with the fix
-        assert log.count("not 1 dB above the mean-image baseline") == 2 and "--set meta.inner_lr=" in log
+    if warned:  # once at the second validation and once at the end, with the fix for the cause
+        assert log.count("not 1 dB above the mean-image baseline") == 2
+        raise_alpha, lower_alpha = "raise the inner learning rate" in log, "lower the inner learning rate" in log
+        assert (raise_alpha, lower_alpha) == ((True, False) if cause == "too_slow" else (False, True)), log
+        assert ("The inner loop diverged" in card) is (cause == "diverging")
+
+
+def test_the_diagnosis_separates_a_diverging_from_a_slow_run():
+    from mednf.engine.baselines import diagnose_no_learning
+
+    steady = [1.5] * 10 + [0.1] * 90  # a slow run: the norm falls as θ learns the mean image
+    assert diagnose_no_learning(15.4, 15.5, steady).cause == "too_slow"
+    growing = list(np.geomspace(70, 900, 100))
+    diagnosis = diagnose_no_learning(15.0, 15.5, growing)
+    assert diagnosis.cause == "diverging" and "grew" in diagnosis.advice() and "lower the inner" in diagnosis.advice()
+    assert diagnose_no_learning(15.0, 15.5, [*steady[:-1], float("nan")]).cause == "diverging"
+    assert diagnose_no_learning(7.8, 15.5, [5e5] * 100).cause == "diverging"  # huge from the start: far below
+    assert diagnose_no_learning(15.0, 15.5, []).cause == "too_slow"
 
 
 def test_info_and_eval_show_the_baselines(phantom_dir, tmp_path):

@@ -309,7 +309,8 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
                        "memory": plan.to_dict() | {"measured_peak_bytes": peak_memory(device)},
                        "precision": precision.to_dict(), "curves": curves, "schedule": summary.schedule,
                        "baseline_check": {"val_mean_image_psnr": val_baseline, "margin_db": MARGIN_DB,
-                                          "learns_per_sample": summary.learns_per_sample}},
+                                          "learns_per_sample": summary.learns_per_sample}
+                       | (summary.diagnosis.as_dict() if summary.diagnosis is not None else {})},
         fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch},
         device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
     manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"

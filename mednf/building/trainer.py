@@ -11,8 +11,10 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 - **Validation**: every ``val_every`` iterations and at the end, the fixed val subset is fitted with the
   test-time fit (H steps) and its mean PSNR (and SSIM) recorded; the best θ is kept (paper §4.3) and returned.
 - **Baseline check**: a best validation PSNR not clearly above the mean-image baseline of the val subset
-  (:func:`mednf.engine.baselines.learns_per_sample`) is a ``warning:`` line with the likely fixes, as soon
-  as the validations stall below it (from the second on; once) and again at the end.
+  (:func:`mednf.engine.baselines.learns_per_sample`) is a ``warning:`` line with the likely fix, as soon
+  as the validations stall below it (from the second on; once) and again at the end. The fix depends on the
+  cause (:func:`mednf.engine.baselines.diagnose_no_learning`: a diverging meta-gradient norm means α is too
+  large, a steady one that it is too small); the norms come from ``training.csv``, so a resumed run sees all.
 - **Curves**: every iteration and validation is a row of ``training.csv`` (:mod:`mednf.building.curves`),
   cut back to the checkpoint on resume, so each iteration is in it once; with ``tensorboard`` the same
   scalars, and a reconstruction grid at each validation, go to a TensorBoard log too.
@@ -37,10 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mednf.building.curves import TensorBoardLog, TrainingLog
+from mednf.building.curves import TensorBoardLog, TrainingLog, read_training
 from mednf.building.distributed import Dist
 from mednf.engine import field as nf
-from mednf.engine.baselines import MARGIN_DB, learns_per_sample
+from mednf.engine.baselines import MARGIN_DB, LearningDiagnosis, diagnose_no_learning, learns_per_sample
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.meta import MetaLearner
@@ -65,6 +67,7 @@ class TrainSummary:
     seconds: float = 0.0  # wall time of this process's meta-training (all runs of a resumed build)
     resumed_from: int = 0
     learns_per_sample: bool | None = None  # best validation clearly above the mean image (None: no baseline)
+    diagnosis: LearningDiagnosis | None = None  # why not, when learns_per_sample is False
     # the learning-rate schedule as run: segments {"from": first iteration, "length": the meta.steps whose
     # schedule it follows from there}; more than one after `mednf build --continue-to` (mednf.building.continuation)
     schedule: list[dict[str, int]] = field(default_factory=list)
@@ -126,6 +129,7 @@ class MetaTrainer:
         self.seconds = 0.0
         self.resumed_from = 0
         self.schedule = [{"from": 1, "length": cfg.meta.steps}]
+        self.grad_norms: list[float] = []  # meta-gradient norm of every iteration run so far (resumed: from the CSV)
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, path: Path, *, with_optimizer: bool) -> None:
@@ -205,6 +209,8 @@ class MetaTrainer:
         curves = TrainingLog(self.work / CURVES) if dist.is_main else None
         if curves is not None:
             curves.resume(self.learner.iteration)
+            self.grad_norms = [float(row["grad_norm"] or "nan") for row in read_training(curves.path)
+                               if row["kind"] == "train"]
         board = TensorBoardLog(self.tensorboard) if dist.is_main and self.tensorboard is not None else None
         stats: dict[str, float] = {}
         warned = False
@@ -216,6 +222,7 @@ class MetaTrainer:
             stats = self.learner.step(signals, positions=positions, global_batch=batch, reduce_grads=reduce,
                                       micro_batch=self.micro_batch)
             done = self.learner.iteration
+            self.grad_norms.append(stats["grad_norm"])
             if curves is not None:
                 curves.train(done, stats, time.perf_counter() - started)
             if board is not None:
@@ -253,17 +260,21 @@ class MetaTrainer:
         dist.barrier()
         learns = (None if self.val_baseline is None or not self.history
                   else learns_per_sample(self.best_psnr, self.val_baseline))
+        diagnosis = self._diagnosis() if learns is False else None
         return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from,
-                            learns, self.schedule)
+                            learns, diagnosis, self.schedule)
+
+    def _diagnosis(self) -> LearningDiagnosis:
+        assert self.val_baseline is not None
+        return diagnose_no_learning(self.best_psnr, self.val_baseline, self.grad_norms)
 
     def _check_baseline(self, done: int) -> bool:
         """A ``warning:`` line (and True) if the best validation is not clearly above the mean-image baseline."""
         if self.val_baseline is None or learns_per_sample(self.best_psnr, self.val_baseline):
             return False
         self.log(f"warning: the best validation PSNR {self.best_psnr:.2f} dB after {done} iterations is not "
-                 f"{MARGIN_DB:g} dB above the mean-image baseline {self.val_baseline:.2f} dB: the latents barely "
-                 "learn per sample; raise the inner learning rate (--set meta.inner_lr=… --set fit.lr=…, e.g. ×10), "
-                 "the inner/fit steps, the iterations (--steps), or use a larger preset (`mednf presets`)")
+                 f"{MARGIN_DB:g} dB above the mean-image baseline {self.val_baseline:.2f} dB: "
+                 + self._diagnosis().advice())
         return True
 
     def best_params(self) -> dict[str, torch.Tensor]:

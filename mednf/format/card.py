@@ -71,7 +71,9 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None)
             f"\n> **Warning:** the best validation PSNR ({manifest.meta_training['best_val_psnr']:.2f} dB) is not "
             f"{check['margin_db']:g} dB above the mean-image baseline of the validation subset "
             f"({check['val_mean_image_psnr']:.2f} dB): these latents carry little per-sample information. "
-            "Rebuild with a larger inner learning rate, more steps or a larger preset.\n")
+            + (f"The inner loop diverged ({check.get('evidence', 'see build.log')}): rebuild with a smaller "
+               "inner learning rate.\n" if check.get("cause") == "diverging" else
+               "Rebuild with a larger inner learning rate, more steps or a larger preset.\n"))
     src = builder["source"]
     source_line = get_kind(source["kind"], "manifest source").card_line(source)
     if source["kind"] == "medmnist":
