@@ -14,6 +14,7 @@ from conftest import SHARED_MEDMNIST, TINY, report
 from PIL import Image
 from safetensors.torch import load_file
 
+import mednf
 from mednf.building.curves import read_training
 from mednf.building.pipeline import BuildOptions, build
 from mednf.engine.config import EngineConfig
@@ -29,7 +30,7 @@ def test_manifest_and_checksums(phantom_dir):
     assert manifest["name"] == "PhantomNF" and manifest["format_version"] == 1
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 20, "val": 20, "test": 20}
     assert manifest["engine"]["field"]["latent_dim"] == 32 and manifest["builder"]["preset"] == "tiny"
-    assert manifest["source"] == {"kind": "phantom", "size": 32, "seed": 0, "generator": 2, "official": True,
+    assert manifest["source"] == {"kind": "phantom", "size": 32, "seed": 0, "generator": 3, "official": True,
                                   "max_samples": 20}
     assert manifest["meta_training"]["steps"] == 20 and manifest["meta_training"]["best_step"] in (10, 20)
     assert {"mednf", "torch", "zarr"} <= set(manifest["software"])
@@ -37,10 +38,27 @@ def test_manifest_and_checksums(phantom_dir):
     assert any(name.startswith("latents.zarr/") for name in manifest["files"])
     assert not (phantom_dir / ".partial").exists()
     assert sorted(p.name for p in phantom_dir.iterdir()) == [
-        ".continue", "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json", "model.safetensors", "training.csv",
-        "training.png"]
-    assert {"training.csv", "training.png"} <= set(manifest["files"])
+        ".continue", "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json", "model.safetensors",
+        "reconstructions.png", "training.csv", "training.png"]
+    assert {"training.csv", "training.png", "reconstructions.png"} <= set(manifest["files"])
     assert (phantom_dir.parent / ".PhantomNF.lock").is_file()  # the dataset lock lives beside the folder
+
+
+def test_the_build_writes_the_test_reconstructions_the_card_shows(phantom_dir, tmp_path):
+    """reconstructions.png is the grid `ds.plot` draws of the first 8 test samples (decoded there by another path)."""
+    from PIL import Image
+
+    from mednf.tasks.plots import save_figure
+
+    manifest = json.loads((phantom_dir / "mednf.json").read_text())
+    assert manifest["fit"]["preview"] == {"png": "reconstructions.png", "split": "test", "samples": 8}
+    assert "![the first 8 test samples: input, reconstruction and |error|](reconstructions.png)" in (
+        phantom_dir / "README.md").read_text()
+    written = np.asarray(Image.open(phantom_dir / "reconstructions.png").convert("L"), dtype=np.float64)
+    again = save_figure(mednf.load(phantom_dir, "test").plot(range(8)), tmp_path / "again.png")
+    expected = np.asarray(Image.open(again).convert("L"), dtype=np.float64)
+    assert written.shape == expected.shape and written.shape[0] > 300 and written.shape[1] > 800
+    assert np.abs(written - expected).mean() < 0.05  # equal but for a rounding step in a few pixels
 
 
 def test_rows_labels_and_psnr_recomputed_independently(phantom_dir):

@@ -53,9 +53,10 @@ from mednf.building.continuation import (
 from mednf.building.curves import check_tensorboard, plot_training, read_training
 from mednf.building.distributed import Dist, setup
 from mednf.building.trainer import CURVES, MetaTrainer, TrainSummary
+from mednf.engine import field as nf
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
 from mednf.engine.config import RESULT_NEUTRAL_FIT, EngineConfig
-from mednf.engine.fit import fit_latents
+from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
 from mednf.engine.precision import Precision, PrecisionWarning, resolve_precision
 from mednf.errors import BuildError, ConfigError, LockedError, MednfError
@@ -67,6 +68,7 @@ from mednf.format.layout import (
     LOG,
     MANIFEST,
     MODEL,
+    RECONSTRUCTIONS_PNG,
     TRAINING_CSV,
     TRAINING_PNG,
     WORK,
@@ -77,12 +79,13 @@ from mednf.format.reader import verify_dataset
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.files import atomic_write_bytes, atomic_write_json
 from mednf.io.lock import dataset_lock
-from mednf.sources.base import SourceData
+from mednf.sources.base import SourceData, SplitData
 from mednf.sources.kinds import recorded_source
 from mednf.sources.loader import load_source
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
 
 log = logging.getLogger("mednf.building.pipeline")
+PREVIEW_SAMPLES = 8  # test samples in reconstructions.png
 
 
 @dataclass
@@ -300,6 +303,7 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
                                   baselines=split_baselines(data.images, mean, zero))
     writer.write_theta(theta, {"field": dataclasses.asdict(cfg.field)})
     curves = _write_curves(work, writer.root, spec, summary, dist)
+    preview = _write_preview(writer, spec, cfg, theta, source.splits["test"], index["test"].psnr)
     total = sum(len(d.images) for d in source.splits.values())
     manifest = new_manifest(
         spec, cfg, source=recorded_source(spec, source), chunk_rows=rows,
@@ -311,7 +315,8 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
                        "baseline_check": {"val_mean_image_psnr": val_baseline, "margin_db": MARGIN_DB,
                                           "learns_per_sample": summary.learns_per_sample}
                        | (summary.diagnosis.as_dict() if summary.diagnosis is not None else {})},
-        fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch},
+        fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch}
+        | ({"preview": preview} if preview else {}),
         device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
     manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"
     keep_checkpoints(work, writer.root)  # for --continue-to
@@ -340,9 +345,28 @@ def _write_curves(work: Path, out: Path, spec: BuilderSpec, summary: TrainSummar
     return {"csv": TRAINING_CSV, "png": TRAINING_PNG, "complete": complete}
 
 
+def _write_preview(writer: DatasetWriter, spec: BuilderSpec, cfg: EngineConfig, theta: dict[str, torch.Tensor],
+                   test: SplitData, psnr: np.ndarray) -> dict[str, Any]:
+    """``reconstructions.png``: the first :data:`PREVIEW_SAMPLES` test samples as input / reconstruction /
+    |error| rows (:func:`mednf.tasks.plots.grid_figure`), what the card shows; what the manifest records of it."""
+    from mednf.tasks.plots import grid_figure, grid_title, save_figure
+
+    count = min(PREVIEW_SAMPLES, len(test.images))
+    if count == 0:
+        return {}
+    spatial = tuple(test.images.shape[2:])
+    latents = torch.from_numpy(writer.read_latents("test", 0, count))  # [n, P]
+    recon = nf.decode({k: v.detach().cpu().float() for k, v in theta.items()}, latents, cfg.field, spatial).numpy()
+    inputs = as_float_signals(np.ascontiguousarray(test.images[:count])).numpy()  # [n, D, *spatial]
+    fig = grid_figure(recon, inputs, indices=range(count), psnr=psnr[:count],
+                      title=grid_title(spec.name, "test", spatial, count))
+    save_figure(fig, writer.root / RECONSTRUCTIONS_PNG)
+    return {"png": RECONSTRUCTIONS_PNG, "split": "test", "samples": count}
+
+
 def _clear(out: Path) -> None:
     """--restart: remove an earlier build's files (only mednf's own names)."""
-    for name in (MANIFEST, MODEL, INDEX, CARD, WORK, LATENTS, TRAINING_CSV, TRAINING_PNG, CONTINUE):
+    for name in (MANIFEST, MODEL, INDEX, CARD, WORK, LATENTS, TRAINING_CSV, TRAINING_PNG, RECONSTRUCTIONS_PNG, CONTINUE):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)

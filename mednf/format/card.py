@@ -100,6 +100,11 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None)
                       f"seconds) and per validation (PSNR, SSIM); `{curves['png']}` — its curves\n") if curves else ""
     training_plot = ("\n![training curves: meta-loss and PSNR per iteration, validation points, best marked]"
                      f"({curves['png']})\n") if curves else ""
+    preview = (manifest.fit or {}).get("preview")  # written by mednf build (not by an import)
+    preview_plot = (f"\n![the first {preview['samples']} {preview['split']} samples: input, reconstruction and |error|]"
+                    f"({preview['png']})\n") if preview else ""
+    preview_file = (f"- `{preview['png']}` — the first {preview['samples']} {preview['split']} samples: input, "
+                    "reconstruction, |error|\n") if preview else ""
     labels = manifest.labels
     names = ", ".join(labels.names[:16]) + (" …" if len(labels.names) > 16 else "")
     return template.substitute(
@@ -135,7 +140,8 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None)
         world_size=manifest.world_size,
         license_text=license_text,
         source_citation=citation,
-        training_files=training_files,
+        training_files=training_files + preview_file,
+        preview_plot=preview_plot,
         training_plot=training_plot,
         learning_warning=learning_warning,
     )

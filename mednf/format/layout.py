@@ -10,6 +10,7 @@
       README.md           dataset card
       training.csv        one row per meta-iteration and per validation (mednf.building.curves)
       training.png        its curves
+      reconstructions.png the first test samples: input, reconstruction, |error| (mednf build only)
       build.log           log of the build (not content: not checksummed)
       .partial/           state of a build in progress (checkpoints, finished blocks); removed at the end
       .continue/          the finished build's last and best checkpoints, for `mednf build --continue-to`
@@ -32,6 +33,7 @@ INDEX = "index.parquet"
 CARD = "README.md"
 TRAINING_CSV = "training.csv"
 TRAINING_PNG = "training.png"
+RECONSTRUCTIONS_PNG = "reconstructions.png"
 LOG = "build.log"
 WORK = ".partial"
 CONTINUE = ".continue"

@@ -109,6 +109,12 @@ class DatasetWriter:
         array = zarr.open_array(str(self.root / LATENTS / split), mode="r+")
         array[start:start + len(latents)] = np.asarray(latents, dtype=np.float32)
 
+    def read_latents(self, split: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of a split as written so far ``[n, P]`` float32."""
+        import zarr
+
+        return np.asarray(zarr.open_array(str(self.root / LATENTS / split), mode="r")[start:stop])
+
     # ------------------------------------------------------------------ θ
     def write_theta(self, theta: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """θ as ``model.safetensors`` (``meta``: the field configuration and, for imports, the origin)."""
