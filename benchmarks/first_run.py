@@ -6,7 +6,8 @@ two torch processes on 2 cores make each many times slower):
 - ``phantom`` (default): PhantomNF (`builders/phantomnf.toml`) with named alternatives. ``before`` spells
   out the builder file as committed before issue #12 (cpu-small, P = 256, α = 0.1, 250 iterations),
   ``after`` is the builder file as it is now (no overrides). Table: settings, wall s, CPU s (user + sys of
-  the build process), test PSNR / SSIM and the test split's mean-image baseline PSNR.
+  the build process), test PSNR / SSIM, the test split's mean-image baseline PSNR, and the share of the test
+  lesions that are distinct, correctly placed spots in the reconstructions (:mod:`mednf.sources.phantom_lesions`).
 - ``presets``: one CPU preset per dimension on real (2D, 3D) and synthetic (1D) data: PneumoniaMNIST 28²
   and BreastMNIST 64² with ``cpu-small``, AdrenalMNIST3D 28³ with ``cpu-small-3d``, and a synthetic
   ECG-like table (written by this script, see :func:`write_synthetic_ecg`) with ``cpu-small-1d``. Table:
@@ -161,7 +162,7 @@ def run_build(name: str, args: list[str], out: Path, threads: int | None, extra:
     if done.returncode != 0:
         raise SystemExit(f"{name}: `{' '.join(cmd)}` failed ({done.returncode}); see {target}.log")
     manifest = json.loads((target / "mednf.json").read_text(encoding="utf-8"))
-    return {"name": name, "cmd": cmd, "wall": wall, "cpu": cpu, "manifest": manifest}
+    return {"name": name, "cmd": cmd, "wall": wall, "cpu": cpu, "manifest": manifest, "path": target}
 
 
 def settings_of(manifest: dict) -> str:
@@ -174,16 +175,34 @@ def settings_of(manifest: dict) -> str:
             f"{m['steps']} it, H{t['steps']} α {t['lr']:g}{prec}")
 
 
+def lesion_score(dataset: Path) -> dict:
+    """How many of the test split's lesions are distinct, correctly placed spots in the reconstructions
+    (:mod:`mednf.sources.phantom_lesions`; the lesions are redrawn from the build's seed)."""
+    import mednf
+    from mednf.sources.phantom_lesions import score_lesions
+    from mednf.sources.phantoms import draw_phantoms
+
+    ds = mednf.load(dataset, "test")
+    seed = ds.manifest.builder["seed"] * 1000 + 2  # the test split's seed (mednf.sources.phantoms.phantom_source)
+    truth, _, lesions = draw_phantoms(ds.manifest.builder["splits"]["test"], ds.native_size[0], seed)
+    picked = ds.source_index
+    recon = ds.decode().numpy()[:, 0].astype(np.float64)  # [n, H, W]
+    return score_lesions(recon, truth[picked, 0].astype(np.float64), [lesions[i] for i in picked]).as_dict()
+
+
 def table(suite: str, rows: list[dict]) -> str:
     if suite == "phantom":
-        lines = ["| name | settings | wall s | CPU s | CPU s / 2 | meta s | fit s | test PSNR | test SSIM | mean-image PSNR |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [("| name | settings | wall s | CPU s | CPU s / 2 | meta s | fit s | test PSNR | test SSIM | mean-image PSNR "
+                  "| distinct lesions | images with every lesion distinct |"),
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             m = r["manifest"]
             test = m["splits"]["test"]
+            score = lesion_score(r["path"])
             lines.append(f"| {r['name']} | {settings_of(m)} | {r['wall']:.0f} | {r['cpu']:.0f} | {r['cpu'] / 2:.0f} | "
                          f"{m['meta_training']['seconds']:.0f} | {m['fit']['seconds']:.0f} | {test['psnr_mean']:.2f} | "
-                         f"{test['ssim_mean']:.3f} | {test['baselines']['mean_image_psnr']:.2f} |")
+                         f"{test['ssim_mean']:.3f} | {test['baselines']['mean_image_psnr']:.2f} | "
+                         f"{score['distinct']:.1%} of {score['lesions']} | {score['images_all_distinct']:.1%} |")
         return "\n".join(lines)
     lines = ["| dataset | preset | settings | steps | wall s | CPU s | test PSNR | test SSIM | mean-image PSNR | zero-latent PSNR | learns |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -22,7 +22,7 @@ def test_the_label_is_the_number_of_separate_bright_spots(drawn):
         components, count = ndimage.label(np.isclose(image, 0.95))  # lesions are drawn at exactly 0.95
         assert count == label
         for cy, cx, r in spots:  # each drawn lesion is one of those components, at its centre
-            assert components[int(round(cy)), int(round(cx))] > 0
+            assert components[round(cy), round(cx)] > 0
     gap_px = LESION_GAP * 63 / 2
     for spots in lesions:
         for a in range(len(spots)):
