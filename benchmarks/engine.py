@@ -81,6 +81,7 @@ from mednf.engine.config import EngineConfig
 from mednf.engine.context import context_size
 from mednf.engine.fit import fit_latents
 from mednf.engine.meta import MetaLearner
+from mednf.engine.planner import plan_memory, resolve_budget
 from mednf.engine.presets import get_preset, preset_names
 from mednf.errors import ConfigError
 
@@ -125,6 +126,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--double-backward", action="store_true",
                    help="meta-gradient by autograd's double backward (the reference path) instead of mednf.engine.inner_grad")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], help="field.precision (default: the preset's)")
+    p.add_argument("--micro-batch", default="auto",
+                   help="signals per part of a meta-iteration: auto (the planner's choice with the default budget, "
+                        "as a build runs it), whole (the batch at once), or a number")
     p.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     return p.parse_args(argv)
 
@@ -268,6 +272,15 @@ class FitResult:
     tflops: float
 
 
+def micro_batch(choice: str, cfg: EngineConfig, spatial: tuple[int, ...], device: torch.device) -> int | None:
+    """``--micro-batch``: the planner's micro-batch (auto), None (whole) or the number given."""
+    if choice == "whole":
+        return None
+    if choice == "auto":
+        return plan_memory(cfg, spatial, budget=resolve_budget(None, device), device=device).micro_batch
+    return _positive(choice)
+
+
 def bench_meta(
     learner: MetaLearner, cfg: EngineConfig, spatial: tuple[int, ...], args: argparse.Namespace
 ) -> MetaResult:
@@ -275,15 +288,17 @@ def bench_meta(
     device = learner.device
     gen = torch.Generator().manual_seed(0)
     B = cfg.meta.batch_size
+    micro = micro_batch(args.micro_batch, cfg, spatial, device)
+    print(f"meta-iteration: {B} signals in parts of {micro or B} (--micro-batch {args.micro_batch})", file=sys.stderr)
     reset_peak_memory(device)
     for _ in range(args.warmup):
-        learner.step(random_signals(B, cfg, spatial, gen, device))
+        learner.step(random_signals(B, cfg, spatial, gen, device), micro_batch=micro)
     seconds = []
     for _ in range(args.iters):
         batch = random_signals(B, cfg, spatial, gen, device)
         synchronize(device)
         start = time.perf_counter()
-        learner.step(batch)
+        learner.step(batch, micro_batch=micro)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)

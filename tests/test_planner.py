@@ -60,16 +60,38 @@ def test_default_budget_is_a_share_of_what_is_free():
 
 def test_micro_batch_is_the_largest_that_fits_balanced():
     cfg = get_preset("2d-64")  # B = 24
-    plan = plan_memory(cfg, (64, 64), budget=MemoryBudget(8 * 10**9, "test"), in_use=300 * 2**20)
+    plan = plan_memory(cfg, (64, 64), budget=MemoryBudget(8 * 10**9, "test"), in_use=300 * 2**20, small_parts=False)
     assert 1 <= plan.micro_batch < 24 and plan.parts * plan.micro_batch >= 24
     assert (plan.parts - 1) * plan.micro_batch < 24  # no empty part
     assert plan.meta_peak <= 8 * 10**9 and plan.fit_peak <= 8 * 10**9
-    bigger = plan_memory(cfg, (64, 64), budget=MemoryBudget(16 * 10**9, "test"), in_use=300 * 2**20)
+    bigger = plan_memory(cfg, (64, 64), budget=MemoryBudget(16 * 10**9, "test"), in_use=300 * 2**20,
+                         small_parts=False)
     assert bigger.micro_batch > plan.micro_batch
-    whole = plan_memory(cfg, (64, 64), budget=MemoryBudget(2**50, "test"), in_use=0)
+    whole = plan_memory(cfg, (64, 64), budget=MemoryBudget(2**50, "test"), in_use=0, small_parts=False)
     assert whole.micro_batch == 24 and whole.parts == 1
     report(f"planner, paper 2D config at B=24: budget 8 GB → micro-batch {plan.micro_batch} "
            f"(estimated peak {format_bytes(plan.meta_peak)}), 16 GB → {bigger.micro_batch}")
+
+
+def test_on_the_cpu_parts_stay_small_enough_for_the_heap(monkeypatch):
+    """[m, N, L] float32 ≤ 16 MiB: the paper 2D config (N·L·4 = 4 MiB per signal) runs in parts of 4 on the CPU
+    whatever the budget; small presets are not split; CUDA and MEDNF_MALLOC=keep are not capped."""
+    from mednf.engine import planner
+
+    huge = MemoryBudget(2**50, "test")
+    cpu = plan_memory(get_preset("2d-64"), (64, 64), budget=huge, in_use=0)  # B = 24
+    assert (cpu.micro_batch, cpu.parts, cpu.heap_capped) == (4, 6, True)
+    assert cpu.micro_batch * 64 * 64 * 256 * 4 <= planner.HEAP_TENSOR_BYTES
+    assert "small parts" in cpu.describe() and cpu.to_dict()["heap_capped"] is True
+    eight = plan_memory(get_preset("2d-64").replace(meta={"batch_size": 8}), (64, 64), budget=huge, in_use=0)
+    assert (eight.micro_batch, eight.parts) == (4, 2)
+    small = plan_memory(get_preset("cpu-small"), (28, 28), budget=huge, in_use=0)
+    assert small.parts == 1 and not small.heap_capped
+    tight = plan_memory(get_preset("2d-64"), (64, 64), budget=MemoryBudget(4 * 10**9, "test"), in_use=300 * 2**20)
+    assert tight.micro_batch < 4 and not tight.heap_capped  # the budget binds first
+    monkeypatch.setattr(planner, "keeps_memory", lambda: True)
+    kept = plan_memory(get_preset("2d-64"), (64, 64), budget=huge, in_use=0)
+    assert kept.parts == 1 and not kept.heap_capped
 
 
 def test_refusal_names_estimate_budget_and_fix():

@@ -22,7 +22,10 @@ build plans its fits.
 byte-identical once (1 of 3 full test runs), and the same tiny meta-learning run gave a bitwise different θ
 in 1 of 9 runs; with glibc's default, all runs were identical. Whether buffer placement or an MKL/oneDNN
 first-call effect that it makes likelier is the cause is not settled (benchmarks/RESULTS.md). mednf
-promises byte-identical rebuilds (tests/test_data_layer.py), so the speed-up is the user's choice.
+promises byte-identical rebuilds (tests/test_data_layer.py), so the speed-up is the user's choice. By
+default the planner gets most of it another way: on the CPU it splits a meta-iteration into parts whose
+tensors are small enough for glibc's heap (:mod:`mednf.engine.planner`, "Small parts on the CPU"); with
+``MEDNF_MALLOC=keep`` it does not, since every block is reused then.
 Nothing is changed where the C library is not glibc (macOS, musl).
 """
 
@@ -58,6 +61,12 @@ def _get_mallopt() -> Callable[[int, int], int] | None:
     return _mallopt[0]
 
 
+def keeps_memory() -> bool:
+    """Whether ``MEDNF_MALLOC=keep`` is in effect here (glibc found): the meta-iterations then reuse every
+    freed block, and the planner need not keep tensors small (:data:`mednf.engine.planner.HEAP_TENSOR_BYTES`)."""
+    return _get_mallopt() is not None
+
+
 @contextlib.contextmanager
 def graph_memory() -> Iterator[bool]:
     """Inside: large freed blocks stay in the process (module docstring); yields whether that is in effect."""
@@ -90,4 +99,4 @@ def fit_memory() -> Iterator[None]:
     yield
 
 
-__all__ = ["fit_memory", "graph_memory"]
+__all__ = ["fit_memory", "graph_memory", "keeps_memory"]

@@ -53,6 +53,19 @@ rows. A build plans its fits again when they start (:func:`fit_batch_now`): free
 graphs are given back to the OS first (``malloc_trim``), and what the process then holds (θ, AdamW, what
 the allocator kept) is the new ``in_use``.
 
+Small parts on the CPU
+----------------------
+On the CPU (glibc, without ``MEDNF_MALLOC=keep``) the micro-batch is also capped so that one ``[m, N, L]``
+float32 activation stays within :data:`HEAP_TENSOR_BYTES` (16 MiB). glibc serves blocks above its mmap
+threshold (at most 32 MiB) with a fresh ``mmap``, and every page of such a block is faulted in and zeroed
+by the kernel on first touch, on every meta-iteration (:mod:`mednf.engine.allocator`); smaller blocks are
+reused from the heap. Measured at the paper 2D config, B = 8, on the 2-core Xeon (benchmarks/RESULTS.md,
+issue #10, "Small parts"): the whole batch (32 MiB tensors) 8.4–10.1 s and ≈ 7·10⁵ page faults per
+iteration, parts of 4 (16 MiB) 6.4–7.3 s and 2–3·10⁵, parts of 2 6.7–7.3 s and 1·10⁵, with peak RSS 8.0 /
+5.0 / 3.0 GiB and the same loss to 7 digits. The parts change only the order in which the meta-gradient is
+summed (tests/test_meta_gradient.py checks it against the whole batch in float64). The small presets are
+not split (their tensors are far below the cap); CUDA is never capped (its caching allocator reuses blocks).
+
 Every estimate is multiplied by ``1 + MARGIN`` (0.15: single peaks scatter by up to ±15 % around the
 least-squares fit, because of the C allocator) before it is compared with the budget. The micro-batch is the largest that fits, balanced over the parts (24 signals
 with room for 7 run as 4 parts of 6). When a single signal does not fit, :func:`plan_memory` raises a
@@ -75,10 +88,18 @@ from typing import Any
 
 import torch
 
+from mednf.engine.allocator import keeps_memory
 from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
 from mednf.engine.context import context_size
 from mednf.errors import ConfigError
 
+# A fit after meta-learning in the same process (K5 L96 P512 on 16³, 15–16 signals, budget 600 MiB, 13 runs of
+# tests/test_planner.py's probe with its 3D spec, 2026-12-02): 147–287 MiB above the resident set it planned
+# beside, against 201 MiB modelled (up to 1.43×; a fit in a fresh process stays within 0.88× of the model),
+# which put tests/test_planner.py's run over its budget once. What the fit adds must fit with this margin
+# too; with it, 8 runs planned 10–11 signals and peaked at 489–555 MiB.
+FIT_AFTER_META_MARGIN = 0.6
+HEAP_TENSOR_BYTES = 16 * 2**20  # on the CPU, one [m, N, L] float32 activation of a meta micro-batch at most
 CPU_CHUNK_ROWS = 2048  # (signal, point) rows per chunk of the fit's latent gradient on the CPU (cache-sized)
 CPU_SHARE = 0.6  # default budget: this share of MemAvailable on the CPU …
 CUDA_SHARE = 0.8  # … and of the free device memory on CUDA
@@ -336,6 +357,7 @@ class MemoryPlan:
     fit_signal: int
     margin: float
     rows_out: int = 1024
+    heap_capped: bool = False  # the micro-batch was lowered to keep tensors on glibc's heap (module docstring)
 
     @property
     def parts(self) -> int:
@@ -354,13 +376,15 @@ class MemoryPlan:
     def describe(self) -> str:
         """One line for build.log."""
         return (f"memory: budget {self.budget}, {format_bytes(self.in_use)} in use; meta-iteration of "
-                f"{self.local_batch} signals in {self.parts} micro-batch(es) of ≤ {self.micro_batch} (estimated "
+                f"{self.local_batch} signals in {self.parts} micro-batch(es) of ≤ {self.micro_batch}"
+                f"{' (small parts: tensors ≤ 16 MiB stay on the heap)' if self.heap_capped else ''} (estimated "
                 f"peak {format_bytes(self.meta_peak)}: {format_bytes(self.meta_signal)} per signal); fit batches of "
                 f"{self.fit_batch} (estimated peak {format_bytes(self.fit_peak)})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"budget_bytes": self.budget.bytes, "budget": self.budget.origin, "in_use_bytes": self.in_use,
                 "local_batch": self.local_batch, "micro_batch": self.micro_batch, "fit_batch": self.fit_batch,
+                "heap_capped": self.heap_capped,
                 "estimated_meta_peak_bytes": self.meta_peak, "estimated_fit_peak_bytes": self.fit_peak}
 
 
@@ -397,6 +421,7 @@ def plan_memory(
     in_use: int | None = None,
     rows_out: int = 1024,
     model: MemoryModel | None = None,
+    small_parts: bool | None = None,
 ) -> MemoryPlan:
     """Choose the meta micro-batch and the fit batch for ``cfg`` on signals of shape ``spatial``.
 
@@ -406,6 +431,8 @@ def plan_memory(
         local_batch: this rank's signals per meta-iteration (default ``cfg.meta.batch_size``).
         in_use: what the process holds now (default :func:`memory_in_use`).
         rows_out: signals whose latents a fit call returns at once (a build's block of rows).
+        small_parts: cap the micro-batch at :func:`heap_micro_batch` (module docstring, "Small parts on the
+            CPU"); default on the CPU unless ``MEDNF_MALLOC=keep``.
     Returns:
         :class:`MemoryPlan`. Raises a one-line ConfigError when one meta signal or one fit signal does
         not fit. The fit is planned beside the meta-learner's θ, gradient and AdamW moments, which a build
@@ -424,7 +451,10 @@ def plan_memory(
     if fits < 1:
         _refuse("one meta-learning signal", budget, in_use, meta_fixed, meta_signal,
                 _describe_config(cfg.field, cfg.meta, spatial), model.margin)
-    parts = -(-batch // min(fits, batch))
+    if small_parts is None:
+        small_parts = device.type == "cpu" and not keeps_memory()
+    heap_cap = heap_micro_batch(cfg.field, num_points) if small_parts else batch
+    parts = -(-batch // min(fits, heap_cap, batch))
     micro = -(-batch // parts)  # balanced: 24 signals with room for 7 → 4 parts of 6
 
     chunk_rows = fit_chunk_rows(device)
@@ -436,7 +466,12 @@ def plan_memory(
                 model.margin)
     fit_batch = _fit_batch(cfg.fit, device, fit_fits, rows_out)
     return MemoryPlan(budget, in_use, batch, micro, fit_batch, meta_fixed, meta_signal, fit_fixed, fit_signal,
-                      model.margin, rows_out)
+                      model.margin, rows_out, heap_capped=heap_cap < min(fits, batch))
+
+
+def heap_micro_batch(cfg: FieldConfig, num_points: int) -> int:
+    """The most signals whose ``[m, N, L]`` float32 activation fits in :data:`HEAP_TENSOR_BYTES` (≥ 1)."""
+    return max(1, HEAP_TENSOR_BYTES // (num_points * cfg.hidden_dim * 4))
 
 
 def _fit_batch(fit: FitConfig, device: torch.device, fits: int, rows_out: int) -> int:
@@ -446,17 +481,21 @@ def _fit_batch(fit: FitConfig, device: torch.device, fits: int, rows_out: int) -
 
 def plan_fit_batch(cfg: FieldConfig, fit: FitConfig, num_points: int, device: torch.device, *,
                    budget: MemoryBudget, in_use: int | None = None, rows_out: int = 1024,
-                   chunk_rows: int | None = None, model: MemoryModel | None = None, refuse: bool = True) -> int:
+                   chunk_rows: int | None = None, model: MemoryModel | None = None, refuse: bool = True,
+                   growth_margin: float | None = None) -> int:
     """Signals per fit batch inside ``budget`` beside what the process holds (``in_use``, default now).
 
     ``chunk_rows`` is the chunking the fit will use (None: all points at once). When one signal does not
     fit: the one-line ConfigError, or (``refuse=False``, for a build whose start plan already checked one
-    signal) a batch of one. An explicit ``fit.batch_size`` is lowered to what fits.
+    signal) a batch of one. An explicit ``fit.batch_size`` is lowered to what fits. ``growth_margin``: the
+    estimate of what the fit adds must also fit in what is left with this margin (:data:`FIT_AFTER_META_MARGIN`).
     """
     device = torch.device(device)
     model = model or model_for(device)
     in_use = memory_in_use(device) if in_use is None else int(in_use)
     room = budget.bytes / (1 + model.margin) - in_use
+    if growth_margin is not None:
+        room = min(room, (budget.bytes - in_use) / (1 + growth_margin))
     fixed = fit_fixed_bytes(cfg, chunk_rows, rows_out, model)
     signal = fit_signal_bytes(cfg, num_points, chunk_rows, model)
     fits = _count(room, fixed, signal)
@@ -481,11 +520,14 @@ def release_free_memory() -> bool:
 def fit_batch_now(plan: MemoryPlan, cfg: EngineConfig, spatial: Sequence[int], device: torch.device | str) -> int:
     """The fit batch for a fit that starts now, in a build planned by ``plan``: free heap pages are returned
     first (:func:`release_free_memory`), then the batch is planned beside what the process holds now (θ,
-    the optimizer, what earlier phases left), at least one signal."""
+    the optimizer, what earlier phases left), at least one signal. On the CPU with the wider
+    :data:`FIT_AFTER_META_MARGIN`: the heap that meta-learning fragmented makes the same fit peak higher and
+    less predictably than in a fresh process."""
     device = torch.device(device)
     release_free_memory()
     return plan_fit_batch(cfg.field, cfg.fit, math.prod(int(s) for s in spatial), device, budget=plan.budget,
-                          rows_out=plan.rows_out, chunk_rows=fit_chunk_rows(device), refuse=False)
+                          rows_out=plan.rows_out, chunk_rows=fit_chunk_rows(device), refuse=False,
+                          growth_margin=FIT_AFTER_META_MARGIN if device.type == "cpu" else None)
 
 
 __all__ = ["CPU_CHUNK_ROWS", "CPU_MODEL", "MemoryBudget", "MemoryModel", "MemoryPlan", "available_host_memory",
