@@ -159,7 +159,7 @@ def test_images_rgb_formats_split_column_and_resize_none(tmp_path):
     smooth = ramp.astype(np.uint8)  # [8, 8, 3]: JPEG keeps a smooth image close
     Image.fromarray(smooth).save(folder / "d.jpg", quality=95, subsampling=0)
     Image.fromarray(smooth).save(folder / "e.jpeg", quality=95, subsampling=0)
-    write_csv(folder, [("a.png", 0, "train"), ("b.tif", "b", "train"), ("c.tiff", 1, "val"),
+    write_csv(folder, [("a.png", 0, "train"), ("b.tif", "b", "train"), ("c.tiff", 1, "validation"),  # HF's "val"
                        ("gray.png", "a", "test"), ("d.jpg", 0, "train"), ("e.jpeg", 1, "test")],
               header="path,label,split")
     spec = load_builder(write_builder(tmp_path, "images", size=8, channels=3, splits=(3, 1, 2), path="rgb",
@@ -379,7 +379,7 @@ def _bad_images(tmp_path, case):
         return {}, ["data is empty: expected images and labels.csv"]
     if case == "unknown split":
         _folder_with(tmp_path, good, _three(splits=("train", "valid", "test")), split)
-        return {}, ["labels.csv line 3: split 'valid' is invalid: expected one of train, val, test",
+        return {}, ["labels.csv line 3: split 'valid' is invalid: expected one of train, val (or validation), test",
                     "did you mean 'val'"]
     if case == "empty split column":
         _folder_with(tmp_path, good, _three(splits=("train", "val", "val")), split)

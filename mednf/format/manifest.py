@@ -23,6 +23,7 @@ from typing import Any
 from mednf.engine.config import EngineConfig
 from mednf.errors import ConfigError, FormatError
 from mednf.format.layout import FORMAT_VERSION, LATENTS, MANIFEST
+from mednf.sources.base import SPLIT_ALIASES
 from mednf.sources.spec import BuilderSpec
 from mednf.version import __version__
 
@@ -218,7 +219,6 @@ class Manifest:
         return cls.from_json(data, path)
 
 
-SPLIT_ALIASES = {"validation": "val"}  # the Hugging Face name of the validation split
 
 
 def check_split(split: Any, allowed: Any, what: str = "split") -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SPLITS = ("train", "val", "test")  # every source has these three, in this order
+SPLIT_ALIASES = {"validation": "val"}  # the Hugging Face name of the validation split
 
 
 @dataclass

@@ -6,7 +6,7 @@
   naming the columns ``path``, ``label`` and optionally ``split``; other columns are ignored. ``path`` is
   relative to the folder (absolute paths and ``..`` are refused). A label is one of the builder's
   ``[labels] names`` or a class id ``0..n-1``; for ``task = "multi-label"`` a ``;``-separated list of
-  them (empty: no label set). A ``split`` is ``train``, ``val`` or ``test``.
+  them (empty: no label set). A ``split`` is ``train``, ``val`` (or ``validation``) or ``test``.
 - **Without a split column**, a seeded split by ratio: ``split_ratio = [train, val, test]`` (default
   [0.8, 0.1, 0.1]) with the builder's ``seed``; val and test get ``round(ratio · N)`` samples, train the
   rest; a NumPy ``default_rng(seed).permutation`` decides who goes where. Within a split, samples keep
@@ -35,7 +35,7 @@ import numpy as np
 
 from mednf.engine.config import did_you_mean
 from mednf.errors import ConfigError, SourceError
-from mednf.sources.base import SPLITS, SourceData, SplitData
+from mednf.sources.base import SPLIT_ALIASES, SPLITS, SourceData, SplitData
 from mednf.sources.kind import Root, SourceKind
 from mednf.sources.values import get_numbers, get_value
 
@@ -229,10 +229,11 @@ def split_of(cells: list[str] | None, count: int, spec: BuilderSpec, ratio: Sequ
     if cells is not None:
         index = np.empty(len(cells), dtype=np.int64)
         for i, cell in enumerate(cells):
-            if cell not in SPLITS:
-                raise SourceError(f"{where(i)}: split {cell!r} is invalid: expected one of train, val, test"
-                                  f"{did_you_mean(cell.lower(), SPLITS)}")
-            index[i] = SPLITS.index(cell)
+            name = SPLIT_ALIASES.get(cell, cell)  # "validation" (the Hugging Face name) is "val"
+            if name not in SPLITS:
+                raise SourceError(f"{where(i)}: split {cell!r} is invalid: expected one of train, val (or "
+                                  f"validation), test{did_you_mean(cell.lower(), SPLITS)}")
+            index[i] = SPLITS.index(name)
         how: dict[str, Any] = {"split": "column"}
     else:
         index = ratio_split(count, ratio, spec.seed)
