@@ -43,9 +43,11 @@ def test_baselines_equal_an_independent_numpy_computation(phantom_dir):
     assert "baseline: mean image" in card and f"{manifest['splits']['test']['baselines']['mean_image_psnr']:.2f}" in card
 
 
-@pytest.mark.parametrize("alpha, cause", [(1e-7, "too_slow"), (0.1, None), (10.0, "diverging")])
+@pytest.mark.parametrize("alpha, cause", [(1e-7, "too_slow"), (0.1, None), (10.0, "diverging"),
+                                          (1000.0, "diverging")])
 def test_the_warning_fires_on_a_run_that_learns_nothing_and_not_on_one_that_does(tmp_path, alpha, cause):
-    """α = 1e-7 barely moves φ (advice: raise α), α = 0.1 learns, α = 10 diverges (advice: lower α)."""
+    """α = 1e-7 barely moves φ (advice: raise α), α = 0.1 learns, α = 10 diverges (the meta-gradient norm
+    grows) and α = 1000 too (its norm is huge from the start and does not grow: the latents' shift tells)."""
     out = tmp_path / "P"
     options = {**TINY, "max_samples": 48, "build_overrides": {"block_rows": 16, "val_every": 20, "val_samples": 16}}
     build("phantomnf", BuildOptions(out=out, overrides={"meta": {"steps": 200, "inner_lr": alpha}, "fit": {"lr": alpha}},
@@ -66,16 +68,23 @@ def test_the_warning_fires_on_a_run_that_learns_nothing_and_not_on_one_that_does
 
 
 def test_the_diagnosis_separates_a_diverging_from_a_slow_run():
-    from mednf.engine.baselines import diagnose_no_learning
+    from mednf.engine.baselines import diagnose_no_learning, latent_shift_rms
 
     steady = [1.5] * 10 + [0.1] * 90  # a slow run: the norm falls as θ learns the mean image
-    assert diagnose_no_learning(15.4, 15.5, steady).cause == "too_slow"
+    assert diagnose_no_learning(steady).cause == "too_slow"
+    assert diagnose_no_learning(steady, 2e-7).cause == "too_slow"
     growing = list(np.geomspace(70, 900, 100))
-    diagnosis = diagnose_no_learning(15.0, 15.5, growing)
+    diagnosis = diagnose_no_learning(growing, 0.3)
     assert diagnosis.cause == "diverging" and "grew" in diagnosis.advice() and "lower the inner" in diagnosis.advice()
-    assert diagnose_no_learning(15.0, 15.5, [*steady[:-1], float("nan")]).cause == "diverging"
-    assert diagnose_no_learning(7.8, 15.5, [5e5] * 100).cause == "diverging"  # huge from the start: far below
-    assert diagnose_no_learning(15.0, 15.5, []).cause == "too_slow"
+    assert diagnose_no_learning([*steady[:-1], float("nan")]).cause == "diverging"
+    huge = diagnose_no_learning([5e5] * 100, 1976.0)  # huge from the start, not growing: the shift tells
+    assert huge.cause == "diverging" and "1.98e+03 rad RMS" in huge.evidence
+    assert diagnose_no_learning(steady, float("nan")).cause == "diverging"
+    assert diagnose_no_learning([]).cause == "too_slow"
+    assert diagnose_no_learning([0.0] * 20).cause == "too_slow"  # no division by a zero norm
+    S = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])  # [(K-1)·L = 3, P = 2]
+    shift = latent_shift_rms(S, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))  # S φ = (1, 2, 3) and 0
+    np.testing.assert_allclose(shift.numpy(), [np.sqrt(14 / 3), 0.0], rtol=1e-6)
 
 
 def test_info_and_eval_show_the_baselines(phantom_dir, tmp_path):

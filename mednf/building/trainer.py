@@ -13,8 +13,10 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 - **Baseline check**: a best validation PSNR not clearly above the mean-image baseline of the val subset
   (:func:`mednf.engine.baselines.learns_per_sample`) is a ``warning:`` line with the likely fix, as soon
   as the validations stall below it (from the second on; once) and again at the end. The fix depends on the
-  cause (:func:`mednf.engine.baselines.diagnose_no_learning`: a diverging meta-gradient norm means α is too
-  large, a steady one that it is too small); the norms come from ``training.csv``, so a resumed run sees all.
+  cause (:func:`mednf.engine.baselines.diagnose_no_learning`: a diverging meta-gradient norm, or fitted
+  latents that shift the sine arguments by more than half a period, mean α is too large; otherwise it is too
+  small); the norms come from ``training.csv`` and the shifts from the validation history, so a resumed run
+  sees all.
 - **Curves**: every iteration and validation is a row of ``training.csv`` (:mod:`mednf.building.curves`),
   cut back to the checkpoint on resume, so each iteration is in it once; with ``tensorboard`` the same
   scalars, and a reconstruction grid at each validation, go to a TensorBoard log too.
@@ -30,6 +32,7 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +45,13 @@ import torch
 from mednf.building.curves import TensorBoardLog, TrainingLog, read_training
 from mednf.building.distributed import Dist
 from mednf.engine import field as nf
-from mednf.engine.baselines import MARGIN_DB, LearningDiagnosis, diagnose_no_learning, learns_per_sample
+from mednf.engine.baselines import (
+    MARGIN_DB,
+    LearningDiagnosis,
+    diagnose_no_learning,
+    latent_shift_rms,
+    learns_per_sample,
+)
 from mednf.engine.config import EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.meta import MetaLearner
@@ -130,6 +139,7 @@ class MetaTrainer:
         self.resumed_from = 0
         self.schedule = [{"from": 1, "length": cfg.meta.steps}]
         self.grad_norms: list[float] = []  # meta-gradient norm of every iteration run so far (resumed: from the CSV)
+        self.last_shift_rms = float("nan")  # of the last validation (see validate)
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, path: Path, *, with_optimizer: bool) -> None:
@@ -169,11 +179,13 @@ class MetaTrainer:
     # ------------------------------------------------------------------ validation
     def validate(self, preview: int = 0) -> tuple[float, float, np.ndarray | None]:
         """Mean PSNR and SSIM (NaN where undefined) of the fixed val subset after the test-time fit (sharded
-        over ranks), and on rank 0 with ``preview`` the first ``preview`` reconstructions ``[n, D, *spatial]``."""
+        over ranks), and on rank 0 with ``preview`` the first ``preview`` reconstructions ``[n, D, *spatial]``.
+        Also sets :attr:`last_shift_rms`, the mean RMS bias shift of the fitted latents (the baseline check's
+        evidence, :func:`mednf.engine.baselines.latent_shift_rms`)."""
         n, world, rank = len(self.val_images), self.dist.world, self.dist.rank
         start, stop = rank * n // world, (rank + 1) * n // world  # contiguous: keys match one process's
         mine = self.val_images[start:stop]
-        total = torch.zeros(4, dtype=torch.float64, device=self.dist.device)  # PSNR sum, count, SSIM sum, count
+        total = torch.zeros(5, dtype=torch.float64, device=self.dist.device)  # PSNR, count, SSIM, count, shift sums
         recon = None
         if len(mine):
             fit = self.cfg.fit
@@ -184,13 +196,17 @@ class MetaTrainer:
                                  device=self.device, seed=self.seed, first_index=start, with_ssim=True)
             ssim = result.ssim.double()
             defined = torch.isfinite(ssim)
+            prepared = nf.prepare({k: v.cpu() for k, v in self.learner.detached_params().items()}, self.cfg.field)
+            shift = latent_shift_rms(prepared.shift_weight, result.latents.cpu())  # [n] radians
             total += torch.tensor([float(result.psnr.double().sum()), float(len(mine)),
-                                   float(ssim[defined].sum()), float(defined.sum())], device=total.device)
+                                   float(ssim[defined].sum()), float(defined.sum()), float(shift.double().sum())],
+                                  device=total.device)
             if preview and start == 0:
                 theta = {k: v.cpu() for k, v in self.learner.detached_params().items()}
                 recon = nf.decode(theta, result.latents[:preview], self.cfg.field, mine.shape[2:]).numpy()
             release_free_memory()  # the fit's pages, before the next meta-iteration
         self.dist.sum_([total])
+        self.last_shift_rms = float(total[4] / total[1])
         return (float(total[0] / total[1]), float(total[2] / total[3]) if total[3] > 0 else float("nan"),
                 recon if preview and start == 0 and len(mine) else None)
 
@@ -235,7 +251,8 @@ class MetaTrainer:
                     curves.val(done, val, val_ssim, time.perf_counter() - val_started)
                 if board is not None:
                     board.val(done, val, val_ssim, as_float_signals(self.val_images[:PREVIEW]).numpy(), recon)
-                self.history.append({"step": done, "val_psnr": val, "train_psnr": stats["psnr"]}
+                self.history.append({"step": done, "val_psnr": val, "train_psnr": stats["psnr"],
+                                     "shift_rms": self.last_shift_rms if math.isfinite(self.last_shift_rms) else None}
                                     | ({"val_ssim": val_ssim} if np.isfinite(val_ssim) else {}))
                 improved = val > self.best_psnr
                 if improved:
@@ -265,8 +282,10 @@ class MetaTrainer:
                             learns, diagnosis, self.schedule)
 
     def _diagnosis(self) -> LearningDiagnosis:
-        assert self.val_baseline is not None
-        return diagnose_no_learning(self.best_psnr, self.val_baseline, self.grad_norms)
+        """Why the latents do not learn: the gradient norms and the largest latent shift of the validations."""
+        shifts = [h["shift_rms"] for h in self.history if "shift_rms" in h]  # None: not finite
+        worst = None if not shifts else math.nan if None in shifts else max(shifts)
+        return diagnose_no_learning(self.grad_norms, worst)
 
     def _check_baseline(self, done: int) -> bool:
         """A ``warning:`` line (and True) if the best validation is not clearly above the mean-image baseline."""
