@@ -137,6 +137,11 @@ def test_hf_download_rebuilds_a_verified_dataset(hub, phantom_dir, monkeypatch):
 
     manifest = verify_dataset(hub.cache / "PhantomNF").to_json()
     assert manifest["origin"]["hf_repo"] == REPO
+    for name in ("training.csv", "training.png", "reconstructions.png"):  # what the card shows came along, intact
+        assert (hub.cache / "PhantomNF" / name).read_bytes() == (phantom_dir / name).read_bytes()
+        assert name in manifest["files"]
+    card = (hub.cache / "PhantomNF" / "README.md").read_text()
+    assert "](reconstructions.png)" in card and "](training.png)" in card
     count = len(hub.requests)
     monkeypatch.setenv("MEDNF_OFFLINE", "1")
     mednf.load("PhantomNF", split="train", root=hub.cache, source="hf")  # cached: no request
@@ -144,8 +149,26 @@ def test_hf_download_rebuilds_a_verified_dataset(hub, phantom_dir, monkeypatch):
     assert leftovers(hub.cache) == ["PhantomNF"]  # no snapshot or rebuild folder left
 
 
+def test_an_export_without_the_figures_rebuilds_a_card_without_links(hub, exported, tmp_path):
+    """An HF export made before the figures travelled (older mednf): the copy's card must not link them."""
+    import shutil
+
+    older = tmp_path / "older"
+    shutil.copytree(exported, older)
+    for name in ("training.csv", "training.png", "reconstructions.png"):
+        (older / name).unlink()
+    hub.files.clear()
+    hub.publish(older)
+    mednf.load("PhantomNF", split="test", root=hub.cache, source="hf")
+    rebuilt = hub.cache / "PhantomNF"
+    assert not (rebuilt / "reconstructions.png").exists()
+    card = (rebuilt / "README.md").read_text()
+    assert "reconstructions.png" not in card and "training.png" not in card
+
+
 @pytest.mark.parametrize("target, fault, message", [
     ("data/val-00000-of-00001.parquet", "garbage", "val-00000-of-00001.parquet of mednf/PhantomNF is not a readable"),
+    ("reconstructions.png", "garbage", "reconstructions.png of mednf/PhantomNF has sha256"),
     ("model.safetensors", "garbage", "sha256|could not download"),
     ("mednf.json", "error", "could not download"),
 ])

@@ -7,6 +7,7 @@ is valid on the Hub as it is); the body is a ``string.Template`` filled with mea
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from string import Template
 from typing import Any
 
@@ -50,9 +51,11 @@ def front_matter(manifest: Manifest, configs: list[dict[str, Any]] | None = None
     return data.to_yaml().strip()
 
 
-def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None) -> str:
+def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None, root: Path | None = None) -> str:
     """The Markdown card of a built dataset (all numbers read from ``manifest``); ``configs`` are the
-    Hub's ``data_files`` entries of an HF export."""
+    Hub's ``data_files`` entries of an HF export. With ``root`` (the folder the card goes into), the curves
+    and the reconstruction grid are shown only where their files are there (a copy rebuilt from an HF export
+    of an older mednf has none)."""
     template = Template(resources.files("mednf.cards").joinpath("dataset_card.md").read_text(encoding="utf-8"))
     builder, engine, source = manifest.builder, manifest.engine, manifest.source
     field, meta, fit = engine["field"], engine["meta"], engine["fit"]
@@ -96,11 +99,15 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None)
     if "NC" in license_name:
         license_text += "Non-commercial use only. "
     curves = manifest.meta_training.get("curves") or {}  # written by mednf build (not by an import)
+    if curves and root is not None and not all((root / curves[k]).is_file() for k in ("csv", "png")):
+        curves = {}
     training_files = (f"- `{curves['csv']}` — one row per meta-iteration (loss, PSNR, gradient norm, learning rate, "
                       f"seconds) and per validation (PSNR, SSIM); `{curves['png']}` — its curves\n") if curves else ""
     training_plot = ("\n![training curves: meta-loss and PSNR per iteration, validation points, best marked]"
                      f"({curves['png']})\n") if curves else ""
     preview = (manifest.fit or {}).get("preview")  # written by mednf build (not by an import)
+    if preview and root is not None and not (root / preview["png"]).is_file():
+        preview = None
     preview_plot = (f"\n![the first {preview['samples']} {preview['split']} samples: input, reconstruction and |error|]"
                     f"({preview['png']})\n") if preview else ""
     preview_file = (f"- `{preview['png']}` — the first {preview['samples']} {preview['split']} samples: input, "

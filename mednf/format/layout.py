@@ -34,6 +34,7 @@ CARD = "README.md"
 TRAINING_CSV = "training.csv"
 TRAINING_PNG = "training.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
+FIGURES = (TRAINING_CSV, TRAINING_PNG, RECONSTRUCTIONS_PNG)  # what a build writes beside the data, for people
 LOG = "build.log"
 WORK = ".partial"
 CONTINUE = ".continue"

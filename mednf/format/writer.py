@@ -130,7 +130,7 @@ class DatasetWriter:
         splits = {split: self._split_stats(split, rows, manifest.latent.dim) for split, rows in index.items()}
         self._write_index(index, manifest.multi_label)
         manifest = manifest.replace(splits=splits, files={})
-        atomic_write_bytes(self.root / CARD, render_card(manifest).encode("utf-8"))
+        atomic_write_bytes(self.root / CARD, render_card(manifest, root=self.root).encode("utf-8"))
         manifest = manifest.replace(files=self.file_table())
         check_structure(self.root, manifest)
         atomic_write_bytes(self.root / MANIFEST, manifest.dumps().encode("utf-8"))  # last: "complete"

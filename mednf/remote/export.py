@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 from mednf.errors import ConfigError
-from mednf.format.layout import MANIFEST, MODEL
+from mednf.format.layout import FIGURES, MANIFEST, MODEL
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
 
@@ -81,7 +81,7 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     written by ``datasets`` so the features travel in the schema), ``README.md`` whose YAML ``configs``
     (one config, the default, named by :func:`hf_config_name`) make ``datasets.load_dataset(out)`` find the
     splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
-    format from the repository."""
+    format from the repository, and the build's curves and reconstruction grid that the card shows."""
     from mednf.dataset import MedNFDataset
     from mednf.format.card import render_card
 
@@ -96,9 +96,9 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
         MedNFDataset(dataset, split, files=files).to_hf().to_parquet(str(path))
     configs = [{"config_name": hf_config_name(shards), "default": True,
                 "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in shards]}]
-    (out / "README.md").write_text(render_card(manifest, configs), encoding="utf-8")
-    for name in (MANIFEST, MODEL):
+    for name in (MANIFEST, MODEL, *(f for f in FIGURES if f in manifest.files)):
         shutil.copyfile(dataset / name, out / name)
+    (out / "README.md").write_text(render_card(manifest, configs, root=out), encoding="utf-8")
     files.check_unchanged()  # not rebuilt while it was being exported
     # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
     (out.parent / f"{out.name}.registry-entry.toml").write_text(

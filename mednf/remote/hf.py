@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from mednf.errors import DownloadError, FormatError
-from mednf.format.layout import INDEX, MANIFEST, MODEL, mednf_home
+from mednf.format.layout import FIGURES, INDEX, MANIFEST, MODEL, mednf_home
 from mednf.format.manifest import Manifest
 from mednf.format.writer import DatasetWriter, SplitIndex, index_digest, latent_digest, row_blocks
 from mednf.io.files import sha256_file
@@ -86,6 +86,13 @@ def rebuild(snapshot: Path, out: Path, manifest: Manifest, repo: str) -> Manifes
     writer.prepare()
     shutil.copyfile(model, out / MODEL)
     writer.create_latents({s: v.count for s, v in manifest.splits.items()}, {"name": manifest.name})
+    for name in FIGURES:  # the card's curves and grid: kept when present (older exports have none), if intact
+        entry, copy = manifest.files.get(name), snapshot / name
+        if entry is not None and copy.is_file():
+            if sha256_file(copy) != entry.sha256:
+                raise DownloadError(f"{name} of {repo} has sha256 {sha256_file(copy)}, the manifest says "
+                                    f"{entry.sha256}; discarded")
+            shutil.copyfile(copy, out / name)
     index = {}
     for split, stats in manifest.splits.items():
         shard = snapshot / "data" / f"{split}-00000-of-00001.parquet"
