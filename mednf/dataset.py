@@ -231,7 +231,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         signal larger than that is decoded in chunks of points. A result that cannot fit in memory is
         refused before anything is computed.
         """
-        from mednf.engine.field import coordinate_grid, forward
+        from mednf.engine.field import decode_in_chunks
 
         pos = np.arange(len(self)) if indices is None else np.atleast_1d(self._positions(indices))
         spatial = self._spatial(size)
@@ -240,20 +240,8 @@ class MedNFDataset(torch.utils.data.Dataset):
         points, channels = int(np.prod(spatial)), field_cfg.out_dims
         _check_fits(len(pos) * channels * points * 4, f"decoding {len(pos)} signal(s) at size {spatial}",
                     "decode fewer indices or at a smaller size")
-        theta = self.theta(device)
-        budget = 1 << 26  # floats of one layer's activations per forward call (256 MiB)
-        point_chunk = min(points, max(1, budget // field_cfg.hidden_dim))
-        if batch_size is None:
-            batch_size = max(1, budget // (point_chunk * field_cfg.hidden_dim))
-        coords = coordinate_grid(spatial, device=device)  # [points, C]
-        out = torch.empty((len(pos), channels, points))
-        with torch.no_grad():
-            for start in range(0, len(pos), batch_size):
-                chunk = torch.from_numpy(self.latents[pos[start:start + batch_size]]).to(device)  # [b, P]
-                for p in range(0, points, point_chunk):
-                    values = forward(theta, chunk, coords[p:p + point_chunk], field_cfg).clamp(0.0, 1.0)  # [b, n, D]
-                    out[start:start + len(chunk), :, p:p + point_chunk] = values.transpose(1, 2).cpu()
-        return out.reshape(len(pos), channels, *spatial)
+        return decode_in_chunks(self.theta(device), lambda rows: torch.from_numpy(self.latents[pos[rows]]),
+                                len(pos), field_cfg, spatial, device=device, batch_size=batch_size)
 
     def _spatial(self, size: int | Sequence[int] | None) -> tuple[int, ...]:
         dims = len(self.native_size)

@@ -75,7 +75,8 @@ def test_micro_batch_is_the_largest_that_fits_balanced():
 
 def test_on_the_cpu_parts_stay_small_enough_for_the_heap(monkeypatch):
     """[m, N, L] float32 ≤ 16 MiB: the paper 2D config (N·L·4 = 4 MiB per signal) runs in parts of 4 on the CPU
-    whatever the budget; small presets are not split; CUDA and MEDNF_MALLOC=keep are not capped."""
+    whatever the budget; batches below 32 MiB (glibc's heap serves them) and signals above 16 MiB are not
+    split; CUDA and MEDNF_MALLOC=keep are not capped."""
     from mednf.engine import planner
 
     huge = MemoryBudget(2**50, "test")
@@ -87,6 +88,10 @@ def test_on_the_cpu_parts_stay_small_enough_for_the_heap(monkeypatch):
     assert (eight.micro_batch, eight.parts) == (4, 2)
     small = plan_memory(get_preset("cpu-small"), (28, 28), budget=huge, in_use=0)
     assert small.parts == 1 and not small.heap_capped
+    small_3d = plan_memory(get_preset("cpu-small-3d"), (28, 28, 28), budget=huge, in_use=0)  # B4: 22 MiB in all
+    assert small_3d.parts == 1 and not small_3d.heap_capped
+    big_3d = plan_memory(get_preset("3d-32"), (28, 28, 28), budget=huge, in_use=0)  # 21 MiB per signal
+    assert big_3d.parts == 1 and not big_3d.heap_capped  # parts of one would not get below the cap
     tight = plan_memory(get_preset("2d-64"), (64, 64), budget=MemoryBudget(4 * 10**9, "test"), in_use=300 * 2**20)
     assert tight.micro_batch < 4 and not tight.heap_capped  # the budget binds first
     monkeypatch.setattr(planner, "keeps_memory", lambda: True)

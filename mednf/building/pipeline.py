@@ -303,7 +303,7 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
                                   baselines=split_baselines(data.images, mean, zero))
     writer.write_theta(theta, {"field": dataclasses.asdict(cfg.field)})
     curves = _write_curves(work, writer.root, spec, summary, dist)
-    preview = _write_preview(writer, spec, cfg, theta, source.splits["test"], index["test"].psnr)
+    preview = _write_preview(writer, spec, cfg, theta, source.splits["test"], index["test"].psnr, dist)
     total = sum(len(d.images) for d in source.splits.values())
     manifest = new_manifest(
         spec, cfg, source=recorded_source(spec, source), chunk_rows=rows,
@@ -346,7 +346,7 @@ def _write_curves(work: Path, out: Path, spec: BuilderSpec, summary: TrainSummar
 
 
 def _write_preview(writer: DatasetWriter, spec: BuilderSpec, cfg: EngineConfig, theta: dict[str, torch.Tensor],
-                   test: SplitData, psnr: np.ndarray) -> dict[str, Any]:
+                   test: SplitData, psnr: np.ndarray, dist: Dist) -> dict[str, Any]:
     """``reconstructions.png``: the first :data:`PREVIEW_SAMPLES` test samples as input / reconstruction /
     |error| rows (:func:`mednf.tasks.plots.grid_figure`), what the card shows; what the manifest records of it."""
     from mednf.tasks.plots import grid_figure, grid_title, save_figure
@@ -356,11 +356,16 @@ def _write_preview(writer: DatasetWriter, spec: BuilderSpec, cfg: EngineConfig, 
         return {}
     spatial = tuple(test.images.shape[2:])
     latents = torch.from_numpy(writer.read_latents("test", 0, count))  # [n, P]
-    recon = nf.decode({k: v.detach().cpu().float() for k, v in theta.items()}, latents, cfg.field, spatial).numpy()
-    inputs = as_float_signals(np.ascontiguousarray(test.images[:count])).numpy()  # [n, D, *spatial]
-    fig = grid_figure(recon, inputs, indices=range(count), psnr=psnr[:count],
-                      title=grid_title(spec.name, "test", spatial, count))
-    save_figure(fig, writer.root / RECONSTRUCTIONS_PNG)
+    theta = {k: v.detach().cpu().float() for k, v in theta.items()}
+    try:  # bounded memory (a 64³ volume at L = 256 is 2 GiB per layer and signal at once)
+        recon = nf.decode_in_chunks(theta, latents, count, cfg.field, spatial).numpy()  # [n, D, *spatial]
+        inputs = as_float_signals(np.ascontiguousarray(test.images[:count])).numpy()
+        fig = grid_figure(recon, inputs, indices=range(count), psnr=psnr[:count],
+                          title=grid_title(spec.name, "test", spatial, count))
+        save_figure(fig, writer.root / RECONSTRUCTIONS_PNG)
+    except MemoryError:
+        _say(f"warning: not enough memory to draw {RECONSTRUCTIONS_PNG}; the dataset has none", dist)
+        return {}
     return {"png": RECONSTRUCTIONS_PNG, "split": "test", "samples": count}
 
 

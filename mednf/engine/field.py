@@ -27,7 +27,7 @@ the exactness tests — every operation is the fp32/fp64 one of the formulas abo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -255,6 +255,34 @@ def from_points(values: Tensor, spatial: Sequence[int]) -> Tensor:
     """Point values ``[B, N, D]`` → channels-first signals ``[B, D, *spatial]``."""
     B, _, D = values.shape
     return values.transpose(1, 2).reshape(B, D, *spatial)
+
+
+DECODE_FLOATS = 1 << 26  # floats of one layer's activations per forward call of decode_in_chunks (256 MiB)
+
+
+def decode_in_chunks(params: Params, latents: Tensor | Callable[[slice], Tensor], count: int, cfg: FieldConfig,
+                     spatial: Sequence[int], *, device: torch.device | str = "cpu",
+                     batch_size: int | None = None) -> Tensor:
+    """:func:`decode` of ``count`` latents in bounded memory → ``[count, D, *spatial]`` in [0, 1], on the CPU.
+
+    ``latents`` is ``[count, P]`` or a function from a slice of rows to those rows (read on demand). Runs on
+    ``device`` in batches of ``batch_size`` signals (None: as many as keep one layer's activations near
+    :data:`DECODE_FLOATS`); a single signal larger than that is evaluated in chunks of points.
+    """
+    rows = latents if callable(latents) else (lambda part: latents[part])
+    points, channels = math.prod(int(s) for s in spatial), cfg.out_dims
+    point_chunk = min(points, max(1, DECODE_FLOATS // cfg.hidden_dim))
+    if batch_size is None:
+        batch_size = max(1, DECODE_FLOATS // (point_chunk * cfg.hidden_dim))
+    coords = coordinate_grid(spatial, device=device)  # [points, C]
+    out = torch.empty((count, channels, points))
+    with torch.no_grad():
+        for start in range(0, count, batch_size):
+            chunk = rows(slice(start, start + batch_size)).to(device, torch.float32)  # [b, P]
+            for p in range(0, points, point_chunk):
+                values = forward(params, chunk, coords[p:p + point_chunk], cfg).clamp(0.0, 1.0)  # [b, n, D]
+                out[start:start + len(chunk), :, p:p + point_chunk] = values.transpose(1, 2).cpu()
+    return out.reshape(count, channels, *spatial)
 
 
 def decode(

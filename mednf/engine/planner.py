@@ -55,8 +55,9 @@ the allocator kept) is the new ``in_use``.
 
 Small parts on the CPU
 ----------------------
-On the CPU (glibc, without ``MEDNF_MALLOC=keep``) the micro-batch is also capped so that one ``[m, N, L]``
-float32 activation stays within :data:`HEAP_TENSOR_BYTES` (16 MiB). glibc serves blocks above its mmap
+On the CPU (glibc, without ``MEDNF_MALLOC=keep``), when the whole batch's ``[B, N, L]`` float32 activation
+reaches glibc's largest mmap threshold (32 MiB) and one signal's is within :data:`HEAP_TENSOR_BYTES`
+(16 MiB), the micro-batch is also capped so that one ``[m, N, L]`` activation stays within 16 MiB. glibc serves blocks above its mmap
 threshold (at most 32 MiB) with a fresh ``mmap``, and every page of such a block is faulted in and zeroed
 by the kernel on first touch, on every meta-iteration (:mod:`mednf.engine.allocator`); smaller blocks are
 reused from the heap. Measured at the paper 2D config, B = 8, on the 2-core Xeon (benchmarks/RESULTS.md,
@@ -64,7 +65,9 @@ issue #10, "Small parts"): the whole batch (32 MiB tensors) 8.4–10.1 s and ≈
 iteration, parts of 4 (16 MiB) 6.4–7.3 s and 2–3·10⁵, parts of 2 6.7–7.3 s and 1·10⁵, with peak RSS 8.0 /
 5.0 / 3.0 GiB and the same loss to 7 digits. The parts change only the order in which the meta-gradient is
 summed (tests/test_meta_gradient.py checks it against the whole batch in float64). The small presets are
-not split (their tensors are far below the cap); CUDA is never capped (its caching allocator reuses blocks).
+not split (their whole batches are below 32 MiB: cpu-small-3d at 28³, B4, is 22 MiB), nor are configurations
+whose single signal is above 16 MiB (2d-224, 3d-32 at 28³ and 32³: parts of one would not help; 2d-128's
+16 MiB per signal runs in parts of one, not measured); CUDA is never capped (its caching allocator reuses blocks).
 
 Every estimate is multiplied by ``1 + MARGIN`` (0.15: single peaks scatter by up to ±15 % around the
 least-squares fit, because of the C allocator) before it is compared with the budget. The micro-batch is the largest that fits, balanced over the parts (24 signals
@@ -100,6 +103,7 @@ from mednf.errors import ConfigError
 # too; with it, 8 runs planned 10–11 signals and peaked at 489–555 MiB.
 FIT_AFTER_META_MARGIN = 0.6
 HEAP_TENSOR_BYTES = 16 * 2**20  # on the CPU, one [m, N, L] float32 activation of a meta micro-batch at most
+MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's largest mmap threshold on 64-bit: blocks at least this big are mmapped
 CPU_CHUNK_ROWS = 2048  # (signal, point) rows per chunk of the fit's latent gradient on the CPU (cache-sized)
 CPU_SHARE = 0.6  # default budget: this share of MemAvailable on the CPU …
 CUDA_SHARE = 0.8  # … and of the free device memory on CUDA
@@ -377,7 +381,8 @@ class MemoryPlan:
         """One line for build.log."""
         return (f"memory: budget {self.budget}, {format_bytes(self.in_use)} in use; meta-iteration of "
                 f"{self.local_batch} signals in {self.parts} micro-batch(es) of ≤ {self.micro_batch}"
-                f"{' (small parts: tensors ≤ 16 MiB stay on the heap)' if self.heap_capped else ''} (estimated "
+                f"{f' (small parts: tensors ≤ {format_bytes(HEAP_TENSOR_BYTES)} stay on the heap)' if self.heap_capped else ''}"
+                f" (estimated "
                 f"peak {format_bytes(self.meta_peak)}: {format_bytes(self.meta_signal)} per signal); fit batches of "
                 f"{self.fit_batch} (estimated peak {format_bytes(self.fit_peak)})")
 
@@ -452,10 +457,11 @@ def plan_memory(
         _refuse("one meta-learning signal", budget, in_use, meta_fixed, meta_signal,
                 _describe_config(cfg.field, cfg.meta, spatial), model.margin)
     if small_parts is None:
-        small_parts = device.type == "cpu" and not keeps_memory()
-    heap_cap = heap_micro_batch(cfg.field, num_points) if small_parts else batch
+        small_parts = device.type == "cpu" and _glibc() and not keeps_memory()
+    heap_cap = heap_micro_batch(cfg.field, num_points, batch) if small_parts else batch
     parts = -(-batch // min(fits, heap_cap, batch))
     micro = -(-batch // parts)  # balanced: 24 signals with room for 7 → 4 parts of 6
+    capped = parts > -(-batch // min(fits, batch))
 
     chunk_rows = fit_chunk_rows(device)
     fit_fixed = fit_fixed_bytes(cfg.field, chunk_rows, rows_out, model) + 4 * theta_bytes(cfg.field)
@@ -466,12 +472,24 @@ def plan_memory(
                 model.margin)
     fit_batch = _fit_batch(cfg.fit, device, fit_fits, rows_out)
     return MemoryPlan(budget, in_use, batch, micro, fit_batch, meta_fixed, meta_signal, fit_fixed, fit_signal,
-                      model.margin, rows_out, heap_capped=heap_cap < min(fits, batch))
+                      model.margin, rows_out, heap_capped=capped)
 
 
-def heap_micro_batch(cfg: FieldConfig, num_points: int) -> int:
-    """The most signals whose ``[m, N, L]`` float32 activation fits in :data:`HEAP_TENSOR_BYTES` (≥ 1)."""
-    return max(1, HEAP_TENSOR_BYTES // (num_points * cfg.hidden_dim * 4))
+def heap_micro_batch(cfg: FieldConfig, num_points: int, batch: int) -> int:
+    """Signals per part that keep one ``[m, N, L]`` float32 activation within :data:`HEAP_TENSOR_BYTES` —
+    ``batch`` (no cap) when the whole batch's tensor is below glibc's largest mmap threshold already (the heap
+    serves it) or when one signal alone is above the cap (parts cannot help)."""
+    per_signal = num_points * cfg.hidden_dim * 4
+    if batch * per_signal < MMAP_THRESHOLD_MAX or per_signal > HEAP_TENSOR_BYTES:
+        return batch
+    return max(1, HEAP_TENSOR_BYTES // per_signal)
+
+
+def _glibc() -> bool:
+    """Whether the C library is glibc (the allocator whose mmap threshold the small parts are for)."""
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
 
 
 def _fit_batch(fit: FitConfig, device: torch.device, fits: int, rows_out: int) -> int:
