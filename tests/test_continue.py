@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
+from conftest import TINY
 from safetensors.torch import load_file
 
 import mednf
@@ -93,6 +94,20 @@ def test_bad_continuations_are_one_line_errors(tmp_path, phantom_dir):
     result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(out), "--continue-to", "30"])
     assert result.exit_code == 2 and "meta-last.safetensors is missing" in result.output
     assert "Traceback" not in result.output and (out / "mednf.json").is_file()
+
+
+def test_a_dataset_of_an_older_phantom_generator_is_neither_complete_nor_continued(tmp_path, phantom_dir):
+    """Built from phantoms this mednf no longer draws: a rerun and --continue-to say so (and --restart), and
+    leave nothing behind."""
+    old = tmp_path / "PhantomNF"
+    shutil.copytree(phantom_dir, old)
+    manifest = json.loads((old / "mednf.json").read_text())
+    manifest["source"]["generator"] = 2
+    (old / "mednf.json").write_text(json.dumps(manifest))
+    for options in (BuildOptions(out=old, **TINY), BuildOptions(out=old, continue_to=30, progress=False)):
+        with pytest.raises(BuildError, match="drawn by generator version 2, this mednf draws version 3.*--restart"):
+            build("phantomnf", options)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["PhantomNF"]
 
 
 def test_a_killed_continuation_leaves_the_old_dataset_and_resumes(tmp_path):

@@ -61,6 +61,11 @@ class SourceKind(ABC):
     def images_unavailable(self, name: str, source: dict[str, Any], root: Root) -> str:
         """Why :meth:`built_split` gave None for dataset ``name`` and how to fix it (a clause of one line)."""
 
+    def outdated(self, source: dict[str, Any]) -> str | None:
+        """Why a complete dataset's source (its manifest ``source``) is not what this mednf would build from
+        (a clause), or None. Only for sources known without reading files (generated ones)."""
+        return None
+
     def card_line(self, source: dict[str, Any]) -> str:
         """One Markdown line for a dataset card saying where the data came from (its manifest ``source``)."""
         return f"`{source['kind']}` source"
