@@ -8,7 +8,9 @@ Stages, each resumable (state in ``<out>/.partial``):
    (``.partial/blocks/<split>-<b>.npz``: PSNR, SSIM) written after its latents, so a block without a
    record is simply fitted again;
 3. **finalize** (rank 0): check that every row was written, write ``index.parquet``,
-   ``model.safetensors``, ``training.csv`` / ``training.png`` (:mod:`mednf.building.curves`) and the card, checksum every file, write ``mednf.json`` last, drop ``.partial``.
+   ``model.safetensors``, ``training.csv`` / ``training.png`` (:mod:`mednf.building.curves`),
+   ``reconstructions.png`` (the first test samples) and the card, checksum every file, write ``mednf.json``
+   last, drop ``.partial``.
 
 A build directory is locked while a build runs in it (:func:`mednf.io.lock.dataset_lock`, the lock that
 downloads and imports take too; the OS releases it even on SIGKILL). The build's identity (spec, engine,
