@@ -360,7 +360,9 @@ class MedNFDatasetDict:
     def to_hf(self, **kwargs):
         import datasets
 
-        return datasets.DatasetDict({name: ds.to_hf(**kwargs) for name, ds in self.splits.items()})
+        from mednf.sources.base import hf_split
+
+        return datasets.DatasetDict({hf_split(name): ds.to_hf(**kwargs) for name, ds in self.splits.items()})
 
 
 def _check_fits(nbytes: int, what: str, fix: str) -> None:

@@ -32,10 +32,11 @@ def test_load_dataset_on_the_export_equals_the_dataset(exported, phantom_dir):
     import datasets
 
     loaded = datasets.load_dataset(str(exported))
-    assert set(loaded) == {"train", "val", "test"}
-    for split in ("train", "test"):
+    assert set(loaded) == {"train", "validation", "test"}  # the Hugging Face names
+    assert set(mednf.load(phantom_dir, split=None).to_hf()) == {"train", "validation", "test"}
+    for split in ("train", "val", "test"):
         ours = mednf.load(phantom_dir, split=split)
-        theirs = loaded[split]
+        theirs = loaded["validation" if split == "val" else split]
         assert theirs.features == ours.hf_features()
         np.testing.assert_array_equal(np.asarray(theirs["latent"], dtype=np.float32), ours.latents)
         assert theirs["label"] == ours.labels.tolist() and theirs["index"] == ours.source_index.tolist()
@@ -69,7 +70,7 @@ def test_two_exports_with_one_name_load_their_own_rows_from_one_cache(exported, 
         for source, folder, shape in ((phantom_dir, exported, (20, 32)), (other_phantom, second, (12, 16))):
             loaded = datasets.load_dataset(str(folder), cache_dir=cache)
             for split in ("train", "val", "test"):
-                latents = np.asarray(loaded[split]["latent"], dtype=np.float32)
+                latents = np.asarray(loaded["validation" if split == "val" else split]["latent"], dtype=np.float32)
                 assert latents.shape == shape, (folder, split)
                 np.testing.assert_array_equal(latents, mednf.load(source, split=split).latents)
     names = [card_configs(folder)[0]["config_name"] for folder in (exported, second)]
@@ -149,25 +150,30 @@ def test_hf_download_rebuilds_a_verified_dataset(hub, phantom_dir, monkeypatch):
     assert leftovers(hub.cache) == ["PhantomNF"]  # no snapshot or rebuild folder left
 
 
-def test_an_export_without_the_figures_rebuilds_a_card_without_links(hub, exported, tmp_path):
-    """An HF export made before the figures travelled (older mednf): the copy's card must not link them."""
+def test_an_older_export_rebuilds_with_a_card_without_links(hub, exported, phantom_dir, tmp_path):
+    """An HF export of an older mednf: no figures (the copy's card must not link them) and the validation
+    shard named "val" (still found)."""
     import shutil
 
     older = tmp_path / "older"
     shutil.copytree(exported, older)
     for name in ("training.csv", "training.png", "reconstructions.png"):
         (older / name).unlink()
+    data = older / "data"
+    (data / "validation-00000-of-00001.parquet").rename(data / "val-00000-of-00001.parquet")
     hub.files.clear()
     hub.publish(older)
     mednf.load("PhantomNF", split="test", root=hub.cache, source="hf")
     rebuilt = hub.cache / "PhantomNF"
+    np.testing.assert_array_equal(mednf.load(rebuilt, "val").latents, mednf.load(phantom_dir, "val").latents)
     assert not (rebuilt / "reconstructions.png").exists()
     card = (rebuilt / "README.md").read_text()
     assert "reconstructions.png" not in card and "training.png" not in card
 
 
 @pytest.mark.parametrize("target, fault, message", [
-    ("data/val-00000-of-00001.parquet", "garbage", "val-00000-of-00001.parquet of mednf/PhantomNF is not a readable"),
+    ("data/validation-00000-of-00001.parquet", "garbage",
+     "validation-00000-of-00001.parquet of mednf/PhantomNF is not a readable"),
     ("reconstructions.png", "garbage", "reconstructions.png of mednf/PhantomNF has sha256"),
     ("model.safetensors", "garbage", "sha256|could not download"),
     ("mednf.json", "error", "could not download"),
@@ -224,13 +230,13 @@ def test_hf_valid_parquet_with_altered_latents_is_refused(hub, exported):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(exported / "data" / "val-00000-of-00001.parquet")
+    table = pq.read_table(exported / "data" / "validation-00000-of-00001.parquet")
     latents = table["latent"].combine_chunks().flatten().to_numpy().reshape(len(table), -1).copy()
     latents[3, 5] += 1e-3  # one value in one row
     column = pa.FixedSizeListArray.from_arrays(pa.array(latents.reshape(-1)), latents.shape[1])
     buffer = io.BytesIO()
     pq.write_table(table.set_column(0, "latent", column), buffer)
-    hub.files[f"/datasets/{REPO}/resolve/{SHA}/data/val-00000-of-00001.parquet"] = buffer.getvalue()
+    hub.files[f"/datasets/{REPO}/resolve/{SHA}/data/validation-00000-of-00001.parquet"] = buffer.getvalue()
     with pytest.raises(DownloadError, match="split 'val' of mednf/PhantomNF has 20 rows with latent digest"):
         mednf.load("PhantomNF", root=hub.cache, source="hf")
     assert not (hub.cache / "PhantomNF").exists()

@@ -15,6 +15,7 @@ from mednf.errors import ConfigError
 from mednf.format.layout import FIGURES, MANIFEST, MODEL
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
+from mednf.sources.base import hf_split
 
 
 def _open_for_export(dataset: str | Path, out: str | Path) -> tuple[DatasetFiles, Path]:
@@ -77,7 +78,8 @@ def hf_config_name(shards: dict[str, Path]) -> str:
 
 
 def export_hf(dataset: str | Path, out: str | Path) -> Path:
-    """An HF-Hub-ready folder: ``data/<split>-00000-of-00001.parquet`` (latent, label, index, psnr, ssim,
+    """An HF-Hub-ready folder: ``data/<split>-00000-of-00001.parquet`` with the Hugging Face split names
+    (``train``, ``validation``, ``test``; latent, label, index, psnr, ssim,
     written by ``datasets`` so the features travel in the schema), ``README.md`` whose YAML ``configs``
     (one config, the default, named by :func:`hf_config_name`) make ``datasets.load_dataset(out)`` find the
     splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
@@ -88,14 +90,15 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     files, out = _open_for_export(dataset, out)
     manifest, dataset = files.manifest, files.root
     (out / "data").mkdir(parents=True, exist_ok=True)
-    shards = {split: out / "data" / f"{split}-00000-of-00001.parquet" for split in manifest.splits}
+    shards = {split: out / "data" / f"{hf_split(split)}-00000-of-00001.parquet" for split in manifest.splits}
     for split, path in shards.items():
-        for stale in (out / "data").glob(f"{split}-*.parquet"):  # an earlier export's shards would match too
-            if stale != path:
-                stale.unlink()
+        for name in {split, hf_split(split)}:  # an earlier export's shards (older ones named "val") would match too
+            for stale in (out / "data").glob(f"{name}-*.parquet"):
+                if stale != path:
+                    stale.unlink()
         MedNFDataset(dataset, split, files=files).to_hf().to_parquet(str(path))
     configs = [{"config_name": hf_config_name(shards), "default": True,
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in shards]}]
+                "data_files": [{"split": hf_split(s), "path": f"data/{hf_split(s)}-*.parquet"} for s in shards]}]
     for name in (MANIFEST, MODEL, *(f for f in FIGURES if f in manifest.files)):
         shutil.copyfile(dataset / name, out / name)
     (out / "README.md").write_text(render_card(manifest, configs, root=out), encoding="utf-8")

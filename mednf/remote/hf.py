@@ -16,6 +16,7 @@ from mednf.io.files import sha256_file
 from mednf.io.http import TIMEOUT_S
 from mednf.remote.install import fetch_folder, install
 from mednf.remote.registry import offline_check, registry_entry
+from mednf.sources.base import hf_split
 
 
 def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | None = None,
@@ -95,7 +96,9 @@ def rebuild(snapshot: Path, out: Path, manifest: Manifest, repo: str) -> Manifes
             shutil.copyfile(copy, out / name)
     index = {}
     for split, stats in manifest.splits.items():
-        shard = snapshot / "data" / f"{split}-00000-of-00001.parquet"
+        shard = snapshot / "data" / f"{hf_split(split)}-00000-of-00001.parquet"
+        if not shard.is_file():  # exported by an older mednf, which named the validation shard "val"
+            shard = snapshot / "data" / f"{split}-00000-of-00001.parquet"
         try:
             table = pq.read_table(shard)
             latents = table["latent"].combine_chunks().flatten().to_numpy().reshape(len(table), -1)
