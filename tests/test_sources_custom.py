@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import mednf
 from mednf.building.pipeline import BuildOptions, build
 from mednf.cli import main
 from mednf.errors import BuildError, ConfigError, SourceError
@@ -84,6 +85,33 @@ def tiny_build(path: Path, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- images
+
+def test_exports_publish_no_path_of_the_machine(tmp_path):
+    """A user's folder is recorded with its absolute path (decode/eval reread it); the Zenodo archive and the
+    HF export publish only its name, and still verify."""
+    import tarfile
+
+    from mednf.remote.export import export_hf, export_zenodo
+
+    png_folder(tmp_path)
+    out = tiny_build(write_builder(tmp_path, "images", size=16, path="imgs", split_ratio=[0.5, 0.25, 0.25]),
+                     tmp_path / "out")
+    local = str(tmp_path)
+    assert local in (out / "mednf.json").read_text()  # the build's own copy keeps it
+    archive = export_zenodo(out, tmp_path / "pub")
+    with tarfile.open(archive) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    name = verify_dataset(out).name  # the archive's top folder
+    published = members[f"{name}/mednf.json"].decode() + members[f"{name}/README.md"].decode()
+    assert local not in published and '"path": "imgs"' in published
+    unpacked = tmp_path / "unpacked" / name
+    assert verify_dataset(unpacked).source["path"] == "imgs"  # every checksum holds, the card's too
+    np.testing.assert_array_equal(mednf.load(unpacked, "test").latents, mednf.load(out, "test").latents)
+    hub = export_hf(out, tmp_path / "hub" / out.name)
+    assert local not in (hub / "mednf.json").read_text() + (hub / "README.md").read_text()
+    assert local in (out / "mednf.json").read_text() and verify_dataset(out).source["path"] == str(tmp_path / "imgs")
+
 
 def test_images_build_end_to_end_reruns_and_gets_the_exact_images_back(tmp_path):
     folder = png_folder(tmp_path)

@@ -1,18 +1,25 @@
 """Publishable copies of a built dataset: one tar for Zenodo (+ SHA256SUMS, registry entry), or an HF Hub
 dataset folder (Parquet shards with features, card with ``configs``, manifest and θ) to upload with
 ``hf upload <org>/<Name> <folder> --repo-type dataset`` (:func:`upload_hint`).
+
+Both publish the manifest and card without the absolute paths of the machine that built the dataset
+(:func:`public_copy`): where the source files and the builder file were is the builder's business, and a
+path such as ``/home/<user>/patients/…`` says more than a dataset should.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePath, PureWindowsPath
+from typing import Any
 
 from mednf.errors import ConfigError
-from mednf.format.layout import FIGURES, MANIFEST, MODEL
+from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL
+from mednf.format.manifest import FileEntry, Manifest
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
 from mednf.sources.base import hf_split
@@ -30,12 +37,50 @@ def _open_for_export(dataset: str | Path, out: str | Path) -> tuple[DatasetFiles
     return files, out
 
 
+def _without_local_paths(value: Any) -> Any:
+    """``value`` (manifest JSON) with every absolute ``path`` / ``file`` reduced to its last part."""
+    if isinstance(value, dict):
+        return {k: (PurePath(v).name if k in ("path", "file") and isinstance(v, str) and _is_absolute(v)
+                    else _without_local_paths(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(v) for v in value]
+    return value
+
+
+def _is_absolute(text: str) -> bool:
+    return text.startswith(("/", "~", "\\")) or PureWindowsPath(text).is_absolute()
+
+
+def public_copy(files: DatasetFiles, root: Path | None = None,
+                configs: list[dict[str, Any]] | None = None) -> tuple[bytes, bytes]:
+    """``(mednf.json, README.md)`` as an export publishes them: the manifest without the absolute paths of the
+    machine that built it (the source files' folder, the builder file; only their names stay) and the card
+    rendered from it (``configs``: an HF export's; ``root``: where the figures it shows are), with the
+    manifest's entry for the card updated to the new bytes. Everything else is as built."""
+    from mednf.format.card import render_card
+
+    data = files.manifest.to_json()
+    public = Manifest.from_json({k: (_without_local_paths(v) if k != "files" else v) for k, v in data.items()},
+                                files.root / MANIFEST)
+    card = render_card(public, configs, root=root or files.root).encode("utf-8")
+    entries = dict(public.files)
+    if CARD in entries:
+        entries[CARD] = FileEntry(hashlib.sha256(card).hexdigest(), len(card))
+    return public.replace(files=entries).dumps().encode("utf-8"), card
+
+
 def _tar_entry(info: tarfile.TarInfo) -> tarfile.TarInfo:
     """Archive members without the machine's details (times, owners, modes): same files → same archive."""
     info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
     info.mode = 0o755 if info.isdir() else 0o644
     info.pax_headers = {}
     return info
+
+
+def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.size = len(data)
+    tar.addfile(_tar_entry(info), io.BytesIO(data))
 
 
 def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
@@ -49,9 +94,13 @@ def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
     archive = out / f"{name}.tar"
     partial = temporary_name(archive)
     try:
+        public_manifest, public_card = public_copy(files)
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
             for rel in [*sorted(manifest.files), MANIFEST]:
-                tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False, filter=_tar_entry)
+                if rel in (CARD, MANIFEST):  # as published: without the machine's paths
+                    _add_bytes(tar, f"{name}/{rel}", public_card if rel == CARD else public_manifest)
+                else:
+                    tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False, filter=_tar_entry)
         files.check_unchanged()  # not rebuilt while it was being archived
         os.replace(partial, archive)
     finally:
@@ -85,7 +134,6 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
     format from the repository, and the build's curves and reconstruction grid that the card shows."""
     from mednf.dataset import MedNFDataset
-    from mednf.format.card import render_card
 
     files, out = _open_for_export(dataset, out)
     manifest, dataset = files.manifest, files.root
@@ -99,9 +147,11 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
         MedNFDataset(dataset, split, files=files).to_hf().to_parquet(str(path))
     configs = [{"config_name": hf_config_name(shards), "default": True,
                 "data_files": [{"split": hf_split(s), "path": f"data/{hf_split(s)}-*.parquet"} for s in shards]}]
-    for name in (MANIFEST, MODEL, *(f for f in FIGURES if f in manifest.files)):
+    for name in (MODEL, *(f for f in FIGURES if f in manifest.files)):
         shutil.copyfile(dataset / name, out / name)
-    (out / "README.md").write_text(render_card(manifest, configs, root=out), encoding="utf-8")
+    public_manifest, public_card = public_copy(files, out, configs)
+    atomic_write_bytes(out / MANIFEST, public_manifest)
+    atomic_write_bytes(out / CARD, public_card)
     files.check_unchanged()  # not rebuilt while it was being exported
     # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
     (out.parent / f"{out.name}.registry-entry.toml").write_text(
