@@ -291,6 +291,8 @@ class MedNFDataset(torch.utils.data.Dataset):
         import pyarrow as pa
         from datasets.table import InMemoryTable
 
+        from mednf.sources.base import hf_split
+
         latents = np.asarray(self.latents)  # the matrix itself (a remote split: every chunk fetched)
         N, P = latents.shape
         values = pa.Array.from_buffers(pa.float32(), N * P, [None, pa.py_buffer(latents)])
@@ -304,7 +306,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         # the manifest's checksums already identify the content
         files = json.dumps({k: v.sha256 for k, v in self.manifest.files.items()}, sort_keys=True) + self.split
         fingerprint = hashlib.sha256(files.encode()).hexdigest()[:16]
-        hf = datasets.Dataset(InMemoryTable(table), info=info, split=datasets.NamedSplit(self.split),
+        hf = datasets.Dataset(InMemoryTable(table), info=info, split=datasets.NamedSplit(hf_split(self.split)),
                               fingerprint=fingerprint)
         if decode:
             spatial, field_cfg, theta = self._spatial(size), self.config.field, self.theta()

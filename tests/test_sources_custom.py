@@ -86,7 +86,7 @@ def tiny_build(path: Path, out: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- images
 
-def test_exports_publish_no_path_of_the_machine(tmp_path):
+def test_exports_publish_no_path_of_the_machine(tmp_path, monkeypatch):
     """A user's folder is recorded with its absolute path (decode/eval reread it); the Zenodo archive and the
     HF export publish only its name, and still verify."""
     import tarfile
@@ -108,6 +108,12 @@ def test_exports_publish_no_path_of_the_machine(tmp_path):
     unpacked = tmp_path / "unpacked" / name
     assert verify_dataset(unpacked).source["path"] == "imgs"  # every checksum holds, the card's too
     np.testing.assert_array_equal(mednf.load(unpacked, "test").latents, mednf.load(out, "test").latents)
+    (tmp_path / "cwd" / "imgs").mkdir(parents=True)  # a folder of that name where the user works: never read
+    monkeypatch.chdir(tmp_path / "cwd")
+    copy = mednf.load(unpacked, "test")
+    assert source_images(copy.manifest, "test", copy.source_index) is None
+    assert "is a published copy" in images_unavailable(copy.manifest)
+    monkeypatch.chdir(tmp_path)
     hub = export_hf(out, tmp_path / "hub" / out.name)
     assert local not in (hub / "mednf.json").read_text() + (hub / "README.md").read_text()
     assert local in (out / "mednf.json").read_text() and verify_dataset(out).source["path"] == str(tmp_path / "imgs")

@@ -365,7 +365,9 @@ def _write_preview(writer: DatasetWriter, spec: BuilderSpec, cfg: EngineConfig, 
         fig = grid_figure(recon, inputs, indices=range(count), psnr=psnr[:count],
                           title=grid_title(spec.name, "test", spatial, count))
         save_figure(fig, writer.root / RECONSTRUCTIONS_PNG)
-    except MemoryError:
+    except (MemoryError, RuntimeError) as err:  # torch's CPU allocator raises RuntimeError ("can't allocate")
+        if not isinstance(err, (MemoryError, torch.OutOfMemoryError)) and "allocat" not in str(err):
+            raise
         _say(f"warning: not enough memory to draw {RECONSTRUCTIONS_PNG}; the dataset has none", dist)
         return {}
     return {"png": RECONSTRUCTIONS_PNG, "split": "test", "samples": count}

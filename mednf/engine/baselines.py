@@ -139,7 +139,9 @@ def diagnose_no_learning(grad_norms: Sequence[float], shift_rms: float | None = 
     if norms.size and early > 0 and late >= DIVERGING_GROWTH * early:
         return LearningDiagnosis("diverging", early, late,
                                  f"the meta-gradient norm grew {late / early:.0f}×, {early:.3g} → {late:.3g}")
-    if shift_rms is not None and not shift_rms <= SHIFT_LIMIT_RAD:  # NaN counts as too far
+    if shift_rms is not None and not math.isfinite(shift_rms):
+        return LearningDiagnosis("diverging", early, late, "the fitted latents were not finite")
+    if shift_rms is not None and shift_rms > SHIFT_LIMIT_RAD:
         return LearningDiagnosis("diverging", early, late,
                                  f"the fitted latents shift the sine arguments by {shift_rms:.3g} rad RMS, more "
                                  "than half a period")

@@ -38,13 +38,21 @@ def _open_for_export(dataset: str | Path, out: str | Path) -> tuple[DatasetFiles
 
 
 def _without_local_paths(value: Any) -> Any:
-    """``value`` (manifest JSON) with every absolute ``path`` / ``file`` reduced to its last part."""
+    """``value`` (manifest JSON) with every absolute ``path`` / ``file`` / ``folder`` reduced to its last part."""
     if isinstance(value, dict):
-        return {k: (PurePath(v).name if k in ("path", "file") and isinstance(v, str) and _is_absolute(v)
+        return {k: (_last_part(v) if k in _PATH_KEYS and isinstance(v, str) and _is_absolute(v)
                     else _without_local_paths(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_local_paths(v) for v in value]
     return value
+
+
+_PATH_KEYS = ("path", "file", "folder")  # manifest keys that hold where something was on the builder's machine
+
+
+def _last_part(text: str) -> str:
+    """The last component of a POSIX or Windows path (``C:\\data\\x`` → ``x`` on any system)."""
+    return PureWindowsPath(text).name if "\\" in text else PurePath(text).name
 
 
 def _is_absolute(text: str) -> bool:

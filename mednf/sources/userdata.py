@@ -317,6 +317,8 @@ class UserDataKind(SourceKind):
         return self.read(spec).description
 
     def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:
+        if not Path(str(source.get("path", ""))).is_absolute():
+            return None  # a published copy: the export kept only the folder's name (mednf.remote.export)
         try:
             data = self.read(spec)
         except SourceError:
@@ -328,6 +330,9 @@ class UserDataKind(SourceKind):
     def images_unavailable(self, name: str, source: dict[str, Any], root: Root) -> str:
         path = Path(source.get("path", "?"))
         digest = str(source.get("sha256", "?"))[:16]
+        if not path.is_absolute():
+            return (f"{name} is a published copy: it names its {self.what} ({path}, sha256 {digest}…) but not where "
+                    "they are; the dataset works without them, only comparisons with the source need them")
         if not path.exists():
             return (f"{path} is missing ({name} was built from its {self.what}, sha256 {digest}…): put them back "
                     f"there, or point [source] path at their new place and rebuild {name}")
