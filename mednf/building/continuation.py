@@ -35,7 +35,7 @@ from mednf.errors import BuildError, MednfError
 from mednf.format.layout import CONTINUE, LOG, MANIFEST, TRAINING_CSV, WORK
 from mednf.format.manifest import Manifest
 from mednf.format.tensors import load_tensors, save_tensors
-from mednf.sources.kinds import get_kind
+from mednf.sources.kinds import outdated_source
 from mednf.sources.spec import BuilderSpec
 
 _TARGET = "continue-target"  # in the scratch's .partial: the iteration count it works towards
@@ -68,7 +68,7 @@ def continued_settings(out: Path, target: int) -> tuple[Manifest, BuilderSpec, E
     if manifest.origin is not None:
         raise BuildError(f"--continue-to {target}: {out} was imported ({manifest.origin.get('kind')}), not built by "
                          f"mednf, so it has no meta-training checkpoint; {fix}")
-    outdated = get_kind(manifest.source.get("kind", ""), "manifest source").outdated(manifest.source)
+    outdated = outdated_source(manifest.source)
     if outdated:
         raise BuildError(f"--continue-to {target}: {manifest.name} cannot be continued, {outdated}; rebuild it "
                          "with --restart")

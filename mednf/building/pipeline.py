@@ -82,7 +82,7 @@ from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.files import atomic_write_bytes, atomic_write_json
 from mednf.io.lock import dataset_lock
 from mednf.sources.base import SourceData, SplitData
-from mednf.sources.kinds import get_kind, recorded_source
+from mednf.sources.kinds import outdated_source, recorded_source
 from mednf.sources.loader import load_source
 from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
 
@@ -527,7 +527,7 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
             raise BuildError(f"{out} holds a complete {manifest.name} built with other settings "
                              f"({'; '.join(_differences(done, wanted)[:3])}); pass --restart to rebuild it, "
                              "or choose another --out")
-        outdated = get_kind(manifest.source.get("kind", ""), "manifest source").outdated(manifest.source)
+        outdated = outdated_source(manifest.source)
         if outdated:
             raise BuildError(f"{out} holds a complete {manifest.name} whose source this mednf no longer draws "
                              f"({outdated}); pass --restart to rebuild it, or choose another --out")
@@ -553,9 +553,6 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
     assert source is not None
     expected = {k: v for k, v in (expect_source or {}).items() if k != "path"}  # where it was read: not identity
     if expect_source is not None and json.loads(json.dumps(source.description)) != expected:
-        outdated = get_kind(expect_source.get("kind", ""), "manifest source").outdated(expect_source)
-        if outdated:
-            raise BuildError(f"{spec.name} cannot be continued: {outdated}; rebuild it with --restart")
         differ = _differences(expected, json.loads(json.dumps(source.description)))
         raise BuildError(f"the source data is not the one {spec.name} was built from ({'; '.join(differ[:3])}); "
                          "give the same files (--medmnist-root / --source-npz) to continue it")

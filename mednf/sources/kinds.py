@@ -231,6 +231,12 @@ def recorded_source(spec: BuilderSpec, data: SourceData) -> dict[str, Any]:
     return kind.recorded(data) if isinstance(kind, MedMNISTKind) else dict(data.description)
 
 
+def outdated_source(source: dict[str, Any]) -> str | None:
+    """Why a built dataset's manifest ``source`` is not what this mednf would build from (a clause), or None
+    (:meth:`SourceKind.outdated`)."""
+    return get_kind(source.get("kind", ""), "manifest source").outdated(source)
+
+
 def images_unavailable(manifest: Any, root: Root = None) -> str:
     """Why the source images of a built dataset (a :class:`~mednf.format.manifest.Manifest`) cannot be had
     and how to provide them: one clause, for messages such as "the source images of X are not available: …"."""

@@ -54,7 +54,7 @@ def score_lesions(recon: np.ndarray, truth: np.ndarray, lesions: list[np.ndarray
         raise ValueError(f"{len(recon)} reconstructions, {len(truth)} inputs and {len(lesions)} lesion lists: expected "
                          "one of each per image")
     counts = dict.fromkeys(("lesions", "seen", "placed", "pairs", "separated", "distinct", "all"), 0)
-    for image, target, spots in zip(recon, truth, lesions, strict=True):
+    for image, target, spots in zip(recon, truth, lesions):
         ok = []
         peaks, rings = [], []
         for cy, cx, r in spots:
