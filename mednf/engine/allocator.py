@@ -20,8 +20,10 @@ build plans its fits.
 
 **Opt-in** (``MEDNF_MALLOC=keep``): with the setting on, two test builds in one process were not
 byte-identical once (1 of 3 full test runs), and the same tiny meta-learning run gave a bitwise different θ
-in 1 of 9 runs; with glibc's default, all runs were identical. Whether buffer placement or an MKL/oneDNN
-first-call effect that it makes likelier is the cause is not settled (benchmarks/RESULTS.md). mednf
+in 1 of 9 runs; with glibc's default, all those runs were identical. But the default is not immune: of
+four full PhantomNF builds with it (2026-12-02, separate processes), the first one in a freshly made venv
+differed at rounding level from its first iterations. Whether buffer placement or an MKL/oneDNN
+first-call effect is the cause is not settled (benchmarks/RESULTS.md). mednf
 promises byte-identical rebuilds (tests/test_data_layer.py), so the speed-up is the user's choice. By
 default the planner gets most of it another way: on the CPU it splits a meta-iteration into parts whose
 tensors are small enough for glibc's heap (:mod:`mednf.engine.planner`, "Small parts on the CPU"); with
