@@ -270,6 +270,7 @@ class FitResult:
     peak_mib: float
     flops_per_signal: int
     tflops: float
+    kernel: str  # the fit's latent-gradient kernel: compiled or eager (MEDNF_FIT_KERNEL)
 
 
 def micro_batch(choice: str, cfg: EngineConfig, spatial: tuple[int, ...], device: torch.device) -> int | None:
@@ -320,13 +321,13 @@ def bench_fit(
     signals = random_signals(args.fit_signals, cfg, spatial, gen, device)
     synchronize(device)
     start = time.perf_counter()
-    fit_latents(params, signals, cfg.field, cfg.fit, device=device)
+    result = fit_latents(params, signals, cfg.field, cfg.fit, device=device)
     synchronize(device)
     seconds = time.perf_counter() - start
     per_signal = fit_flops_per_signal(cfg, _num_points(spatial))
     tflops = per_signal * args.fit_signals / seconds / 1e12
     return FitResult(args.fit_signals, seconds, args.fit_signals / seconds, peak_memory_mib(device), per_signal,
-                     tflops)
+                     tflops, result.kernel)
 
 
 def _num_points(spatial: tuple[int, ...]) -> int:
@@ -377,7 +378,7 @@ def format_report(
         f"{cfg.meta.context_ratio:g}",
         f"{meta.median_s:.4g} ({meta.min_s:.4g})" if meta else dash,
         f"{meta.peak_mib:.0f} MiB{mem_suffix}" if meta else dash,
-        f"{fit.signals_per_s:.4g} (H={cfg.fit.steps})" if fit else dash,
+        f"{fit.signals_per_s:.4g} (H={cfg.fit.steps}, {fit.kernel})" if fit else dash,
         f"{fit.peak_mib:.0f} MiB{mem_suffix}" if fit else dash,
         f"{meta.tflops:.3g}" if meta else dash,
         f"{fit.tflops:.3g}" if fit else dash,

@@ -765,6 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(device, file=sys.stderr)
         return 3
     warnings.simplefilter("ignore", PrecisionWarning)  # the resolved precision is recorded instead
+    if args.dry_run:  # the GPU's fit runs the eager kernel: the dry run mirrors it (and compiles nothing)
+        os.environ.setdefault("MEDNF_FIT_KERNEL", "eager")
     if args.dry_run and args.threads is None:
         args.threads = 1  # tiny tensors: a second thread only adds barrier waits on a busy 2-core machine
     if args.threads is not None:

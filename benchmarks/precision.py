@@ -8,7 +8,9 @@ Two parts, in one process:
    Arms: ``fp32``, ``tf32`` (on the CPU that *is* fp32), ``bf16`` (the shipped bf16: only the hidden
    products in bf16) and ablations that put one more part in bf16 — ``bf16+first_layer`` (coords @ W_1),
    ``bf16+shift`` (φ → biases and back), ``bf16+sine_argument`` (W h + bias rounded to bf16, sin/cos in
-   bf16) and ``bf16+update`` (φ stored in bf16: every inner-loop and fit SGD update rounded to bf16).
+   bf16), ``bf16+update`` (φ stored in bf16: every inner-loop and fit SGD update rounded to bf16) and
+   ``bf16+eager_fit`` (the shipped bf16 with the fit's eager kernel instead of the compiled one: the two
+   differ only in rounding, ``MEDNF_FIT_KERNEL``).
    Cross fits (θ of the fp32 run fitted in bf16 and in the ``--fit-arms``, θ of the bf16 run fitted in
    fp32) separate the meta-learning's share of the difference from the fit's; a fit of one θ in two
    precisions is deterministic, so its paired difference has no training noise in it.
@@ -52,6 +54,7 @@ from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig, FitConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
 from mednf.engine.fit import fit_latents
+from mednf.engine.fused_latent_grad import ENV as FIT_KERNEL_ENV
 from mednf.engine.inner_grad import inner_gradient
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import MetaLearner, signal_mse
@@ -79,7 +82,8 @@ DATASETS = {
     "breast-paper": Dataset("BreastMNIST 64², paper 2D size K15 L256 P2048, G10 H10, γ .25, B4 (speed only)",
                             "breastmnist_64.npz", 15, 256, 2048, 4, inner_steps=10),
 }
-ARMS = ("fp32", "tf32", "bf16", "bf16+first_layer", "bf16+shift", "bf16+sine_argument", "bf16+update")
+ARMS = ("fp32", "tf32", "bf16", "bf16+first_layer", "bf16+shift", "bf16+sine_argument", "bf16+update",
+        "bf16+eager_fit")
 _PART = {"bf16+first_layer": "first_layer_bf16", "bf16+shift": "shift_bf16",
          "bf16+sine_argument": "sine_argument_bf16"}
 
@@ -158,6 +162,16 @@ def arm_context(arm: str) -> Iterator[None]:
     if arm in _PART:
         with bf16_parts(**{_PART[arm]: True}):
             yield
+    elif arm == "bf16+eager_fit":
+        saved_kernel = os.environ.get(FIT_KERNEL_ENV)
+        os.environ[FIT_KERNEL_ENV] = "eager"
+        try:
+            yield
+        finally:
+            if saved_kernel is None:
+                os.environ.pop(FIT_KERNEL_ENV, None)
+            else:
+                os.environ[FIT_KERNEL_ENV] = saved_kernel
     elif arm == "bf16+update":
         saved = meta_module.inner_loop, fit_module.fit_batch
         meta_module.inner_loop, fit_module.fit_batch = _inner_loop_bf16_update, _fit_batch_bf16_update
@@ -392,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key}: test {runs[key]['test_psnr']:.3f} dB", flush=True)
     grad_errors = {}
     if args.grad_batches and f"fp32@{seeds[0]}" in thetas:
-        grad_errors = gradient_errors(ds, thetas[f"fp32@{seeds[0]}"], train_x, [a for a in ARMS if a != "tf32"],
+        same_meta = ("tf32", "bf16+eager_fit")  # their meta-gradient is fp32's / bf16's
+        grad_errors = gradient_errors(ds, thetas[f"fp32@{seeds[0]}"], train_x, [a for a in ARMS if a not in same_meta],
                                       args.grad_batches)
         for arm, e in grad_errors.items():
             print(f"meta-gradient at the trained fp32 θ, {arm}: relative error {e['meta_grad_rel_error']:.2e}, "

@@ -41,13 +41,15 @@ def _sandbox() -> Path:
         "XDG_CACHE_HOME": str(home / ".cache"),
         "MEDNF_HOME": str(root / "mednf"),
         "HF_HOME": str(hf), "HF_DATASETS_CACHE": str(hf / "datasets"), "HF_HUB_CACHE": str(hf / "hub"),
+        "TORCHINDUCTOR_CACHE_DIR": str(root / "torchinductor"),  # the compiled fit kernel (else /tmp/torchinductor_$USER)
     })
     os.environ.pop("MEDMNIST_ROOT", None)  # → ~/.medmnist, i.e. inside the sandbox
     return root
 
 
 SANDBOX = _sandbox()
-CACHE_VARIABLES = ("HOME", "XDG_CACHE_HOME", "MEDNF_HOME", "HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE")
+CACHE_VARIABLES = ("HOME", "XDG_CACHE_HOME", "MEDNF_HOME", "HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE",
+                   "TORCHINDUCTOR_CACHE_DIR")
 
 
 def pytest_unconfigure(config) -> None:

@@ -59,6 +59,7 @@ from mednf.engine import field as nf
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
 from mednf.engine.config import RESULT_NEUTRAL_FIT, EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
+from mednf.engine.fused_latent_grad import fit_kernel, kernel_record
 from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
 from mednf.engine.precision import Precision, PrecisionWarning, resolve_precision
 from mednf.errors import BuildError, ConfigError, LockedError, MednfError
@@ -318,6 +319,7 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
                                           "learns_per_sample": summary.learns_per_sample}
                        | (summary.diagnosis.as_dict() if summary.diagnosis is not None else {})},
         fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch}
+        | kernel_record(fit_kernel(precision, device))
         | ({"preview": preview} if preview else {}),
         device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
     manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"

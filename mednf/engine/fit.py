@@ -25,6 +25,7 @@ from mednf.engine import field as nf
 from mednf.engine.allocator import fit_memory
 from mednf.engine.config import FieldConfig, FitConfig
 from mednf.engine.context import observed_context_weights, random_context
+from mednf.engine.fused_latent_grad import fit_kernel, fused_latent_gradient
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import check_signals, mse_to_psnr, signal_mse
 from mednf.engine.metrics import SSIM_WINDOW, ssim
@@ -48,6 +49,7 @@ class FitResult:
     mse: Tensor  # [S] full-context MSE of the clamped reconstruction
     psnr: Tensor  # [S] dB (data range 1)
     ssim: Tensor | None = None  # [S] when asked for (images/volumes with every side ≥ 11)
+    kernel: str = "eager"  # the latent-gradient kernel that ran: "compiled" or "eager" (fused_latent_grad)
 
 
 def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: torch.device, *,
@@ -90,8 +92,9 @@ def fit_batch(
         params: θ, without ``requires_grad``.
         targets: ``[B, N, D]`` at the points ``coords``: ``[N, C]`` shared (a grid) or ``[B, N, C]`` per signal.
         signal_ids: ``[B]`` global indices (keys of the rescaling subsets).
-        chunk_rows: (signal, point) rows per chunk of the hand-written backward; None → 2048 on CPU
-            (cache-sized, measured fastest here), all points at once on GPU.
+        chunk_rows: (signal, point) rows per chunk of the eager hand-written backward; None → 2048 on CPU
+            (cache-sized, measured fastest here), all points at once on GPU. The compiled kernel
+            (:func:`mednf.engine.fused_latent_grad.fit_kernel`: bf16 on the CPU by default) has fixed chunks.
         observed: ``[B, N]`` bool, True at the points that count (a mask, or the real points of a padded
             set; every row needs one); the loss, the rescaling subsets and the MSE use only those.
             None: every point.
@@ -108,6 +111,7 @@ def fit_batch(
     if observed is not None:
         counts = observed.sum(dim=1, keepdim=True).to(targets.dtype)  # [B, 1]
         point_weights = observed.to(targets.dtype) * (N / counts)  # [B, N]: N/m on the observed points
+    compiled = fit_kernel(field.precision, targets.device) == "compiled"
     for step in range(fit.steps):
         weights = None
         if fit.grad_rescale and observed is not None:
@@ -115,8 +119,12 @@ def fit_batch(
         elif fit.grad_rescale:
             index = random_context(signal_ids, N, fit.rescale_ratio, seed=seed, step=step)  # [B, n]
             weights = targets.new_zeros(B, N).scatter_(1, index, N / index.shape[1])
-        grad, sub_grad, _ = latent_gradient(field, phi, coords, targets, chunk_rows=chunk_rows,
-                                            subset_weights=weights, point_weights=point_weights)
+        if compiled:
+            grad, sub_grad, _ = fused_latent_gradient(field, phi, coords, targets, subset_weights=weights,
+                                                      point_weights=point_weights)
+        else:
+            grad, sub_grad, _ = latent_gradient(field, phi, coords, targets, chunk_rows=chunk_rows,
+                                                subset_weights=weights, point_weights=point_weights)
         if sub_grad is not None:
             grad *= (sub_grad.norm(dim=1) / (grad.norm(dim=1) + 1e-16))[:, None]
         phi = phi - fit.lr * grad
@@ -311,12 +319,13 @@ def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Cal
     latents = torch.empty(total, cfg.latent_dim)
     mses = torch.empty(total)
     ssims = torch.full((total,), float("nan")) if with_ssim else None
+    precision = None
     for start in range(0, total, size):
         stop = min(start + size, total)
         part = make_batch(start, stop)
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
         allocator = fit_memory() if device.type == "cpu" else contextlib.nullcontext()
-        with use_precision(cfg.precision, device), allocator:
+        with use_precision(cfg.precision, device) as precision, allocator:
             phi, mse, recon = fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed, return_recon=True,
                                         observed=part.observed)
         if ssims is not None and part.signals is not None:
@@ -325,4 +334,5 @@ def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Cal
         mses[start:stop] = mse.cpu()
         if on_batch is not None:
             on_batch(stop, total)
-    return FitResult(latents, mses, mse_to_psnr(mses), ssims)
+    kernel = "eager" if precision is None else fit_kernel(precision, device)  # after: a failed compile shows
+    return FitResult(latents, mses, mse_to_psnr(mses), ssims, kernel)
