@@ -135,3 +135,15 @@ def test_without_a_cxx_compiler_the_fit_warns_once_and_runs_eager(tmp_path):
     assert kernels == "eager eager 1"  # one warning for two fits, and the results say what ran
     assert "the compiled fit kernel is not available" in message and "MEDNF_FIT_KERNEL=eager" in message
     assert equal == "True"  # the fallback is the eager kernel itself
+
+
+def test_a_bad_kernel_setting_stops_a_build_before_meta_learning(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    monkeypatch.setenv(fused.ENV, "fast")
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--steps", "2", "--out", str(tmp_path / "P")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: MEDNF_FIT_KERNEL = 'fast' is invalid")
+    assert not (tmp_path / "P" / "manifest.json").exists() and "meta-training" not in result.output

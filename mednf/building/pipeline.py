@@ -59,7 +59,7 @@ from mednf.engine import field as nf
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
 from mednf.engine.config import RESULT_NEUTRAL_FIT, EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
-from mednf.engine.fused_latent_grad import fit_kernel, kernel_record
+from mednf.engine.fused_latent_grad import fit_kernel, kernel_record, requested_kernel
 from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
 from mednf.engine.precision import Precision, PrecisionWarning, resolve_precision
 from mednf.errors import BuildError, ConfigError, LockedError, MednfError
@@ -483,7 +483,9 @@ def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
 
 def _resolve_precision(cfg: EngineConfig, device: torch.device, dist: Dist) -> Precision:
     """What ``field.precision`` becomes on this device; a fallback (bf16 without matrix units, tf32 off CUDA)
-    is one ``warning:`` line in build.log and on the console, and the engine does not warn again."""
+    is one ``warning:`` line in build.log and on the console, and the engine does not warn again.
+    ``MEDNF_FIT_KERNEL`` is checked here too, so a bad value stops the build before meta-learning."""
+    requested_kernel()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PrecisionWarning)  # resolved here once, so the engine stays silent
         used = resolve_precision(cfg.precision, device)
