@@ -418,7 +418,7 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
 
     import numpy as np
 
-    from mednf.building.pipeline import resolve_device
+    from mednf.engine.device import resolve_device
     from mednf.io.files import atomic_write_bytes
     from mednf.loading import load
     from mednf.tasks.plots import dataset_samples, figure_class, save_figure
@@ -514,8 +514,9 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
 def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path | None,
           medmnist_root: Path | None, gpu: int | None) -> None:
     """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
-    from mednf.building.pipeline import resolve_device
-    from mednf.format.manifest import Manifest, check_split
+    from mednf.engine.device import resolve_device
+    from mednf.format.manifest import Manifest
+    from mednf.format.splits import check_split
     from mednf.loading import find_dataset
     from mednf.tasks.evaluate import evaluate, save_error_grid, write_report
 
@@ -562,7 +563,7 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
     """k-NN (k = 1, 3) and the paper's MLP on NAME's latents, beside the same on raw pixels (Table 4)."""
     import json
 
-    from mednf.building.pipeline import resolve_device
+    from mednf.engine.device import resolve_device
     from mednf.tasks.classify import classify as run
 
     if json_out is not None:
@@ -593,7 +594,7 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
 def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, mask_path: Path | None,
            root: Path | None, gpu: int | None) -> None:
     """Fit latents for the images of an .npz into NAME's space (its θ and fit settings)."""
-    from mednf.building.pipeline import resolve_device
+    from mednf.engine.device import resolve_device
     from mednf.tasks.encode import encode as run
     from mednf.tasks.encode import read_images_npz
 
@@ -623,7 +624,7 @@ def inpaint(name: str, images: Path, mask_path: Path, out: Path, key: str | None
             root: Path | None, gpu: int | None) -> None:
     """Fill the unobserved pixels of IMAGES: fit each to its observed pixels in NAME's space, decode it whole
     (a --size above the space's resolution gives super-resolution)."""
-    from mednf.building.pipeline import resolve_device
+    from mednf.engine.device import resolve_device
     from mednf.tasks.encode import read_images_npz
     from mednf.tasks.inpaint import inpaint as run
 
@@ -664,7 +665,7 @@ def import_official(directory: Path, name: str, out: Path | None, w0: float | No
                     measure: bool, medmnist_root: Path | None, gpu: int | None) -> None:
     """Convert the official MedNF release layout (model.pt, {train,val,test}/datapoint_{i}.pt) into
     mednf's format, reading it weights-only (no arbitrary unpickling)."""
-    from mednf.building.pipeline import resolve_device
+    from mednf.engine.device import resolve_device
     from mednf.format.layout import mednf_home
     from mednf.format.manifest import Manifest
     from mednf.remote.official_import import import_official as run

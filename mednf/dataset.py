@@ -38,6 +38,7 @@ from torch import Tensor
 
 from mednf.errors import ConfigError, FormatError, TransformError
 from mednf.format.reader import DatasetFiles, open_dataset
+from mednf.format.splits import canonical_split, check_split, hf_split
 
 if TYPE_CHECKING:
     from mednf.remote.lazy import LazyLatents, RemoteFiles
@@ -291,8 +292,6 @@ class MedNFDataset(torch.utils.data.Dataset):
         import pyarrow as pa
         from datasets.table import InMemoryTable
 
-        from mednf.sources.base import hf_split
-
         latents = np.asarray(self.latents)  # the matrix itself (a remote split: every chunk fetched)
         N, P = latents.shape
         values = pa.Array.from_buffers(pa.float32(), N * P, [None, pa.py_buffer(latents)])
@@ -335,14 +334,10 @@ class MedNFDatasetDict:
 
     def __getitem__(self, split: str) -> MedNFDataset:
         """One split (``"validation"`` for ``"val"``); a ConfigError naming the splits otherwise."""
-        from mednf.format.manifest import check_split
-
         return self.splits[check_split(split, self.splits)]
 
     def __contains__(self, split: object) -> bool:
-        from mednf.format.manifest import SPLIT_ALIASES
-
-        return isinstance(split, str) and SPLIT_ALIASES.get(split, split) in self.splits
+        return isinstance(split, str) and canonical_split(split) in self.splits
 
     def __iter__(self):
         return iter(self.splits)
@@ -361,8 +356,6 @@ class MedNFDatasetDict:
 
     def to_hf(self, **kwargs):
         import datasets
-
-        from mednf.sources.base import hf_split
 
         return datasets.DatasetDict({hf_split(name): ds.to_hf(**kwargs) for name, ds in self.splits.items()})
 

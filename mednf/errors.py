@@ -6,6 +6,9 @@ traceback. The subclasses say which stage failed, so callers can catch one kind.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class MednfError(Exception):
     """A mistake the user can fix (bad value, missing file, wrong checksum, busy output directory)."""
@@ -66,3 +69,15 @@ class EncodeError(MednfError):
 
 class TransformError(MednfError):
     """A user's ``transform`` (``mednf.load(..., transform=fn)``) failed on a sample, or returned nothing."""
+
+
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice closest to ``word`` (difflib), or None when none is close: the one "did you mean" lookup."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""`` when none is close."""
+    close = closest(word, choices, cutoff)
+    return f"; did you mean {close!r}?" if close else ""

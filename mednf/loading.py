@@ -10,19 +10,18 @@ the registry is downloaded (Zenodo by default, or the HF Hub) and verified befor
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mednf.dataset import MedNFDataset, MedNFDatasetDict, Transform
-from mednf.errors import ConfigError, NotFoundError
+from mednf.errors import ConfigError, NotFoundError, did_you_mean
 from mednf.format.layout import INDEX, MANIFEST, mednf_home
-from mednf.format.manifest import Manifest, check_split
+from mednf.format.manifest import Manifest
+from mednf.format.splits import SPLITS, check_split
 from mednf.format.reader import open_dataset
 from mednf.remote.fetch import is_url
-from mednf.sources.spec import SPLITS
 
 
 def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Path:
@@ -43,8 +42,7 @@ def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Pa
         if candidate.name.lower() == name.lower():
             return candidate
     known = sorted(p.name for p in candidates)
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, known)
     raise NotFoundError(f"dataset {name!r} is not in {home} (found: {', '.join(known) or 'none'}){hint}; "
                         f"build it with `mednf build {name.lower()}` or give the path of a dataset directory")
 

@@ -57,6 +57,7 @@ from mednf.building.distributed import Dist, setup
 from mednf.building.trainer import CURVES, MetaTrainer, TrainSummary
 from mednf.engine import field as nf
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
+from mednf.engine.device import resolve_device
 from mednf.engine.config import RESULT_NEUTRAL_FIT, EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.fused_latent_grad import fit_kernel, kernel_record, requested_kernel
@@ -85,7 +86,8 @@ from mednf.io.lock import dataset_lock
 from mednf.sources.base import SourceData, SplitData
 from mednf.sources.kinds import outdated_source, recorded_source
 from mednf.sources.loader import load_source
-from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
+from mednf.format.splits import SPLITS
+from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
 
 log = logging.getLogger("mednf.building.pipeline")
 PREVIEW_SAMPLES = 8  # test samples in reconstructions.png
@@ -109,18 +111,6 @@ class BuildOptions:
     continue_to: int | None = None  # continue a finished build's meta-training to this many iterations
     tensorboard: Path | None = None  # also log the training curves (and validation images) there
 
-
-def resolve_device(gpu: int | None) -> torch.device:
-    """``--gpu N`` → cuda:N (checked), None → CPU."""
-    if gpu is None:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--gpu {gpu} was given but CUDA is not available (torch {torch.__version__}); "
-                          "drop --gpu to build on the CPU, or install a CUDA build of torch")
-    count = torch.cuda.device_count()
-    if not 0 <= gpu < count:
-        raise ConfigError(f"--gpu {gpu} is out of range: this machine has {count} GPU(s), 0..{count - 1}")
-    return torch.device("cuda", gpu)
 
 
 def prepare_spec(name_or_path: str | Path, options: BuildOptions) -> tuple[BuilderSpec, EngineConfig]:

@@ -13,13 +13,12 @@ the value, what was expected and how to fix it, so the CLI can print it without 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mednf.errors import ConfigError
+from mednf.errors import ConfigError, did_you_mean
 
 ShiftMode = Literal["inside", "outside"]
 PRECISIONS = ("fp32", "tf32", "bf16")  # see mednf.engine.precision
@@ -32,12 +31,6 @@ def check_precision(value: Any) -> str:
         raise ConfigError(f"precision = {value!r} is invalid: expected one of 'fp32', 'tf32', 'bf16'; "
                           f"use fp32 (default, exact), tf32 (CUDA tensor cores) or bf16{hint}")
     return value
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), or ``""`` when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def is_number(value: Any) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 from mednf.engine.config import EngineConfig
 from mednf.errors import ConfigError, FormatError
 from mednf.format.layout import FORMAT_VERSION, LATENTS, MANIFEST
-from mednf.sources.base import SPLIT_ALIASES
+from mednf.format.splits import check_split
 from mednf.sources.spec import BuilderSpec
 from mednf.version import __version__
 
@@ -217,18 +217,6 @@ class Manifest:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise FormatError(f"{path} is not valid JSON ({err}); rebuild or download the dataset again") from None
         return cls.from_json(data, path)
-
-
-
-
-def check_split(split: Any, allowed: Any, what: str = "split") -> str:
-    """The one check of a split name: ``split`` (an alias such as ``"validation"`` given as the name it stands
-    for, ``"val"``) if it is in ``allowed``, else a one-line ConfigError."""
-    split = SPLIT_ALIASES.get(split, split) if isinstance(split, str) else split
-    if split not in allowed:
-        given = f"{what} {split!r}" if what.startswith("--") else f"{what} = {split!r}"  # a CLI flag or a parameter
-        raise ConfigError(f"{given} is invalid: expected one of {', '.join(allowed)}")
-    return split
 
 
 class _FieldError(Exception):

@@ -22,7 +22,7 @@ from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL
 from mednf.format.manifest import FileEntry, Manifest
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
-from mednf.sources.base import hf_split
+from mednf.format.splits import hf_split
 
 
 def _open_for_export(dataset: str | Path, out: str | Path) -> tuple[DatasetFiles, Path]:

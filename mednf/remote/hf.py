@@ -16,7 +16,7 @@ from mednf.io.files import sha256_file
 from mednf.io.http import TIMEOUT_S
 from mednf.remote.install import fetch_folder, install
 from mednf.remote.registry import offline_check, registry_entry
-from mednf.sources.base import hf_split
+from mednf.format.splits import hf_split
 
 
 def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | None = None,

@@ -31,7 +31,8 @@ from mednf.io.lock import dataset_lock
 from mednf.remote.install import remove_dead_scratch
 from mednf.remote.official import missing_indices, read_official_model, read_split
 from mednf.sources.kinds import local_splits, official_description
-from mednf.sources.spec import SPLITS, BuilderSpec, load_builder, resolve_engine
+from mednf.format.splits import SPLITS
+from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
 
 OFFICIAL_DOI = "10.5281/zenodo.14898708"
 

@@ -7,16 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")  # every source has these three, in this order
-SPLIT_ALIASES = {"validation": "val"}  # the Hugging Face name of the validation split
-HF_SPLITS = {"val": "validation"}  # what a split is called where Hugging Face conventions apply (exports, DatasetDict)
-
-
-def hf_split(split: str) -> str:
-    """The Hugging Face name of one of :data:`SPLITS` (``"val"`` → ``"validation"``)."""
-    return HF_SPLITS.get(split, split)
-
-
 @dataclass
 class SplitData:
     images: np.ndarray  # [N, D, *spatial] uint8 or float32 in [0, 1] (may be a non-contiguous view)

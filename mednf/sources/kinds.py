@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mednf.engine.config import did_you_mean
-from mednf.errors import ConfigError, SourceError
+
+from mednf.errors import ConfigError, SourceError, did_you_mean
 from mednf.sources.base import SourceData, SplitData
 from mednf.sources.folder_images import ImagesKind
 from mednf.sources.kind import Root, SourceKind

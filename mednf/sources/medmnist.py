@@ -28,7 +28,8 @@ import numpy as np
 
 from mednf.errors import DownloadError, SourceError
 from mednf.io.http import fetch_verified
-from mednf.sources.base import SPLITS, SplitData
+from mednf.format.splits import SPLITS
+from mednf.sources.base import SplitData
 
 if TYPE_CHECKING:
     from mednf.sources.spec import BuilderSpec

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mednf.sources.base import SPLITS, SplitData
+from mednf.format.splits import SPLITS
+from mednf.sources.base import SplitData
 
 if TYPE_CHECKING:
     from mednf.sources.spec import BuilderSpec

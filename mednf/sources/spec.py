@@ -16,7 +16,6 @@ names the dataset's folder. What ``[source]`` may hold depends on its kind (:mod
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import tomllib
@@ -26,10 +25,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig, did_you_mean
+from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
 from mednf.engine.presets import get_preset
-from mednf.errors import ConfigError
-from mednf.sources.base import SPLITS
+from mednf.errors import ConfigError, closest, did_you_mean
+from mednf.format.splits import SPLITS
 from mednf.sources.kinds import get_kind
 from mednf.sources.values import get_value as _get
 
@@ -279,9 +278,9 @@ def load_builder(name_or_path: str | Path) -> BuilderSpec:
     files = _builtin_files()
     key = text_name.lower()
     if key not in files:
-        close = difflib.get_close_matches(key, files, n=1, cutoff=0.5)
+        close = closest(key, files, cutoff=0.5)
         known = ", ".join(builder_names())
-        hint = f"; did you mean {load_builder(close[0]).name!r}?" if close else ""
+        hint = f"; did you mean {load_builder(close).name!r}?" if close else ""
         raise ConfigError(f"builder {text_name!r} is unknown: expected one of {known} or a .toml path{hint}")
     data = tomllib.loads(files[key].read_text(encoding="utf-8"))
     return parse_builder(data, f"builders/{key}.toml")

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mednf.engine.config import did_you_mean
-from mednf.errors import ConfigError, SourceError
-from mednf.sources.base import SPLIT_ALIASES, SPLITS, SourceData, SplitData
+
+from mednf.errors import ConfigError, SourceError, did_you_mean
+from mednf.format.splits import SPLITS, canonical_split
+from mednf.sources.base import SourceData, SplitData
 from mednf.sources.kind import Root, SourceKind
 from mednf.sources.values import get_numbers, get_value
 
@@ -229,7 +230,7 @@ def split_of(cells: list[str] | None, count: int, spec: BuilderSpec, ratio: Sequ
     if cells is not None:
         index = np.empty(len(cells), dtype=np.int64)
         for i, cell in enumerate(cells):
-            name = SPLIT_ALIASES.get(cell, cell)  # "validation" (the Hugging Face name) is "val"
+            name = canonical_split(cell)  # "validation" (the Hugging Face name) is "val"
             if name not in SPLITS:
                 raise SourceError(f"{where(i)}: split {cell!r} is invalid: expected one of train, val (or "
                                   f"validation), test{did_you_mean(cell.lower(), SPLITS)}")

@@ -434,7 +434,7 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
     """
     from mednf.loading import load
     from mednf.sources.loader import source_images
-    from mednf.sources.spec import SPLITS
+    from mednf.format.splits import SPLITS
 
     models = _check_models(models)
     features = _names(features, FEATURES, "features", "--features")

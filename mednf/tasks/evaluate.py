@@ -20,7 +20,7 @@ import torch
 
 from mednf.engine.metrics import reconstruction_metrics
 from mednf.errors import EvalError
-from mednf.format.manifest import SPLIT_ALIASES
+from mednf.format.splits import canonical_split
 
 
 @dataclass
@@ -80,7 +80,7 @@ def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("te
     dsets = load(path, split=None, device=device)
     available = list(dsets.keys())
     names = available if splits is None else [splits] if isinstance(splits, str) else list(splits)
-    names = [SPLIT_ALIASES.get(s, s) if isinstance(s, str) else s for s in names]  # "validation" → "val"
+    names = [canonical_split(s) if isinstance(s, str) else s for s in names]  # "validation" → "val"
     unknown = [s for s in names if s not in available]
     if unknown or not names:
         from mednf.errors import ConfigError

@@ -7,14 +7,13 @@ data, so callers override ``field.out_dims`` for RGB sets: ``get_preset("2d-64")
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from mednf.engine.config import EngineConfig
-from mednf.errors import ConfigError
+from mednf.errors import ConfigError, did_you_mean
 
 
 @cache
@@ -34,8 +33,7 @@ def preset_description(name: str) -> str:
 def _entry(name: str) -> dict[str, Any]:
     table = _table()
     if name not in table:
-        close = difflib.get_close_matches(name, table, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, table)
         raise ConfigError(f"preset = {name!r} is unknown: expected one of {', '.join(table)}{hint}")
     return table[name]
 
