@@ -421,7 +421,7 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
     from mednf.engine.device import resolve_device
     from mednf.io.files import atomic_write_bytes
     from mednf.loading import load
-    from mednf.tasks.plots import dataset_samples, figure_class, save_figure
+    from mednf.figures import dataset_samples, figure_class, save_figure
 
     if out.suffix.lower() not in (".png", ".npy"):
         raise ConfigError(f"--out {out} is invalid: expected a .png or .npy file name")
@@ -488,7 +488,7 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
     """Write a publishable copy of a built dataset: zenodo (one archive + SHA256SUMS + registry entry) or
     hf (Parquet shards + card with data_files, loadable by datasets.load_dataset, + manifest and θ)."""
     from mednf.loading import find_dataset
-    from mednf.remote.export import export_hf, export_zenodo, upload_hint
+    from mednf.tasks.export import export_hf, export_zenodo, upload_hint
 
     if fmt == "hf":
         folder = export_hf(find_dataset(name, root), out)

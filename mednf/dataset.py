@@ -20,7 +20,7 @@
   each sample's item, the results stacked by torch's ``default_collate``, so every path gives the same
   batches. A transform that raises is a one-line :class:`~mednf.errors.TransformError` naming the sample.
 - ``ds.plot(indices)``: a matplotlib figure of inputs, reconstructions and |error| maps
-  (:mod:`mednf.tasks.plots`).
+  (:mod:`mednf.figures`).
 """
 
 from __future__ import annotations
@@ -257,11 +257,11 @@ class MedNFDataset(torch.utils.data.Dataset):
              with_inputs: bool = True, root: str | Path | None = None, columns: int = 8) -> Any:
         """A matplotlib ``Figure`` of the samples at ``indices`` (default the first 8): rows input,
         reconstruction (decoded at ``size``, default native) and |error|, the index and PSNR under each
-        sample (:func:`mednf.tasks.plots.grid_figure`). ``with_inputs=False`` or source images that cannot
+        sample (:func:`mednf.figures.grid_figure`). ``with_inputs=False`` or source images that cannot
         be had (``root``: the MedMNIST folder) leave the input and |error| rows out, with a note. Needs
         matplotlib (a one-line ConfigError naming ``pip install matplotlib`` otherwise). Save it with
-        ``fig.savefig("grid.png")`` or :func:`mednf.tasks.plots.save_figure`."""
-        from mednf.tasks.plots import dataset_figure
+        ``fig.savefig("grid.png")`` or :func:`mednf.figures.save_figure`."""
+        from mednf.figures import dataset_figure
 
         return dataset_figure(self, indices, size=size, with_inputs=with_inputs, root=root, columns=columns)
 

@@ -48,7 +48,7 @@ def test_the_build_writes_the_test_reconstructions_the_card_shows(phantom_dir, t
     """reconstructions.png is the grid `ds.plot` draws of the first 8 test samples (decoded there by another path)."""
     from PIL import Image
 
-    from mednf.tasks.plots import save_figure
+    from mednf.figures import save_figure
 
     manifest = json.loads((phantom_dir / "mednf.json").read_text())
     assert manifest["fit"]["preview"] == {"png": "reconstructions.png", "split": "test", "samples": 8}

@@ -246,7 +246,7 @@ def test_labels_outside_the_names_are_refused(copy):
 
 
 def test_a_bare_name_that_is_an_export_folder_here_is_found_in_the_cache(phantom_dir, tmp_path, monkeypatch):
-    from mednf.remote.export import export_hf
+    from mednf.tasks.export import export_hf
 
     home = tmp_path / "home"
     shutil.copytree(phantom_dir, home / "PhantomNF")
@@ -260,7 +260,7 @@ def test_exports_are_deterministic_and_never_written_into_the_dataset(copy, tmp_
     import os
 
     from mednf.errors import ConfigError
-    from mednf.remote.export import export_hf, export_zenodo
+    from mednf.tasks.export import export_hf, export_zenodo
 
     first = export_zenodo(copy, tmp_path / "a").read_bytes()
     for path in copy.rglob("*"):

@@ -34,7 +34,7 @@ from mednf.io import http
 from mednf.io.archives import _write_member, safe_extract, safe_extract_zip
 from mednf.io.http import check_url, fetch_verified
 from mednf.io.lock import lock_path
-from mednf.remote.export import export_zenodo
+from mednf.tasks.export import export_zenodo
 from mednf.remote.install import install
 from mednf.remote.official_import import import_official
 from mednf.remote.zenodo import download_zenodo

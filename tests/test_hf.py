@@ -17,7 +17,7 @@ from loopback import Loopback
 import mednf
 from mednf.cli import main
 from mednf.errors import DownloadError
-from mednf.remote.export import export_hf
+from mednf.tasks.export import export_hf
 
 REPO = "mednf/PhantomNF"
 SHA = "0123456789abcdef0123456789abcdef01234567"

@@ -15,7 +15,7 @@ from loopback import Loopback
 import mednf
 from mednf.cli import main
 from mednf.errors import DownloadError, FormatError
-from mednf.remote.export import export_zenodo
+from mednf.tasks.export import export_zenodo
 
 RECORD = "4242"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from conftest import CACHE_VARIABLES, SANDBOX, SHARED_MEDMNIST
 
 from mednf.format.layout import mednf_home
-from mednf.remote.export import export_hf
+from mednf.tasks.export import export_hf
 from mednf.sources.medmnist import medmnist_root
 
 REAL_HOME = Path(pwd.getpwuid(os.getuid()).pw_dir)

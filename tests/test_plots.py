@@ -15,7 +15,7 @@ from PIL import Image
 import mednf
 from mednf.cli import main
 from mednf.errors import ConfigError
-from mednf.tasks.plots import DPI, MIN_TILE_PX, grid_figure, grid_title, save_figure
+from mednf.figures import DPI, MIN_TILE_PX, grid_figure, grid_title, save_figure
 
 
 def _tiles(fig) -> dict[str, object]:

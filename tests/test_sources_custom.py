@@ -91,7 +91,7 @@ def test_exports_publish_no_path_of_the_machine(tmp_path, monkeypatch):
     HF export publish only its name, and still verify."""
     import tarfile
 
-    from mednf.remote.export import export_hf, export_zenodo
+    from mednf.tasks.export import export_hf, export_zenodo
 
     png_folder(tmp_path)
     out = tiny_build(write_builder(tmp_path, "images", size=16, path="imgs", split_ratio=[0.5, 0.25, 0.25]),

@@ -342,8 +342,8 @@ def _write_curves(work: Path, out: Path, spec: BuilderSpec, summary: TrainSummar
 def _write_preview(writer: DatasetWriter, spec: BuilderSpec, cfg: EngineConfig, theta: dict[str, torch.Tensor],
                    test: SplitData, psnr: np.ndarray, dist: Dist) -> dict[str, Any]:
     """``reconstructions.png``: the first :data:`PREVIEW_SAMPLES` test samples as input / reconstruction /
-    |error| rows (:func:`mednf.tasks.plots.grid_figure`), what the card shows; what the manifest records of it."""
-    from mednf.tasks.plots import grid_figure, grid_title, save_figure
+    |error| rows (:func:`mednf.figures.grid_figure`), what the card shows; what the manifest records of it."""
+    from mednf.figures import grid_figure, grid_title, save_figure
 
     count = min(PREVIEW_SAMPLES, len(test.images))
     if count == 0:

@@ -18,7 +18,7 @@
 - :mod:`~mednf.remote.hf` — ``huggingface_hub.snapshot_download`` of an HF export; θ, every split's
   latents (digest of the raw float32 rows) and the manifest (pinned by the registry) are checked, and
   mednf's own format is rebuilt with the :class:`~mednf.format.writer.DatasetWriter`.
-- :mod:`~mednf.remote.export` — ``<out>/<Name>.tar`` + ``SHA256SUMS`` + registry entry for Zenodo; an HF
+- :mod:`~mednf.tasks.export` — ``<out>/<Name>.tar`` + ``SHA256SUMS`` + registry entry for Zenodo; an HF
   dataset folder (Parquet shards with features, a card whose config is named by the shards' content).
 
 - :mod:`~mednf.remote.lazy` — ``mednf.load(URL)``: a published folder read where it is served (http(s),

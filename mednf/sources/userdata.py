@@ -319,7 +319,7 @@ class UserDataKind(SourceKind):
 
     def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:
         if not Path(str(source.get("path", ""))).is_absolute():
-            return None  # a published copy: the export kept only the folder's name (mednf.remote.export)
+            return None  # a published copy: the export kept only the folder's name (mednf.tasks.export)
         try:
             data = self.read(spec)
         except SourceError:

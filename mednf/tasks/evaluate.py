@@ -130,11 +130,11 @@ def save_error_grid(name_or_path: str | Path, path: str | Path, *, split: str = 
                     root: str | Path | None = None, medmnist_root: str | Path | None = None,
                     device: str | torch.device | None = None) -> Path:
     """PNG of the first ``count`` samples of ``split``: rows input, reconstruction and |error| (one colour
-    scale, with its bar), the index and recorded PSNR under each sample (:mod:`mednf.tasks.plots`)."""
+    scale, with its bar), the index and recorded PSNR under each sample (:mod:`mednf.figures`)."""
     from mednf.loading import load
     from mednf.sources.kinds import images_unavailable
     from mednf.sources.loader import source_images
-    from mednf.tasks.plots import dataset_figure, save_figure
+    from mednf.figures import dataset_figure, save_figure
 
     ds = load(name_or_path, split=split, root=root, device=device)
     positions = np.arange(min(count, len(ds)))
