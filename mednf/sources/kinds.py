@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mednf.sources.spec import BuilderSpec, SourceSpec
 
 __all__ = ["Root", "SourceKind", "get_kind", "images_unavailable", "kind_names", "kind_of", "local_splits",
-           "official_description", "recorded_source"]
+           "official_description", "recorded_source", "source_card_line"]
 _FLAG = re.compile(r"[a-z0-9_]+\Z")
 _MD5 = re.compile(r"[0-9a-f]{32}\Z")
 
@@ -241,3 +241,8 @@ def images_unavailable(manifest: Any, root: Root = None) -> str:
     """Why the source images of a built dataset (a :class:`~mednf.format.manifest.Manifest`) cannot be had
     and how to provide them: one clause, for messages such as "the source images of X are not available: …"."""
     return get_kind(manifest.source["kind"], "manifest source").images_unavailable(manifest.name, manifest.source, root)
+
+
+def source_card_line(source: dict[str, Any]) -> str:
+    """The dataset card's line on where the data came from, for a manifest ``source`` record (its kind's words)."""
+    return get_kind(source["kind"], "manifest source").card_line(source)
