@@ -47,6 +47,7 @@ from mednf.engine.presets import get_preset
 from mednf.format.manifest import Manifest
 from mednf.format.reader import open_dataset
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
+from mednf.sources.kinds import source_card_line
 
 
 def make_dataset(out: Path, rows: int, latent_dim: int) -> None:
@@ -74,7 +75,7 @@ def make_dataset(out: Path, rows: int, latent_dim: int) -> None:
                                   rng.uniform(0.5, 1, n))
     writer.write_theta(init_params(FieldConfig(**field_dict), generator=torch.Generator().manual_seed(0)),
                        {"field": field_dict})
-    writer.finish(manifest, index)
+    writer.finish(manifest, index, source_card_line(manifest.source))
 
 
 @contextlib.contextmanager

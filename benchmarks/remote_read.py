@@ -43,6 +43,7 @@ from mednf.engine.config import EngineConfig, FieldConfig
 from mednf.engine.field import init_params
 from mednf.format.manifest import LatentInfo, Manifest
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
+from mednf.sources.kinds import source_card_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from gpu_check import cpu_model  # sibling script (benchmarks/ is not a package)
@@ -69,7 +70,7 @@ def make_dataset(out: Path, rows: int, latent_dim: int, chunk_rows: int, scratch
         index[split] = SplitIndex(np.arange(n), rng.integers(0, 4, (n, 1)), rng.uniform(20, 30, n),
                                   rng.uniform(0.5, 1, n))
     writer.write_theta(init_params(FieldConfig(**field), generator=torch.Generator().manual_seed(0)), {"field": field})
-    writer.finish(manifest, index)
+    writer.finish(manifest, index, source_card_line(manifest.source))
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -228,6 +228,7 @@ def test_the_best_validated_theta_is_the_one_saved(tmp_path):
 def test_dermanf_card_carries_the_non_commercial_licence(phantom_dir):
     from mednf.format.card import render_card
     from mednf.format.manifest import Manifest
+    from mednf.sources.kinds import source_card_line
     from mednf.sources.spec import load_builder
 
     manifest = json.loads((phantom_dir / "mednf.json").read_text())
@@ -235,7 +236,7 @@ def test_dermanf_card_carries_the_non_commercial_licence(phantom_dir):
     manifest["name"] = "DermaNF"
     manifest["source"] = {"kind": "medmnist", "flag": "dermamnist", "size": 64, "file": "dermamnist_64.npz",
                           "md5": "b70a2f5635c6199aeaa28c31d7202e1f", "official": True, "license": "CC BY-NC 4.0"}
-    card = render_card(Manifest.from_json(manifest, "test"))
+    card = render_card(Manifest.from_json(manifest, "test"), source_card_line(manifest["source"]))
     assert "license: cc-by-nc-4.0" in card and "Non-commercial use only" in card and "yang2023medmnist" in card
     assert "HAM10000" in card and "dermamnist_64.npz" in card
 

@@ -84,7 +84,7 @@ from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.files import atomic_write_bytes, atomic_write_json
 from mednf.io.lock import dataset_lock
 from mednf.sources.base import SourceData, SplitData
-from mednf.sources.kinds import outdated_source, recorded_source
+from mednf.sources.kinds import outdated_source, recorded_source, source_card_line
 from mednf.sources.loader import load_source
 from mednf.format.splits import SPLITS
 from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
@@ -312,7 +312,7 @@ def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineC
         | kernel_record(fit_kernel(precision, device))
         | ({"preview": preview} if preview else {}),
         device=_device_name(device), world_size=dist.world, build_seconds=summary.seconds + fit_seconds)
-    manifest = writer.finish(manifest, index)  # last: the manifest, whose presence means "complete"
+    manifest = writer.finish(manifest, index, source_card_line(manifest.source))  # last: the manifest, whose presence means "complete"
     keep_checkpoints(work, writer.root)  # for --continue-to
     shutil.rmtree(work, ignore_errors=True)
     return manifest

@@ -12,7 +12,6 @@ from string import Template
 from typing import Any
 
 from mednf.format.manifest import Manifest
-from mednf.sources.kinds import get_kind
 
 _LICENSE_IDS = {"CC BY 4.0": "cc-by-4.0", "CC BY-NC 4.0": "cc-by-nc-4.0", "CC0 1.0": "cc0-1.0"}
 
@@ -51,8 +50,10 @@ def front_matter(manifest: Manifest, configs: list[dict[str, Any]] | None = None
     return data.to_yaml().strip()
 
 
-def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None, root: Path | None = None) -> str:
-    """The Markdown card of a built dataset (all numbers read from ``manifest``); ``configs`` are the
+def render_card(manifest: Manifest, source_line: str, configs: list[dict[str, Any]] | None = None,
+                root: Path | None = None) -> str:
+    """The Markdown card of a built dataset (all numbers read from ``manifest``); ``source_line`` says in one
+    line where the data came from (its source kind's ``card_line``, which the format does not know); ``configs`` are the
     Hub's ``data_files`` entries of an HF export. With ``root`` (the folder the card goes into), the curves
     and the reconstruction grid are shown only where their files are there (a copy rebuilt from an HF export
     of an older mednf has none)."""
@@ -67,18 +68,18 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None,
                   for k in ("mean_image_psnr", "zero_latent_psnr"))
         for split, s in manifest.splits.items()
     )
-    check = manifest.meta_training.get("baseline_check") or {}
+    training = manifest.meta_training
+    check = training.baseline_check or {}
     learning_warning = ""
     if check.get("learns_per_sample") is False:
         learning_warning = (
-            f"\n> **Warning:** the best validation PSNR ({manifest.meta_training['best_val_psnr']:.2f} dB) is not "
+            f"\n> **Warning:** the best validation PSNR ({training.best_val_psnr:.2f} dB) is not "
             f"{check['margin_db']:g} dB above the mean-image baseline of the validation subset "
             f"({check['val_mean_image_psnr']:.2f} dB): these latents carry little per-sample information. "
             + (f"The inner loop diverged ({check.get('evidence', 'see build.log')}): rebuild with a smaller "
                "inner learning rate.\n" if check.get("cause") == "diverging" else
                "Rebuild with a larger inner learning rate, more steps or a larger preset.\n"))
     src = builder["source"]
-    source_line = get_kind(source["kind"], "manifest source").card_line(source)
     if source["kind"] == "medmnist":
         summary = (f"**{manifest.name}** is {builder['description']} ({builder['modality']}), from MedMNIST+ "
                    f"`{src['flag']}` at {src['size']}×{src['size']}, re-encoded as neural fields.")
@@ -86,10 +87,10 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None,
     else:
         summary = f"**{manifest.name}** is {builder['description']}, re-encoded as neural fields."
         citation = ""
-    origin = manifest.origin or {}
-    if origin.get("kind") == "official-release":
-        dropped = sum(len(v) for v in origin["missing"].values())
-        source_line += (f"; latents and θ from the official MedNF release ({origin['doi']}), imported by mednf "
+    origin = manifest.origin
+    if origin is not None and origin.kind == "official-release":
+        dropped = sum(len(v) for v in (origin.missing or {}).values())
+        source_line += (f"; latents and θ from the official MedNF release ({origin.doi}), imported by mednf "
                         f"({dropped} source samples have no latent: the official fit dropped incomplete batches)")
     if "max_samples" in source:
         source_line += f", first {source['max_samples']} samples of each split only"
@@ -98,14 +99,14 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None,
                     else f"{license_name}. ")
     if "NC" in license_name:
         license_text += "Non-commercial use only. "
-    curves = manifest.meta_training.get("curves") or {}  # written by mednf build (not by an import)
+    curves = training.curves or {}  # written by mednf build (not by an import)
     if curves and root is not None and not all((root / curves[k]).is_file() for k in ("csv", "png")):
         curves = {}
     training_files = (f"- `{curves['csv']}` — one row per meta-iteration (loss, PSNR, gradient norm, learning rate, "
                       f"seconds) and per validation (PSNR, SSIM); `{curves['png']}` — its curves\n") if curves else ""
     training_plot = ("\n![training curves: meta-loss and PSNR per iteration, validation points, best marked]"
                      f"({curves['png']})\n") if curves else ""
-    preview = (manifest.fit or {}).get("preview")  # written by mednf build (not by an import)
+    preview = manifest.fit.preview if manifest.fit is not None else None  # written by mednf build (not by an import)
     if preview and root is not None and not (root / preview["png"]).is_file():
         preview = None
     preview_plot = (f"\n![the first {preview['samples']} {preview['split']} samples: input, reconstruction and |error|]"
@@ -133,7 +134,7 @@ def render_card(manifest: Manifest, configs: list[dict[str, Any]] | None = None,
         omega_last=f"{(field['omega_last'] or field['omega_first']):g}",
         shift_mode=field["shift_mode"],
         meta_steps=meta["steps"],
-        best_step=manifest.meta_training["best_step"] if manifest.meta_training.get("best_step") is not None
+        best_step=training.best_step if training.best_step is not None
         else "— (trained by the MedFuncta authors; settings shown are mednf's preset, assumed)",
         inner_steps=meta["inner_steps"],
         inner_lr=meta["inner_lr"],

@@ -4,10 +4,11 @@
 and checks it (:meth:`Manifest.from_json`), and every other module reads attributes, never string keys.
 Adding a field is a change here (and, if the writer computes it, in :mod:`mednf.format.writer`).
 
-Sections that mirror other typed objects stay plain JSON here and are typed where they are used:
-``builder`` is :meth:`BuilderSpec.to_dict` (:attr:`Manifest.spec`), ``engine`` is
-:meth:`EngineConfig.to_dict` (:attr:`Manifest.engine_config`); ``source``, ``meta_training``, ``fit``
-and ``origin`` are records whose keys depend on the source kind and on how the dataset was made.
+The open sections ``meta_training``, ``fit`` and ``origin`` are typed records
+(:mod:`mednf.format.records`). Sections that mirror typed objects of other layers stay plain JSON here:
+``engine`` is :meth:`EngineConfig.to_dict` (:attr:`Manifest.engine_config`), ``builder`` is the builder file
+as parsed (``BuilderSpec.to_dict`` in :mod:`mednf.sources.spec`, which reads it back), ``source`` is what the
+source kind recorded. The format checks their shape, not their meaning, so that it needs no source kind.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any
 from mednf.engine.config import EngineConfig
 from mednf.errors import ConfigError, FormatError
 from mednf.format.layout import FORMAT_VERSION, LATENTS, MANIFEST
+from mednf.format.records import FitRecord, MetaTraining, Origin
 from mednf.format.splits import check_split
-from mednf.sources.spec import BuilderSpec
 from mednf.version import __version__
 
 
@@ -71,7 +72,7 @@ def _baselines(stats: dict[str, Any], split: str) -> dict[str, float]:
 @dataclass(frozen=True)
 class Manifest:
     name: str
-    builder: dict[str, Any]  # BuilderSpec.to_dict()
+    builder: dict[str, Any]  # the builder file as parsed (BuilderSpec.to_dict())
     engine: dict[str, Any]  # EngineConfig.to_dict()
     seed: int
     fit_seed: int  # rescaling subsets of the fit are keyed by (fit_seed, row within the split, step)
@@ -79,24 +80,26 @@ class Manifest:
     labels: LabelInfo
     latent: LatentInfo
     splits: dict[str, SplitStats]
-    meta_training: dict[str, Any]
-    fit: dict[str, Any] | None
+    meta_training: MetaTraining
+    fit: FitRecord | None
     software: dict[str, str]
     device: str
     world_size: int
     build_seconds: float
     created: str
     files: dict[str, FileEntry] = field(default_factory=dict)
-    origin: dict[str, Any] | None = None  # where a downloaded or imported copy came from
+    origin: Origin | None = None  # where a downloaded or imported copy came from
     format: str = "mednf"
     format_version: int = FORMAT_VERSION
 
-    # ------------------------------------------------------------------ typed views
-    @property
-    def spec(self) -> BuilderSpec:
-        """The builder spec the dataset was made from."""
-        return BuilderSpec.from_dict(self.builder)
+    def __post_init__(self) -> None:
+        # producers may hand the open sections as plain objects: they are records from here on
+        for name, record in (("meta_training", MetaTraining), ("fit", FitRecord), ("origin", Origin)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, record):
+                object.__setattr__(self, name, record.from_json(value, "manifest"))
 
+    # ------------------------------------------------------------------ typed views
     @property
     def engine_config(self) -> EngineConfig:
         """The engine configuration."""
@@ -130,6 +133,9 @@ class Manifest:
         """The manifest as JSON-ready data, keys in a fixed order (format first, files last)."""
         data = dataclasses.asdict(self)
         data["labels"]["names"] = list(self.labels.names)
+        for name in ("meta_training", "fit", "origin"):
+            record = getattr(self, name)
+            data[name] = record.to_json() if record is not None else None
         head = {"format": data.pop("format"), "format_version": data.pop("format_version")}
         files = data.pop("files")
         origin = data.pop("origin")
@@ -170,8 +176,8 @@ class Manifest:
                                            if "index_sha256" in v else None,
                                            baselines=_baselines(v, s) if v.get("baselines") is not None else None)
                         for s, v in _typed(data, "splits", dict).items()},
-                meta_training=_typed(data, "meta_training", dict),
-                fit=_typed(data, "fit", dict, optional=True),
+                meta_training=MetaTraining.from_json(_typed(data, "meta_training", dict), "meta_training"),
+                fit=_record(FitRecord, _typed(data, "fit", dict, optional=True)),
                 software=_typed(data, "software", dict),
                 device=_typed(data, "device", str),
                 world_size=_typed(data, "world_size", int),
@@ -179,18 +185,19 @@ class Manifest:
                 created=_typed(data, "created", str),
                 files={str(k): FileEntry(sha256=_typed(v, "sha256", str), size=_typed(v, "size", int))
                        for k, v in _typed(data, "files", dict).items()},
-                origin=_typed(data, "origin", dict, optional=True) if "origin" in data else None,
+                origin=_record(Origin, _typed(data, "origin", dict, optional=True) if "origin" in data else None),
             )
-        except _FieldError as err:
+        except (_FieldError, FormatError) as err:
             raise FormatError(f"{where}: {err}; the manifest is damaged, rebuild or download the dataset again") from None
         manifest._check_consistent(where)
         return manifest
 
     def _check_consistent(self, where: str | Path) -> None:
-        """The sections agree with each other: spec and engine parse, P matches, the labels have names."""
+        """The sections agree with each other: builder and engine parse, P matches, the labels have names."""
         try:
-            spec, field = self.spec, self.engine_config.field
-        except (ConfigError, TypeError, KeyError, ValueError) as err:
+            builder_name = _check_builder(self.builder)
+            field = self.engine_config.field
+        except (_FieldError, ConfigError, TypeError, KeyError, ValueError) as err:
             raise FormatError(f"{where}: the builder or engine section does not parse ({str(err)[:120]}); the "
                               "manifest is damaged, rebuild or download the dataset again") from None
         problems = []
@@ -200,8 +207,8 @@ class Manifest:
             problems.append(f"labels {self.labels.task!r} with {len(self.labels.names)} names is not a label schema")
         if self.latent.dtype != "float32" or self.latent.chunk_rows < 1:
             problems.append(f"latent dtype {self.latent.dtype!r} / chunk_rows {self.latent.chunk_rows} are not supported")
-        if spec.name != self.name:
-            problems.append(f"name {self.name!r} differs from the builder's {spec.name!r}")
+        if builder_name != self.name:
+            problems.append(f"name {self.name!r} differs from the builder's {builder_name!r}")
         if problems:
             raise FormatError(f"{where}: {problems[0]}; the manifest is damaged, rebuild or download the dataset again")
 
@@ -221,6 +228,23 @@ class Manifest:
 
 class _FieldError(Exception):
     pass
+
+
+def _record(kind: type[FitRecord] | type[Origin], value: dict[str, Any] | None) -> Any:
+    return None if value is None else kind.from_json(value, kind._section())
+
+
+def _check_builder(builder: dict[str, Any]) -> str:
+    """The name of a manifest's ``builder`` section, after checking the shape every reader relies on."""
+    source = _typed(builder, "source", dict)
+    for key in ("kind", "license"):
+        _typed(source, key, str)
+    for key in ("size", "channels", "dims"):
+        _typed(source, key, int)
+    _typed(_typed(builder, "labels", dict), "names", list)
+    _typed(builder, "splits", dict)
+    _typed(builder, "build", dict)
+    return _typed(builder, "name", str)
 
 
 def _typed(table: Any, key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
@@ -252,14 +276,15 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def new_manifest(spec: Any, engine: Any, *, source: dict[str, Any], chunk_rows: int, meta_training: dict[str, Any],
-                 fit: dict[str, Any] | None, device: str, world_size: int, build_seconds: float,
-                 origin: dict[str, Any] | None = None) -> Manifest:
+def new_manifest(spec: Any, engine: Any, *, source: dict[str, Any], chunk_rows: int,
+                 meta_training: MetaTraining | dict[str, Any], fit: FitRecord | dict[str, Any] | None, device: str,
+                 world_size: int, build_seconds: float, origin: Origin | dict[str, Any] | None = None) -> Manifest:
     """The manifest of a dataset made from builder ``spec`` (BuilderSpec) with ``engine`` (EngineConfig),
     before :meth:`DatasetWriter.finish` fills ``splits`` and ``files``."""
     return Manifest(
         name=spec.name, builder=spec.to_dict(), engine=engine.to_dict(), seed=spec.seed, fit_seed=spec.seed,
         source=source, labels=LabelInfo(task=spec.labels.task, names=tuple(spec.labels.names)),
         latent=LatentInfo(dim=engine.field.latent_dim, chunk_rows=chunk_rows), splits={},
-        meta_training=meta_training, fit=fit, software=software_versions(), device=device, world_size=world_size,
-        build_seconds=build_seconds, created=now(), origin=origin)
+        meta_training=meta_training, fit=fit,  # type: ignore[arg-type]  # records from __post_init__ on
+        software=software_versions(), device=device, world_size=world_size, build_seconds=build_seconds,
+        created=now(), origin=origin)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ Order of writes (each file atomic, the manifest last, so its presence means "com
     writer.create_latents({"train": N, ...})      # once (rank 0): empty [N, P] arrays, NaN fill
     writer.write_latents("train", start, block)   # chunk-aligned, any process, any order
     writer.write_theta(theta, meta)
-    manifest = writer.finish(manifest, index)     # index, card, file table, content check, mednf.json
+    manifest = writer.finish(manifest, index, source_line)  # index, card, files, content check, mednf.json
 
 :meth:`DatasetWriter.finish` reads every split's latents back block by block: rows never written read as
 NaN and are refused; the digest of the raw float32 rows goes into the manifest (it identifies the content
@@ -121,16 +121,16 @@ class DatasetWriter:
         save_tensors(self.root / MODEL, theta, {"format": "mednf-theta", **meta})
 
     # ------------------------------------------------------------------ finish
-    def finish(self, manifest: Manifest, index: dict[str, SplitIndex]) -> Manifest:
+    def finish(self, manifest: Manifest, index: dict[str, SplitIndex], source_line: str) -> Manifest:
         """Write index, card and manifest; returns the manifest as written.
 
         ``manifest`` holds every field but ``splits`` and ``files``, which are computed here from ``index``
-        and the files on disk.
+        and the files on disk; ``source_line`` is the card's line on where the data came from.
         """
         splits = {split: self._split_stats(split, rows, manifest.latent.dim) for split, rows in index.items()}
         self._write_index(index, manifest.multi_label)
         manifest = manifest.replace(splits=splits, files={})
-        atomic_write_bytes(self.root / CARD, render_card(manifest, root=self.root).encode("utf-8"))
+        atomic_write_bytes(self.root / CARD, render_card(manifest, source_line, root=self.root).encode("utf-8"))
         manifest = manifest.replace(files=self.file_table())
         check_structure(self.root, manifest)
         atomic_write_bytes(self.root / MANIFEST, manifest.dumps().encode("utf-8"))  # last: "complete"

@@ -75,10 +75,10 @@ def availability(name: str, root: str | Path | None = None) -> Availability:
         manifest = Manifest.read(path)
     except MednfError:
         return Availability(name, path, "damaged", published=published)
-    origin = manifest.origin or {}
+    origin = manifest.origin
     # a mednf export downloaded from Zenodo carries its builder's manifest: it reads as built
-    state = ("built" if not origin else "imported" if origin.get("kind") == "official-release"
-             and "zenodo_record" not in origin else "downloaded")
+    state = ("built" if not origin else "imported" if origin.kind == "official-release"
+             and origin.zenodo_record is None else "downloaded")
     test = manifest.splits.get("test")
     return Availability(manifest.name, path, state, test.psnr_mean if test else None, published)
 

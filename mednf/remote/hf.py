@@ -17,6 +17,7 @@ from mednf.io.http import TIMEOUT_S
 from mednf.remote.install import fetch_folder, install
 from mednf.remote.registry import offline_check, registry_entry
 from mednf.format.splits import hf_split
+from mednf.sources.kinds import source_card_line
 
 
 def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | None = None,
@@ -118,7 +119,7 @@ def rebuild(snapshot: Path, out: Path, manifest: Manifest, repo: str) -> Manifes
         if stats.index_sha256 is not None and index_digest(index[split]) != stats.index_sha256:
             raise DownloadError(f"split {split!r} of {repo} has index rows (labels, source indices, PSNR) that differ "
                                 "from its manifest; discarded")
-    written = writer.finish(manifest, index)
+    written = writer.finish(manifest, index, source_card_line(manifest.source))
     if any(stats.index_sha256 is None for stats in manifest.splits.values()) and (
             written.files[INDEX].sha256 != manifest.files[INDEX].sha256):  # exported by an older mednf
         raise DownloadError(f"the index rows of {repo} differ from its manifest's {INDEX}; discarded")

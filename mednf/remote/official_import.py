@@ -30,7 +30,7 @@ from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.lock import dataset_lock
 from mednf.remote.install import remove_dead_scratch
 from mednf.remote.official import missing_indices, read_official_model, read_split
-from mednf.sources.kinds import local_splits, official_description
+from mednf.sources.kinds import local_splits, official_description, source_card_line
 from mednf.format.splits import SPLITS
 from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
 
@@ -158,7 +158,7 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
                                     "incomplete batch",
                     "measured": measure,
                 })
-            writer.finish(manifest, index)
+            writer.finish(manifest, index, source_card_line(manifest.source))
             if out.exists():
                 out.rmdir()  # empty (checked above)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,12 @@ from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 from mednf.errors import ConfigError
+from mednf.format.card import render_card
 from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL
 from mednf.format.manifest import FileEntry, Manifest
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
+from mednf.sources.kinds import source_card_line
 from mednf.format.splits import hf_split
 
 
@@ -65,12 +67,10 @@ def public_copy(files: DatasetFiles, root: Path | None = None,
     machine that built it (the source files' folder, the builder file; only their names stay) and the card
     rendered from it (``configs``: an HF export's; ``root``: where the figures it shows are), with the
     manifest's entry for the card updated to the new bytes. Everything else is as built."""
-    from mednf.format.card import render_card
-
     data = files.manifest.to_json()
     public = Manifest.from_json({k: (_without_local_paths(v) if k != "files" else v) for k, v in data.items()},
                                 files.root / MANIFEST)
-    card = render_card(public, configs, root=root or files.root).encode("utf-8")
+    card = render_card(public, source_card_line(public.source), configs, root=root or files.root).encode("utf-8")
     entries = dict(public.files)
     if CARD in entries:
         entries[CARD] = FileEntry(hashlib.sha256(card).hexdigest(), len(card))
