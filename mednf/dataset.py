@@ -39,6 +39,11 @@ from torch import Tensor
 from mednf.errors import ConfigError, FormatError, TransformError
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.format.splits import canonical_split, check_split, hf_split
+from mednf.remote.fetch import is_url
+from mednf.remote.lazy import open_remote
+from mednf.engine.field import decode_in_chunks, decode as decode_field
+from mednf.figures import dataset_figure
+from mednf.optional import optional_import
 
 if TYPE_CHECKING:
     from mednf.remote.lazy import LazyLatents, RemoteFiles
@@ -50,11 +55,7 @@ Transform = Callable[[dict[str, Any]], dict[str, Any]]
 def open_files(root: str | Path, *, verify: bool = True) -> DatasetFiles | RemoteFiles:
     """The files of a dataset: a local folder (verified, :mod:`mednf.format.reader`) or a URL, read lazily
     (:mod:`mednf.remote.lazy`; every file verified as it arrives, so ``verify`` does not apply)."""
-    from mednf.remote.fetch import is_url
-
     if is_url(root):
-        from mednf.remote.lazy import open_remote
-
         return open_remote(str(root))
     return open_dataset(root, verify=verify)
 
@@ -232,8 +233,6 @@ class MedNFDataset(torch.utils.data.Dataset):
         signal larger than that is decoded in chunks of points. A result that cannot fit in memory is
         refused before anything is computed.
         """
-        from mednf.engine.field import decode_in_chunks
-
         pos = np.arange(len(self)) if indices is None else np.atleast_1d(self._positions(indices))
         spatial = self._spatial(size)
         device = torch.device(device or self.device or "cpu")
@@ -261,8 +260,6 @@ class MedNFDataset(torch.utils.data.Dataset):
         be had (``root``: the MedMNIST folder) leave the input and |error| rows out, with a note. Needs
         matplotlib (a one-line ConfigError naming ``pip install matplotlib`` otherwise). Save it with
         ``fig.savefig("grid.png")`` or :func:`mednf.figures.save_figure`."""
-        from mednf.figures import dataset_figure
-
         return dataset_figure(self, indices, size=size, with_inputs=with_inputs, root=root, columns=columns)
 
     def with_images(self, size: int | Sequence[int] | None = None) -> MedNFDataset:
@@ -273,14 +270,14 @@ class MedNFDataset(torch.utils.data.Dataset):
         return view
 
     # ----------------------------------------------------------------- Hugging Face
-    def hf_features(self):
-        from datasets import ClassLabel, Features, List, Value
-
+    def hf_features(self) -> Any:
+        """The ``datasets.Features`` of :meth:`to_hf`: latent ``[P]`` float32, label, index, psnr, ssim."""
+        hf = _datasets()
         P = self.config.field.latent_dim
-        label = (List(Value("int8"), length=len(self.label_names)) if self.multi_label
-                 else ClassLabel(names=self.label_names))
-        return Features({"latent": List(Value("float32"), length=P), "label": label, "index": Value("int64"),
-                         "psnr": Value("float32"), "ssim": Value("float32")})
+        label = (hf.List(hf.Value("int8"), length=len(self.label_names)) if self.multi_label
+                 else hf.ClassLabel(names=self.label_names))
+        return hf.Features({"latent": hf.List(hf.Value("float32"), length=P), "label": label,
+                            "index": hf.Value("int64"), "psnr": hf.Value("float32"), "ssim": hf.Value("float32")})
 
     def to_hf(self, *, decode: bool = False, size: int | Sequence[int] | None = None):
         """This split as a ``datasets.Dataset`` (latent column shares memory with :attr:`latents`).
@@ -288,9 +285,10 @@ class MedNFDataset(torch.utils.data.Dataset):
         ``decode=True`` adds an on-access transform that decodes an ``image`` column (``size`` as
         :meth:`decode`).
         """
-        import datasets
         import pyarrow as pa
-        from datasets.table import InMemoryTable
+
+        datasets = _datasets()
+        in_memory_table = optional_import("datasets.table", "to_hf()").InMemoryTable
 
         latents = np.asarray(self.latents)  # the matrix itself (a remote split: every chunk fetched)
         N, P = latents.shape
@@ -305,15 +303,13 @@ class MedNFDataset(torch.utils.data.Dataset):
         # the manifest's checksums already identify the content
         files = json.dumps({k: v.sha256 for k, v in self.manifest.files.items()}, sort_keys=True) + self.split
         fingerprint = hashlib.sha256(files.encode()).hexdigest()[:16]
-        hf = datasets.Dataset(InMemoryTable(table), info=info, split=datasets.NamedSplit(hf_split(self.split)),
+        hf = datasets.Dataset(in_memory_table(table), info=info, split=datasets.NamedSplit(hf_split(self.split)),
                               fingerprint=fingerprint)
         if decode:
             spatial, field_cfg, theta = self._spatial(size), self.config.field, self.theta()
             device = next(iter(theta.values())).device
 
             def add_images(batch: dict[str, list]) -> dict[str, list]:
-                from mednf.engine.field import decode as decode_field
-
                 phi = torch.as_tensor(np.asarray(batch["latent"], dtype=np.float32)).to(device)
                 batch["image"] = list(decode_field(theta, phi, field_cfg, spatial).cpu())
                 return batch
@@ -354,10 +350,14 @@ class MedNFDatasetDict:
     def items(self):
         return self.splits.items()
 
-    def to_hf(self, **kwargs):
-        import datasets
+    def to_hf(self, **kwargs: Any) -> Any:
+        """Every split as a ``datasets.DatasetDict`` (``"val"`` named ``"validation"``)."""
+        return _datasets().DatasetDict({hf_split(name): ds.to_hf(**kwargs) for name, ds in self.splits.items()})
 
-        return datasets.DatasetDict({hf_split(name): ds.to_hf(**kwargs) for name, ds in self.splits.items()})
+
+def _datasets() -> Any:
+    """The Hugging Face ``datasets`` module (a one-line error naming the install command without it)."""
+    return optional_import("datasets", "to_hf()")
 
 
 def _check_fits(nbytes: int, what: str, fix: str) -> None:

@@ -26,7 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mednf.errors import ConfigError
+from mednf.io.files import atomic_write_bytes
+from mednf.optional import optional_import
+from mednf.sources.kinds import images_unavailable
+from mednf.sources.read import source_images
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -42,18 +45,12 @@ _TITLE_LINE, _NOTE_LINE = 18, 15  # pixels per line of the title (11 pt) and of 
 
 def figure_class() -> type[Figure]:
     """matplotlib's ``Figure`` (ConfigError naming the install command when matplotlib is missing)."""
-    try:
-        import matplotlib  # noqa: F401  (a None in sys.modules: treated as missing)
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ConfigError("plotting needs matplotlib, which is not installed: pip install matplotlib") from None
-    return Figure
+    optional_import("matplotlib", "plotting")  # a None in sys.modules (blocked) reads as missing too
+    return optional_import("matplotlib.figure", "plotting").Figure
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG at :data:`DPI`, atomically (never half a file under the real name)."""
-    from mednf.io.files import atomic_write_bytes
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     atomic_write_bytes(Path(path), buffer.getvalue())
@@ -247,9 +244,6 @@ def dataset_samples(ds: Any, indices: Any = None, *, size: int | Sequence[int] |
     decoded at ``size`` (default native), with the source images when ``with_inputs`` and they can be had
     (``root``: where MedMNIST files are; default ``$MEDMNIST_ROOT``, ``~/.medmnist``, then the folder the
     build read them from), captioned with the PSNR recorded at build; ``what`` goes before the title."""
-    from mednf.sources.kinds import images_unavailable
-    from mednf.sources.loader import source_images
-
     figure_class()  # a missing matplotlib ends here, before anything is decoded
     positions = np.arange(min(8, len(ds))) if indices is None else np.atleast_1d(ds._positions(indices))
     recon = ds.decode(positions, size=size, device=device).numpy()  # [n, D, *spatial]

@@ -21,7 +21,11 @@ from mednf.format.layout import INDEX, MANIFEST, mednf_home
 from mednf.format.manifest import Manifest
 from mednf.format.splits import SPLITS, check_split
 from mednf.format.reader import open_dataset
-from mednf.remote.fetch import is_url
+from mednf.remote.fetch import is_url, RemoteFolder
+from mednf.remote.lazy import open_remote, remote_manifest
+from mednf.remote.hf import download_hf
+from mednf.remote.registry import is_registered
+from mednf.remote.zenodo import download_zenodo
 
 
 def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Path:
@@ -72,8 +76,6 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
     if split is not None:
         split = check_split(split, SPLITS)  # "validation" → "val"
     if is_url(name_or_path):
-        from mednf.remote.lazy import open_remote
-
         if source != "auto":
             raise ConfigError(f"source = {source!r} was given with a URL {name_or_path}; use source='auto'")
         remote = open_remote(str(name_or_path))
@@ -86,10 +88,6 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
         if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
             raise ConfigError(f"source = {source!r} was given with a local path {name_or_path}; use source='auto'")
     except NotFoundError:
-        from mednf.remote.hf import download_hf
-        from mednf.remote.registry import is_registered
-        from mednf.remote.zenodo import download_zenodo
-
         if not download or source == "local" or Path(name_or_path).expanduser().is_dir() \
                 or not is_registered(str(name_or_path)):
             raise  # nothing to download: the local error (with its "did you mean") is the useful one
@@ -106,9 +104,6 @@ def info(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, 
     """Manifest summary: counts, P, hyper-parameters, PSNR/SSIM per split, licence, source, path (a URL:
     only its manifest is fetched)."""
     if is_url(name_or_path):
-        from mednf.remote.fetch import RemoteFolder
-        from mednf.remote.lazy import remote_manifest
-
         folder = RemoteFolder(str(name_or_path))
         path: str | Path = folder.url
         m = remote_manifest(folder)

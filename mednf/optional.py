@@ -40,12 +40,18 @@ def install_command(module: str) -> str:
     return f'pip install "mednf[{extra}]"' if extra else f"pip install {_PACKAGES.get(top, top)}"
 
 
+def missing_message(module: str, needed_for: str) -> str:
+    """One line: what needs ``module`` and how to install it. A library of an extra names the extra; a required
+    one (an install that lost it) names the package itself."""
+    top = module.split(".")[0]
+    how = f"; run {install_command(module)}" if EXTRAS.get(top) else f": {install_command(module)}"
+    return f"{needed_for} needs {top}, which is not installed{how}"
+
+
 def optional_import(module: str, needed_for: str) -> ModuleType:
-    """``importlib.import_module(module)``, or a one-line :class:`MissingDependencyError` naming ``needed_for``
-    (e.g. ``'[source] kind = "nifti"'``) and :func:`install_command`."""
+    """``importlib.import_module(module)``, or a :class:`MissingDependencyError` with :func:`missing_message`
+    (``needed_for`` names the feature, e.g. ``'[source] kind = "nifti"'``)."""
     try:
         return importlib.import_module(module)
     except ImportError:  # also a None in sys.modules, which marks a module as blocked
-        top = module.split(".")[0]
-        raise MissingDependencyError(f"{needed_for} needs {top}, which is not installed; run "
-                                     f"{install_command(module)}") from None
+        raise MissingDependencyError(missing_message(module, needed_for)) from None

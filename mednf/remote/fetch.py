@@ -33,6 +33,9 @@ from typing import Any
 from mednf.errors import ConfigError, DownloadError, FormatError, NotFoundError
 from mednf.format.layout import MANIFEST, mednf_home
 from mednf.format.manifest import FileEntry
+from mednf.io import http
+from mednf.io.http import LOOPBACK_HOSTS
+from mednf.optional import optional_import
 
 MAX_MANIFEST_BYTES = 64 << 20  # the manifest of the largest MedNF set (ChestNF: ~1,300 files) is ~300 KB
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -52,8 +55,6 @@ class RemoteFolder:
         self.url = url.rstrip("/")
         self.protocol = self.url.split("://", 1)[0].lower()
         if self.protocol == "http":
-            from mednf.io.http import LOOPBACK_HOSTS
-
             if (urllib.parse.urlsplit(self.url).hostname or "").lower() not in LOOPBACK_HOSTS:
                 raise ConfigError(f"dataset URL {self.url!r} is refused: mednf reads http:// only from 127.0.0.1, ::1 "
                                   "or localhost (nothing would protect the manifest in transit); use https://")
@@ -69,14 +70,10 @@ class RemoteFolder:
     def filesystem(self) -> tuple[Any, str]:
         """``(fsspec filesystem, root path in it)`` for this process."""
         if self._pid != os.getpid():
-            import fsspec
-
+            fsspec = optional_import("fsspec", f"reading {self.protocol}:// URLs")
             options: dict[str, Any] = {}
             if self.protocol in ("http", "https"):
-                import aiohttp
-
-                from mednf.io import http
-
+                aiohttp = optional_import("aiohttp", f"reading {self.protocol}:// URLs")
                 # no data for TIMEOUT_S is a timeout; a long transfer that keeps moving is not
                 options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(
                     total=None, sock_connect=http.TIMEOUT_S, sock_read=http.TIMEOUT_S)}
@@ -184,9 +181,7 @@ def _reason(err: BaseException) -> str:
     if isinstance(status, int):
         return f"HTTP {status} {getattr(err, 'message', '') or ''}".strip()
     if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
-        from mednf.io.http import TIMEOUT_S
-
-        return f"no answer for {TIMEOUT_S} s"
+        return f"no answer for {http.TIMEOUT_S} s"  # read now: a setting that may change
     text = str(err).splitlines()[0][:160] if str(err) else ""
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 

@@ -34,6 +34,7 @@ from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL
 from mednf.format.manifest import Manifest
 from mednf.format.reader import check_finite, check_index_rows, check_theta, split_index
 from mednf.remote.fetch import RemoteFolder
+from mednf.remote.zarr_store import VerifiedStore
 
 DEFAULT_CACHE_BYTES = 256 << 20
 _FIX = "tell the publisher of the copy, or use another copy"
@@ -167,8 +168,6 @@ class LazyLatents:
         """The zarr array over the verified store (fetches ``zarr.json``), shape and dtype checked."""
         if self._array is None:
             import zarr
-
-            from mednf.remote.zarr_store import VerifiedStore
 
             prefix = f"{LATENTS}/{self.split}"
             where = self.files.folder.file_url(prefix)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from mednf.engine.config import FieldConfig
 from mednf.errors import OfficialFormatError
+from mednf.engine.field import param_shapes
 
 SPLITS = ("train", "val", "test")
 _DATAPOINT = re.compile(r"^datapoint_(\d+)\.pt$")
@@ -197,8 +198,6 @@ def read_official_model(path: str | Path, *, w0: float | None = None, w0_increme
     theta["shift.bias"] = torch.cat([f32[f"layers.{k}.modulate_shift_layer.bias"] for k in hidden])
     theta["last.weight"] = f32["last_layer.linear.weight"]
     theta["last.bias"] = f32["last_layer.linear.bias"]
-    from mednf.engine.field import param_shapes
-
     for name, shape in param_shapes(field).items():
         if tuple(theta[name].shape) != shape:
             raise OfficialFormatError(f"{path}: {name} has shape {tuple(theta[name].shape)}, expected {shape} for "

@@ -33,6 +33,10 @@ from mednf.remote.official import missing_indices, read_official_model, read_spl
 from mednf.sources.kinds import local_splits, official_description, source_card_line
 from mednf.format.splits import SPLITS
 from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
+from mednf.sources.medmnist import medmnist_root as default_root
+from mednf.engine.field import decode
+from mednf.engine.fit import as_float_signals
+from mednf.engine.metrics import reconstruction_metrics
 
 OFFICIAL_DOI = "10.5281/zenodo.14898708"
 
@@ -110,8 +114,6 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
                                    f"at the same indices; the release is not {spec.name} at {spec.source.size}px")
         labels_checked = True
     elif measure:
-        from mednf.sources.medmnist import medmnist_root as default_root
-
         raise OfficialImportError(f"measuring needs {default_root(medmnist_root) / spec.source.file_name} (official md5); "
                            "download it there or leave out --measure")
 
@@ -172,10 +174,6 @@ def _measure(theta, field, latents: np.ndarray, images: np.ndarray, device, prog
              batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """PSNR and SSIM ``[n]`` of the decoded latents ``[n, P]`` against ``images`` (uint8 or float, channels-first)."""
     from tqdm.auto import tqdm
-
-    from mednf.engine.field import decode
-    from mednf.engine.fit import as_float_signals
-    from mednf.engine.metrics import reconstruction_metrics
 
     device = torch.device(device or "cpu")
     theta = {k: v.to(device) for k, v in theta.items()}

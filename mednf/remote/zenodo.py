@@ -23,6 +23,8 @@ from mednf.io.archives import ARCHIVE_SUFFIXES, safe_extract, safe_extract_zip
 from mednf.io.http import check_url, fetch_verified, get_json, url_host
 from mednf.remote.install import fetch_folder, install
 from mednf.remote.registry import offline_check, pinned_files, registry_entry
+from mednf.remote.official import find_release_root
+from mednf.remote.official_import import import_official
 
 DEFAULT_ZENODO = "https://zenodo.org"
 _SAFE_FILE_NAME = re.compile(r"^[\w.+-]+$")
@@ -192,9 +194,6 @@ def official_files(entries: list[dict[str, Any]], name: str, record_id: str,
 def _official(key: str, entry: dict[str, Any], record: Record, tmp: Path, archives: Path, progress: bool) -> None:
     """The paper's own release: fetch the sub-dataset's archive(s) to ``archives``, check Zenodo's md5, unpack
     safely and import with the allow-listed reader of :mod:`mednf.remote.official_import` into ``tmp``."""
-    from mednf.remote.official import find_release_root
-    from mednf.remote.official_import import import_official
-
     pinned = pinned_files(key, entry)
     plan = []
     for meta in official_files(record.entries, key, record.id, pinned):

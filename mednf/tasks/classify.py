@@ -47,6 +47,11 @@ import numpy as np
 import torch
 
 from mednf.errors import ClassifyError, ConfigError, SourceError
+from mednf.sources.kinds import images_unavailable
+from mednf.loading import load
+from mednf.sources import read as source_read
+from mednf.format.splits import SPLITS
+from mednf.optional import optional_import
 
 MODELS = ("knn", "mlp")
 FEATURES = ("latents", "pixels")
@@ -115,8 +120,8 @@ def evaluate(y_true: np.ndarray, predictions: np.ndarray, scores: np.ndarray, *,
     ``y_true`` / ``predictions``: ``[N]`` class ids or ``[N, L]`` 0/1; ``scores``: ``[N, C]`` class
     probabilities or ``[N, L]`` label probabilities. See the module docstring for the conventions.
     """
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-
+    metrics = optional_import("sklearn.metrics", "mednf classify")
+    accuracy_score, f1_score, roc_auc_score = metrics.accuracy_score, metrics.f1_score, metrics.roc_auc_score
     notes: list[str] = []
     if multi_label:
         L = y_true.shape[1]
@@ -168,12 +173,11 @@ def chance(train_y: np.ndarray, test_y: np.ndarray, *, num_classes: int, multi_l
 
 # ----------------------------------------------------------------- classifiers
 def _knn(train: Split, test: Split, k: int, *, num_classes: int, multi_label: bool) -> dict[str, Any]:
-    from sklearn.neighbors import KNeighborsClassifier
-
+    neighbors = optional_import("sklearn.neighbors", "the k-NN classifier")
     if len(train.x) < k:
         raise ConfigError(f"{k}-NN needs at least {k} training samples, the train split has {len(train.x)}; "
                           "use --model mlp or a larger dataset")
-    clf = KNeighborsClassifier(n_neighbors=k)
+    clf = neighbors.KNeighborsClassifier(n_neighbors=k)
     started = time.perf_counter()
     clf.fit(train.x, train.y)
     train_s = time.perf_counter() - started
@@ -413,8 +417,6 @@ def _check_training(epochs: int, batch_size: int) -> None:
 
 
 def _pixels_unavailable(manifest: Any, medmnist_root: str | Path | None) -> SourceError:
-    from mednf.sources.kinds import images_unavailable
-
     return SourceError(f"the pixel baseline of {manifest.name} needs its source images, but "
                        f"{images_unavailable(manifest, medmnist_root)}, or classify the latents only "
                        "(--features latents / features=('latents',))")
@@ -429,13 +431,9 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
     "pixels"} (or "all"); train on train, select the MLP epoch on val, report test metrics.
 
     ``name_or_path`` / ``root`` as :func:`mednf.load` (local datasets only, no download); pixels are the
-    source images read with :func:`mednf.sources.loader.source_images` from ``medmnist_root`` (``$MEDMNIST_ROOT``,
+    source images read with :func:`mednf.sources.read.source_images` from ``medmnist_root`` (``$MEDMNIST_ROOT``,
     ``~/.medmnist``) or regenerated (PhantomNF). ``device``: the MLP's (default CPU).
     """
-    from mednf.loading import load
-    from mednf.sources.loader import source_images
-    from mednf.format.splits import SPLITS
-
     models = _check_models(models)
     features = _names(features, FEATURES, "features", "--features")
     _check_training(epochs, batch_size)
@@ -455,7 +453,7 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
     if "pixels" in features:
         inputs["pixels"] = {}
         for s in SPLITS:
-            images = source_images(manifest, s, data[s].source_index, root=medmnist_root)  # [N, D, *spatial]
+            images = source_read.source_images(manifest, s, data[s].source_index, root=medmnist_root)  # [N, D, *spatial]
             if images is None:
                 raise _pixels_unavailable(manifest, medmnist_root)
             inputs["pixels"][s] = images.reshape(len(images), -1)  # [N, D·prod(spatial)]

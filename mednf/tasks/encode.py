@@ -24,6 +24,10 @@ import torch
 from torch import Tensor
 
 from mednf.errors import EncodeError
+from mednf.dataset import MedNFDataset
+from mednf.loading import load, find_dataset
+from mednf.engine.fit import as_float_signals, fit_latents, fit_points
+from mednf.format.manifest import Manifest
 
 
 @dataclass
@@ -64,9 +68,6 @@ def _resize(x: Tensor, spatial: tuple[int, ...]) -> Tensor:
 
 def open_space(space, root: str | Path | None = None):
     """A loaded dataset of the MedNF ``space`` (a name, a dataset folder or a loaded dataset)."""
-    from mednf.dataset import MedNFDataset
-    from mednf.loading import load
-
     return space if isinstance(space, MedNFDataset) else load(space, split=next(iter(_splits(space, root))), root=root)
 
 
@@ -82,8 +83,6 @@ def encode(images: np.ndarray | Tensor, space, *, mask: np.ndarray | Tensor | No
     split does at build time, so re-encoding rows ``a..b`` of a split with ``first_index=a`` repeats the build.
     """
     from tqdm.auto import tqdm
-
-    from mednf.engine.fit import as_float_signals, fit_latents
 
     ds = open_space(space, root)
     cfg = ds.config
@@ -132,8 +131,6 @@ def encode_points(coords: np.ndarray | Tensor, values: np.ndarray | Tensor, spac
     """
     from tqdm.auto import tqdm
 
-    from mednf.engine.fit import fit_points
-
     ds = open_space(space, root)
     cfg = ds.config
     coords, values = torch.as_tensor(coords), torch.as_tensor(values)
@@ -178,9 +175,6 @@ def as_mask(mask: np.ndarray | Tensor, count: int, spatial: tuple[int, ...]) -> 
 
 
 def _splits(space, root) -> list[str]:
-    from mednf.format.manifest import Manifest
-    from mednf.loading import find_dataset
-
     return list(Manifest.read(find_dataset(space, root)).splits)
 
 

@@ -19,8 +19,12 @@ import numpy as np
 import torch
 
 from mednf.engine.metrics import reconstruction_metrics
-from mednf.errors import EvalError
+from mednf.errors import EvalError, ConfigError
 from mednf.format.splits import canonical_split
+from mednf.sources.read import source_images
+from mednf.sources.kinds import images_unavailable
+from mednf.loading import find_dataset, load
+from mednf.figures import dataset_figure, save_figure
 
 
 @dataclass
@@ -55,12 +59,8 @@ class EvalReport:
 
 
 def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
-    from mednf.sources.loader import source_images
-
     images = source_images(ds.manifest, ds.split, ds.source_index, medmnist_root)
     if images is None:
-        from mednf.sources.kinds import images_unavailable
-
         raise EvalError(f"the source images of {ds.name} are not available: "
                         f"{images_unavailable(ds.manifest, medmnist_root)}")
     return images
@@ -72,8 +72,6 @@ def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("te
     """Decode every latent of ``splits`` (None: all) and compare with the source images."""
     from tqdm.auto import tqdm
 
-    from mednf.loading import find_dataset, load
-
     path = find_dataset(name_or_path, root)
     device = torch.device(device or "cpu")
     start = time.perf_counter()
@@ -83,8 +81,6 @@ def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("te
     names = [canonical_split(s) if isinstance(s, str) else s for s in names]  # "validation" → "val"
     unknown = [s for s in names if s not in available]
     if unknown or not names:
-        from mednf.errors import ConfigError
-
         raise ConfigError(f"splits = {unknown or names!r} is invalid: expected some of {', '.join(available)} "
                           "(or None for all)")
     report = EvalReport(name=dsets[names[0]].name if names else str(path), device=str(device))
@@ -131,11 +127,6 @@ def save_error_grid(name_or_path: str | Path, path: str | Path, *, split: str = 
                     device: str | torch.device | None = None) -> Path:
     """PNG of the first ``count`` samples of ``split``: rows input, reconstruction and |error| (one colour
     scale, with its bar), the index and recorded PSNR under each sample (:mod:`mednf.figures`)."""
-    from mednf.loading import load
-    from mednf.sources.kinds import images_unavailable
-    from mednf.sources.loader import source_images
-    from mednf.figures import dataset_figure, save_figure
-
     ds = load(name_or_path, split=split, root=root, device=device)
     positions = np.arange(min(count, len(ds)))
     if source_images(ds.manifest, ds.split, ds.source_index[positions], medmnist_root) is None:

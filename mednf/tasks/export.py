@@ -25,6 +25,7 @@ from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
 from mednf.sources.kinds import source_card_line
 from mednf.format.splits import hf_split
+from mednf.dataset import MedNFDataset
 
 
 def _open_for_export(dataset: str | Path, out: str | Path) -> tuple[DatasetFiles, Path]:
@@ -141,8 +142,6 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     (one config, the default, named by :func:`hf_config_name`) make ``datasets.load_dataset(out)`` find the
     splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
     format from the repository, and the build's curves and reconstruction grid that the card shows."""
-    from mednf.dataset import MedNFDataset
-
     files, out = _open_for_export(dataset, out)
     manifest, dataset = files.manifest, files.root
     (out / "data").mkdir(parents=True, exist_ok=True)
@@ -171,8 +170,6 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
 def upload_hint(folder: str | Path, repo: str | None = None) -> str:
     """The command that uploads an HF export folder with the CLI huggingface_hub ships (``hf``; the older
     ``huggingface-cli`` is deprecated): ``hf upload <org>/<Name> <folder> --repo-type dataset``."""
-    from mednf.format.manifest import Manifest
-
     folder = Path(folder)
     repo = repo or f"<org>/{Manifest.read(folder).name}"
     return f"hf upload {repo} {folder} --repo-type dataset"

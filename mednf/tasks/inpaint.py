@@ -18,6 +18,8 @@ from torch import Tensor
 
 from mednf.engine.config import FieldConfig
 from mednf.errors import EncodeError
+from mednf.engine.field import decode
+from mednf.tasks.encode import encode, open_space
 
 
 @dataclass
@@ -32,8 +34,6 @@ def decode_latents(theta: dict[str, Tensor], latents: Tensor, cfg: FieldConfig, 
                    batch_size: int = 64) -> Tensor:
     """Latents ``[N, P]`` (any source, not only a dataset's rows) → signals ``[N, D, *spatial]`` in [0, 1], in
     batches on the device of ``theta``; returns a CPU tensor."""
-    from mednf.engine.field import decode
-
     device = next(iter(theta.values())).device
     parts = [decode(theta, latents[i:i + batch_size].to(device), cfg, spatial).cpu()
              for i in range(0, len(latents), batch_size)]
@@ -45,8 +45,6 @@ def inpaint(images: np.ndarray | Tensor, mask: np.ndarray | Tensor, space, *, si
             progress: bool = True) -> InpaintResult:
     """Fit ``images`` (layouts as :func:`mednf.tasks.encode.encode`) on the pixels where ``mask`` is True and
     decode them on the full grid (``size``: side length or sizes; default the space's resolution)."""
-    from mednf.tasks.encode import encode, open_space
-
     ds = open_space(space, root)
     encoded = encode(images, ds, mask=mask, device=device, progress=progress)
     spatial = ds._spatial(size)
