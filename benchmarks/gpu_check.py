@@ -83,7 +83,7 @@ from mednf.engine.context import context_size
 from mednf.engine.fit import auto_batch_size, fit_latents
 from mednf.engine.meta import MetaLearner, accumulate_meta_gradient, meta_objective, sample_contexts
 from mednf.engine.planner import plan_memory, resolve_budget
-from mednf.engine.precision import PrecisionWarning, resolve_precision, use_precision
+from mednf.engine.precision import PrecisionWarning, matmul_switches, resolve_precision
 from mednf.engine.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -431,8 +431,9 @@ def part_exactness(device: torch.device) -> Result:
 
 
 def gemm_peak(precision: str, device: torch.device, n: int, reps: int) -> Result:
-    """TFLOP/s of an n×n GEMM in ``precision`` as the engine runs it (inside ``use_precision``)."""
-    with use_precision(precision, device) as policy:
+    """TFLOP/s of an n×n GEMM in ``precision`` as the engine runs it (inside ``matmul_switches``)."""
+    policy = resolve_precision(precision, device)
+    with matmul_switches(policy):
         dtype = torch.bfloat16 if policy.bf16 else torch.float32
         gen = torch.Generator().manual_seed(0)
         a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -53,12 +54,13 @@ import mednf.engine.meta as meta_module
 from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig, FitConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
+from mednf.engine.execution import Execution
 from mednf.engine.fit import fit_latents
 from mednf.engine.fused_latent_grad import ENV as FIT_KERNEL_ENV
 from mednf.engine.inner_grad import inner_gradient
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import MetaLearner, signal_mse
-from mednf.engine.precision import bf16_parts, cpu_bf16_units, resolve_precision, use_precision
+from mednf.engine.precision import FP32, bf16_parts, cpu_bf16_units, resolve_precision
 
 DATA = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 
@@ -135,10 +137,11 @@ def _inner_loop_bf16_update(field, targets, coords, *, lr, contexts, create_grap
 
 
 def _fit_batch_bf16_update(params, targets, coords, cfg, fit, signal_ids, *, seed=0, chunk_rows=None,
-                           return_recon=False):
-    """mednf.engine.fit.fit_batch with every update of φ rounded to bf16."""
+                           return_recon=False, observed=None, precision=FP32):
+    """mednf.engine.fit.fit_batch with every update of φ rounded to bf16 (whole images: no mask)."""
+    assert observed is None, "the bf16+update arm fits whole images"
     B, N = targets.shape[:2]
-    field = nf.prepare(params, cfg)
+    field = nf.prepare(params, cfg, precision)
     phi = targets.new_zeros(B, cfg.latent_dim)
     chunk_rows = chunk_rows or (fit_module._CPU_CHUNK_ROWS if targets.device.type == "cpu" else None)
     for step in range(fit.steps):
@@ -158,11 +161,8 @@ def _fit_batch_bf16_update(params, targets, coords, cfg, fit, signal_ids, *, see
 
 @contextlib.contextmanager
 def arm_context(arm: str) -> Iterator[None]:
-    """What an arm changes beyond ``field.precision``."""
-    if arm in _PART:
-        with bf16_parts(**{_PART[arm]: True}):
-            yield
-    elif arm == "bf16+eager_fit":
+    """What an arm changes beyond its execution (:func:`arm_execution`)."""
+    if arm == "bf16+eager_fit":
         saved_kernel = os.environ.get(FIT_KERNEL_ENV)
         os.environ[FIT_KERNEL_ENV] = "eager"
         try:
@@ -187,12 +187,20 @@ def arm_precision(arm: str) -> str:
     return arm.split("+")[0]
 
 
+def arm_execution(arm: str) -> Execution:
+    """The arm's precision resolved for the CPU, with the bf16 part it measures switched on."""
+    execution = Execution.resolve(arm_precision(arm))
+    if arm not in _PART:
+        return execution
+    return dataclasses.replace(execution, precision=bf16_parts(execution.precision, **{_PART[arm]: True}))
+
+
 # ---------------------------------------------------------------------------------------------- runs
 
 
 def train(ds: Dataset, arm: str, train_x: Tensor, steps: int, seed: int) -> tuple[dict, dict[str, Tensor]]:
     cfg, meta, _ = configs(ds, arm_precision(arm), steps)
-    learner = MetaLearner(cfg, meta, seed=seed)
+    learner = MetaLearner(cfg, meta, seed=seed, execution=arm_execution(arm))
     order = torch.Generator().manual_seed(seed)
     psnrs, times = [], []
     with arm_context(arm):
@@ -217,7 +225,7 @@ def evaluate(ds: Dataset, arm: str, params: dict[str, Tensor], test_x: Tensor) -
     cfg, _, fit = configs(ds, arm_precision(arm), 1)
     with arm_context(arm):
         start = time.perf_counter()
-        result = fit_latents(params, test_x, cfg, fit)
+        result = fit_latents(params, test_x, cfg, fit, execution=arm_execution(arm))
         seconds = time.perf_counter() - start
     return result.psnr, len(test_x) / seconds
 
@@ -226,8 +234,10 @@ def _meta_gradient(arm: str, theta, targets, coords, cfg, meta, contexts) -> tup
     """The meta-gradient (flat, float64) and meta-loss of one batch in ``arm`` (``fp64``: all in float64)."""
     dtype = torch.float64 if arm == "fp64" else torch.float32
     params = {k: v.to(dtype).requires_grad_(True) for k, v in theta.items()}
-    with arm_context(arm), use_precision(arm_precision(arm) if arm != "fp64" else "fp32"):
-        out = meta_module.meta_objective(params, targets.to(dtype), coords.to(dtype), cfg, meta, contexts)
+    precision = arm_execution(arm if arm != "fp64" else "fp32").precision
+    with arm_context(arm):
+        out = meta_module.meta_objective(params, targets.to(dtype), coords.to(dtype), cfg, meta, contexts,
+                                         precision=precision)
         grads = torch.autograd.grad(out.loss, list(params.values()))
     return torch.cat([t.flatten() for t in grads]).double(), float(out.loss.detach())
 

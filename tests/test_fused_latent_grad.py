@@ -22,7 +22,7 @@ from mednf.engine import fused_latent_grad as fused
 from mednf.engine.config import FieldConfig, FitConfig
 from mednf.engine.fit import fit_latents
 from mednf.engine.latent_grad import latent_gradient
-from mednf.engine.precision import cpu_bf16_units, resolve_precision, use_precision
+from mednf.engine.precision import cpu_bf16_units, resolve_precision
 from mednf.errors import ConfigError
 
 CFG = FieldConfig(in_dims=2, out_dims=2, num_layers=4, hidden_dim=32, latent_dim=16)
@@ -71,10 +71,9 @@ def test_compiled_bf16_kernel_is_as_close_to_float64_as_the_eager_bf16_one():
     params, grid, targets, latents, subset, _ = _case(16, 16, seed=1, dtype=torch.float32)
     exact = latent_gradient(nf.prepare({k: v.double() for k, v in params.items()}, CFG), latents.double(),
                             grid.double(), targets.double(), subset_weights=subset.double())
-    with use_precision("bf16"):
-        field = nf.prepare(params, CFG)
-        eager = latent_gradient(field, latents, grid, targets, subset_weights=subset, chunk_rows=2048)
-        compiled = fused.fused_latent_gradient(field, latents, grid, targets, subset_weights=subset)
+    field = nf.prepare(params, CFG, resolve_precision("bf16"))
+    eager = latent_gradient(field, latents, grid, targets, subset_weights=subset, chunk_rows=2048)
+    compiled = fused.fused_latent_gradient(field, latents, grid, targets, subset_weights=subset)
     for c, e, x in zip(compiled, eager, exact):
         assert _relative(c.double(), x) <= 1.5 * _relative(e.double(), x) + 1e-6
 

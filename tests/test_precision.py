@@ -22,6 +22,7 @@ from conftest import TINY, report
 from mednf.engine import field as nf
 from mednf.engine import precision as prec
 from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
+from mednf.engine.execution import Execution
 from mednf.engine.fit import fit_latents
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import MetaLearner, meta_objective, sample_contexts
@@ -49,20 +50,14 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.fixture(autouse=True)
-def _fresh_warnings(monkeypatch):
-    """Each test sees the "warn once" state of a fresh process."""
-    monkeypatch.setattr(prec, "_WARNED", set())
-
-
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_every_precision_meta_learns_and_fits_finite(precision):
     cfg = _cfg(precision)
     meta = MetaConfig(inner_steps=2, context_ratio=0.5, meta_lr=1e-3, batch_size=4, steps=3)
-    learner = MetaLearner(cfg, meta, seed=0)
     signals = torch.rand(4, 1, *SPATIAL, generator=torch.Generator().manual_seed(1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", prec.PrecisionWarning)  # tf32 on the CPU says it runs fp32
+        learner = MetaLearner(cfg, meta, seed=0)
         stats = [learner.step(signals) for _ in range(3)]
         fitted = fit_latents(learner.detached_params(), signals, cfg, FitConfig(steps=3, grad_rescale=True))
     assert all(torch.isfinite(torch.tensor([s["loss"], s["psnr"], s["grad_norm"]])).all() for s in stats)
@@ -79,10 +74,9 @@ def test_second_order_meta_gradient_in_every_precision(precision):
     grads = {}
     for order, first in (("second", False), ("first", True)):
         theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-        with prec.use_precision(prec.resolve_precision(precision, warn=False)):
-            out = meta_objective(theta, targets, coords, _cfg(precision),
-                                 dataclasses.replace(meta, first_order=first), contexts)
-            grads[order] = torch.cat([g.flatten() for g in torch.autograd.grad(out.loss, list(theta.values()))])
+        out = meta_objective(theta, targets, coords, _cfg(precision), dataclasses.replace(meta, first_order=first),
+                             contexts, precision=prec.resolve_precision(precision, warn=False))
+        grads[order] = torch.cat([g.flatten() for g in torch.autograd.grad(out.loss, list(theta.values()))])
     assert torch.isfinite(grads["second"]).all()
     assert _rel(grads["first"], grads["second"]) > 1e-3  # the double backward's terms are there
 
@@ -97,11 +91,11 @@ def test_bf16_is_close_to_fp32_and_tf32_on_cpu_is_fp32():
         theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", prec.PrecisionWarning)
-            with prec.use_precision(precision) as used:
-                out = nf.forward(theta, latents, coords, _cfg()).detach()
-                loss = meta_objective(theta, targets, coords, _cfg(), meta, contexts).loss
-                meta_grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(theta.values()))])
-                grad_phi = latent_gradient(nf.prepare(params, _cfg()), latents, coords, targets, chunk_rows=40)[0]
+            used = prec.resolve_precision(precision)
+            out = nf.forward_prepared(nf.prepare(theta, _cfg(), used), latents, coords).detach()
+            loss = meta_objective(theta, targets, coords, _cfg(), meta, contexts, precision=used).loss
+            meta_grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(theta.values()))])
+            grad_phi = latent_gradient(nf.prepare(params, _cfg(), used), latents, coords, targets, chunk_rows=40)[0]
             fitted = fit_latents(params, signals, _cfg(precision), FitConfig(steps=5, grad_rescale=True))
         runs[precision] = used, out, meta_grad, grad_phi, fitted
     ref, bf = runs["fp32"], runs["bf16"]
@@ -131,26 +125,24 @@ def test_hand_written_latent_gradient_matches_autograd_in_bf16():
     if not prec.resolve_precision("bf16", warn=False).bf16:
         pytest.skip("no bf16 hardware on this machine")
     for parts in ({}, {"first_layer_bf16": True}, {"shift_bf16": True}, {"sine_argument_bf16": True}):
-        with prec.bf16_parts(**parts), prec.use_precision("bf16") as used:
-            assert all(getattr(used, k) for k in parts)
-            field = nf.prepare(params, _cfg())
-            assert field.lowp_weights is not None and field.lowp_weights[1].dtype == torch.bfloat16
-            grad = latent_gradient(field, latents, coords, targets, chunk_rows=50)[0]
-            phi = latents.clone().requires_grad_(True)
-            mse = (nf.forward_prepared(field, phi, coords) - targets).pow(2).mean(dim=(1, 2))
-            (ref,) = torch.autograd.grad(mse.sum(), phi)
+        used = prec.bf16_parts(prec.resolve_precision("bf16"), **parts)
+        assert all(getattr(used, k) for k in parts)
+        field = nf.prepare(params, _cfg(), used)
+        assert field.lowp_weights is not None and field.lowp_weights[1].dtype == torch.bfloat16
+        grad = latent_gradient(field, latents, coords, targets, chunk_rows=50)[0]
+        phi = latents.clone().requires_grad_(True)
+        mse = (nf.forward_prepared(field, phi, coords) - targets).pow(2).mean(dim=(1, 2))
+        (ref,) = torch.autograd.grad(mse.sum(), phi)
         assert torch.isfinite(grad).all()
         assert _rel(grad, ref) <= 8 * U, parts
-    with pytest.raises(TypeError, match="unknown bf16 parts"), prec.bf16_parts(residual_bf16=True):
-        pass
+    with pytest.raises(TypeError, match="unknown bf16 parts"):
+        prec.bf16_parts(prec.FP32, residual_bf16=True)
 
 
-def test_outside_the_context_everything_is_fp32():
+def test_without_a_resolved_precision_everything_is_fp32():
     params, coords, _, latents = _data()
-    with prec.use_precision("bf16"):
-        pass
     field = nf.prepare(params, _cfg("bf16"))  # the setting alone changes nothing: decoding is fp32
-    assert field.lowp_weights is None and prec.active_precision() == prec.FP32
+    assert field.lowp_weights is None and field.precision == prec.FP32
     assert torch.equal(nf.forward(params, latents, coords, _cfg("bf16")), nf.forward(params, latents, coords, _cfg()))
 
 
@@ -231,15 +223,17 @@ def test_bf16_without_hardware_warns_once_and_runs_fp32(monkeypatch):
     for precision in ("bf16", "fp32"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            learner = MetaLearner(_cfg(precision), meta, seed=0)
+            execution = Execution.resolve(precision, "cpu")
+            learner = MetaLearner(_cfg(precision), meta, seed=0, execution=execution)
             for _ in range(3):
                 learner.step(signals)
-            fitted = fit_latents(learner.detached_params(), signals, _cfg(precision), FitConfig(steps=3))
-            used = prec.resolve_precision(precision, "cpu")
+            fitted = fit_latents(learner.detached_params(), signals, _cfg(precision), FitConfig(steps=3),
+                                 execution=execution)
+            used = execution.precision
         ours = [w for w in caught if issubclass(w.category, prec.PrecisionWarning)]
         results[precision] = learner.detached_params(), fitted.latents, ours, used
     params, latents, caught, used = results["bf16"]
-    assert len(caught) == 1  # 3 meta-steps, a fit and a resolve: one line
+    assert len(caught) == 1  # resolved once for 3 meta-steps and a fit: one line
     assert "pretend: no bf16 units" in str(caught[0].message) and "running fp32" in str(caught[0].message)
     assert used.to_dict() == {"requested": "bf16", "effective": "fp32", "device": "cpu",
                               "detail": "pretend: no bf16 units"}
@@ -259,11 +253,12 @@ def test_cuda_capabilities_and_switches(monkeypatch):
     assert prec.resolve_precision("bf16", "cuda:0", warn=False).effective == "bf16"
     matmul = torch.backends.cuda.matmul
     before = matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction
-    with prec.use_precision("tf32", "cuda:0") as used:
+    used = prec.resolve_precision("tf32", "cuda:0")
+    with prec.matmul_switches(used):
         assert used.effective == "tf32" and matmul.allow_tf32 is True
-    with prec.use_precision("bf16", "cuda:0"):
+    with prec.matmul_switches(prec.resolve_precision("bf16", "cuda:0")):
         assert matmul.allow_bf16_reduced_precision_reduction is False  # fp32 accumulation
-    with prec.use_precision("fp32", "cuda:0"):
+    with prec.matmul_switches(prec.resolve_precision("fp32", "cuda:0")):
         assert matmul.allow_tf32 == before[0]  # fp32 leaves torch's switches as they are
     assert (matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction) == before
 
@@ -280,8 +275,8 @@ def test_explicit_and_double_backward_meta_gradients_agree_in_bf16():
     grads = {}
     for explicit in (True, False):
         theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-        with prec.use_precision(used):
-            loss = meta_objective(theta, targets, coords, _cfg("bf16"), meta, contexts, explicit=explicit).loss
+        loss = meta_objective(theta, targets, coords, _cfg("bf16"), meta, contexts, explicit=explicit,
+                              precision=used).loss
         grads[explicit] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(theta.values()))])
     theta = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     exact = meta_objective(theta, targets, coords, _cfg(), meta, contexts).loss

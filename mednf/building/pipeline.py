@@ -35,7 +35,6 @@ import platform
 import shutil
 import sys
 import time
-import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +57,11 @@ from mednf.building.trainer import CURVES, MetaTrainer, TrainSummary
 from mednf.engine import field as nf
 from mednf.engine.baselines import MARGIN_DB, mean_image, psnr_against, split_baselines, zero_latent_image
 from mednf.engine.device import resolve_device
+from mednf.engine.execution import Execution
 from mednf.engine.config import RESULT_NEUTRAL_FIT, EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.fused_latent_grad import fit_kernel, kernel_record, requested_kernel
 from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
-from mednf.engine.precision import Precision, PrecisionWarning, resolve_precision
 from mednf.errors import BuildError, ConfigError, LockedError, MednfError
 from mednf.format.layout import (
     CARD,
@@ -211,13 +210,13 @@ def _say(message: str, dist: Dist) -> None:
 
 
 def _fit_splits(writer: DatasetWriter, work: Path, theta: dict[str, torch.Tensor], cfg: EngineConfig, spec: BuilderSpec,
-                source: SourceData, device: torch.device, dist: Dist, progress: bool, plan: MemoryPlan) -> int:
+                source: SourceData, execution: Execution, dist: Dist, progress: bool, plan: MemoryPlan) -> int:
     """Fit every block this rank owns and has not finished (each block's record holds its seconds), in
     batches planned now, beside what meta-learning left (:func:`mednf.engine.planner.fit_batch_now`);
     returns that batch size."""
     from tqdm.auto import tqdm
 
-    batch = fit_batch_now(plan, cfg, source.splits["train"].images.shape[2:], device)
+    batch = fit_batch_now(plan, cfg, source.splits["train"].images.shape[2:], execution.device)
     fit = dataclasses.replace(cfg.fit, batch_size=batch)
     _say(f"fitting in batches of {batch} signals", dist)
 
@@ -241,7 +240,7 @@ def _fit_splits(writer: DatasetWriter, work: Path, theta: dict[str, torch.Tensor
     for split, b, start, stop in todo:
         block_started = time.perf_counter()
         data = source.splits[split]
-        result = fit_latents(theta, data.images[start:stop], cfg.field, fit, device=device, seed=spec.seed,
+        result = fit_latents(theta, data.images[start:stop], cfg.field, fit, execution=execution, seed=spec.seed,
                              first_index=start, with_ssim=True,
                              on_batch=lambda n, _t, base=bar.n: bar.update(base + n - bar.n))
         writer.write_latents(split, start, result.latents.numpy())
@@ -279,11 +278,11 @@ def _device_name(device: torch.device) -> str:
 
 
 def _finalize(writer: DatasetWriter, work: Path, spec: BuilderSpec, cfg: EngineConfig, source: SourceData,
-              theta: dict[str, torch.Tensor], summary: TrainSummary, device: torch.device, dist: Dist,
-              plan: MemoryPlan, fit_batch: int, precision: Precision,
-              baseline: tuple[np.ndarray, float]) -> Manifest:
+              theta: dict[str, torch.Tensor], summary: TrainSummary, execution: Execution, dist: Dist,
+              plan: MemoryPlan, fit_batch: int, baseline: tuple[np.ndarray, float]) -> Manifest:
     """Index (with each split's baselines), θ, card and manifest (rank 0), then drop ``.partial``."""
     rows = spec.build.block_rows
+    device, precision = execution.device, execution.precision
     fit_seconds = 0.0  # summed over blocks (and ranks), across resumed runs
     mean, val_baseline = baseline
     zero = zero_latent_image(theta, cfg.field, tuple(mean.shape[1:]))
@@ -471,18 +470,17 @@ def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
         dist.close()
 
 
-def _resolve_precision(cfg: EngineConfig, device: torch.device, dist: Dist) -> Precision:
-    """What ``field.precision`` becomes on this device; a fallback (bf16 without matrix units, tf32 off CUDA)
-    is one ``warning:`` line in build.log and on the console, and the engine does not warn again.
-    ``MEDNF_FIT_KERNEL`` is checked here too, so a bad value stops the build before meta-learning."""
+def _resolve_execution(cfg: EngineConfig, device: torch.device, dist: Dist) -> Execution:
+    """The build's device and what ``field.precision`` becomes there, resolved once for meta-learning and every
+    fit; a fallback (bf16 without matrix units, tf32 off CUDA) is one ``warning:`` line in build.log and on the
+    console. ``MEDNF_FIT_KERNEL`` is checked here too, so a bad value stops the build before meta-learning."""
     requested_kernel()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PrecisionWarning)  # resolved here once, so the engine stays silent
-        used = resolve_precision(cfg.precision, device)
+    execution = Execution.resolve(cfg.precision, device, warn=False)  # said here, in the build's own words
+    used = execution.precision
     if used.effective != used.requested:
         _say(f"warning: precision {used.requested} is not available on {device}: {used.detail}; running "
              f"{used.effective} (recorded in the manifest)", dist)
-    return used
+    return execution
 
 
 def _env_rank() -> tuple[int, int]:
@@ -563,7 +561,7 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
         raise ConfigError(error or "the memory plan of another rank does not fit its budget (see its message)")
     assert plan is not None
     _say(plan.describe(), dist)
-    precision = _resolve_precision(cfg, device, dist)
+    execution = _resolve_execution(cfg, device, dist)
     _say(f"source: {source.description.get('file', source.description['kind'])}, splits {source.counts()}; "
          f"engine: K={cfg.field.num_layers} L={cfg.field.hidden_dim} P={cfg.field.latent_dim}, "
          f"{cfg.meta.steps} meta-iterations of B={cfg.meta.batch_size}", dist)
@@ -571,7 +569,7 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
     mean = mean_image(source.splits["train"].images)  # [D, *spatial]: the mean-image baseline
     val_baseline = float(psnr_against(source.splits["val"].images[:spec.build.val_samples], mean).mean())
     trainer = MetaTrainer(cfg, spec.build, source.splits["train"].images, source.splits["val"].images, work,
-                          seed=spec.seed, device=device, dist=dist, log=lambda m: _say(m, dist), plan=plan,
+                          seed=spec.seed, execution=execution, dist=dist, log=lambda m: _say(m, dist), plan=plan,
                           val_baseline=val_baseline, tensorboard=options.tensorboard)
     summary = trainer.run(progress=options.progress)
     theta = trainer.best_params()
@@ -583,11 +581,11 @@ def _build_locked(out: Path, spec: BuilderSpec, cfg: EngineConfig, options: Buil
         writer.create_latents(source.counts(), {"name": spec.name})
         atomic_write_bytes(created, b"")
     dist.barrier()
-    fit_batch = _fit_splits(writer, work, theta, cfg, spec, source, device, dist, options.progress, plan)
+    fit_batch = _fit_splits(writer, work, theta, cfg, spec, source, execution, dist, options.progress, plan)
     dist.barrier()
     if dist.is_main:
-        manifest = _finalize(writer, work, spec, cfg, source, theta, summary, device, dist, plan, fit_batch,
-                             precision, (mean, val_baseline))
+        manifest = _finalize(writer, work, spec, cfg, source, theta, summary, execution, dist, plan, fit_batch,
+                             (mean, val_baseline))
         line = ", ".join(f"{s} {v.count} @ {v.psnr_mean:.2f} dB" for s, v in manifest.splits.items())
         _say(f"done: {out} ({line}); {(time.perf_counter() - started) / 60:.1f} min this run", dist)
     dist.barrier()

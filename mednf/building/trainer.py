@@ -53,6 +53,7 @@ from mednf.engine.baselines import (
     learns_per_sample,
 )
 from mednf.engine.config import EngineConfig
+from mednf.engine.execution import Execution
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.meta import MetaLearner
 from mednf.engine.planner import MemoryPlan, fit_batch_now, release_free_memory
@@ -121,7 +122,7 @@ class MetaTrainer:
     """Runs meta-training from the last checkpoint in ``work`` to ``cfg.meta.steps``."""
 
     def __init__(self, cfg: EngineConfig, settings: BuildSettings, train_images: np.ndarray,
-                 val_images: np.ndarray, work: Path, *, seed: int, device: torch.device, dist: Dist,
+                 val_images: np.ndarray, work: Path, *, seed: int, execution: Execution, dist: Dist,
                  log: Callable[[str], None] = print, plan: MemoryPlan | None = None,
                  val_baseline: float | None = None, tensorboard: Path | None = None) -> None:
         self.tensorboard = tensorboard  # a TensorBoard log folder (mednf.building.curves.TensorBoardLog), or None
@@ -131,8 +132,9 @@ class MetaTrainer:
         self.micro_batch = plan.micro_batch if plan is not None else None  # None: the whole local batch
         self.train_images = train_images  # [N, D, *spatial] uint8 or float
         self.val_images = val_images[: settings.val_samples]
-        self.device, self.dist, self.log = device, dist, log
-        self.learner = MetaLearner(cfg.field, cfg.meta, seed=seed, device=device)
+        self.execution, self.dist, self.log = execution, dist, log  # device and resolved precision
+        self.device = execution.device
+        self.learner = MetaLearner(cfg.field, cfg.meta, seed=seed, execution=execution)
         self.history: list[dict[str, float]] = []
         self.best_step, self.best_psnr = -1, float("-inf")
         self.seconds = 0.0
@@ -193,7 +195,7 @@ class MetaTrainer:
                 batch = fit_batch_now(self.plan, self.cfg, mine.shape[2:], self.device)
                 fit = dataclasses.replace(fit, batch_size=batch)
             result = fit_latents(self.learner.detached_params(), mine, self.cfg.field, fit,
-                                 device=self.device, seed=self.seed, first_index=start, with_ssim=True)
+                                 execution=self.execution, seed=self.seed, first_index=start, with_ssim=True)
             ssim = result.ssim.double()
             defined = torch.isfinite(ssim)
             prepared = nf.prepare({k: v.cpu() for k, v in self.learner.detached_params().items()}, self.cfg.field)

@@ -18,10 +18,10 @@ Both are computed as ``sin((ω_k W_k) h + bias_k(φ))`` (:class:`PreparedField`)
 ``[B, L]`` per layer from a single matmul: one add and one sine per layer over the ``[B, N, L]``
 activations, nothing else.
 
-Inside :func:`mednf.engine.precision.use_precision` with bf16, :func:`prepare` also keeps bf16 copies of the
-hidden weights and the hidden products ``(ω_k W_k) h`` run in bf16 (fp32 accumulation); the first layer,
-the biases, the sine argument and the residual stream stay fp32 (see that module). Outside it — decoding,
-the exactness tests — every operation is the fp32/fp64 one of the formulas above.
+Given a bf16 :class:`~mednf.engine.precision.Precision`, :func:`prepare` also keeps bf16 copies of the hidden
+weights and the hidden products ``(ω_k W_k) h`` run in bf16 (fp32 accumulation); the first layer, the biases,
+the sine argument and the residual stream stay fp32 (see that module). Without one — decoding, the
+exactness tests — every operation is the fp32/fp64 one of the formulas above.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from mednf.engine.config import FieldConfig
-from mednf.engine.precision import FP32, Precision, active_precision
+from mednf.engine.precision import FP32, Precision
 from mednf.errors import ConfigError
 
 Params = dict[str, Tensor]
@@ -135,8 +135,8 @@ class PreparedField:
     meta-iteration (or per fit batch) instead of once per forward removes 3·(K-1) small ops (and their
     backward) from every inner step; gradients still flow to θ through the fold.
 
-    ``precision`` is the one active when it was prepared; with bf16, ``lowp_weights`` holds the bf16 copies
-    of ``weights`` (cast once here, differentiable) that the products use.
+    ``precision`` is the one it was prepared for; with bf16, ``lowp_weights`` holds the bf16 copies of
+    ``weights`` (cast once here, differentiable) that the products use.
     """
 
     weights: tuple[Tensor, ...]  # K-1 tensors [L, n], already multiplied by ω_k
@@ -149,8 +149,10 @@ class PreparedField:
     lowp_weights: tuple[Tensor, ...] | None = None  # bf16 copies of ``weights`` (bf16 precision only)
 
 
-def prepare(params: Params, cfg: FieldConfig) -> PreparedField:
-    """Fold θ for :func:`forward_prepared` (differentiable w.r.t. θ)."""
+def prepare(params: Params, cfg: FieldConfig, precision: Precision = FP32) -> PreparedField:
+    """Fold θ for :func:`forward_prepared` (differentiable w.r.t. θ), its products in ``precision`` (the
+    resolved one, :class:`mednf.engine.execution.Execution`; default fp32 — ``cfg.precision`` is only the
+    request)."""
     omega = _omega_column(cfg, params["shift.bias"])  # [(K-1)·L]
     layer_bias = torch.cat([params[f"layers.{k}.bias"] for k in range(cfg.num_sine_layers)])
     if cfg.shift_mode == "inside":
@@ -160,7 +162,6 @@ def prepare(params: Params, cfg: FieldConfig) -> PreparedField:
         shift_weight = params["shift.weight"]
         shift_bias = params["shift.bias"] + layer_bias * omega
     weights = tuple(params[f"layers.{k}.weight"] * w for k, w in enumerate(cfg.omegas))
-    precision = active_precision()
     lowp = tuple(w.to(torch.bfloat16) for w in weights) if precision.bf16 else None
     return PreparedField(weights, shift_weight, shift_bias, params["last.weight"], params["last.bias"] + 0.5, cfg,
                          precision, lowp)

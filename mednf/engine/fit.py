@@ -25,6 +25,7 @@ from mednf.engine import field as nf
 from mednf.engine.allocator import fit_memory
 from mednf.engine.config import FieldConfig, FitConfig
 from mednf.engine.context import observed_context_weights, random_context
+from mednf.engine.execution import Execution, given_or_resolved
 from mednf.engine.fused_latent_grad import fit_kernel, fused_latent_gradient
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.meta import check_signals, mse_to_psnr, signal_mse
@@ -37,7 +38,7 @@ from mednf.engine.planner import (
     plan_fit_batch,
     resolve_budget,
 )
-from mednf.engine.precision import use_precision
+from mednf.engine.precision import FP32, Precision, matmul_switches
 from mednf.errors import ConfigError
 
 _CPU_CHUNK_ROWS = CPU_CHUNK_ROWS  # (signal, point) rows per chunk of the latent gradient on the CPU
@@ -85,6 +86,7 @@ def fit_batch(
     chunk_rows: int | None = None,
     return_recon: bool = False,
     observed: Tensor | None = None,
+    precision: Precision = FP32,
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Fit latents for one batch.
 
@@ -98,12 +100,13 @@ def fit_batch(
         observed: ``[B, N]`` bool, True at the points that count (a mask, or the real points of a padded
             set; every row needs one); the loss, the rescaling subsets and the MSE use only those.
             None: every point.
+        precision: the resolved precision of the products (:func:`mednf.engine.field.prepare`).
     Returns:
         ``(φ [B, P], MSE of the clamped reconstruction [B])``, plus that reconstruction ``[B, N, D]``
         when ``return_recon``.
     """
     B, N = targets.shape[:2]
-    field = nf.prepare(params, cfg)
+    field = nf.prepare(params, cfg, precision)
     phi = targets.new_zeros(B, cfg.latent_dim)
     if chunk_rows is None and targets.device.type == "cpu":
         chunk_rows = _CPU_CHUNK_ROWS
@@ -151,7 +154,8 @@ def fit_latents(
     cfg: FieldConfig,
     fit: FitConfig,
     *,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
+    execution: Execution | None = None,
     seed: int = 0,
     first_index: int = 0,
     on_batch: Callable[[int, int], None] | None = None,
@@ -163,6 +167,9 @@ def fit_latents(
 
     Args:
         params: θ (any device; moved to ``device``).
+        device, execution: where the fit runs and in which resolved precision (a build resolves its
+            :class:`~mednf.engine.execution.Execution` once); without an execution, ``cfg.precision`` is
+            resolved here for ``device`` (default CPU).
         signals: ``[S, D, *spatial]`` float in [0, 1] or uint8; stays where it is, batches are moved.
         first_index: global index of ``signals[0]`` (keys of the rescaling subsets when sharded).
         on_batch: called with (signals done, total) after each batch, e.g. to drive a progress bar.
@@ -175,7 +182,8 @@ def fit_latents(
     Returns:
         :class:`FitResult` with S latents, MSEs and PSNRs, in input order.
     """
-    device = torch.device(device)
+    execution = given_or_resolved(execution, cfg.precision, device, stacklevel=2)
+    device = execution.device
     if signals.ndim != cfg.in_dims + 2 or signals.shape[1] != cfg.out_dims:
         raise ConfigError(
             f"signals shape = {tuple(signals.shape)} is invalid: expected [S, {cfg.out_dims}, "
@@ -198,7 +206,7 @@ def fit_latents(
         seen = mask[start:stop].reshape(stop - start, -1).to(device)  # [b, N]
         return _Batch(*compact_points(coords, nf.to_points(chunk), seen), None)
 
-    return _fit_batches(params, signals.shape[0], coords.shape[0], batch, cfg, fit, device=device, seed=seed,
+    return _fit_batches(params, signals.shape[0], coords.shape[0], batch, cfg, fit, execution=execution, seed=seed,
                         first_index=first_index, on_batch=on_batch, with_ssim=with_ssim, spatial=spatial,
                         memory_budget=memory_budget)
 
@@ -211,7 +219,8 @@ def fit_points(
     fit: FitConfig,
     *,
     observed: Tensor | np.ndarray | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
+    execution: Execution | None = None,
     seed: int = 0,
     first_index: int = 0,
     on_batch: Callable[[int, int], None] | None = None,
@@ -225,10 +234,12 @@ def fit_points(
         values: ``[S, M, D]`` float in [0, 1] (or uint8).
         observed: ``[S, M]`` bool, False at padding (signals with fewer than M points; padded values and
             coordinates are ignored, even NaN); None: all real.
+        device, execution: as for :func:`fit_latents`.
     Returns:
         :class:`FitResult` (MSE and PSNR over each signal's real points; no SSIM).
     """
-    device = torch.device(device)
+    execution = given_or_resolved(execution, cfg.precision, device, stacklevel=2)
+    device = execution.device
     coords, values = torch.as_tensor(coords), torch.as_tensor(values)
     S = values.shape[0] if values.ndim == 3 else -1
     if values.ndim != 3 or values.shape[2] != cfg.out_dims:
@@ -257,7 +268,7 @@ def fit_points(
             return _Batch(points, chunk.to(device), None, None)
         return _Batch(*compact_points(points, chunk.to(device), observed[start:stop].to(device)), None)
 
-    return _fit_batches(params, S, values.shape[1], batch, cfg, fit, device=device, seed=seed,
+    return _fit_batches(params, S, values.shape[1], batch, cfg, fit, execution=execution, seed=seed,
                         first_index=first_index, on_batch=on_batch, with_ssim=False, spatial=None,
                         memory_budget=memory_budget)
 
@@ -308,31 +319,31 @@ class _Batch:
 
 
 def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Callable[[int, int], _Batch],
-                 cfg: FieldConfig, fit: FitConfig, *, device: torch.device, seed: int, first_index: int,
+                 cfg: FieldConfig, fit: FitConfig, *, execution: Execution, seed: int, first_index: int,
                  on_batch: Callable[[int, int], None] | None, with_ssim: bool, spatial: tuple[int, ...] | None,
                  memory_budget: MemoryBudget | str | int | None) -> FitResult:
     """The batch loop of :func:`fit_latents` and :func:`fit_points`: ``make_batch(start, stop)`` gives the
-    points of signals ``start..stop`` on ``device``."""
+    points of signals ``start..stop`` on the execution's device."""
+    device, precision = execution.device, execution.precision
     theta = {k: v.detach().to(device) for k, v in params.items()}
     budget = None if memory_budget is None else resolve_budget(memory_budget, device)
     size = auto_batch_size(cfg, num_points, fit, device, budget=budget, rows_out=total)
     latents = torch.empty(total, cfg.latent_dim)
     mses = torch.empty(total)
     ssims = torch.full((total,), float("nan")) if with_ssim else None
-    precision = None
     for start in range(0, total, size):
         stop = min(start + size, total)
         part = make_batch(start, stop)
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
         allocator = fit_memory() if device.type == "cpu" else contextlib.nullcontext()
-        with use_precision(cfg.precision, device) as precision, allocator:
+        with matmul_switches(precision), allocator:
             phi, mse, recon = fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed, return_recon=True,
-                                        observed=part.observed)
+                                        observed=part.observed, precision=precision)
         if ssims is not None and part.signals is not None:
             ssims[start:stop] = ssim(nf.from_points(recon, spatial), part.signals).cpu()
         latents[start:stop] = phi.cpu()
         mses[start:stop] = mse.cpu()
         if on_batch is not None:
             on_batch(stop, total)
-    kernel = "eager" if precision is None else fit_kernel(precision, device)  # after: a failed compile shows
+    kernel = "eager" if total == 0 else fit_kernel(precision, device)  # after: a failed compile shows
     return FitResult(latents, mses, mse_to_psnr(mses), ssims, kernel)

@@ -18,8 +18,8 @@ For the same reason a signal observed only at some points (a mask, or padding of
 is fitted by ``point_weights``: N/m on its m observed points and 0 elsewhere turn the mean over all N
 points into the mean over the observed ones.
 
-It is tested against autograd (tests/test_latent_grad.py). In bf16 precision (a field prepared inside
-:func:`mednf.engine.precision.use_precision`) the hidden products, forward and backward, run in bf16 through
+It is tested against autograd (tests/test_latent_grad.py). In bf16 precision (a field prepared with a
+bf16 :class:`~mednf.engine.precision.Precision`) the hidden products, forward and backward, run in bf16 through
 :func:`mednf.engine.field.preactivation` / :func:`~mednf.engine.field.input_gradient`; cosines, sums over
 points, the residual stream and ∂L/∂φ stay fp32.
 """

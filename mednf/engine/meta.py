@@ -37,7 +37,8 @@ from mednf.engine.allocator import graph_memory
 from mednf.engine.config import FieldConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
 from mednf.engine.inner_grad import inner_gradient
-from mednf.engine.precision import use_precision
+from mednf.engine.execution import Execution, given_or_resolved
+from mednf.engine.precision import FP32, Precision, matmul_switches
 from mednf.errors import ConfigError
 
 
@@ -126,6 +127,7 @@ def meta_objective(
     contexts: list[Tensor | None],
     loss_divisor: int | None = None,
     explicit: bool = True,
+    precision: Precision = FP32,
 ) -> MetaOutput:
     """Meta-loss of one batch, differentiable w.r.t. θ (second order unless ``meta.first_order``).
 
@@ -134,8 +136,9 @@ def meta_objective(
         loss_divisor: None → mean over the B signals; else sum / divisor (a rank's share of a global
             batch of that size, so that summing the ranks' gradients gives the global mean).
         explicit: see :func:`inner_loop` (False: autograd's double backward, kept as a reference).
+        precision: the resolved precision of the products (:func:`mednf.engine.field.prepare`).
     """
-    field = nf.prepare(params, cfg)
+    field = nf.prepare(params, cfg, precision)
     phi, inner_mse = inner_loop(
         field, targets, coords, lr=meta.inner_lr, contexts=contexts, create_graph=not meta.first_order,
         explicit=explicit,
@@ -177,6 +180,7 @@ def accumulate_meta_gradient(
     global_batch: int | None = None,
     micro_batch: int | None = None,
     explicit: bool = True,
+    precision: Precision = FP32,
 ) -> MetaOutput:
     """Backpropagate one meta-iteration's loss into the ``.grad`` of ``params``, ``micro_batch`` signals at a time.
 
@@ -190,6 +194,7 @@ def accumulate_meta_gradient(
         micro_batch: signals per part (None: all B at once). Part ``[s, e)`` draws the contexts of slots
             ``positions[s:e]``, exactly those a whole-batch call draws for these signals.
         explicit: see :func:`inner_loop`.
+        precision: the resolved precision of the products (:func:`meta_objective`).
     Returns:
         :class:`MetaOutput` of the whole batch: the loss summed over parts (detached), ``outer_mse [B]``,
         ``inner_mse [B]`` and ``latents [B, P]`` (detached).
@@ -206,7 +211,7 @@ def accumulate_meta_gradient(
         contexts = sample_contexts(meta, stop - start, N, seed=seed, iteration=iteration, device=targets.device,
                                    positions=positions[start:stop], global_batch=total)
         out = meta_objective(params, targets[start:stop], coords, cfg, meta, contexts, loss_divisor=total,
-                             explicit=explicit)
+                             explicit=explicit, precision=precision)
         out.loss.backward()  # frees this part's graph before the next part builds its own
         loss = loss + out.loss.detach()
         outer.append(out.outer_mse)
@@ -233,16 +238,20 @@ class MetaLearner:
         *,
         params: nf.Params | None = None,
         seed: int = 0,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
         explicit: bool = True,
+        execution: Execution | None = None,
     ) -> None:
-        """``explicit``: the hand-written second-order inner gradient (default; False: autograd's double
+        """``execution``: device and resolved precision of every step (a build resolves it once); without
+        one, ``field_cfg.precision`` is resolved here for ``device`` (default CPU).
+        ``explicit``: the hand-written second-order inner gradient (default; False: autograd's double
         backward, the reference path, for benchmarks). Both give the same meta-gradient."""
         self.explicit = explicit
         self.field_cfg = field_cfg
         self.meta_cfg = meta_cfg
         self.seed = seed
-        self.device = torch.device(device)
+        self.execution = given_or_resolved(execution, field_cfg.precision, device, stacklevel=2)
+        self.device = self.execution.device
         if params is None:
             gen = torch.Generator().manual_seed(seed)
             params = nf.init_params(field_cfg, generator=gen, device=self.device)
@@ -298,11 +307,13 @@ class MetaLearner:
         coords = self.grid(spatial, dtype)
         targets = nf.to_points(signals)  # [B, N, D]
         allocator = graph_memory() if self.device.type == "cpu" else contextlib.nullcontext()
-        with use_precision(cfg.precision, self.device), allocator:  # no page fault per large tensor on the CPU
+        precision = self.execution.precision
+        with matmul_switches(precision), allocator:  # allocator: no page fault per large tensor on the CPU
             self.optimizer.zero_grad(set_to_none=True)
             out = accumulate_meta_gradient(
                 self.params, targets, coords, cfg, self.meta_cfg, seed=self.seed, iteration=self.iteration,
                 positions=positions, global_batch=global_batch, micro_batch=micro_batch, explicit=self.explicit,
+                precision=precision,
             )
         if reduce_grads is not None:
             reduce_grads([p.grad for p in self.params.values()])

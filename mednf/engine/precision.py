@@ -1,36 +1,36 @@
 """Numerical precision of the engine's matrix products: ``fp32`` (default), ``tf32`` or ``bf16``.
 
-The setting is ``field.precision`` (:class:`mednf.engine.config.FieldConfig`, so it travels with the
-engine config into the manifest); the meta-learning step and the test-time fit run inside
-:func:`use_precision`, which resolves what the device can do and makes it the *active* precision for
-:mod:`mednf.engine.field` and :mod:`mednf.engine.latent_grad`. Outside it everything is fp32 (decoding,
+The user's request is ``field.precision`` (:class:`mednf.engine.config.FieldConfig`, so it travels with
+the engine config into the manifest). :func:`resolve_precision` turns it into a :class:`Precision` for a
+device — what runs, and why it differs from the request — once per build, meta-learner or fit
+(:class:`mednf.engine.execution.Execution` carries it with the device). That object is handed down: the
+meta-learning step and the fit pass it to :func:`mednf.engine.field.prepare`, and run inside
+:func:`matmul_switches` for torch's global CUDA switches. A field prepared without one is fp32 (decoding,
 the exactness tests).
 
 What each format does:
 
 - ``fp32``: every product in float32. Global torch switches are left as they are.
 - ``tf32``: float32 tensors, CUDA matrix products on the tensor cores in TF32
-  (``torch.backends.cuda.matmul.allow_tf32``, set inside the context and restored after). TF32 exists
-  only on CUDA (compute capability ≥ 8.0): elsewhere it runs fp32 and says so once.
+  (``torch.backends.cuda.matmul.allow_tf32``, set inside :func:`matmul_switches` and restored after). TF32
+  exists only on CUDA (compute capability ≥ 8.0): elsewhere it runs fp32 and says so where it is resolved.
 - ``bf16``: the hidden layers' products ``(ω_k W_k) h`` (≈ all the FLOPs) take bfloat16 operands and
   accumulate in float32 (oneDNN/AMX on CPU, tensor cores on CUDA, where reduced-precision reductions are
-  switched off inside the context). The GEMM returns bfloat16: torch has no bf16-in/fp32-out product on the
-  CPU. What stays fp32, chosen by measurement (benchmarks/RESULTS.md, "Precision"): the first layer
-  (C-wide, cheap), the folded biases / shift map ``m(φ)`` and its transpose in the backward, the sine
+  switched off inside :func:`matmul_switches`). The GEMM returns bfloat16: torch has no bf16-in/fp32-out
+  product on the CPU. What stays fp32, chosen by measurement (benchmarks/RESULTS.md, "Precision"): the first
+  layer (C-wide, cheap), the folded biases / shift map ``m(φ)`` and its transpose in the backward, the sine
   argument (the product is added to the per-signal bias in fp32 and the sine/cosine are taken in
   fp32), the residual stream ``h``, the output layer, every sum over points, and the latents with
   their SGD update (owned by meta/fit, which keep φ in fp32). bf16 needs hardware support: on the CPU
   ``amx_bf16`` or ``avx512_bf16`` (checked through ``/proc/cpuinfo`` or torch), on CUDA compute capability
-  ≥ 8.0. Without it: one warning, fp32, and the effective precision says fp32.
+  ≥ 8.0. Without it: one warning where it is resolved, fp32, and the effective precision says fp32.
 
-:func:`resolve_precision` gives the :class:`Precision` (requested, effective, why) for a device without
-entering it; its ``to_dict()`` is what a build should record beside the device.
+The resolved :class:`Precision`'s ``to_dict()`` is what a build records beside the device.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import functools
 import warnings
@@ -79,14 +79,6 @@ class Precision:
 
 
 FP32 = Precision()
-_ACTIVE: contextvars.ContextVar[Precision] = contextvars.ContextVar("mednf_precision", default=FP32)
-_PARTS: contextvars.ContextVar[tuple[tuple[str, bool], ...]] = contextvars.ContextVar("mednf_bf16_parts", default=())
-_WARNED: set[tuple[str, str, str]] = set()
-
-
-def active_precision() -> Precision:
-    """The precision :func:`use_precision` made active (fp32 outside of it)."""
-    return _ACTIVE.get()
 
 
 # ---------------------------------------------------------------------------------------------- hardware
@@ -163,17 +155,15 @@ def resolve_precision(
     *,
     warn: bool = True,
     support: Callable[[torch.device], tuple[bool, str]] | None = None,
+    stacklevel: int = 1,
 ) -> Precision:
     """What ``requested`` becomes on ``device``: unknown names are a one-line ConfigError; a format the
-    device cannot run falls back to fp32 with one :class:`PrecisionWarning` per process (``warn``).
+    device cannot run falls back to fp32 with one :class:`PrecisionWarning` (``warn``; resolve once and
+    hand the result down, so that it is said once).
 
     ``support`` replaces :func:`bf16_support` (the hardware check for bf16), e.g. to test the fallback.
+    ``stacklevel`` is the warning's, counted from the caller of this function (1: the line that called it).
     """
-    return _resolve(requested, device, warn=warn, support=support, stacklevel=3)
-
-
-def _resolve(requested: str, device: torch.device | str | None, *, warn: bool,
-             support: Callable[[torch.device], tuple[bool, str]] | None, stacklevel: int) -> Precision:
     requested = check_precision(requested)
     device = torch.device("cpu" if device is None else device)
     if requested == "fp32":
@@ -181,32 +171,24 @@ def _resolve(requested: str, device: torch.device | str | None, *, warn: bool,
     check = _tf32_support if requested == "tf32" else (support or bf16_support)
     ok, detail = check(device)
     if ok:
-        parts = dict(_PARTS.get()) if requested == "bf16" else {}
-        return Precision(requested, requested, device.type, detail, **parts)
-    key = (requested, device.type, detail)
-    if warn and key not in _WARNED:
-        _WARNED.add(key)
+        return Precision(requested, requested, device.type, detail)
+    if warn:
         warnings.warn(f"precision {requested} is not available on {device}: {detail}; running fp32 "
-                      "(recorded as effective fp32)", PrecisionWarning, stacklevel=stacklevel)
+                      "(recorded as effective fp32)", PrecisionWarning, stacklevel=stacklevel + 1)
     return Precision(requested, "fp32", device.type, detail)
 
 
-# ---------------------------------------------------------------------------------------------- context
+# ---------------------------------------------------------------------------------------------- use
 
 
-@contextlib.contextmanager
-def bf16_parts(**parts: bool) -> Iterator[None]:
-    """Measurement only: bf16 resolved inside also runs ``parts`` in bf16, e.g.
-    ``bf16_parts(first_layer_bf16=True)`` (benchmarks/precision.py measures what each part costs)."""
+def bf16_parts(precision: Precision, **parts: bool) -> Precision:
+    """Measurement only: ``precision`` with ``parts`` also in bf16 where it runs bf16, e.g.
+    ``bf16_parts(used, first_layer_bf16=True)`` (benchmarks/precision.py measures what each part costs)."""
     known = {f.name for f in dataclasses.fields(Precision) if f.name.endswith("_bf16")}
     unknown = sorted(set(parts) - known)
     if unknown:
         raise TypeError(f"unknown bf16 parts {unknown}: expected some of {sorted(known)}")
-    token = _PARTS.set(tuple(parts.items()))
-    try:
-        yield
-    finally:
-        _PARTS.reset(token)
+    return dataclasses.replace(precision, **parts) if precision.bf16 else precision
 
 
 def _swap_cuda_flag(name: str, value: bool) -> Callable[[], None]:
@@ -232,24 +214,20 @@ def _swap_cuda_flag_new(value: str) -> Callable[[], None]:
 
 
 @contextlib.contextmanager
-def use_precision(requested: str | Precision, device: torch.device | str | None = None) -> Iterator[Precision]:
-    """Run the engine inside in ``requested`` precision on ``device`` (resolved by :func:`resolve_precision`,
-    or a :class:`Precision` as it is); yields the resolved :class:`Precision`."""
-    policy = requested if isinstance(requested, Precision) else _resolve(
-        requested, device, warn=True, support=None, stacklevel=4)  # the warning points at the `with` line
+def matmul_switches(precision: Precision) -> Iterator[None]:
+    """torch's global CUDA matrix-product switches as ``precision`` needs them, restored on exit: TF32 on for
+    tf32, reduced-precision bf16 reductions off (fp32 accumulation) for bf16; fp32 and the CPU change nothing."""
     undo: list[Callable[[], None]] = []
-    token = _ACTIVE.set(policy)
     try:
-        if policy.device == "cuda" and policy.effective == "tf32":
+        if precision.device == "cuda" and precision.effective == "tf32":
             undo.append(_swap_tf32(True))
-        if policy.device == "cuda" and policy.bf16:  # fp32 accumulation inside the bf16 GEMMs
+        if precision.device == "cuda" and precision.bf16:  # fp32 accumulation inside the bf16 GEMMs
             undo.append(_swap_cuda_flag("allow_bf16_reduced_precision_reduction", False))
-        yield policy
+        yield
     finally:
         for step in reversed(undo):
             step()
-        _ACTIVE.reset(token)
 
 
-__all__ = ["FP32", "PRECISIONS", "Precision", "PrecisionWarning", "active_precision", "bf16_parts", "bf16_support",
-           "cpu_bf16_units", "resolve_precision", "use_precision"]
+__all__ = ["FP32", "PRECISIONS", "Precision", "PrecisionWarning", "bf16_parts", "bf16_support", "cpu_bf16_units",
+           "matmul_switches", "resolve_precision"]

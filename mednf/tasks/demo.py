@@ -48,7 +48,7 @@ def run_demo(
     per_step = (time.perf_counter() - start) / steps
     params = learner.detached_params()
     start = time.perf_counter()
-    fitted = fit_latents(params, test_t, cfg.field, cfg.fit, seed=seed)
+    fitted = fit_latents(params, test_t, cfg.field, cfg.fit, seed=seed, execution=learner.execution)
     fit_rate = num_test / (time.perf_counter() - start)
     with torch.no_grad():
         coords = coordinate_grid((size, size))
