@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mednf.arguments import optional_positive_int, positions, side_lengths
 from mednf.errors import ConfigError, FormatError, TransformError
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.format.splits import canonical_split, check_split, hf_split
@@ -126,23 +127,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def _positions(self, idx: IndexLike) -> np.ndarray | int:
-        n = len(self)
-        if isinstance(idx, (int, np.integer)) or (isinstance(idx, Tensor) and idx.dim() == 0):
-            i = int(idx)
-            if not -n <= i < n:
-                raise IndexError(f"index {i} is out of range for {self.name} {self.split} with {n} samples")
-            return i % n
-        if isinstance(idx, slice):
-            return np.arange(n)[idx]
-        arr = np.asarray(idx.cpu() if isinstance(idx, Tensor) else idx)
-        if arr.dtype == bool:
-            if arr.shape != (n,):
-                raise IndexError(f"boolean mask of shape {arr.shape} does not match {n} samples")
-            return np.flatnonzero(arr)
-        arr = arr.astype(np.int64).reshape(-1)
-        if arr.size and (arr.min() < -n or arr.max() >= n):
-            raise IndexError(f"indices out of range for {self.name} {self.split} with {n} samples")
-        return arr % n
+        return positions(idx, len(self), f"{self.name} {self.split}")
 
     def __getitem__(self, idx: IndexLike) -> dict[str, Any]:
         pos = self._positions(idx)
@@ -233,6 +218,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         signal larger than that is decoded in chunks of points. A result that cannot fit in memory is
         refused before anything is computed.
         """
+        batch_size = optional_positive_int(batch_size, "batch_size", "or None to choose it from the memory a batch needs")
         pos = np.arange(len(self)) if indices is None else np.atleast_1d(self._positions(indices))
         spatial = self._spatial(size)
         device = torch.device(device or self.device or "cpu")
@@ -247,10 +233,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         dims = len(self.native_size)
         if size is None:
             return self.native_size
-        spatial = (int(size),) * dims if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
-        if len(spatial) != dims or min(spatial) < 1:
-            raise ConfigError(f"size = {size!r} is invalid: expected a positive side length or {dims} of them")
-        return spatial
+        return side_lengths(size, dims)
 
     def plot(self, indices: IndexLike | None = None, *, size: int | Sequence[int] | None = None,
              with_inputs: bool = True, root: str | Path | None = None, columns: int = 8) -> Any:

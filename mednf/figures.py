@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mednf.arguments import positive_int
+from mednf.errors import ConfigError
 from mednf.io.files import atomic_write_bytes
 from mednf.optional import optional_import
 from mednf.sources.kinds import images_unavailable
@@ -246,6 +248,9 @@ def dataset_samples(ds: Any, indices: Any = None, *, size: int | Sequence[int] |
     build read them from), captioned with the PSNR recorded at build; ``what`` goes before the title."""
     figure_class()  # a missing matplotlib ends here, before anything is decoded
     positions = np.arange(min(8, len(ds))) if indices is None else np.atleast_1d(ds._positions(indices))
+    if not len(positions):
+        raise ConfigError(f"indices = {indices!r} select no sample of {ds.name} {ds.split}: expected at least one; "
+                          "give the rows to show (default: the first 8)")
     recon = ds.decode(positions, size=size, device=device).numpy()  # [n, D, *spatial]
     inputs, note = None, None
     if with_inputs:
@@ -258,4 +263,4 @@ def dataset_samples(ds: Any, indices: Any = None, *, size: int | Sequence[int] |
 
 def dataset_figure(ds: Any, indices: Any = None, *, columns: int = 8, **kwargs: Any) -> Figure:
     """:func:`dataset_samples` as a figure (``ds.plot``)."""
-    return dataset_samples(ds, indices, **kwargs).figure(columns)
+    return dataset_samples(ds, indices, **kwargs).figure(positive_int(columns, "columns"))

@@ -39,13 +39,14 @@ def front_matter(manifest: Manifest, configs: list[dict[str, Any]] | None = None
 
     license_name = manifest.license
     total = manifest.total
+    extra: dict[str, Any] = {"configs": configs} if configs else {}  # DatasetCardData keeps unknown keys as YAML
     data = DatasetCardData(
         license=_LICENSE_IDS.get(license_name, "other"),
         pretty_name=manifest.name,
         task_categories=["image-classification"],
         tags=["medical", "neural-fields", "medfuncta", "mednf", "implicit-neural-representations"],
         size_categories=[_size_category(total)],
-        **({"configs": configs} if configs else {}),
+        **extra,
     )
     return data.to_yaml().strip()
 

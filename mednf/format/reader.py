@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -31,6 +32,7 @@ from mednf.io.files import atomic_write_bytes, sha256_file
 
 Identity = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
 _FIX = "rebuild it or download it again"
+EXECUTION_FIELDS = ("precision",)  # field settings of how θ was computed, not of the function it defines
 
 
 def _identity(path: Path) -> Identity:
@@ -195,9 +197,9 @@ class DatasetFiles:
     def theta(self) -> dict[str, Any]:
         """θ (CPU tensors) from ``model.safetensors``, files unchanged."""
         self.check_unchanged([MODEL])
-        tensors, _ = load_tensors(self.root / MODEL)
+        tensors, meta = load_tensors(self.root / MODEL)
         self.check_unchanged([MODEL])
-        check_theta(tensors, self.manifest, self.root / MODEL)
+        check_theta(tensors, meta, self.manifest, self.root / MODEL)
         return tensors
 
     def index(self, split: str):
@@ -230,14 +232,28 @@ def check_finite(data: np.ndarray, where: str | Path) -> None:
                           f"never written or damaged); {_FIX}")
 
 
-def check_theta(tensors: dict[str, Any], manifest: Manifest, where: str | Path) -> None:
-    """FormatError unless ``tensors`` hold exactly the network the manifest describes (names and shapes)."""
-    expected = param_shapes(manifest.engine_config.field)
+def check_theta(tensors: dict[str, Any], meta: dict[str, Any], manifest: Manifest, where: str | Path) -> None:
+    """FormatError unless ``tensors`` hold exactly the network the manifest describes (names and shapes), every
+    value is finite, and the field settings θ was written with (``meta["field"]``, recorded beside it) are the
+    manifest's: a changed ω or shift mode in ``mednf.json`` would decode other images in silence."""
+    field = manifest.engine_config.field
+    expected = param_shapes(field)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if shapes != expected:
         wrong = sorted(set(shapes) ^ set(expected)) or [k for k in expected if shapes[k] != expected[k]]
         raise FormatError(f"{where} does not hold the network the manifest describes (differs at {wrong[:3]}); "
                           f"{_FIX}")
+    bad = [name for name, value in tensors.items() if not bool(value.isfinite().all())]
+    if bad:
+        raise FormatError(f"{where} holds NaN/inf weights (in {bad[:3]}); {_FIX}")
+    recorded = meta.get("field")
+    if isinstance(recorded, dict):
+        described = dataclasses.asdict(field)
+        differ = [k for k in described if k not in EXECUTION_FIELDS and k in recorded and recorded[k] != described[k]]
+        if differ:
+            key = differ[0]
+            raise FormatError(f"{where} was written with field.{key} = {recorded[key]!r}, the manifest says "
+                              f"{described[key]!r}: the manifest was changed after the build; {_FIX}")
 
 
 def split_index(table: Any, manifest: Manifest, split: str, where: str | Path) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, get_args, get_origin
+from typing import Any, ClassVar, TypeVar, get_args, get_origin
 
 from mednf.errors import FormatError
 
@@ -36,6 +36,9 @@ def _json_types(hint: Any) -> tuple[type, ...]:
 
 def _is_instance(value: Any, expected: tuple[type, ...]) -> bool:
     return isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)
+
+
+R = TypeVar("R", bound="JsonRecord")
 
 
 class JsonRecord(Mapping[str, Any]):
@@ -58,7 +61,7 @@ class JsonRecord(Mapping[str, Any]):
         self._data = dict(values)
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> JsonRecord:
+    def from_json(cls: type[R], data: Any, where: str) -> R:
         """The record of a parsed JSON object (a FormatError naming ``where`` if it is not one, or a known key
         holds the wrong type)."""
         if not isinstance(data, dict):
@@ -98,7 +101,7 @@ class JsonRecord(Mapping[str, Any]):
         """The JSON object, keys in the recorded order."""
         return dict(self._data)
 
-    def replace(self, **changes: Any) -> JsonRecord:
+    def replace(self: R, **changes: Any) -> R:
         """A copy with ``changes`` (new keys go last)."""
         return type(self)(**{**self._data, **changes})
 

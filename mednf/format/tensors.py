@@ -38,8 +38,31 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except (SafetensorError, OSError, ValueError) as err:
         raise FormatError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]}); "
                           "rebuild or download the dataset again") from None
+    return tensors, _metadata(raw, path)
+
+
+def tensors_from_bytes(data: bytes, where: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of the bytes of a file written by :func:`save_tensors` (e.g. fetched over HTTP)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+        size = int.from_bytes(data[:8], "little")  # the format: 8-byte header length, then the JSON header
+        raw = json.loads(data[8:8 + size]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, AttributeError) as err:
+        raise FormatError(f"{where} is not a readable safetensors file ({(str(err).splitlines() or [''])[0]}); "
+                          "rebuild or download the dataset again") from None
+    return tensors, _metadata(raw, where)
+
+
+def _metadata(raw: dict[str, str], where: str | Path) -> dict[str, Any]:
+    """The JSON metadata of :func:`save_tensors` (older files: the string map as it is)."""
     try:
         meta = json.loads(raw[_KEY]) if _KEY in raw else raw
-    except json.JSONDecodeError:
-        raise FormatError(f"{path} has damaged metadata; rebuild or download the dataset again") from None
-    return tensors, meta
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        raise FormatError(f"{where} has damaged metadata; rebuild or download the dataset again") from None
+    if not isinstance(meta, dict):
+        raise FormatError(f"{where} has damaged metadata (a JSON {type(meta).__name__}); rebuild or download "
+                          "the dataset again")
+    return meta

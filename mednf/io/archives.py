@@ -152,7 +152,10 @@ def safe_extract(archive: Path, into: Path, *, allow_torch_files: bool = False) 
                     dest.mkdir(parents=True, exist_ok=True)
                     continue
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src:
+                source = tar.extractfile(member)
+                if source is None:  # not a regular file (refused above; here for the type checker)
+                    raise DownloadError(f"{archive.name} holds {member.name!r}, which is not a regular file")
+                with source as src:
                     _write_member(src, dest, member.size, archive, member.name)
             while tar.fileobj.read(_CHUNK):  # to the end of a compressed stream: its checksum (gzip CRC) is checked
                 pass

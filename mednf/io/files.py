@@ -60,7 +60,7 @@ def remove_temporaries(folder: Path) -> list[Path]:
     Only call this while holding the folder's lock (:mod:`mednf.io.lock`): then every such file belongs
     to a process that died before renaming it.
     """
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for path in folder.rglob("*"):

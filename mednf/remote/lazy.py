@@ -33,6 +33,7 @@ from mednf.errors import FormatError, MednfError
 from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL
 from mednf.format.manifest import Manifest
 from mednf.format.reader import check_finite, check_index_rows, check_theta, split_index
+from mednf.format.tensors import tensors_from_bytes
 from mednf.remote.fetch import RemoteFolder
 from mednf.remote.zarr_store import VerifiedStore
 
@@ -288,18 +289,11 @@ class RemoteFiles:
 
     def theta(self) -> dict[str, Any]:
         """θ (CPU tensors) from ``model.safetensors``, fetched and verified."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load
-
         if MODEL not in self.manifest.files:
             raise FormatError(f"{self.folder.file_url(MANIFEST)} lists no {MODEL}; {_FIX}")
         data = self.folder.fetch(MODEL, self.manifest.files[MODEL])
-        try:
-            tensors = load(data)
-        except (SafetensorError, ValueError) as err:
-            raise FormatError(f"{self.folder.file_url(MODEL)} is not a readable safetensors file "
-                              f"({str(err).splitlines()[0]}); {_FIX}") from None
-        check_theta(tensors, self.manifest, self.folder.file_url(MODEL))
+        tensors, meta = tensors_from_bytes(data, self.folder.file_url(MODEL))
+        check_theta(tensors, meta, self.manifest, self.folder.file_url(MODEL))
         return tensors
 
     def index(self, split: str) -> Any:

@@ -44,6 +44,9 @@ def _channels_first(images: np.ndarray | Tensor, channels: int, dims: int) -> Te
     if x.dtype not in (torch.uint8, torch.float16, torch.float32, torch.float64):
         raise EncodeError(f"images have dtype {x.dtype}: expected uint8 (0..255) or float in [0, 1]; convert them")
     if x.dim() == dims + 1 and channels == 1:
+        if x.shape[-1] in (3, 4) and x.shape[-1] != x.shape[-2]:  # [H, W, 3]: one colour image, not H gray rows
+            raise EncodeError(f"images of shape {tuple(x.shape)} look like one colour image ({x.shape[-1]} channels "
+                              f"last), the space is gray: convert to gray and pass [N, {', '.join(['S'] * dims)}]")
         return x.unsqueeze(1)
     if x.dim() == dims + 2:
         if x.shape[1] == channels:
@@ -91,6 +94,9 @@ def encode(images: np.ndarray | Tensor, space, *, mask: np.ndarray | Tensor | No
     if len(x) == 0:
         raise EncodeError("images is empty: expected at least one image")
     spatial = tuple(x.shape[2:])
+    if min(spatial) < 1:
+        raise EncodeError(f"images of shape {tuple(x.shape)} (channels first) have a side of length 0: expected "
+                          "images with pixels")
     seen = None if mask is None else as_mask(mask, len(x), spatial)
     if x.dtype != torch.uint8:
         values = x if seen is None else x.movedim(1, -1)[seen]  # only what is observed must be valid
@@ -142,8 +148,8 @@ def encode_points(coords: np.ndarray | Tensor, values: np.ndarray | Tensor, spac
         lo, hi = float(real.min()), float(real.max())
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
             raise EncodeError(f"values span [{lo:g}, {hi:g}]: expected values in [0, 1]; divide uint8 data by 255")
-    if len(values) == 0:
-        raise EncodeError("values is empty: expected at least one signal")
+    if len(values) == 0 or values.dim() < 2 or values.shape[1] == 0:
+        raise EncodeError(f"values of shape {tuple(values.shape)} hold no point: expected [N, M, D] with N, M ≥ 1")
     device = torch.device(device or "cpu")
     with tqdm(total=len(values), desc=f"encode into {ds.name}", unit="signal", disable=not progress) as bar:
         result = fit_points(ds.theta(device), coords, values, cfg.field, cfg.fit, observed=seen, device=device,

@@ -1,0 +1,79 @@
+"""The checks of public arguments that the Python API and the CLI share: counts, sizes and indices.
+
+Each check returns the value in its canonical form or raises one line naming the argument, the value and
+what was expected. Floats are never indices or counts (``ds[1.7]`` is refused, not read as row 1), and bools
+are never numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mednf.errors import ConfigError
+
+
+class IndexTypeError(ConfigError, TypeError):
+    """An index that is not an integer, a slice, a boolean mask or an array of integers."""
+
+
+def is_int(value: Any) -> bool:
+    """A Python or NumPy integer (or a 0-d integer tensor), never a bool."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def positive_int(value: Any, name: str, fix: str = "") -> int:
+    """``value`` as an int ≥ 1, else a one-line ConfigError (``fix`` appended after a semicolon)."""
+    if not is_int(value) or int(value) < 1:
+        raise ConfigError(f"{name} = {value!r} is invalid: expected a positive integer" + (f"; {fix}" if fix else ""))
+    return int(value)
+
+
+def optional_positive_int(value: Any, name: str, fix: str = "") -> int | None:
+    """None, or :func:`positive_int`."""
+    return None if value is None else positive_int(value, name, fix)
+
+
+def side_lengths(size: Any, dims: int, name: str = "size") -> tuple[int, ...]:
+    """One positive side length for every axis, or ``dims`` of them: ``[dims]`` ints."""
+    sides = [size] * dims if is_int(size) else size
+    if isinstance(sides, (str, bytes)) or not isinstance(sides, (Sequence, np.ndarray)) or len(sides) != dims \
+            or not all(is_int(s) and int(s) >= 1 for s in sides):
+        raise ConfigError(f"{name} = {size!r} is invalid: expected a positive integer side length or {dims} of them")
+    return tuple(int(s) for s in sides)
+
+
+def positions(index: Any, count: int, what: str) -> np.ndarray | int:
+    """Rows ``0..count-1`` selected by ``index`` (an int, a slice, a boolean mask ``[count]``, or integers,
+    negative ones counting from the end): an int for an int, else ``[n]`` int64. ``what`` names the
+    indexed thing in errors (e.g. ``"PhantomNF test"``)."""
+    if is_int(index):
+        i = int(index)
+        if not -count <= i < count:
+            raise IndexError(f"index {i} is out of range for {what} with {count} samples")
+        return i % count
+    if isinstance(index, slice):
+        return np.arange(count)[index]
+    array = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
+    if array.dtype == bool:
+        if array.shape != (count,):
+            raise IndexError(f"boolean mask of shape {array.shape} does not match {count} samples")
+        return np.flatnonzero(array)
+    if array.size and array.dtype.kind not in "iu":
+        hint = "; round them first if they are meant as rows" if array.dtype.kind == "f" else ""
+        raise IndexTypeError(f"index {_short(index)} of {what} is invalid: expected integers, a slice or a boolean "
+                             f"mask, not {array.dtype} values{hint}")
+    array = array.astype(np.int64).reshape(-1)
+    if array.size and (array.min() < -count or array.max() >= count):
+        raise IndexError(f"indices out of range for {what} with {count} samples")
+    return array % count
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
