@@ -1,0 +1,115 @@
+"""Bad arguments and doctored files, tried as a careless or hostile user would: every one is refused with one
+line (the documented exception in Python), and nothing wrong is handed back in silence."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import mednf
+from mednf.arguments import IndexTypeError
+from mednf.errors import ConfigError, EncodeError, FormatError
+from mednf.format.layout import MANIFEST, MODEL
+from mednf.format.tensors import load_tensors, save_tensors
+from mednf.io.files import sha256_file
+
+
+@pytest.fixture(scope="module")
+def test_split(phantom_dir):
+    return mednf.load(phantom_dir, "test")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err)
+    assert "\n" not in text and text, text
+    return text
+
+
+@pytest.mark.parametrize("index", [1.7, [1.2, 3.9], np.array([0.0, 1.0]), torch.tensor([1.0]), torch.tensor(1.5),
+                                   ["a"]])
+def test_floats_and_strings_are_not_indices(test_split, index):
+    with pytest.raises(IndexTypeError) as err:
+        test_split[index]
+    assert "expected integers" in _one_line(err.value)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda ds: ds.decode([0, 1], batch_size=-1), "batch_size = -1 is invalid"),
+    (lambda ds: ds.decode([0, 1], batch_size=0), "batch_size = 0 is invalid"),
+    (lambda ds: ds.decode([0, 1], batch_size=2.5), "batch_size = 2.5 is invalid"),
+    (lambda ds: ds.decode([0, 1], batch_size=True), "batch_size = True is invalid"),
+    (lambda ds: ds.decode([0], size=1.5), "size = 1.5 is invalid"),
+    (lambda ds: ds.decode([0], size=(8,)), r"size = \(8,\) is invalid"),
+    (lambda ds: ds.decode([0], size=0), "size = 0 is invalid"),
+    (lambda ds: ds.decode([0], size="32"), "size = '32' is invalid"),
+    (lambda ds: ds.plot([]), "select no sample"),
+    (lambda ds: ds.plot([0], columns=0), "columns = 0 is invalid"),
+])
+def test_bad_arguments_are_one_line_config_errors(test_split, call, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        call(test_split)
+    _one_line(err.value)
+
+
+def test_integer_indices_of_every_kind_still_work(test_split):
+    assert test_split[torch.tensor(2)]["index"] == test_split[2]["index"] == test_split[np.int64(2)]["index"]
+    assert test_split[[0, -1]]["latent"].shape[0] == 2 and len(test_split[[]]["latent"]) == 0
+    assert test_split.decode([0, 1], batch_size=1).shape[0] == 2
+
+
+@pytest.mark.parametrize("images, kwargs, match", [
+    (np.zeros((2, 0, 0), np.uint8), {}, "side of length 0"),
+    (np.zeros((2, 0, 0), np.uint8), {"resample": True}, "side of length 0"),
+    (np.zeros((32, 32, 3), np.uint8), {"resample": True}, "look like one colour image"),
+])
+def test_encode_refuses_images_that_are_not_images(phantom_dir, images, kwargs, match):
+    with pytest.raises(EncodeError, match=match) as err:
+        mednf.encode(images, phantom_dir, progress=False, **kwargs)
+    _one_line(err.value)
+
+
+def test_encode_points_refuses_zero_points(phantom_dir):
+    with pytest.raises(EncodeError, match="hold no point"):
+        mednf.encode_points(np.zeros((1, 0, 2), np.float32), np.zeros((1, 0, 1), np.float32), phantom_dir,
+                            progress=False)
+
+
+def _copy(phantom_dir, tmp_path):
+    out = tmp_path / "PhantomNF"
+    shutil.copytree(phantom_dir, out)
+    return out
+
+
+def _rewrite_theta(root, change) -> None:
+    """Change θ in place and record the new file in the manifest, as a consistent (but wrong) release would."""
+    tensors, meta = load_tensors(root / MODEL)
+    change(tensors)
+    save_tensors(root / MODEL, tensors, meta)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"][MODEL] = {"sha256": sha256_file(root / MODEL), "size": (root / MODEL).stat().st_size}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_nan_weight_is_refused_on_load(phantom_dir, tmp_path):
+    root = _copy(phantom_dir, tmp_path)
+    _rewrite_theta(root, lambda t: next(iter(t.values())).view(-1).__setitem__(0, float("nan")))
+    ds = mednf.load(root, "test")
+    with pytest.raises(FormatError, match="NaN/inf weights") as err:
+        ds.decode([0])
+    _one_line(err.value)
+
+
+@pytest.mark.parametrize("key, value", [("omega_first", 40.0), ("shift_mode", "outside")])
+def test_field_settings_edited_in_the_manifest_are_refused(phantom_dir, tmp_path, key, value):
+    root = _copy(phantom_dir, tmp_path)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["engine"]["field"][key] = value
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    ds = mednf.load(root, "test", verify=True)
+    with pytest.raises(FormatError, match=f"field.{key}") as err:
+        ds.decode([0])
+    assert "changed after the build" in _one_line(err.value)
