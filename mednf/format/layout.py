@@ -21,8 +21,10 @@ Every other file in the directory is content and must be listed in the manifest.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from mednf.errors import ConfigError
 from mednf.io.files import is_temporary
 
 FORMAT_VERSION = 1
@@ -63,3 +65,52 @@ def content_files(root: Path) -> list[Path]:
             continue
         files.append(path)
     return files
+
+
+# ---------------------------------------------------------------------- where mednf may write
+# A dataset folder is mednf's alone: every file in it is content listed by its manifest, or a build's state.
+# Outputs of other commands never go into one, and nothing is written into a folder that is not mednf's.
+
+
+def is_dataset_folder(path: Path) -> bool:
+    """``path`` holds a dataset (a manifest beside its index) or a build in progress or interrupted."""
+    return ((path / MANIFEST).is_file() and (path / INDEX).exists()) or unfinished_build(path)
+
+
+def dataset_around(path: Path) -> Path | None:
+    """The dataset folder that ``path`` is, or lies in (any of its parents), or None."""
+    path = Path(path).expanduser().resolve()
+    return next((folder for folder in (path, *path.parents) if is_dataset_folder(folder)), None)
+
+
+def check_outside_datasets(path: Path, option: str) -> Path:
+    """``path`` (expanded) if it is not in a dataset folder, else a one-line ConfigError naming ``option``:
+    a file written there would be content its manifest does not list, and the dataset would read as damaged."""
+    path = Path(path).expanduser()
+    folder = dataset_around(path)
+    if folder is not None:
+        raise ConfigError(f"{option} {path} is inside the dataset {folder}: a file there would damage it; choose a "
+                          "path outside it")
+    return path
+
+
+def foreign_entries(folder: Path, ours: Callable[[Path], bool]) -> list[str]:
+    """The names in ``folder`` (absent: none) that ``ours`` does not recognise as mednf's own, sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not ours(p))
+
+
+def check_empty_or_ours(folder: Path, option: str, ours: Callable[[Path], bool], what: str) -> Path:
+    """``folder`` (expanded) if it is absent, empty, or holds only what ``ours`` accepts (an earlier ``what`` of
+    the same thing), else a one-line ConfigError: mednf never writes into, or adopts files of, a folder that
+    holds anything else."""
+    folder = check_outside_datasets(folder, option)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option} {folder} is a file: expected a folder (new or empty); choose another path")
+    foreign = foreign_entries(folder, ours)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        raise ConfigError(f"{option} {folder} already holds {shown}, which is not {what}: mednf writes only into a "
+                          "new or empty folder; choose another one or empty it")
+    return folder

@@ -221,8 +221,9 @@ class Manifest:
                               "resumes when you run the same `mednf build` again)")
         try:
             data = json.loads(path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise FormatError(f"{path} is not valid JSON ({err}); rebuild or download the dataset again") from None
+        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, nested too deep, a 5000-digit number
+            reason = "nested too deep" if isinstance(err, RecursionError) else str(err)[:120]
+            raise FormatError(f"{path} is not valid JSON ({reason}); rebuild or download the dataset again") from None
         return cls.from_json(data, path)
 
 

@@ -35,11 +35,19 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def create_new(path: Path) -> int:
+    """A file descriptor of a new file at ``path``, opened for writing; a link or anything else already there is
+    an error (``FileExistsError``), never followed: what mednf creates lands where it says, not where a planted
+    link points."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync, rename."""
     tmp = temporary_name(path)
+    tmp.unlink(missing_ok=True)  # left by a killed process that had this pid (or planted): unlink never follows
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(create_new(tmp), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -11,15 +11,18 @@ Roles: ``build`` (long; others refuse at once rather than wait hours), ``downloa
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
-from mednf.errors import LockedError
+from mednf.errors import BuildError, LockedError
 
 
 def lock_path(target: Path) -> Path:
@@ -45,7 +48,7 @@ def dataset_lock(target: Path, role: str, *, wait: bool = False, poll_s: float =
     """
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 (held for the whole block)
+    handle = _open_lock_file(path)
     try:
         announced = False
         while True:
@@ -74,6 +77,23 @@ def dataset_lock(target: Path, role: str, *, wait: bool = False, poll_s: float =
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
+
+
+def _open_lock_file(path: Path) -> TextIO:
+    """The lock file, opened for reading and writing (created if absent). A symbolic link or anything but a
+    regular file at its place is refused: writing ``<role> <pid>`` through a planted link would overwrite the
+    file it points to."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise BuildError(f"{path} is a symbolic link where mednf keeps the lock of {path.parent}/"
+                         f"{path.name[1:-len('.lock')]}: mednf never writes through a link; remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BuildError(f"{path} is not a regular file where mednf keeps a dataset's lock; remove it")
+    return os.fdopen(fd, "r+")
 
 
 def _say_waiting(role: str, pid: str, target: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from mednf.engine.metrics import reconstruction_metrics
 from mednf.errors import EvalError, ConfigError
+from mednf.format.layout import check_outside_datasets
 from mednf.format.splits import canonical_split
 from mednf.sources.read import source_images
 from mednf.sources.kinds import images_unavailable
@@ -107,7 +108,7 @@ def write_report(report: EvalReport, out: str | Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = Path(out)
+    out = check_outside_datasets(Path(out), "--out")
     out.mkdir(parents=True, exist_ok=True)
     parts = list(report.splits.values())
     table = pa.table({
@@ -127,6 +128,7 @@ def save_error_grid(name_or_path: str | Path, path: str | Path, *, split: str = 
                     device: str | torch.device | None = None) -> Path:
     """PNG of the first ``count`` samples of ``split``: rows input, reconstruction and |error| (one colour
     scale, with its bar), the index and recorded PSNR under each sample (:mod:`mednf.figures`)."""
+    path = check_outside_datasets(Path(path), "--plot")
     ds = load(name_or_path, split=split, root=root, device=device)
     positions = np.arange(min(count, len(ds)))
     if source_images(ds.manifest, ds.split, ds.source_index[positions], medmnist_root) is None:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 from mednf.errors import ConfigError
 from mednf.format.card import render_card
-from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL
+from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL, check_empty_or_ours
 from mednf.format.manifest import FileEntry, Manifest
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
@@ -28,16 +30,32 @@ from mednf.format.splits import hf_split
 from mednf.dataset import MedNFDataset
 
 
-def _open_for_export(dataset: str | Path, out: str | Path) -> tuple[DatasetFiles, Path]:
-    """The verified dataset and the output folder, which must lie outside it (an export written into the
-    dataset would add files its manifest does not list, and damage it)."""
+_HF_FILES = {"data", CARD, MANIFEST, MODEL, *FIGURES}  # what an HF export folder holds
+
+
+def _open_for_export(dataset: str | Path, out: str | Path, ours: Callable[[str], set[str]],
+                     what: str) -> tuple[DatasetFiles, Path]:
+    """The verified dataset and the output folder: outside every dataset, and new, empty or holding only the
+    files ``ours(name)`` of an earlier export of the same dataset (``what`` names it in the error)."""
     files = open_dataset(dataset, verify=True)
-    out = Path(out).expanduser()
-    inside = out.resolve() == files.root.resolve() or files.root.resolve() in out.resolve().parents
-    if inside:
-        raise ConfigError(f"--out {out} is inside the dataset {files.root}: an export there would damage it; "
-                          "choose a folder outside it")
+    name = files.manifest.name
+    names = ours(name)
+    out = check_empty_or_ours(Path(out), "--out", lambda p: p.name in names, f"an earlier {what} of {name}")
+    earlier = _exported_name(out)
+    if earlier not in (None, name):
+        raise ConfigError(f"--out {out} holds the export of {earlier}, not of {name}: exporting there would replace "
+                          "it; choose another folder")
     return files, out
+
+
+def _exported_name(folder: Path) -> str | None:
+    """The dataset name an earlier HF export in ``folder`` records (None: no manifest there)."""
+    try:
+        return str(json.loads((folder / MANIFEST).read_bytes()).get("name"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return "an unreadable dataset"
 
 
 def _without_local_paths(value: Any) -> Any:
@@ -96,7 +114,8 @@ def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
     """Write ``<out>/<Name>.tar`` (+ ``SHA256SUMS``, ``registry-entry.toml``) from a verified dataset.
 
     The archive's bytes depend only on the dataset's files: the same dataset always gives the same sha256."""
-    files, out = _open_for_export(dataset, out)
+    files, out = _open_for_export(dataset, out, lambda name: {f"{name}.tar", "SHA256SUMS", "registry-entry.toml"},
+                                  "Zenodo export")
     manifest, dataset = files.manifest, files.root
     name = manifest.name
     out.mkdir(parents=True, exist_ok=True)
@@ -142,29 +161,47 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     (one config, the default, named by :func:`hf_config_name`) make ``datasets.load_dataset(out)`` find the
     splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
     format from the repository, and the build's curves and reconstruction grid that the card shows."""
-    files, out = _open_for_export(dataset, out)
-    manifest, dataset = files.manifest, files.root
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    shards = {split: out / "data" / f"{hf_split(split)}-00000-of-00001.parquet" for split in manifest.splits}
-    for split, path in shards.items():
-        for name in {split, hf_split(split)}:  # an earlier export's shards (older ones named "val") would match too
-            for stale in (out / "data").glob(f"{name}-*.parquet"):
-                if stale != path:
-                    stale.unlink()
-        MedNFDataset(dataset, split, files=files).to_hf().to_parquet(str(path))
-    configs = [{"config_name": hf_config_name(shards), "default": True,
-                "data_files": [{"split": hf_split(s), "path": f"data/{hf_split(s)}-*.parquet"} for s in shards]}]
-    for name in (MODEL, *(f for f in FIGURES if f in manifest.files)):
-        shutil.copyfile(dataset / name, out / name)
-    public_manifest, public_card = public_copy(files, out, configs)
-    atomic_write_bytes(out / MANIFEST, public_manifest)
-    atomic_write_bytes(out / CARD, public_card)
-    files.check_unchanged()  # not rebuilt while it was being exported
+    files, out = _open_for_export(dataset, out, lambda name: _HF_FILES, "Hugging Face export")
+    manifest = files.manifest
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = out.parent / f".{out.name}.export-{os.getpid()}.tmp"  # swapped in whole: a killed export leaves
+    shutil.rmtree(scratch, ignore_errors=True)  # the earlier one as it was
+    try:
+        _write_hf_export(files, scratch)
+        _swap_in(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
     (out.parent / f"{out.name}.registry-entry.toml").write_text(
         f'[{manifest.name}]\nhf_repo = "<org>/{manifest.name}"\nhf_revision = "<commit after upload>"\n'
         f'manifest_sha256 = "{sha256_file(out / MANIFEST)}"\n', encoding="utf-8")
     return out
+
+
+def _write_hf_export(files: DatasetFiles, folder: Path) -> None:
+    """The files of an HF export (see :func:`export_hf`) of the verified dataset ``files`` into a new ``folder``."""
+    manifest, dataset = files.manifest, files.root
+    (folder / "data").mkdir(parents=True)
+    shards = {split: folder / "data" / f"{hf_split(split)}-00000-of-00001.parquet" for split in manifest.splits}
+    for split, path in shards.items():
+        MedNFDataset(dataset, split, files=files).to_hf().to_parquet(str(path))
+    configs = [{"config_name": hf_config_name(shards), "default": True,
+                "data_files": [{"split": hf_split(s), "path": f"data/{hf_split(s)}-*.parquet"} for s in shards]}]
+    for name in (MODEL, *(f for f in FIGURES if f in manifest.files)):
+        shutil.copyfile(dataset / name, folder / name)
+    public_manifest, public_card = public_copy(files, folder, configs)
+    atomic_write_bytes(folder / CARD, public_card)
+    atomic_write_bytes(folder / MANIFEST, public_manifest)
+    files.check_unchanged()  # not rebuilt while it was being exported
+
+
+def _swap_in(scratch: Path, out: Path) -> None:
+    """Put the finished folder ``scratch`` at ``out``, replacing an earlier export there only now."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}.tmp"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(scratch, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def upload_hint(folder: str | Path, repo: str | None = None) -> str:

@@ -1,0 +1,108 @@
+"""Where mednf may write: a dataset folder is mednf's alone, exports never replace someone else's files, and no
+lock or temporary file is written through a link. Every case checks that no byte of the user's files changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mednf.errors import BuildError, ConfigError
+from mednf.format.layout import MANIFEST
+from mednf.io.files import atomic_write_bytes, temporary_name
+from mednf.io.lock import dataset_lock
+from mednf.tasks import export
+from mednf.tasks.evaluate import write_report
+from mednf.tasks.export import export_hf, export_zenodo
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_hf_export_never_replaces_another_datasets_folder(phantom_dir, tmp_path):
+    other = tmp_path / "Other"
+    shutil.copytree(phantom_dir, other)  # a whole dataset
+    before = _digests(other)
+    with pytest.raises(ConfigError, match="inside the dataset"):
+        export_hf(phantom_dir, other)
+    assert _digests(other) == before
+
+
+def test_an_hf_export_never_replaces_another_export(phantom_dir, tmp_path):
+    out = tmp_path / "Exported"
+    export_hf(phantom_dir, out)
+    manifest = out / MANIFEST
+    manifest.write_text(manifest.read_text().replace('"name": "PhantomNF"', '"name": "OtherNF"', 1))
+    before = _digests(out)
+    with pytest.raises(ConfigError, match="holds the export of OtherNF"):
+        export_hf(phantom_dir, out)
+    assert _digests(out) == before
+
+
+@pytest.mark.parametrize("fmt", ["hf", "zenodo"])
+def test_an_export_refuses_a_folder_with_other_files(phantom_dir, tmp_path, fmt):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(ConfigError, match="already holds notes.txt"):
+        (export_hf if fmt == "hf" else export_zenodo)(phantom_dir, out)
+    assert _digests(out) == {"notes.txt": hashlib.sha256(b"my notes").hexdigest()}
+
+
+def test_an_export_again_replaces_its_own_earlier_export(phantom_dir, tmp_path):
+    out = tmp_path / "PhantomNF"
+    export_hf(phantom_dir, out)
+    first = _digests(out)
+    export_hf(phantom_dir, out)
+    assert _digests(out) == first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch or old copy left
+
+
+def test_an_interrupted_export_leaves_the_earlier_one_whole(phantom_dir, tmp_path, monkeypatch):
+    out = tmp_path / "PhantomNF"
+    export_hf(phantom_dir, out)
+    before = _digests(out)
+    real = export._write_hf_export
+
+    def interrupted(files, folder):
+        real(files, folder)
+        raise KeyboardInterrupt  # after every file of the new export was written, before it is swapped in
+
+    monkeypatch.setattr(export, "_write_hf_export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(phantom_dir, out)
+    assert _digests(out) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_reports_are_never_written_into_a_dataset(phantom_dir, tmp_path):
+    root = tmp_path / "PhantomNF"
+    shutil.copytree(phantom_dir, root)
+    before = _digests(root)
+    with pytest.raises(ConfigError, match="inside the dataset"):
+        write_report(None, root / "ev")  # refused before the report is looked at
+    assert _digests(root) == before
+
+
+def test_the_lock_is_never_written_through_a_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / ".X.lock").symlink_to(victim)
+    with pytest.raises(BuildError, match="symbolic link"), dataset_lock(tmp_path / "X", "build"):
+        pass
+    assert victim.read_text() == "precious"
+
+
+def test_a_temporary_file_is_never_written_through_a_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    target = tmp_path / "out.json"
+    temporary_name(target).symlink_to(victim)  # planted where the writer would put its temporary file
+    atomic_write_bytes(target, b"{}")
+    assert target.read_bytes() == b"{}" and victim.read_text() == "precious"
+    assert not os.path.lexists(temporary_name(target))
