@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 import mednf
-from mednf.cli import _Group, main
+from mednf.cli import main
+from mednf.cli.errors import GuardedGroup as _Group
 from mednf.errors import ConfigError, MednfError, TransformError
 
 

@@ -1,0 +1,51 @@
+"""``mednf info``: what a built dataset holds and how well its latents reconstruct."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from mednf.cli.errors import GuardedCommand
+from mednf.cli.options import root_option
+from mednf.loading import info as dataset_info
+
+
+def baselines_text(baselines: dict[str, float] | None) -> str:
+    """``  baselines: mean image 15.2 dB, φ = 0 14.9 dB`` (empty when not recorded)."""
+    if not baselines:
+        return ""
+    parts = [f"{label} {baselines[key]:.2f} dB" for key, label in (("mean_image_psnr", "mean image"),
+                                                                    ("zero_latent_psnr", "φ = 0")) if key in baselines]
+    return "  baselines: " + ", ".join(parts)
+
+
+@click.command(cls=GuardedCommand)
+@click.argument("name")
+@root_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(name: str, root: Path | None, as_json: bool) -> None:
+    """Summary of a built dataset: counts, latent size, hyper-parameters, PSNR/SSIM, licence."""
+    summary = dataset_info(name, root)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    f, m = summary["engine"]["field"], summary["engine"]["meta"]
+    click.echo(f"{summary['name']}  ({summary['path']}, {summary['size_bytes'] / 2**20:.1f} MiB)")
+    click.echo(f"  latent P={summary['latent_dim']}  network K={f['num_layers']} L={f['hidden_dim']} "
+               f"ω {f['omega_first']:g}→{(f['omega_last'] or f['omega_first']):g}  "
+               f"meta {m['steps']} it, B={m['batch_size']}")
+    click.echo(f"  labels: {summary['labels']['task']}, {len(summary['labels']['names'])} classes; "
+               f"licence: {summary['license']}")
+    for split, s in summary["splits"].items():
+        ssim = f"{s['ssim_mean']:.3f}" if s["ssim_mean"] is not None else "—"
+        psnr = f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB" if s["psnr_mean"] is not None else "not measured"
+        click.echo(f"  {split:5s} {s['count']:7d} samples  PSNR {psnr}  SSIM {ssim}"
+                   + baselines_text(s.get("baselines")))
+    check = summary["meta_training"].get("baseline_check") or {}
+    if check.get("learns_per_sample") is False:
+        click.echo(f"  warning: the best validation PSNR is not {check['margin_db']:g} dB above the mean-image "
+                   f"baseline ({check['val_mean_image_psnr']:.2f} dB): the latents carry little per-sample information"
+                   + ("; the inner loop diverged (rebuild with a smaller inner learning rate)"
+                      if check.get("cause") == "diverging" else ""))

@@ -1,0 +1,99 @@
+"""Published copies: ``download`` one into the cache, ``export`` a built dataset for publishing, and
+``import-official`` (the official MedNF release into mednf's format)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mednf.cli.errors import GuardedCommand
+from mednf.cli.options import CACHE_FOLDER, gpu_option, medmnist_root_option, root_option, threads_option
+from mednf.engine.device import resolve_device
+from mednf.errors import FormatError, NotFoundError
+from mednf.format.layout import mednf_home
+from mednf.format.manifest import Manifest
+from mednf.format.reader import verify_dataset
+from mednf.loading import find_dataset
+from mednf.remote.hf import download_hf
+from mednf.remote.official_import import import_official as run_import
+from mednf.remote.registry import is_registered, registry_entry
+from mednf.remote.zenodo import download_zenodo
+from mednf.sources.spec import load_builder
+from mednf.tasks.export import export_hf, export_zenodo, upload_hint
+
+
+@click.command(cls=GuardedCommand)
+@click.argument("name")
+@click.option("--source", type=click.Choice(["zenodo", "hf"]), default="zenodo", show_default=True)
+@root_option(CACHE_FOLDER)
+def download(name: str, source: str, root: Path | None) -> None:
+    """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest). A dataset that
+    is already complete in the cache (built or downloaded) is left as it is."""
+    key = registry_entry(name)[0] if is_registered(name) else name
+    try:
+        path = find_dataset(key, root)
+        manifest = verify_dataset(path, checksums=True)  # remembered while unchanged: cheap after the first time
+        if manifest.origin is None:  # built by mednf here, or a mednf export (which keeps its builder's manifest)
+            click.echo(f"{manifest.name} is already in {path}, complete and verified (built by mednf): nothing "
+                       "downloaded; use another --root to download the published copy")
+        else:
+            click.echo(f"{manifest.name} is already in {path}, complete and verified (a download or import): "
+                       "nothing downloaded")
+        return
+    except NotFoundError:
+        pass
+    except FormatError as err:
+        if not is_registered(name):
+            raise
+        click.echo(f"the copy in the cache does not verify ({err}); downloading it again", err=True)
+    key, _ = registry_entry(name)  # not registered: the one line saying so and how to build it
+    path = (download_hf if source == "hf" else download_zenodo)(key, root=root)
+    click.echo(f"downloaded and verified {key} into {path}")
+
+
+@click.command(cls=GuardedCommand)
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["zenodo", "hf"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@root_option()
+def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
+    """Write a publishable copy of a built dataset: zenodo (one archive + SHA256SUMS + registry entry) or
+    hf (Parquet shards + card with data_files, loadable by datasets.load_dataset, + manifest and θ)."""
+    if fmt == "hf":
+        folder = export_hf(find_dataset(name, root), out)
+        click.echo(f"wrote {folder}: data/*.parquet, README.md, mednf.json, model.safetensors; upload it with "
+                   f"`{upload_hint(folder)}`")
+        return
+    archive = export_zenodo(find_dataset(name, root), out)
+    click.echo(f"wrote {archive} ({archive.stat().st_size / 2**20:.1f} MiB), {out / 'SHA256SUMS'}, "
+               f"{out / 'registry-entry.toml'}")
+
+
+@click.command(name="import-official", cls=GuardedCommand)
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Sub-dataset, e.g. ChestNF (its builder gives labels and split sizes).")
+@click.option("--out", type=click.Path(path_type=Path), help="New dataset folder [default: $MEDNF_HOME/<Name>].")
+@click.option("--w0", type=float, help="ω of the first layer, only for a model.pt that is a plain state dict.")
+@click.option("--w0-increment", type=float, help="ω increment per layer (with --w0; official 2D configs: 5).")
+@click.option("--measure", is_flag=True,
+              help="Also decode every latent and record PSNR/SSIM (needs the MedMNIST file).")
+@medmnist_root_option("Where the source npz is (label check, --measure).")
+@gpu_option("Measure on cuda:N.")
+@threads_option
+def import_official(directory: Path, name: str, out: Path | None, w0: float | None, w0_increment: float | None,
+                    measure: bool, medmnist_root: Path | None, gpu: int | None) -> None:
+    """Convert the official MedNF release layout (model.pt, {train,val,test}/datapoint_{i}.pt) into
+    mednf's format, reading it weights-only (no arbitrary unpickling)."""
+    target = out or mednf_home() / load_builder(name).name
+    path = run_import(directory, name, target, medmnist_root=medmnist_root, measure=measure, w0=w0,
+                      w0_increment=w0_increment, device=resolve_device(gpu))
+    manifest = Manifest.read(path)
+    counts = ", ".join(f"{s} {v.count}" for s, v in manifest.splits.items())
+    dropped = {s: len(v) for s, v in manifest.origin["missing"].items() if v}
+    click.echo(f"imported {manifest.name} into {path}: {counts}")
+    if dropped:
+        click.echo("  without a datapoint in the release (the official fit dropped incomplete batches): "
+                   + ", ".join(f"{s} {n}" for s, n in dropped.items()) + " (listed in mednf.json origin.missing)")
+    if not manifest.source["labels_checked"]:
+        click.echo("  labels not checked against MedMNIST (file not found locally; give --medmnist-root)")
