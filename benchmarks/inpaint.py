@@ -79,7 +79,7 @@ def hidden_psnr(filled: np.ndarray, image: np.ndarray, mask: np.ndarray) -> floa
 
 def run(folder: Path, medmnist_root: Path, count: int, seed: int) -> list[tuple[str, str, float, float, float]]:
     import mednf
-    from mednf.sources.loader import source_images
+    from mednf.sources.read import source_images
 
     ds = mednf.load(folder, "test")
     count = min(count, len(ds))

@@ -14,7 +14,7 @@ import mednf
 from mednf.building.pipeline import BuildOptions, build
 from mednf.engine import field as nf
 from mednf.engine.config import EngineConfig
-from mednf.sources.loader import source_images
+from mednf.sources.read import source_images
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -214,7 +214,7 @@ def test_official_description_and_local_splits(tmp_path):
     import numpy as np
 
     from mednf.sources.kinds import local_splits, official_description
-    from mednf.sources.loader import load_source
+    from mednf.sources.read import load_source
     from mednf.sources.phantoms import phantom_source
 
     small = dataclasses.replace(load_builder("phantomnf").with_size(16), splits={"train": 3, "val": 2, "test": 2})

@@ -19,7 +19,7 @@ from mednf.errors import DownloadError, SourceError
 from mednf.format.manifest import Manifest
 from mednf.remote.zenodo import download_zenodo
 from mednf.sources.kinds import images_unavailable, recorded_source
-from mednf.sources.loader import load_source, source_images
+from mednf.sources.read import load_source, source_images
 from mednf.sources.medmnist import locate_medmnist
 from mednf.sources.spec import load_builder
 

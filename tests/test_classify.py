@@ -205,7 +205,7 @@ def test_bad_inputs_are_one_line_errors(phantom_report, tmp_path, monkeypatch):
             call()
         assert text in str(err.value) and "\n" not in str(err.value)
     # pixels that cannot be had: a clear error naming the file, its md5 and how to provide it
-    monkeypatch.setattr("mednf.sources.loader.source_images", lambda *a, **k: None)
+    monkeypatch.setattr("mednf.sources.read.source_images", lambda *a, **k: None)
     with pytest.raises(SourceError, match="phantom generator version"):
         classify(path, "knn", features="pixels")
     manifest = types.SimpleNamespace(name="PneumoniaNF",

@@ -12,7 +12,7 @@ from mednf.cli import main
 from mednf.engine import field as nf
 from mednf.errors import EncodeError
 from mednf.format.tensors import load_tensors
-from mednf.sources.loader import source_images
+from mednf.sources.read import source_images
 
 
 def _images(ds) -> np.ndarray:

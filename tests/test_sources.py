@@ -13,7 +13,7 @@ from loopback import Loopback
 
 from mednf.errors import SourceError
 from mednf.sources.base import SourceWarning
-from mednf.sources.loader import load_source
+from mednf.sources.read import load_source
 from mednf.sources.spec import load_builder
 
 BREAST = load_builder("breastnf")

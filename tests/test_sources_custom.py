@@ -22,7 +22,7 @@ from mednf.cli import main
 from mednf.errors import BuildError, ConfigError, SourceError
 from mednf.format.reader import verify_dataset
 from mednf.sources.kinds import images_unavailable
-from mednf.sources.loader import load_source, source_images
+from mednf.sources.read import load_source, source_images
 from mednf.sources.spec import load_builder
 
 nib = pytest.importorskip("nibabel", reason="nibabel is not installed (pip install 'mednf[nifti]')")

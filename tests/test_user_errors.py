@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from mednf.cli import main
 from mednf.errors import SourceError
-from mednf.sources.loader import load_source
+from mednf.sources.read import load_source
 from mednf.sources.spec import load_builder
 
 MEDNF = [sys.executable, "-m", "mednf.cli"]

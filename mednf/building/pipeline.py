@@ -84,7 +84,7 @@ from mednf.io.files import atomic_write_bytes, atomic_write_json
 from mednf.io.lock import dataset_lock
 from mednf.sources.base import SourceData, SplitData
 from mednf.sources.kinds import outdated_source, recorded_source, source_card_line
-from mednf.sources.loader import load_source
+from mednf.sources.read import load_source
 from mednf.format.splits import SPLITS
 from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mednf.errors import DownloadError, SourceError
-from mednf.io.http import fetch_verified
 from mednf.format.splits import SPLITS
+from mednf.io.http import fetch_verified
 from mednf.sources.base import SplitData
 
 if TYPE_CHECKING:
@@ -38,12 +38,6 @@ DEFAULT_MEDMNIST_ROOT = Path("~/.medmnist")  # medmnist.info.DEFAULT_ROOT
 _CHUNK = 1 << 20
 
 
-
-
-
-
-
-
 def medmnist_root(root: str | Path | None = None) -> Path:
     """The folder MedMNIST files are looked for in (argument, ``$MEDMNIST_ROOT``, ``~/.medmnist``)."""
     chosen = root or os.environ.get("MEDMNIST_ROOT") or DEFAULT_MEDMNIST_ROOT
@@ -51,6 +45,7 @@ def medmnist_root(root: str | Path | None = None) -> Path:
 
 
 def file_md5(path: Path) -> str:
+    """The md5 of a file, read in 1 MiB blocks."""
     digest = hashlib.md5()
     with open(path, "rb") as fh:
         while block := fh.read(_CHUNK):
@@ -59,6 +54,7 @@ def file_md5(path: Path) -> str:
 
 
 def source_url(spec: BuilderSpec) -> str:
+    """The download URL of the spec's file (``$MEDNF_MEDMNIST_URL`` replaces the template)."""
     template = os.environ.get("MEDNF_MEDMNIST_URL") or spec.source.url
     return template.format(file=spec.source.file_name)
 
@@ -81,6 +77,7 @@ def download(url: str, target: Path, md5: str, *, progress: bool = True) -> None
 
 
 def expected_md5(spec: BuilderSpec) -> str:
+    """The official md5 of the spec's size (SourceError naming the sizes that have one)."""
     md5 = spec.source.md5.get(str(spec.source.size))
     if md5 is None:
         raise SourceError(f"size = {spec.source.size} has no official file for {spec.name}: expected one of "
@@ -133,12 +130,14 @@ def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
                 raise SourceError(f"{path}: {keys[0]} cannot be read without pickle ({err}); "
                                   "store plain numeric arrays") from None
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-                raise SourceError(f"{path}: {split} arrays are damaged ({err}); download or write the file again") from None
+                raise SourceError(f"{path}: {split} arrays are damaged ({err}); download or write the file "
+                                  "again") from None
             if len(images) == 0:
                 raise SourceError(f"{path}: {keys[0]} is empty; every split needs at least one image")
             if images.shape[1:] != gray_shape:
-                raise SourceError(f"{path}: {keys[0]} has shape {images.shape}, expected [N, {', '.join(map(str, gray_shape))}] "
-                                  f"for {spec.name} at size {src.size}; check --size and the file")
+                expected = ", ".join(map(str, gray_shape))
+                raise SourceError(f"{path}: {keys[0]} has shape {images.shape}, expected [N, {expected}] for "
+                                  f"{spec.name} at size {src.size}; check --size and the file")
             _check_pixels(images, f"{path}: {keys[0]}")
             labels = labels.reshape(len(labels), -1) if labels.ndim == 1 else labels
             if labels.ndim != 2 or len(labels) != len(images):
@@ -146,7 +145,7 @@ def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
                                   "one row of labels per image")
             if not np.issubdtype(labels.dtype, np.integer):
                 raise SourceError(f"{path}: {keys[1]} has dtype {labels.dtype}: expected integer label ids; "
-                                  "check the file belongs to this builder")  # values: sources.loader.check_labels
+                                  "check the file belongs to this builder")  # values: sources.read.check_labels
             if src.channels == 3:
                 images = np.moveaxis(images, -1, 1)  # [N, H, W, 3] → [N, 3, H, W] view
             else:

@@ -25,6 +25,9 @@ SEARCH = 3.0  # px beyond the radius searched for the brightest pixel
 
 @dataclass(frozen=True)
 class LesionScore:
+    """Counts over a set of reconstructions: lesions seen, placed and distinct, lesion pairs separated, images
+    whose every lesion is distinct (see the module docstring)."""
+
     lesions: int
     seen: int
     placed: int
@@ -35,10 +38,12 @@ class LesionScore:
     images: int
 
     def as_dict(self) -> dict[str, float | int]:
+        """The counts as fractions of their totals (lesions, pairs, images), with the numbers of lesions and pairs."""
         share = max(1, self.lesions)
         return {"lesions": self.lesions, "seen": self.seen / share, "placed": self.placed / share,
                 "separated_pairs": self.separated / max(1, self.pairs), "pairs": self.pairs,
-                "distinct": self.distinct / share, "images_all_distinct": self.images_all_distinct / max(1, self.images)}
+                "distinct": self.distinct / share,
+                "images_all_distinct": self.images_all_distinct / max(1, self.images)}
 
 
 def _disc_and_ring(shape: tuple[int, int], cy: float, cx: float, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

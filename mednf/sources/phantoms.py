@@ -27,7 +27,8 @@ LESION_RADIUS = (0.09, 0.13)  # in the [-1, 1] frame
 LESION_GAP = 0.15  # edge-to-edge distance between lesions, and from a lesion to the brain's edge (≈ 5 px at 64²)
 
 
-def _ellipse_mask(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float) -> np.ndarray:
+def _ellipse_mask(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float,
+                  angle: float) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     u = (xx - cx) * c + (yy - cy) * s
     v = -(xx - cx) * s + (yy - cy) * c

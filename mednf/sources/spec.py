@@ -44,6 +44,7 @@ _FROM_SOURCE = {"in_dims": "dims", "out_dims": "channels"}  # field keys that fo
 
 @dataclass(frozen=True)
 class SourceSpec:
+    """The ``[source]`` table: where the images come from and their shape."""
     kind: str  # one of mednf.sources.kinds.kind_names(): "medmnist", "phantom", "images", "nifti", "table1d"
     size: int  # side length of the images / volumes, length of 1D signals
     channels: int  # 1 gray, 3 RGB (1D signals: any number of leads)
@@ -64,11 +65,13 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class LabelSpec:
+    """The ``[labels]`` table: the task type and one name per label value."""
     task: Task
     names: tuple[str, ...]
 
     @property
     def num_classes(self) -> int:
+        """The number of label names."""
         return len(self.names)
 
 
@@ -84,6 +87,7 @@ class BuildSettings:
 
 @dataclass(frozen=True)
 class BuilderSpec:
+    """One builder file: a sub-dataset's source, labels, split counts, engine and build settings."""
     name: str
     description: str
     modality: str
@@ -98,6 +102,7 @@ class BuilderSpec:
     path: str = ""  # where the spec was read from
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data for the manifest (``path`` and ``options`` only where set)."""
         data = dataclasses.asdict(self)
         for key in ("path", "options"):  # only user-data kinds have them: MedMNIST/phantom specs stay as before
             if not data["source"][key]:

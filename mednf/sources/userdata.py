@@ -1,4 +1,6 @@
-"""A user's own files as a source: what the kinds "images", "nifti" and "table1d" share.
+"""A user's own files as a source: the rules and helpers the kinds "images", "nifti" and "table1d" share
+(the kinds themselves: :mod:`mednf.sources.kinds.userfiles`, :mod:`mednf.sources.kinds.folder` and one module
+per kind).
 
 - **Where**: ``[source] path``, resolved against the builder file's folder when relative and stored
   absolute (:mod:`mednf.sources.spec`).
@@ -10,13 +12,15 @@
 - **Without a split column**, a seeded split by ratio: ``split_ratio = [train, val, test]`` (default
   [0.8, 0.1, 0.1]) with the builder's ``seed``; val and test get ``round(ratio · N)`` samples, train the
   rest; a NumPy ``default_rng(seed).permutation`` decides who goes where. Within a split, samples keep
-  the CSV's order, and a sample's ``source_index`` is its position in its split.
+  the CSV's order, and a sample's ``source_index`` is its row among all the samples (0-based), whatever
+  its split (:func:`make_splits`).
 - **[splits]** must equal the counts found (a user's data has no "official" counts to fall back on): a
   mismatch is one error that says which numbers to write.
 - **Digest**: sha256 over the CSV and over every file's (relative path, sha256 of its bytes), sorted by
-  path, recorded in the manifest's ``source.sha256``. :meth:`UserDataKind.built_split` reads everything
-  again and hands the images back only when the digest is the same, so evaluation compares against the
-  exact images the dataset was built from.
+  path, recorded in the manifest's ``source.sha256``. Evaluation reads everything again and gets the
+  images back only when the digest is the same
+  (:meth:`~mednf.sources.kinds.userfiles.UserDataKind.built_split`), so it compares against the exact
+  images the dataset was built from.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import csv
 import hashlib
 import io
 import math
-from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,23 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-
 from mednf.errors import ConfigError, SourceError, did_you_mean
 from mednf.format.splits import SPLITS, canonical_split
-from mednf.sources.base import SourceData, SplitData
-from mednf.sources.kind import Root, SourceKind
+from mednf.sources.base import SplitData, Warn
 from mednf.sources.values import get_numbers, get_value
 
 if TYPE_CHECKING:
     from mednf.sources.spec import BuilderSpec
 
-Warn = Callable[[str], None]
 DEFAULT_RATIO = (0.8, 0.1, 0.1)
 DIGEST_VERSION = 1  # bump when what the digest covers changes
-
-
-def no_warnings(message: str) -> None:
-    pass
 
 
 def parse_split_ratio(table: dict[str, Any], where: str) -> list[float]:
@@ -77,9 +73,11 @@ class Digest:
         self._parts: list[tuple[str, str]] = []
 
     def add(self, name: str, data: bytes) -> None:
+        """Add the sha256 of ``data`` under ``name``."""
         self._parts.append((name, hashlib.sha256(data).hexdigest()))
 
     def hexdigest(self) -> str:
+        """The sha256 over every (name, sha256) pair, sorted by name, with the digest version."""
         total = hashlib.sha256(f"mednf-userdata-v{DIGEST_VERSION}\n".encode())
         for name, part in sorted(self._parts):
             total.update(f"{name}\0{part}\n".encode())
@@ -183,7 +181,7 @@ def label_rows(cells: Sequence[str], spec: BuilderSpec, origin: str, where: Call
     """Label cells → ``[N, L]`` int64: class ids (L = 1) or 0/1 flags per name (multi-label, L = names).
 
     A cell is a name of ``[labels] names`` or an integer id; ids outside ``0..n-1`` of a single-label task
-    are left for :func:`mednf.sources.loader.check_labels`, which names ``origin`` and the values found.
+    are left for :func:`mednf.sources.read.check_labels`, which names ``origin`` and the values found.
     """
     names = spec.labels.names
     multi = spec.labels.task == "multi-label"
@@ -279,72 +277,6 @@ def all_rows(splits: dict[str, SplitData]) -> SplitData:
     for part in parts:
         images[part.source_index], labels[part.source_index] = part.images, part.labels
     return SplitData(images, labels, np.arange(count, dtype=np.int64))
-
-
-class UserDataKind(SourceKind):
-    """A kind read from the user's own files (see the module docstring): a subclass reads them in
-    :meth:`read`; counts, rereading and the digest check are shared."""
-
-    required_keys = ("path",)
-    what = "files"  # for messages: "images", "volumes", "signals"
-
-    @abstractmethod
-    def read(self, spec: BuilderSpec, warn: Warn = no_warnings) -> SourceData:
-        """Every sample of ``spec``'s files, split, with the description (``sha256`` among it)."""
-
-    def sizes(self, source: Any) -> list[int] | None:
-        return None
-
-    def load(self, spec: BuilderSpec, *, root: Root, source_npz: Root, download_missing: bool, progress: bool,
-             warn: Warn) -> SourceData:
-        if source_npz is not None:
-            raise ConfigError(f"--source-npz {source_npz} is invalid for {spec.name}: its {self.what} are read from "
-                              f"[source] path = {spec.source.path!r}; drop --source-npz")
-        data = self.read(spec, warn)
-        counts = data.counts()
-        if counts != spec.splits:
-            lines = ", ".join(f"{s} = {n}" for s, n in counts.items())
-            raise SourceError(f"{data.origin} has split counts {counts}, but {spec.path or spec.name} [splits] says "
-                              f"{spec.splits}; set [splits] {lines}")
-        return data
-
-    def local_splits(self, spec: BuilderSpec, root: Root = None) -> dict[str, SplitData] | None:
-        try:
-            return self.read(spec).splits
-        except SourceError:
-            return None
-
-    def description(self, spec: BuilderSpec) -> dict[str, Any]:
-        return self.read(spec).description
-
-    def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:
-        if not Path(str(source.get("path", ""))).is_absolute():
-            return None  # a published copy: the export kept only the folder's name (mednf.tasks.export)
-        try:
-            data = self.read(spec)
-        except SourceError:
-            return None  # moved, deleted or damaged since the build
-        if data.description.get("sha256") != source.get("sha256"):
-            return None
-        return all_rows(data.splits)  # a sample's source_index is its row in the user's files, whatever the split
-
-    def images_unavailable(self, name: str, source: dict[str, Any], root: Root) -> str:
-        path = Path(source.get("path", "?"))
-        digest = str(source.get("sha256", "?"))[:16]
-        if not path.is_absolute():
-            return (f"{name} is a published copy: it names its {self.what} ({path}, sha256 {digest}…) but not where "
-                    "they are; the dataset works without them, only comparisons with the source need them")
-        if not path.exists():
-            return (f"{path} is missing ({name} was built from its {self.what}, sha256 {digest}…): put them back "
-                    f"there, or point [source] path at their new place and rebuild {name}")
-        return (f"the {self.what} under {path} are not the ones {name} was built from (sha256 {digest}…; changed, "
-                f"damaged or unreadable since): restore them, or rebuild {name} with --restart")
-
-    def card_line(self, source: dict[str, Any]) -> str:
-        split = ("its split column" if source.get("split") == "column" else
-                 f"a seeded split {source.get('split_ratio')} (seed {source.get('split_seed')})")
-        return (f"the builder's own {self.what} from `{source.get('path')}` ({source.get('files')} files, "
-                f"sha256 {str(source.get('sha256'))[:16]}…), split by {split}")
 
 
 def describe(kind: str, spec: BuilderSpec, path: Path, files: int, digest: str, how: dict[str, Any],

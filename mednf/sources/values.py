@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-
 from mednf.errors import ConfigError, did_you_mean
 
 TYPE_NAMES = {dict: "a table", list: "an array", str: "a string", int: "an integer", bool: "true or false"}

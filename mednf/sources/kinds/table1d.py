@@ -34,16 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mednf.errors import ConfigError, SourceError
-from mednf.sources.base import SourceData
+from mednf.sources.base import SourceData, Warn, no_warnings
+from mednf.sources.kinds.userfiles import UserDataKind
 from mednf.sources.userdata import (
     Digest,
-    UserDataKind,
-    Warn,
     csv_rows,
     describe,
     label_rows,
     make_splits,
-    no_warnings,
     parse_split_ratio,
     read_bytes,
     split_of,
@@ -86,6 +84,8 @@ def _looks_like_header(cells: list[str], label_column: str) -> bool:
 
 
 def read_csv(raw: bytes, path: Path, label_column: str, *, multi_label: bool = False) -> Table:
+    """A CSV's signals, labels and splits (see the module docstring); one line naming the cell
+    at fault otherwise."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -148,14 +148,15 @@ def _read_rows(text: str, path: Path, label_column: str) -> Table:
         signals = cells.astype(np.float64)
     except ValueError:
         i, j = next((i, j) for i, j in np.ndindex(cells.shape) if not _is_number(cells[i, j]))
-        raise SourceError(f"{path} line {body[i][0]}, column {names[numeric[j]]!r}: {str(cells[i, j])!r} is not a number; "
-                          "every signal value must be numeric") from None
+        raise SourceError(f"{path} line {body[i][0]}, column {names[numeric[j]]!r}: {str(cells[i, j])!r} is not a "
+                          "number; every signal value must be numeric") from None
     labels = [row[label_at].strip() for _, row in body] if label_at is not None else None
     splits = [row[split_at].strip() for _, row in body] if split_at is not None else None
     return Table(signals[:, None], labels, splits, lambda i: f"{path} line {body[i][0]}")
 
 
 def read_array(raw: bytes, path: Path, label_column: str) -> Table:
+    """An NPY or NPZ file's signals, labels and splits (see the module docstring)."""
     try:
         loaded = np.load(io.BytesIO(raw), allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -210,7 +211,8 @@ def numeric_labels(values: np.ndarray, spec: BuilderSpec, path: Path) -> np.ndar
     values = np.asarray(values)
     if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
         raise SourceError(f"{path}: labels have dtype {values.dtype}: expected integer class ids; convert them")
-    if np.issubdtype(values.dtype, np.floating) and not (np.isfinite(values).all() and (values == np.round(values)).all()):
+    integral = np.isfinite(values).all() and (values == np.round(values)).all()
+    if np.issubdtype(values.dtype, np.floating) and not integral:
         raise SourceError(f"{path}: labels hold non-integer values (e.g. {values[values != np.round(values)][:1]}): "
                           "expected class ids; check label_column")
     values = values.astype(np.int64)
@@ -225,6 +227,7 @@ class Table1DKind(UserDataKind):
     source_keys = ("path", "label_column", "normalise", "split_ratio")
 
     def parse_options(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        """``label_column``, ``normalise`` and ``split_ratio``."""
         label_column = get_value(table, "label_column", where, str, "last")
         if not label_column:
             raise ConfigError(f"{where}: label_column = '' is invalid: expected 'last', 'none' or a column name")
@@ -233,14 +236,16 @@ class Table1DKind(UserDataKind):
                 "split_ratio": parse_split_ratio(table, where)}
 
     def check_source(self, source: SourceSpec, where: str) -> None:
+        """1D signals from a .csv, .npy or .npz file."""
         if source.dims != 1:
             raise ConfigError(f"{where}: dims = {source.dims} is invalid for kind 'table1d': expected dims = 1 (size "
                               "= the signal length)")
         if not source.path.lower().endswith(SUFFIXES):
-            raise ConfigError(f"{where}: path = {source.path!r} is invalid for kind 'table1d': expected a .csv, .npy or "
-                              ".npz file")
+            raise ConfigError(f"{where}: path = {source.path!r} is invalid for kind 'table1d': expected a .csv, .npy "
+                              "or .npz file")
 
     def read(self, spec: BuilderSpec, warn: Warn = no_warnings) -> SourceData:
+        """Every signal of the file, checked, normalised, labelled and split, with the description."""
         src, opts = spec.source, spec.source.options
         path = Path(src.path)
         raw = read_bytes(path, "the [source] path of the signals", "fix [source] path")

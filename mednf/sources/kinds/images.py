@@ -1,8 +1,8 @@
 """``[source] kind = "images"``: a folder of PNG / JPEG / TIFF files, labels and splits from a CSV.
 
 Read with Pillow (already a dependency; it decodes every one of these formats and resizes with proper,
-antialiased filters). Keys besides the shared ones of :mod:`mednf.sources.userdata` (``path``, ``csv``,
-``split_ratio``):
+antialiased filters). Keys besides the shared ones of a folder (:mod:`mednf.sources.kinds.folder`: ``path``,
+``csv``, ``split_ratio``):
 
 - ``resize`` (default ``"bicubic"``): Pillow filter that brings every image to ``size × size``:
   ``"bicubic"``, ``"bilinear"``, ``"nearest"``, ``"lanczos"``, ``"area"`` (Pillow's box filter, the
@@ -30,26 +30,11 @@ import numpy as np
 from PIL import Image
 
 from mednf.errors import ConfigError, SourceError
-from mednf.sources.base import SourceData
-from mednf.sources.userdata import (
-    Digest,
-    UserDataKind,
-    Warn,
-    describe,
-    label_rows,
-    make_splits,
-    no_warnings,
-    parse_csv_name,
-    parse_split_ratio,
-    read_bytes,
-    read_label_csv,
-    split_of,
-    warn_unlisted,
-)
+from mednf.sources.kinds.folder import FolderKind
 from mednf.sources.values import get_choice
 
 if TYPE_CHECKING:
-    from mednf.sources.spec import BuilderSpec, SourceSpec
+    from mednf.sources.spec import SourceSpec
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
@@ -127,45 +112,31 @@ def _to_gray(image: Image.Image, path: Path, gray: str) -> Image.Image:
                       "'luminance' to convert it, or save it as grayscale")
 
 
-class ImagesKind(UserDataKind):
+class ImagesKind(FolderKind):
     """A folder of 2D images (see the module docstring)."""
 
     name = "images"
     what = "images"
+    suffixes = SUFFIXES
     source_keys = ("path", "csv", "resize", "gray", "split_ratio")
 
-    def parse_options(self, table: dict[str, Any], where: str) -> dict[str, Any]:
-        return {"csv": parse_csv_name(table, where),
-                "resize": get_choice(table, "resize", where, tuple(FILTERS), "bicubic"),
-                "gray": get_choice(table, "gray", where, ("exact", "luminance"), "exact"),
-                "split_ratio": parse_split_ratio(table, where)}
+    def format_options(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        """``resize`` and ``gray`` (see the module docstring)."""
+        return {"resize": get_choice(table, "resize", where, tuple(FILTERS), "bicubic"),
+                "gray": get_choice(table, "gray", where, ("exact", "luminance"), "exact")}
 
     def check_source(self, source: SourceSpec, where: str) -> None:
+        """2D images, gray or RGB."""
         if source.dims != 2 or source.channels not in (1, 3):
             raise ConfigError(f"{where}: channels = {source.channels}, dims = {source.dims} is invalid for kind "
                               "'images': expected dims = 2 and channels 1 (gray) or 3 (RGB)")
 
-    def read(self, spec: BuilderSpec, warn: Warn = no_warnings) -> SourceData:
-        src, opts = spec.source, spec.source.options
-        folder = Path(src.path)
-        table = read_label_csv(folder, opts["csv"], SUFFIXES, "images")
-        warn_unlisted(folder, table, SUFFIXES, warn)
+    def decode(self, raw: bytes, path: Path, source: SourceSpec) -> np.ndarray:
+        """One image file → ``[C, S, S]`` (:func:`decode_image`)."""
+        opts = source.options
+        return decode_image(raw, path, source.channels, source.size, opts["resize"], opts["gray"])  # [C, S, S]
 
-        def where(i: int) -> str:
-            return f"{table.csv_path} line {table.lines[i]}"
-
-        labels = label_rows(table.labels, spec, str(table.csv_path), where)
-        split, how = split_of(table.splits, len(table.files), spec, opts["split_ratio"], str(table.csv_path), where)
-        digest = Digest()
-        digest.add(f"csv:{opts['csv']}", table.raw)
-        images = []
-        for i, name in enumerate(table.files):
-            raw = read_bytes(folder / name, f"listed on {where(i)}", "add the file or remove its row")
-            digest.add(f"file:{name}", raw)
-            images.append(decode_image(raw, folder / name, src.channels, src.size, opts["resize"], opts["gray"]))
-        if any(im.dtype != np.uint8 for im in images):
-            images = [im.astype(np.float32) / 255.0 if im.dtype == np.uint8 else im for im in images]
-        stacked = np.stack(images)  # [N, C, S, S]
-        description = describe(self.name, spec, folder, len(images), digest.hexdigest(), how, csv=opts["csv"],
-                               resize=opts["resize"], gray=opts["gray"], size=src.size, channels=src.channels)
-        return SourceData(make_splits(stacked, labels, split), description, origin=str(table.csv_path))
+    def rules(self, source: SourceSpec) -> dict[str, Any]:
+        """The resize filter, the gray rule, the size and the channels."""
+        return {"resize": source.options["resize"], "gray": source.options["gray"], "size": source.size,
+                "channels": source.channels}

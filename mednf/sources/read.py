@@ -1,36 +1,38 @@
 """Read the source data of a builder spec (through its kind, :mod:`mednf.sources.kinds`), check that the
 labels fit the builder, and get the original images of a built dataset's samples for evaluation and plots.
+
+(The raw data a dataset is built from. Reading a built MedNF dataset is :func:`mednf.load`,
+:mod:`mednf.loading`.)
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mednf.errors import SourceError
-from mednf.sources.base import SourceData, SourceWarning, SplitData
-from mednf.sources.kinds import get_kind, kind_of
+from mednf.sources.base import SourceData, SplitData, Warn
+from mednf.sources.kinds import ReadContext, Root, get_kind, kind_of
+from mednf.sources.kinds.base import warn_source
 from mednf.sources.spec import BuilderSpec
 
 
 def load_source(
     spec: BuilderSpec,
     *,
-    root: str | Path | None = None,
-    source_npz: str | Path | None = None,
+    root: Root = None,
+    source_npz: Root = None,
     max_samples: int | None = None,
     download_missing: bool = True,
     progress: bool = True,
-    warn: Callable[[str], None] | None = None,
+    warn: Warn | None = None,
 ) -> SourceData:
-    """All three splits of a builder's data, validated (and limited to ``max_samples`` per split)."""
-    warn = warn or (lambda msg: warnings.warn(msg, SourceWarning, stacklevel=4))
-    data = kind_of(spec).load(spec, root=root, source_npz=source_npz, download_missing=download_missing,
-                              progress=progress, warn=warn)
+    """All three splits of a builder's data, validated (and limited to ``max_samples`` per split). ``warn``
+    (default: a :class:`~mednf.sources.base.SourceWarning`) receives what is usable but unusual."""
+    context = ReadContext(root=root, source_npz=source_npz, download_missing=download_missing, progress=progress,
+                          warn=warn or warn_source)
+    data = kind_of(spec).load(spec, context)
     check_labels(spec, data.splits, data.origin)
     if max_samples is not None:
         data.splits = {s: SplitData(d.images[:max_samples], d.labels[:max_samples], d.source_index[:max_samples])
@@ -64,7 +66,7 @@ def check_labels(spec: BuilderSpec, splits: dict[str, SplitData], origin: str) -
 
 
 def source_images(manifest: Any, split: str, source_index: np.ndarray,
-                  root: str | Path | None = None) -> np.ndarray | None:
+                  root: Root = None) -> np.ndarray | None:
     """The original images ``[n, D, *spatial]`` (float in [0, 1]) of a built dataset's samples, when they
     can be had without a download: phantoms are regenerated, MedMNIST files are read from ``root`` (else
     ``$MEDMNIST_ROOT``, ``~/.medmnist``) or, failing that, from the path the build recorded

@@ -1,20 +1,40 @@
-"""The interface of one ``[source] kind`` (:class:`SourceKind`); the kinds themselves are registered in
-:mod:`mednf.sources.kinds`. Kept apart so a kind can live in its own module without an import cycle.
+"""The interface of one ``[source] kind`` (:class:`SourceKind`) and what a read of its data is given
+(:class:`ReadContext`). The kinds themselves are one module each beside this one, registered in
+:mod:`mednf.sources.kinds`.
 """
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mednf.sources.base import SourceData, SplitData
+from mednf.sources.base import SourceData, SourceWarning, SplitData, Warn
 
 if TYPE_CHECKING:
     from mednf.sources.spec import BuilderSpec, SourceSpec
 
 Root = str | Path | None
+
+
+def warn_source(message: str) -> None:
+    """The default :attr:`ReadContext.warn`: a :class:`SourceWarning` attributed to the code that called
+    :func:`mednf.sources.read.load_source` (this function ← the kind's ``load`` ← ``load_source`` ← caller)."""
+    warnings.warn(message, SourceWarning, stacklevel=4)
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """Where and how one read of a source may look for its data (the options of ``mednf build`` that are about
+    the source). Each kind uses the fields it needs and refuses those it cannot honour (``source_npz``)."""
+
+    root: Root = None  # folder of MedMNIST files (None: $MEDMNIST_ROOT, else ~/.medmnist)
+    source_npz: Root = None  # --source-npz: a MedMNIST-layout file of the user's instead of the official one
+    download_missing: bool = True  # an official file that is not on disk may be downloaded
+    progress: bool = True  # show a download's progress bar
+    warn: Warn = warn_source  # usable but unusual data (not the official file, unlisted files)
 
 
 class SourceKind(ABC):
@@ -35,13 +55,12 @@ class SourceKind(ABC):
     def check_source(self, source: SourceSpec, where: str) -> None:
         """Refuse ``[source]`` values this kind cannot serve (ConfigError naming ``where``)."""
 
-    @abstractmethod
     def sizes(self, source: SourceSpec) -> list[int] | None:
         """The side lengths that exist (None: any)."""
+        return None
 
     @abstractmethod
-    def load(self, spec: BuilderSpec, *, root: Root, source_npz: Root, download_missing: bool, progress: bool,
-             warn: Callable[[str], None]) -> SourceData:
+    def load(self, spec: BuilderSpec, context: ReadContext) -> SourceData:
         """The three splits of ``spec`` and their description (downloaded if missing and allowed)."""
 
     @abstractmethod
@@ -51,6 +70,11 @@ class SourceKind(ABC):
     @abstractmethod
     def description(self, spec: BuilderSpec) -> dict[str, Any]:
         """The manifest's ``source`` record of the official data of ``spec``."""
+
+    def recorded(self, data: SourceData) -> dict[str, Any]:
+        """The manifest ``source`` record a build writes for ``data`` (read by :meth:`load`): its description,
+        plus whatever this kind needs to find the data again later without being told where it is."""
+        return dict(data.description)
 
     @abstractmethod
     def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:

@@ -2,7 +2,8 @@
 
 Read with nibabel (the reference NIfTI-1/2 reader: header, scaling, orientation), imported only when a
 volume is read so mednf works without it (``pip install "mednf[nifti]"``); resampled with
-``scipy.ndimage`` (installed with scikit-learn). Every volume goes through the same steps:
+``scipy.ndimage`` (installed with scikit-learn); both through :func:`mednf.optional.optional_import`.
+Every volume goes through the same steps:
 
 1. reoriented to the closest canonical orientation (RAS+, ``nibabel.as_closest_canonical``) so the axes
    of every volume mean the same; voxel spacing is not used (each volume is stretched to a cube);
@@ -18,7 +19,7 @@ volume is read so mednf works without it (``pip install "mednf[nifti]"``); resam
    rule) so that downsampling does not alias; then clipped to [0, 1].
 
 Images are float32 ``[N, 1, size, size, size]``. Keys shared with the other folder kinds (``path``,
-``csv``, ``split_ratio``): :mod:`mednf.sources.userdata`.
+``csv``, ``split_ratio``): :mod:`mednf.sources.kinds.folder`.
 """
 
 from __future__ import annotations
@@ -26,65 +27,48 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mednf.errors import ConfigError, SourceError
-from mednf.sources.base import SourceData
-from mednf.sources.userdata import (
-    Digest,
-    UserDataKind,
-    Warn,
-    describe,
-    label_rows,
-    make_splits,
-    no_warnings,
-    parse_csv_name,
-    parse_split_ratio,
-    read_bytes,
-    read_label_csv,
-    split_of,
-    warn_unlisted,
-)
+from mednf.optional import MissingDependencyError, optional_import
+from mednf.sources.kinds.folder import FolderKind
 from mednf.sources.values import get_choice, get_numbers, get_value
 
 if TYPE_CHECKING:
-    from mednf.sources.spec import BuilderSpec, SourceSpec
+    from mednf.sources.spec import SourceSpec
 
 SUFFIXES = (".nii", ".nii.gz")
 INTENSITY = ("percentile", "minmax", "window", "none")
 
 
-def _nibabel() -> Any:
+def _library(module: str) -> ModuleType:
+    """``module`` (nibabel or one of its modules, scipy.ndimage), or one SourceError line naming the extra."""
     try:
-        import nibabel
-    except ImportError:
-        raise SourceError('[source] kind = "nifti" needs nibabel, which is not installed; run '
-                          'pip install "mednf[nifti]"') from None
-    return nibabel
+        return optional_import(module, '[source] kind = "nifti"')
+    except MissingDependencyError as err:  # a source that cannot be read, as every other reading problem
+        raise SourceError(str(err)) from None
 
 
 def open_volume(raw: bytes, path: Path) -> Any:
     """A NIfTI-1 or NIfTI-2 image from a file's bytes (gzip-compressed or not)."""
-    nib = _nibabel()
-    from nibabel.filebasedimages import ImageFileError
-    from nibabel.spatialimages import HeaderDataError
-
+    nib = _library("nibabel")
+    image_file_error = _library("nibabel.filebasedimages").ImageFileError
+    header_data_error = _library("nibabel.spatialimages").HeaderDataError
     try:
         data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
         size_of_header = int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big")
         klass = nib.Nifti2Image if 540 in size_of_header else nib.Nifti1Image
         return klass.from_bytes(data)
-    except (OSError, EOFError, zlib.error, ValueError, TypeError, HeaderDataError, ImageFileError) as err:
+    except (OSError, EOFError, zlib.error, ValueError, TypeError, header_data_error, image_file_error) as err:
         raise SourceError(f"{path} is not a readable NIfTI volume ({str(err) or type(err).__name__}); replace the "
                           "file or remove its row from the CSV") from None
 
 
 def volume_array(image: Any, path: Path) -> np.ndarray:
     """The canonically oriented 3D voxels of an image, float64 ``[X, Y, Z]`` (steps 1–2 and the checks)."""
-    from nibabel.spatialimages import HeaderDataError
-
     shape = tuple(int(s) for s in image.shape)
     if len(shape) > 3 and int(np.prod(shape[3:])) != 1:
         raise SourceError(f"{path} is a {len(shape)}D volume of shape {shape}: expected one 3D volume (a 4th axis of "
@@ -92,9 +76,10 @@ def volume_array(image: Any, path: Path) -> np.ndarray:
                           "nibabel's image.slicer[..., t]")
     if len(shape) < 3 or min(shape[:3]) < 2:
         raise SourceError(f"{path} has shape {shape}: expected a 3D volume with every side ≥ 2")
+    header_data_error = _library("nibabel.spatialimages").HeaderDataError
     try:
-        voxels = _nibabel().as_closest_canonical(image).get_fdata(dtype=np.float64)
-    except (OSError, EOFError, ValueError, HeaderDataError) as err:
+        voxels = _library("nibabel").as_closest_canonical(image).get_fdata(dtype=np.float64)
+    except (OSError, EOFError, ValueError, header_data_error) as err:
         raise SourceError(f"{path} has unreadable voxel data ({str(err) or type(err).__name__}); replace the file")
     voxels = voxels.reshape(voxels.shape[:3])
     bad = ~np.isfinite(voxels)
@@ -126,8 +111,7 @@ def normalise(voxels: np.ndarray, opts: dict[str, Any], path: Path) -> np.ndarra
 
 def resample(voxels: np.ndarray, size: int, order: int, antialias: bool) -> np.ndarray:
     """``[X, Y, Z]`` → ``[size, size, size]`` in [0, 1] (step 4)."""
-    from scipy import ndimage
-
+    ndimage = _library("scipy.ndimage")
     if voxels.shape == (size,) * 3:
         return voxels
     factors = [size / s for s in voxels.shape]
@@ -139,16 +123,18 @@ def resample(voxels: np.ndarray, size: int, order: int, antialias: bool) -> np.n
     return np.clip(out, 0.0, 1.0)
 
 
-class NiftiKind(UserDataKind):
+class NiftiKind(FolderKind):
     """A folder of 3D NIfTI volumes (see the module docstring)."""
 
     name = "nifti"
     what = "volumes"
+    suffixes = SUFFIXES
     source_keys = ("path", "csv", "intensity", "percentiles", "window", "order", "antialias", "split_ratio")
 
-    def parse_options(self, table: dict[str, Any], where: str) -> dict[str, Any]:
-        opts: dict[str, Any] = {"csv": parse_csv_name(table, where),
-                                "intensity": get_choice(table, "intensity", where, INTENSITY, "percentile")}
+    def format_options(self, table: dict[str, Any], where: str) -> dict[str, Any]:
+        """``intensity`` with ``percentiles`` or ``window`` where it uses one, ``order`` and
+        ``antialias`` (see the module docstring)."""
+        opts: dict[str, Any] = {"intensity": get_choice(table, "intensity", where, INTENSITY, "percentile")}
         rule = opts["intensity"]
         uses = {"percentile": "percentiles", "window": "window"}.get(rule)
         for key, wants in (("percentiles", "percentile"), ("window", "window")):
@@ -165,44 +151,34 @@ class NiftiKind(UserDataKind):
             get_value(table, "window", where, list)  # required: there is no sensible default
             lo, hi = get_numbers(table, "window", where, 2, (-1000.0, 1000.0))
             if not lo < hi:
-                raise ConfigError(f"{where}: window = {[lo, hi]} is invalid: expected [low, high] with low < high, e.g. "
-                                  "[-1000, 1000] for CT")
+                raise ConfigError(f"{where}: window = {[lo, hi]} is invalid: expected [low, high] with low < high, "
+                                  "e.g. [-1000, 1000] for CT")
             opts["window"] = [lo, hi]
         order = get_value(table, "order", where, int, 1)
         if not 0 <= order <= 5:
             raise ConfigError(f"{where}: order = {order} is invalid: expected a spline order 0..5 (0 nearest, "
                               "1 trilinear, 3 cubic)")
-        opts.update(order=order, antialias=get_value(table, "antialias", where, bool, True),
-                    split_ratio=parse_split_ratio(table, where))
+        opts.update(order=order, antialias=get_value(table, "antialias", where, bool, True))
         return opts
 
     def check_source(self, source: SourceSpec, where: str) -> None:
+        """3D volumes of one channel."""
         if source.dims != 3 or source.channels != 1:
             raise ConfigError(f"{where}: channels = {source.channels}, dims = {source.dims} is invalid for kind "
                               "'nifti': expected dims = 3 and channels = 1 (one intensity per voxel)")
 
-    def read(self, spec: BuilderSpec, warn: Warn = no_warnings) -> SourceData:
-        _nibabel()  # one clear line before anything else
-        src, opts = spec.source, spec.source.options
-        folder = Path(src.path)
-        table = read_label_csv(folder, opts["csv"], SUFFIXES, "volumes")
-        warn_unlisted(folder, table, SUFFIXES, warn)
+    def check_libraries(self) -> None:
+        """nibabel, before any file is read (one line naming the extra to install)."""
+        _library("nibabel")  # one clear line before anything is read
 
-        def where(i: int) -> str:
-            return f"{table.csv_path} line {table.lines[i]}"
+    def decode(self, raw: bytes, path: Path, source: SourceSpec) -> np.ndarray:
+        """One NIfTI file → ``[1, S, S, S]`` float32 in [0, 1] (steps 1–4 of the module docstring)."""
+        voxels = normalise(volume_array(open_volume(raw, path), path), source.options, path)  # [X, Y, Z] in [0, 1]
+        resampled = resample(voxels, source.size, source.options["order"], source.options["antialias"])  # [S, S, S]
+        return resampled[None].astype(np.float32)  # [1, S, S, S]
 
-        labels = label_rows(table.labels, spec, str(table.csv_path), where)
-        split, how = split_of(table.splits, len(table.files), spec, opts["split_ratio"], str(table.csv_path), where)
-        digest = Digest()
-        digest.add(f"csv:{opts['csv']}", table.raw)
-        volumes = np.empty((len(table.files), 1, *(src.size,) * 3), dtype=np.float32)  # [N, 1, S, S, S]
-        for i, name in enumerate(table.files):
-            path = folder / name
-            raw = read_bytes(path, f"listed on {where(i)}", "add the file or remove its row")
-            digest.add(f"file:{name}", raw)
-            voxels = normalise(volume_array(open_volume(raw, path), path), opts, path)
-            volumes[i, 0] = resample(voxels, src.size, opts["order"], opts["antialias"])
-        rules = {k: opts[k] for k in ("intensity", "percentiles", "window", "order", "antialias") if k in opts}
-        description = describe(self.name, spec, folder, len(volumes), digest.hexdigest(), how, csv=opts["csv"],
-                               orientation="RAS (closest canonical)", size=src.size, **rules)
-        return SourceData(make_splits(volumes, labels, split), description, origin=str(table.csv_path))
+    def rules(self, source: SourceSpec) -> dict[str, Any]:
+        """The orientation, the size and the intensity and resampling rules."""
+        opts = source.options
+        return {"orientation": "RAS (closest canonical)", "size": source.size,
+                **{k: opts[k] for k in ("intensity", "percentiles", "window", "order", "antialias") if k in opts}}
