@@ -106,3 +106,33 @@ def test_a_temporary_file_is_never_written_through_a_link(tmp_path):
     atomic_write_bytes(target, b"{}")
     assert target.read_bytes() == b"{}" and victim.read_text() == "precious"
     assert not os.path.lexists(temporary_name(target))
+
+
+@pytest.mark.parametrize("command", [
+    ["decode", "{ds}", "--out", "{ds}/grid.npy"],
+    ["decode", "{ds}", "--out", "{ds}/latents.zarr/grid.png"],
+    ["eval", "{ds}", "--out", "{ds}/ev"],
+    ["eval", "{ds}", "--plot", "{ds}/err.png"],
+])
+def test_cli_outputs_are_never_written_into_a_dataset(phantom_dir, tmp_path, command):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    root = tmp_path / "PhantomNF"
+    shutil.copytree(phantom_dir, root)
+    before = _digests(root)
+    result = CliRunner().invoke(main, [part.format(ds=root) for part in command])
+    assert result.exit_code == 2 and "inside the dataset" in result.output and "Traceback" not in result.output
+    assert _digests(root) == before
+
+
+def test_a_stray_file_in_a_dataset_is_named_with_its_fix(phantom_dir, tmp_path):
+    import mednf
+    from mednf.errors import FormatError
+
+    root = tmp_path / "PhantomNF"
+    shutil.copytree(phantom_dir, root)
+    (root / "g.npy").write_bytes(b"stray")
+    with pytest.raises(FormatError, match="does not list: g.npy; move or delete them"):
+        mednf.load(root, "test")

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from mednf.errors import ConfigError
+from mednf.format.layout import check_outside_datasets
 
 F = TypeVar("F", bound=Callable[..., Any])
 DATASET_FOLDER = "Dataset folder [default: $MEDNF_HOME]."
@@ -37,7 +38,9 @@ def medmnist_root_option(help: str) -> Callable[[F], F]:
 
 
 def check_folder(option: str, path: Path) -> None:
-    """Refuse an output file whose folder does not exist, before any work is done."""
+    """Refuse an output file whose folder does not exist, or that would land in a dataset, before any work is
+    done."""
+    check_outside_datasets(path, option)
     folder = path.expanduser().parent
     if path.expanduser().is_dir():
         raise ConfigError(f"{option} {path} is invalid: it is a folder, expected a file name; name a file in it")

@@ -18,6 +18,7 @@ from mednf.cli.options import check_folder, gpu_option, medmnist_root_option, ro
 from mednf.engine.device import resolve_device
 from mednf.errors import ConfigError
 from mednf.figures import dataset_samples, figure_class, save_figure
+from mednf.format.layout import check_outside_datasets
 from mednf.format.manifest import Manifest
 from mednf.format.splits import check_split
 from mednf.io.files import atomic_write_bytes
@@ -102,6 +103,8 @@ def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path
     """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
     if plot is not None:
         check_folder("--plot", plot)
+    if out is not None:
+        check_outside_datasets(out, "--out")
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is invalid: it is a file, expected a folder for summary.json and "
                           "samples.parquet; choose another path")

@@ -46,6 +46,9 @@ def check_structure(root: Path, manifest: Manifest) -> None:
     listed = manifest.files
     present = {p.relative_to(root).as_posix() for p in content_files(root)}
     missing, extra = sorted(set(listed) - present), sorted(present - set(listed))
+    if extra and not missing:  # something was put into the folder: the dataset itself may be whole
+        raise FormatError(f"{root} holds files its manifest does not list: {', '.join(extra[:5])}; move or delete "
+                          "them (a dataset folder holds only its own files), then load it again")
     if missing or extra:
         parts = ([f"files missing: {', '.join(missing[:5])}"] if missing else []) + (
             [f"files not in the manifest: {', '.join(extra[:5])}"] if extra else [])
