@@ -224,7 +224,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         device = torch.device(device or self.device or "cpu")
         field_cfg = self.config.field
         points, channels = int(np.prod(spatial)), field_cfg.out_dims
-        _check_fits(len(pos) * channels * points * 4, f"decoding {len(pos)} signal(s) at size {spatial}",
+        check_fits(len(pos) * channels * points * 4, f"decoding {len(pos)} signal(s) at size {spatial}",
                     "decode fewer indices or at a smaller size")
         return decode_in_chunks(self.theta(device), lambda rows: torch.from_numpy(self.latents[pos[rows]]),
                                 len(pos), field_cfg, spatial, device=device, batch_size=batch_size)
@@ -343,8 +343,9 @@ def _datasets() -> Any:
     return optional_import("datasets", "to_hf()")
 
 
-def _check_fits(nbytes: int, what: str, fix: str) -> None:
-    """ConfigError if ``nbytes`` exceed the memory this machine has available now."""
+def check_fits(nbytes: int, what: str, fix: str) -> None:
+    """ConfigError if a result of ``nbytes`` exceeds the memory this machine has available now (``what`` names
+    it, ``fix`` says what to ask for instead)."""
     import os
 
     try:

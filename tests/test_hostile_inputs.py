@@ -113,3 +113,38 @@ def test_field_settings_edited_in_the_manifest_are_refused(phantom_dir, tmp_path
     with pytest.raises(FormatError, match=f"field.{key}") as err:
         ds.decode([0])
     assert "changed after the build" in _one_line(err.value)
+
+
+def test_info_of_a_missing_path_names_the_path(tmp_path):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "missing" / "path")])
+    assert result.exit_code == 2 and "does not exist: expected a dataset folder" in result.output
+    assert "mednf build" not in result.output
+
+
+def test_the_upload_hint_quotes_paths_with_spaces(phantom_dir, tmp_path):
+    from mednf.tasks.export import export_hf, upload_hint
+
+    out = export_hf(phantom_dir, tmp_path / "my exports" / "PhantomNF")
+    assert f"'{out}'" in upload_hint(out)
+
+
+def test_inpaint_refuses_a_size_that_cannot_fit_before_fitting(phantom_dir, monkeypatch):
+    import mednf.tasks.inpaint as inpaint
+
+    monkeypatch.setattr(inpaint, "encode", lambda *a, **k: pytest.fail("fitted before the size was checked"))
+    with pytest.raises(ConfigError, match="choose a smaller --size") as err:
+        mednf.inpaint(np.zeros((1, 32, 32), np.uint8), np.ones((32, 32), bool), phantom_dir, size=1_000_000)
+    _one_line(err.value)
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000 + "]" * 100_000, '{"format": ' + "9" * 5000 + "}", "{"])
+def test_a_local_manifest_that_is_not_json_is_one_line(phantom_dir, tmp_path, body):
+    root = _copy(phantom_dir, tmp_path)
+    (root / MANIFEST).write_text(body)
+    with pytest.raises(FormatError, match="is not valid JSON") as err:
+        mednf.load(root, "test")
+    _one_line(err.value)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -306,3 +308,21 @@ def test_registry_pins_win_over_name_matching(official_zenodo, tmp_path):
     np.testing.assert_array_equal(ds.latents, splits["train"][0][:8].numpy())
     assert ds.manifest.origin["files"]["mednf-phantomnf-v1.zip"]["pinned_by_registry"] is True
     assert not any("notes" in r for r in official_zenodo.requests)
+
+
+def test_a_datapoint_index_beyond_any_split_is_one_line(tmp_path):
+    _release(tmp_path / "release")
+    shutil.copy(tmp_path / "release" / "train" / "datapoint_0.pt",
+                tmp_path / "release" / "train" / "datapoint_99999999999999999999.pt")
+    result = CliRunner().invoke(main, ["import-official", str(tmp_path / "release"), "--name", "PhantomNF",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "larger than any split" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_pt_that_is_not_a_file_is_named_so(tmp_path):
+    _release(tmp_path / "release")
+    (tmp_path / "release" / "model.pt").unlink()
+    os.mkfifo(tmp_path / "release" / "model.pt")
+    with pytest.raises(OfficialFormatError, match="model.pt is not a regular file"):
+        import_official(tmp_path / "release", "phantomnf", tmp_path / "out", progress=False)

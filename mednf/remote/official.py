@@ -43,6 +43,7 @@ from mednf.engine.field import param_shapes
 
 SPLITS = ("train", "val", "test")
 _DATAPOINT = re.compile(r"^datapoint_(\d+)\.pt$")
+_MAX_SAMPLES = 10**9  # an index beyond any dataset (and beyond int64 arithmetic) is not a sample
 
 # Every global a whole pickled official model may name beyond torch's own weights-only allow-list.
 ALLOWED_GLOBALS = (
@@ -137,7 +138,8 @@ def read_official_model(path: str | Path, *, w0: float | None = None, w0_increme
     """
     path = Path(path)
     if not path.is_file():
-        raise OfficialFormatError(f"{path} does not exist; the official release has model.pt beside train/ val/ test/")
+        state = "is not a regular file" if path.exists() or path.is_symlink() else "does not exist"
+        raise OfficialFormatError(f"{path} {state}; the official release has model.pt beside train/ val/ test/")
     names = _scan_globals(path)
     foreign = [n for n in names if n not in ALLOWED_GLOBALS]
     if foreign:
@@ -222,6 +224,9 @@ def datapoint_files(split_dir: Path) -> dict[int, Path]:
         match = _DATAPOINT.match(path.name)
         if match:
             index = int(match.group(1))
+            if index >= _MAX_SAMPLES:
+                raise OfficialFormatError(f"{split_dir} has {path.name}: index {match.group(1)[:24]} is larger than any "
+                                          f"split (< {_MAX_SAMPLES}); remove the file that does not belong")
             if index in found:
                 raise OfficialFormatError(f"{split_dir} has both {found[index].name} and {path.name} for sample {index}; "
                                           "remove the one that does not belong")

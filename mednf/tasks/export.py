@@ -9,10 +9,12 @@ path such as ``/home/<user>/patients/…`` says more than a dataset should.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import tarfile
 from collections.abc import Callable
@@ -169,6 +171,10 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     try:
         _write_hf_export(files, scratch)
         _swap_in(scratch, out)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk of the export, not of the file being copied
+            raise OSError(err.errno, err.strerror, str(out)) from None
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
@@ -209,4 +215,4 @@ def upload_hint(folder: str | Path, repo: str | None = None) -> str:
     ``huggingface-cli`` is deprecated): ``hf upload <org>/<Name> <folder> --repo-type dataset``."""
     folder = Path(folder)
     repo = repo or f"<org>/{Manifest.read(folder).name}"
-    return f"hf upload {repo} {folder} --repo-type dataset"
+    return f"hf upload {shlex.quote(repo)} {shlex.quote(str(folder))} --repo-type dataset"

@@ -19,6 +19,7 @@ from torch import Tensor
 from mednf.engine.config import FieldConfig
 from mednf.errors import EncodeError
 from mednf.engine.field import decode
+from mednf.dataset import check_fits
 from mednf.tasks.encode import encode, open_space
 
 
@@ -46,8 +47,11 @@ def inpaint(images: np.ndarray | Tensor, mask: np.ndarray | Tensor, space, *, si
     """Fit ``images`` (layouts as :func:`mednf.tasks.encode.encode`) on the pixels where ``mask`` is True and
     decode them on the full grid (``size``: side length or sizes; default the space's resolution)."""
     ds = open_space(space, root)
-    encoded = encode(images, ds, mask=mask, device=device, progress=progress)
     spatial = ds._spatial(size)
+    count = len(images)  # [N, …]: the result is N signals at ``spatial``; refused now, not after fitting
+    check_fits(count * ds.config.field.out_dims * int(np.prod(spatial)) * 4,
+               f"inpainting {count} image(s) at size {'×'.join(map(str, spatial))}", "choose a smaller --size (size=)")
+    encoded = encode(images, ds, mask=mask, device=device, progress=progress)
     device = torch.device(device or "cpu")
     recon = decode_latents(ds.theta(device), torch.from_numpy(encoded.latents), ds.config.field, spatial)
     if not torch.isfinite(recon).all():
