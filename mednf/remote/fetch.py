@@ -1,23 +1,31 @@
 """Whole-file reads of a published dataset folder by URL, each verified against the manifest as it arrives.
 
-:class:`RemoteFolder` turns ``https://host/path/DermaNF`` (or ``s3://``, ``gs://``, … where the user has
-installed that fsspec filesystem: s3fs, gcsfs, adlfs) and a relative path into bytes:
+:class:`RemoteFolder` turns ``https://host/path/DermaNF`` (or ``s3://``, ``gs://``, ``az://``, ``hf://`` where the
+user has installed that fsspec filesystem: s3fs, gcsfs, adlfs, huggingface_hub) and a relative path into bytes:
 
-- :meth:`~RemoteFolder.fetch` GETs the **whole file** (fsspec ``cat_file``; no ``Range`` request), then
-  checks its size and sha256 against the manifest's entry. Wrong bytes are a one-line FormatError naming the
-  URL; nothing unverified is returned. An HTTP server therefore needs only plain ``GET`` of static files
-  (``python -m http.server`` will do); ``Range`` and ``HEAD`` are never required.
+- :meth:`~RemoteFolder.fetch` GETs the **whole file** (no ``Range`` request), at most the manifest's size plus
+  one byte, then checks its size and sha256 against the manifest's entry. Wrong bytes are a one-line
+  FormatError naming the URL; nothing unverified is returned. An HTTP server therefore needs only plain
+  ``GET`` of static files (``python -m http.server`` will do); ``Range`` and ``HEAD`` are never required.
+- ``http(s)://`` is read by :func:`mednf.io.http.read_bytes`, the rule of every network read of mednf: the
+  URL policy on the address and on every redirect (``https://`` anywhere, ``http://`` only to loopback hosts,
+  never from ``https://`` to ``http://``), the stall timeout and total deadline (``$MEDNF_HTTP_TIMEOUT``,
+  ``$MEDNF_HTTP_DEADLINE``), and a size limit read incrementally (``mednf.json``: :data:`MAX_MANIFEST_BYTES`).
+- Object stores (:data:`OBJECT_STORES`) are read through fsspec, by a byte range that ends at the same limit;
+  their SDKs' own timeouts apply. Every other scheme (``ftp://``, ``file://``, ``gopher://``, …) is refused
+  before anything is fetched.
 - Network problems are one line naming the URL and the fix: 404 (NotFoundError for the manifest, a
-  FormatError for a file the manifest lists: the copy is incomplete), other HTTP statuses, timeouts (no
-  data for :data:`mednf.io.http.TIMEOUT_S` seconds) and refused connections (DownloadError).
-- ``http://`` only to loopback hosts, as for downloads (:mod:`mednf.io.http`); ``https://`` anywhere.
+  FormatError for a file the manifest lists: the copy is incomplete), other HTTP statuses, timeouts and
+  refused connections (DownloadError).
 - With ``$MEDNF_REMOTE_CACHE=disk`` verified files are also kept under ``$MEDNF_HOME/.remote/``, named by
   their sha256 and hashed again when read back (a damaged cached file is fetched again). Delete the folder
   to free the space; nothing else removes it.
 
-Library: fsspec, because one call (``cat_file``) then reads http(s) (through aiohttp) and every object store
-that has an fsspec filesystem, with connection pooling and concurrent use from threads. The filesystem
-object is made per process: fsspec's async filesystems must not be used across a fork (DataLoader workers).
+Why mednf's own transfer for http(s) rather than fsspec/aiohttp: aiohttp follows redirects itself, has no
+total deadline, and fsspec's ``cat_file`` reads a whole answer before anything can check its size; one rule
+in :mod:`mednf.io.http` covers downloads and lazy reads alike. Concurrency comes from zarr's threads
+(:mod:`mednf.remote.zarr_store`), connections are kept alive per host. fsspec filesystems (object stores) are
+made per process: fsspec's async filesystems must not be used across a fork (DataLoader workers).
 """
 
 from __future__ import annotations
@@ -26,7 +34,6 @@ import hashlib
 import os
 import re
 import tempfile
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +41,12 @@ from mednf.errors import ConfigError, DownloadError, FormatError, NotFoundError
 from mednf.format.layout import MANIFEST, mednf_home
 from mednf.format.manifest import FileEntry
 from mednf.io import http
-from mednf.io.http import LOOPBACK_HOSTS
 from mednf.optional import optional_import
 
 MAX_MANIFEST_BYTES = 64 << 20  # the manifest of the largest MedNF set (ChestNF: ~1,300 files) is ~300 KB
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
-             "abfss": "adlfs", "http": "aiohttp", "https": "aiohttp", "hf": "huggingface_hub"}
+OBJECT_STORES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+                 "abfss": "adlfs", "hf": "huggingface_hub"}  # scheme → the package of its fsspec filesystem
 
 
 def is_url(name_or_path: Any) -> bool:
@@ -48,62 +54,76 @@ def is_url(name_or_path: Any) -> bool:
     return isinstance(name_or_path, str) and bool(_URL.match(name_or_path))
 
 
+def check_folder_url(url: str) -> str:
+    """The scheme of dataset URL ``url`` if mednf reads it (see the module docstring), else a ConfigError."""
+    protocol = url.split("://", 1)[0].lower()
+    if protocol in ("http", "https"):
+        try:
+            http.check_url(url, allowed_hosts=None, what="dataset URL")
+        except DownloadError:
+            raise ConfigError(f"dataset URL {http.shown(url)!r} is refused: mednf reads http:// only from 127.0.0.1, "
+                              "::1 or localhost (nothing would protect the manifest in transit); "
+                              "use https://") from None
+    elif protocol not in OBJECT_STORES:
+        stores = ", ".join(f"{scheme}://" for scheme in OBJECT_STORES)
+        raise ConfigError(f"dataset URL {http.shown(url)!r} is refused: mednf reads https:// (http:// only from "
+                          f"127.0.0.1, ::1 or localhost) and the object stores {stores}; use one of those")
+    return protocol
+
+
+class _TooLarge(Exception):
+    """An http(s) answer longer than the limit of :meth:`RemoteFolder._get` (never read past it)."""
+
+
 class RemoteFolder:
     """A dataset folder at ``url``: verified whole-file reads (see the module docstring)."""
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        self.protocol = self.url.split("://", 1)[0].lower()
-        if self.protocol == "http":
-            if (urllib.parse.urlsplit(self.url).hostname or "").lower() not in LOOPBACK_HOSTS:
-                raise ConfigError(f"dataset URL {self.url!r} is refused: mednf reads http:// only from 127.0.0.1, ::1 "
-                                  "or localhost (nothing would protect the manifest in transit); use https://")
+        self.protocol = check_folder_url(self.url)
         self._fs: Any = None
         self._path = ""
         self._pid = -1
         self.disk_cache = mednf_home() / ".remote" if os.environ.get("MEDNF_REMOTE_CACHE") == "disk" else None
-        self.filesystem()  # a missing fsspec filesystem is reported now, not at the first read
+        if self.protocol in OBJECT_STORES:
+            self.filesystem()  # a missing fsspec filesystem is reported now, not at the first read
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers make their own filesystem
         return {**self.__dict__, "_fs": None, "_pid": -1}
 
     def filesystem(self) -> tuple[Any, str]:
-        """``(fsspec filesystem, root path in it)`` for this process."""
+        """``(fsspec filesystem, root path in it)`` of an object store URL, for this process."""
         if self._pid != os.getpid():
             fsspec = optional_import("fsspec", f"reading {self.protocol}:// URLs")
-            options: dict[str, Any] = {}
-            if self.protocol in ("http", "https"):
-                aiohttp = optional_import("aiohttp", f"reading {self.protocol}:// URLs")
-                # no data for TIMEOUT_S is a timeout; a long transfer that keeps moving is not
-                options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(
-                    total=None, sock_connect=http.TIMEOUT_S, sock_read=http.TIMEOUT_S)}
             try:
-                self._fs, self._path = fsspec.core.url_to_fs(self.url, **options)
+                self._fs, self._path = fsspec.core.url_to_fs(self.url)
             except ImportError:
-                package = _PACKAGES.get(self.protocol) or fsspec.registry.known_implementations.get(
-                    self.protocol, {}).get("err", "the fsspec filesystem for it")
+                package = OBJECT_STORES[self.protocol]
                 raise ConfigError(f"reading {self.protocol}:// URLs needs the Python package {package}: "
                                   f"pip install {package}") from None
             except ValueError as err:  # fsspec: protocol not known
-                raise ConfigError(f"dataset URL {self.url!r} is invalid ({err}); expected https://, s3://, gs://, "
-                                  "or another protocol fsspec knows") from None
+                raise ConfigError(f"dataset URL {http.shown(self.url)!r} is invalid ({http.shown(str(err), 120)}); "
+                                  "expected https://, s3://, gs:// or another object store fsspec knows") from None
             self._pid = os.getpid()
         return self._fs, self._path
 
     def file_url(self, rel: str) -> str:
+        """The URL of ``rel`` in this folder."""
         return f"{self.url}/{rel}"
 
     # ------------------------------------------------------------------ reads
     def manifest_bytes(self) -> bytes:
         """``mednf.json`` as served (the root of trust: every other file is checked against it)."""
         try:
-            data = self._get(MANIFEST)
+            data = self._get(MANIFEST, MAX_MANIFEST_BYTES, expected=None)
         except FileNotFoundError:
             raise NotFoundError(f"no MedNF dataset at {self.url}: {self.file_url(MANIFEST)} does not exist (HTTP "
                                 f"404); give the address of the folder that holds {MANIFEST}") from None
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise FormatError(f"{self.file_url(MANIFEST)} has {len(data)} bytes, more than a MedNF manifest; "
-                              "check the address")
+        except _TooLarge:
+            data = None
+        if data is None or len(data) > MAX_MANIFEST_BYTES:
+            raise FormatError(f"{self.file_url(MANIFEST)} has more than {MAX_MANIFEST_BYTES} bytes, more than a MedNF "
+                              "manifest; check the address")
         return data
 
     def fetch(self, rel: str, entry: FileEntry) -> bytes:
@@ -112,14 +132,17 @@ class RemoteFolder:
         if cached is not None:
             return cached
         try:
-            data = self._get(rel)
+            data = self._get(rel, entry.size, expected=entry.size)
         except FileNotFoundError:
             raise FormatError(f"{self.file_url(rel)} does not exist on the server (HTTP 404) although the manifest "
                               "lists it: the published copy is incomplete; tell its publisher, or use another "
                               "copy") from None
+        except _TooLarge:
+            data = None
         url = self.file_url(rel)
-        if len(data) != entry.size:
-            raise FormatError(f"{url} sent {len(data)} bytes, the manifest says {entry.size}: the file on the server "
+        if data is None or len(data) != entry.size:
+            sent = f"more than {entry.size}" if data is None or len(data) > entry.size else str(len(data))
+            raise FormatError(f"{url} sent {sent} bytes, the manifest says {entry.size}: the file on the server "
                               "was changed or damaged; nothing of it was used (reload, or use another copy)")
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry.sha256:
@@ -129,16 +152,27 @@ class RemoteFolder:
         self._to_disk(entry, data)
         return data
 
-    def _get(self, rel: str) -> bytes:
-        """The whole file ``rel``; FileNotFoundError passes through, every other failure is a DownloadError."""
-        fs, root = self.filesystem()
+    def _get(self, rel: str, limit: int, *, expected: int | None) -> bytes:
+        """The file ``rel`` (``expected`` bytes if known): at most ``limit`` bytes over http(s) (_TooLarge
+        beyond), at most ``limit + 1`` from an object store; FileNotFoundError passes through, every other
+        failure is a DownloadError."""
         url = self.file_url(rel)
+        if self.protocol in ("http", "https"):
+            try:
+                return http.read_bytes(url, limit=limit, expected=expected)
+            except http.TransferError as err:
+                if err.status == 404:
+                    raise FileNotFoundError(url) from None
+                if err.too_large:
+                    raise _TooLarge from None
+                raise DownloadError(f"could not read {http.shown(url)} ({err.reason}); {err.fix}") from None
+        fs, root = self.filesystem()
         try:
-            return fs.cat_file(f"{root}/{rel}")
+            return fs.cat_file(f"{root}/{rel}", start=0, end=limit + 1)  # a range: a larger object is not read
         except FileNotFoundError:
             raise
-        except Exception as err:  # noqa: BLE001 (aiohttp, botocore, google-auth: each raises its own types)
-            raise DownloadError(f"could not read {url} ({_reason(err)}); {_fix(err)}") from None
+        except Exception as err:  # noqa: BLE001 (botocore, google-auth, adlfs: each raises its own types)
+            raise DownloadError(f"could not read {http.shown(url)} ({_reason(err)}); {_fix(err)}") from None
 
     # ------------------------------------------------------------------ disk cache (opt-in)
     def _cached_path(self, entry: FileEntry) -> Path | None:
@@ -174,28 +208,25 @@ def _refused(err: BaseException) -> bool:
     return isinstance(err, ConnectionRefusedError) or isinstance(getattr(err, "os_error", None), ConnectionRefusedError)
 
 
+def _timeout(err: BaseException) -> bool:
+    return isinstance(err, TimeoutError) or "Timeout" in type(err).__name__
+
+
 def _reason(err: BaseException) -> str:
+    """What went wrong in an object store's SDK, in a few words (its message's first line, cut short)."""
     if _refused(err):
         return "connection refused"
-    status = getattr(err, "status", None)
-    if isinstance(status, int):
-        return f"HTTP {status} {getattr(err, 'message', '') or ''}".strip()
-    if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
-        return f"no answer for {http.TIMEOUT_S} s"  # read now: a setting that may change
-    text = str(err).splitlines()[0][:160] if str(err) else ""
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    if _timeout(err):
+        return "no answer in time"
+    text = str(err).splitlines()[0] if str(err) else ""
+    return http.shown(f"{type(err).__name__}: {text}" if text else type(err).__name__, 160)
 
 
 def _fix(err: BaseException) -> str:
-    status = getattr(err, "status", None)
-    if status in (401, 403) or isinstance(err, PermissionError):
+    if isinstance(err, PermissionError):
         return "the server refused access: check the address and your credentials for it"
-    if isinstance(status, int) and status >= 500:
-        return "the server failed: try again later"
-    if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
+    if _timeout(err):
         return "the server is slow or unreachable: try again later"
-    if _refused(err):
-        return "no server listens at that address: check the URL, or start the server"
-    if "connect" in type(err).__name__.lower() or isinstance(err, ConnectionError):
+    if _refused(err) or isinstance(err, ConnectionError):
         return "check the address and that the server is running and reachable"
     return "check the address and the network, and try again"

@@ -21,7 +21,6 @@ DataLoader workers (fork or spawn) open their own connections and keep their own
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -34,6 +33,7 @@ from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL
 from mednf.format.manifest import Manifest
 from mednf.format.reader import check_finite, check_index_rows, check_theta, split_index
 from mednf.format.tensors import tensors_from_bytes
+from mednf.io import jsonsafe
 from mednf.remote.fetch import RemoteFolder
 from mednf.remote.zarr_store import VerifiedStore
 
@@ -44,11 +44,7 @@ _FIX = "tell the publisher of the copy, or use another copy"
 def remote_manifest(folder: RemoteFolder) -> Manifest:
     """The parsed and checked manifest at ``folder``."""
     where = folder.file_url(MANIFEST)
-    try:
-        data = json.loads(folder.manifest_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FormatError(f"{where} is not valid JSON ({err}); check that the address is a MedNF dataset "
-                          "folder") from None
+    data = jsonsafe.loads(folder.manifest_bytes(), where, "check that the address is a MedNF dataset folder")
     return Manifest.from_json(data, where)
 
 
@@ -89,6 +85,7 @@ class ChunkCache:
         return self._lock
 
     def get(self, key: Any) -> np.ndarray | None:
+        """The chunk cached under ``key`` (now the most recently used), or None."""
         with self._guard():
             value = self._items.get(key)
             if value is not None:
@@ -96,6 +93,7 @@ class ChunkCache:
             return value
 
     def put(self, key: Any, value: np.ndarray) -> None:
+        """Cache ``value`` under ``key``, dropping the least recently used chunks beyond ``max_bytes``."""
         with self._guard():
             if key in self._items:
                 return
