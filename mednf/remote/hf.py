@@ -1,28 +1,45 @@
-"""Verified download of a registered dataset from the HF Hub (``huggingface_hub.snapshot_download``); mednf's
-own format is rebuilt from the Parquet shards and checked against the manifest.
+"""Verified download of a registered dataset from the HF Hub; mednf's own format is rebuilt from the Parquet
+shards and checked against the manifest.
+
+The Hub is read with mednf's own transfer (:mod:`mednf.io.http`: URL policy on every redirect, timeouts, size
+limits, the safe JSON parser), not ``huggingface_hub``: ``GET {endpoint}/api/datasets/{repo}/revision/{rev}``
+names the commit and lists its files, and ``{endpoint}/datasets/{repo}/resolve/{commit}/{path}`` serves each
+file (usually by a redirect to the Hub's CDN). Only the files :func:`rebuild` reads are fetched: the manifest
+first (checked, and pinned by the registry), then θ, the figures and the Parquet shards. No token is sent:
+the registered copies are public.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from mednf.errors import DownloadError, FormatError
 from mednf.format.layout import FIGURES, INDEX, MANIFEST, MODEL, mednf_home
 from mednf.format.manifest import Manifest
+from mednf.format.splits import hf_split
 from mednf.format.writer import DatasetWriter, SplitIndex, index_digest, latent_digest, row_blocks
+from mednf.io import jsonsafe
 from mednf.io.files import sha256_file
-from mednf.io.http import TIMEOUT_S
+from mednf.io.http import fetch_verified, get_json, read_bytes
+from mednf.remote.fetch import MAX_MANIFEST_BYTES
 from mednf.remote.install import fetch_folder, install
 from mednf.remote.registry import offline_check, registry_entry
-from mednf.format.splits import hf_split
 from mednf.sources.kinds import source_card_line
+
+_REPO = re.compile(r"[\w.-]+/[\w.-]+")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHARD = re.compile(r"data/[\w.-]+\.parquet")  # the export's shards (no deeper folders, no "..")
+_ENDPOINT_FIX = "check that MEDNF_HF_ENDPOINT (or HF_ENDPOINT) points at the Hugging Face Hub, or try again later"
 
 
 def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | None = None,
                 progress: bool = True) -> Path:
-    """Fetch the registered HF Hub copy of ``name`` (``huggingface_hub.snapshot_download``), verify θ by
+    """Fetch the registered HF Hub copy of ``name`` (the files :func:`rebuild` reads), verify θ by
     sha256 and every split's latents by the manifest's digest of the raw float32 rows, and rebuild
     mednf's own format from it in the cache."""
     key, entry = registry_entry(name)
@@ -37,25 +54,56 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
         offline_check(key, f"on a machine that reaches {endpoint}, run `mednf download {key} --source hf --root DIR` "
                            f"and copy DIR/{key} to {target}")
         snapshot = fetch_folder(target)
-        _snapshot(repo, revision, endpoint, snapshot)
-        manifest = _remote_manifest(snapshot, repo, entry.get("manifest_sha256"))
+        manifest = _snapshot(repo, revision, endpoint.rstrip("/"), snapshot, entry.get("manifest_sha256"), progress)
         rebuild(snapshot, tmp, manifest.replace(origin={"hf_repo": repo, "revision": revision, "endpoint": endpoint}),
                 repo)
 
     return install(target, produce, what=f"{key} (HF {repo})")
 
 
-def _snapshot(repo: str, revision: str | None, endpoint: str, into: Path) -> None:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
+def _snapshot(repo: str, revision: str | None, endpoint: str, into: Path, pinned: str | None,
+              progress: bool) -> Manifest:
+    """The files of the HF export ``repo`` that :func:`rebuild` reads, at ``revision`` (default main), fetched
+    into ``into``; returns its manifest, checked (and pinned by the registry's sha256 when it has one) before
+    anything else is fetched. θ and the figures are fetched by the manifest's sizes, the Parquet shards by
+    their ``Content-Length``; :func:`rebuild` checks every byte of them against the manifest."""
+    if not (isinstance(repo, str) and _REPO.fullmatch(repo) and ".." not in repo.split("/")):
+        raise DownloadError(f"the registry's hf_repo {str(repo)[:80]!r} is not an HF repository name (owner/name); "
+                            "fix the registry")
     try:
-        # a cache_dir of our own (removed with the snapshot): else refs land in the user's hub cache
-        snapshot_download(repo, repo_type="dataset", revision=revision, local_dir=into, endpoint=endpoint,
-                          etag_timeout=TIMEOUT_S, cache_dir=into / ".hub-cache")
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        raise DownloadError(f"could not download {repo} from {endpoint} ({str(err).splitlines()[0]}); "
-                            "nothing was kept, run again") from None
+        rev = urllib.parse.quote(str(revision or "main"), safe="")
+        info = get_json(f"{endpoint}/api/datasets/{repo}/revision/{rev}", fix=_ENDPOINT_FIX)
+        sha, names = _revision(info, repo)
+        base = f"{endpoint}/datasets/{repo}/resolve/{sha}"
+        if MANIFEST not in names:
+            raise DownloadError(f"{repo} has no {MANIFEST}; it is not a mednf export, discarded")
+        data = read_bytes(f"{base}/{MANIFEST}", limit=MAX_MANIFEST_BYTES)
+    except DownloadError as err:
+        raise DownloadError(f"could not download {repo} from {endpoint}: {err}") from None
+    into.mkdir(parents=True, exist_ok=True)
+    (into / MANIFEST).write_bytes(data)
+    manifest = _remote_manifest(into, repo, pinned)
+    try:
+        for rel in names:
+            if rel in (MODEL, *FIGURES) and rel in manifest.files:
+                fetch_verified(f"{base}/{rel}", into / rel, size=manifest.files[rel].size, progress=progress)
+            elif _SHARD.fullmatch(rel):
+                fetch_verified(f"{base}/{rel}", into / rel, size=None, progress=progress)
+    except DownloadError as err:
+        raise DownloadError(f"could not download {repo} from {endpoint}: {err}") from None
+    return manifest
+
+
+def _revision(info: Any, repo: str) -> tuple[str, list[str]]:
+    """``(commit, file names)`` from the Hub's answer about a revision (``{"sha": …, "siblings": [{"rfilename":
+    …}]}``), checked."""
+    sha = info.get("sha") if isinstance(info, dict) else None
+    siblings = info.get("siblings") if isinstance(info, dict) else None
+    if not isinstance(sha, str) or not _COMMIT.fullmatch(sha) or not isinstance(siblings, list):
+        raise DownloadError(f"the Hub's answer about {repo} names no commit (40 hex digits) and file list; "
+                            f"{_ENDPOINT_FIX}")
+    names = [item.get("rfilename") for item in siblings if isinstance(item, dict)]
+    return sha, [name for name in names if isinstance(name, str)]
 
 
 def _remote_manifest(snapshot: Path, repo: str, pinned: str | None) -> Manifest:
@@ -67,13 +115,13 @@ def _remote_manifest(snapshot: Path, repo: str, pinned: str | None) -> Manifest:
         raise DownloadError(f"{MANIFEST} of {repo} has sha256 {sha256_file(path)}, the registry pins {pinned}; "
                             "discarded")
     try:
-        return Manifest.read(snapshot)
+        return Manifest.from_json(jsonsafe.loads(path.read_bytes(), f"{MANIFEST} of {repo}", "discarded"), path)
     except FormatError as err:
         raise DownloadError(f"{MANIFEST} of {repo} is not a valid manifest ({err}); discarded") from None
 
 
 def rebuild(snapshot: Path, out: Path, manifest: Manifest, repo: str) -> Manifest:
-    """mednf's own format in ``out`` from an HF export in ``snapshot``, every part checked against
+    """Write mednf's own format in ``out`` from an HF export in ``snapshot``, every part checked against
     ``manifest`` (θ by sha256, each split's latents by row count and digest) before it is written."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -11,25 +11,44 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mednf.errors import DownloadError
+from mednf.errors import ConfigError, DownloadError
 from mednf.format.layout import unfinished_build
 
 
 def registry() -> dict[str, dict[str, Any]]:
-    """Name → entry of every published dataset (keys as written, e.g. ``DermaNF``)."""
+    """Name → entry of every published dataset (keys as written, e.g. ``DermaNF``); a file that cannot be
+    read, is not TOML or holds something else than ``[Name]`` tables is one line (ConfigError)."""
     override = os.environ.get("MEDNF_REGISTRY")
-    if override:
-        text = Path(override).read_text(encoding="utf-8")
-    else:
-        text = resources.files("mednf.builders").joinpath("registry.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    where = f"the registry file {override} (MEDNF_REGISTRY)" if override else "the shipped registry.toml"
+    fix = "fix it or unset MEDNF_REGISTRY" if override else "reinstall mednf"
+    try:
+        if override:
+            text = Path(override).read_text(encoding="utf-8")
+        else:
+            text = resources.files("mednf.builders").joinpath("registry.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise ConfigError(f"{where} cannot be read ({reason}); {fix}") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:  # its message names line and column, never the text
+        raise ConfigError(f"{where} is not valid TOML ({str(err).splitlines()[0][:120]}); {fix}") from None
+    except (RecursionError, ValueError):  # nested arrays too deep; a number Python will not convert
+        raise ConfigError(f"{where} is not valid TOML (nested too deep or a number too long); {fix}") from None
+    for key, entry in table.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: {key[:60]!r} is {type(entry).__name__}, expected a table [Name] with "
+                              f"zenodo_record / hf_repo; {fix}")
+    return table
 
 
 def is_registered(name: str) -> bool:
+    """Whether the registry has ``name`` (case-insensitively)."""
     return any(key.lower() == name.lower() for key in registry())
 
 
 def registry_entry(name: str) -> tuple[str, dict[str, Any]]:
+    """``(name as registered, entry)`` of ``name`` (case-insensitively); a DownloadError naming the known ones."""
     for key, entry in registry().items():
         if key.lower() == name.lower():
             return key, entry
@@ -50,6 +69,7 @@ def offline_check(what: str, how: str) -> None:
 
 
 def check_target(target: Path) -> None:
+    """A DownloadError when ``target`` holds an unfinished build (never replaced by a download)."""
     if unfinished_build(target):
         raise DownloadError(f"{target} holds an unfinished `mednf build`; finish it (rerun the build) or remove it, "
                             "or download into another --root")

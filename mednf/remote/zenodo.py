@@ -5,7 +5,9 @@ release (imported with :mod:`mednf.remote.official_import`), both through :func:
 The record's JSON is checked before anything is fetched (:func:`parse_record`: an object; ``files`` a list of
 objects or ``{"entries": {...}}``; each chosen file's size, checksum and link of the right type), and every
 file link must pass :func:`mednf.io.http.check_url`: https (or loopback http) on the API's host or on the
-mirror in ``$MEDNF_ZENODO_URL``. A ``links.self`` of ``file:///etc/passwd`` is refused, nothing fetched.
+mirror in ``$MEDNF_ZENODO_URL``. A ``links.self`` of ``file:///etc/passwd`` is refused, nothing fetched. The
+same hosts bound every redirect of the record's and the files' transfers (:mod:`mednf.io.http`: also its
+timeouts, size limits and the safe JSON parser). Messages list at most a few of a record's file names.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,9 @@ from mednf.format.layout import MANIFEST, mednf_home
 from mednf.io.archives import ARCHIVE_SUFFIXES, safe_extract, safe_extract_zip
 from mednf.io.http import check_url, fetch_verified, get_json, url_host
 from mednf.remote.install import fetch_folder, install
-from mednf.remote.registry import offline_check, pinned_files, registry_entry
 from mednf.remote.official import find_release_root
 from mednf.remote.official_import import import_official
+from mednf.remote.registry import offline_check, pinned_files, registry_entry
 
 DEFAULT_ZENODO = "https://zenodo.org"
 _SAFE_FILE_NAME = re.compile(r"^[\w.+-]+$")
@@ -51,7 +54,9 @@ class Record:
     entries: list[dict[str, Any]]
 
     def malformed(self, what: str, value: Any, expected: str) -> DownloadError:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        """The one-line error for a ``value`` of the record (shown cut short) that is not ``expected``."""
+        text = repr(value)
+        shown = text if len(text) <= 60 else text[:57] + "..."
         return DownloadError(f"Zenodo record {self.id} ({self.api}) is malformed: {what} is {type(value).__name__} "
                              f"{shown}, expected {expected}; check that MEDNF_ZENODO_URL points at a Zenodo server, "
                              "or report the record")
@@ -70,6 +75,13 @@ class Record:
         url = links.get("self") or f"{self.base}/records/{self.id}/files/{urllib.parse.quote(key)}?download=1"
         check_url(url, allowed_hosts=zenodo_hosts(self.base), what=f"Zenodo record {self.id}'s link for {key}")
         return RecordFile(key, size, md5 if _MD5.fullmatch(md5) else None, url)
+
+
+def _names(keys: Iterable[str], shown: int = 8) -> str:
+    """A record's file names for a message: sorted, at most ``shown`` of them, each cut short."""
+    keys = sorted(keys)
+    listed = ", ".join(repr(key)[1:-1][:80] for key in keys[:shown]) or "nothing"
+    return listed + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def zenodo_hosts(base: str) -> set[str]:
@@ -95,8 +107,9 @@ def parse_record(document: Any, record_id: str, base: str, api: str) -> Record:
     for i, meta in enumerate(files):
         if not isinstance(meta, dict):
             raise record.malformed(f"files[{i}]", meta, "an object")
-        if not isinstance(meta.get("key"), str) or not meta["key"]:
-            raise record.malformed(f"the key of files[{i}]", meta.get("key"), "a file name")
+        key = meta.get("key")
+        if not isinstance(key, str) or not key or len(key) > 255 or not key.isprintable():  # names go into messages
+            raise record.malformed(f"the key of files[{i}]", key, "a file name")
     return Record(record_id, base, api, files)
 
 
@@ -114,8 +127,8 @@ def download_zenodo(name: str, *, root: str | Path | None = None, base_url: str 
 
     def produce(tmp: Path) -> None:
         offline_check(key, offline_hint(key, entry, base, record_id, target))
-        record = parse_record(get_json(check_url(api, allowed_hosts=None, what="the Zenodo API URL")), record_id,
-                              base, api)
+        check_url(api, allowed_hosts=None, what="the Zenodo API URL")
+        record = parse_record(get_json(api, allowed_hosts=zenodo_hosts(base)), record_id, base, api)
         unpack = _official if entry.get("layout") == "official" else _export
         unpack(key, entry, record, tmp, fetch_folder(target), progress)
 
@@ -125,7 +138,8 @@ def download_zenodo(name: str, *, root: str | Path | None = None, base_url: str 
 def offline_hint(key: str, entry: dict[str, Any], base: str, record_id: str, target: Path) -> str:
     """What to do by hand without the network: which file of the record to download, and the command or
     place that makes it the cached dataset ``target``."""
-    pins = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+    pinned = entry.get("files")
+    pins: dict[str, Any] = pinned if isinstance(pinned, dict) else {}
     record = f"{base}/records/{record_id}"
     if entry.get("layout") == "official":
         files = " and ".join(f"{record}/files/{name}?download=1" for name in pins) or (
@@ -153,7 +167,7 @@ def _export(key: str, entry: dict[str, Any], record: Record, tmp: Path, archives
             raise DownloadError(f"registry entry [{key}] names a file {file_name!r}; expected a plain file name")
         if file_name not in listed:
             raise DownloadError(f"Zenodo record {record.id} has no file {file_name!r} (it has: "
-                                f"{', '.join(sorted(listed)) or 'nothing'}); the registry and record disagree")
+                                f"{_names(listed)}); the registry and record disagree")
         source = record.file(listed[file_name])
         if source.size != pin["size"]:
             raise DownloadError(f"Zenodo record {record.id} lists {file_name} with {source.size} bytes, the registry "
@@ -162,7 +176,7 @@ def _export(key: str, entry: dict[str, Any], record: Record, tmp: Path, archives
     unpack = tmp.parent / "unpack"
     for source, sha256 in plan:
         fetch_verified(source.url, archives / source.key, size=source.size, sha256=sha256, md5=source.md5,
-                       progress=progress)
+                       progress=progress, allowed_hosts=zenodo_hosts(record.base))
     for source, _ in plan:
         safe_extract(archives / source.key, unpack)
         (archives / source.key).unlink()
@@ -175,7 +189,7 @@ def official_files(entries: list[dict[str, Any]], name: str, record_id: str,
                    pinned: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The record's archives of sub-dataset ``name``: the registry's pinned file names when it has them,
     else the zip/tar files whose names contain ``name`` (case-insensitively)."""
-    held = ", ".join(sorted(meta["key"] for meta in entries)) or "nothing"
+    held = _names(meta["key"] for meta in entries)
     if pinned:
         by_key = {meta["key"]: meta for meta in entries}
         absent = [k for k in pinned if k not in by_key]
@@ -219,7 +233,8 @@ def _official(key: str, entry: dict[str, Any], record: Record, tmp: Path, archiv
     fetched: dict[str, dict[str, Any]] = {}
     for source, is_pinned in plan:
         archive = archives / source.key
-        fetch_verified(source.url, archive, size=source.size, md5=source.md5, progress=progress)
+        fetch_verified(source.url, archive, size=source.size, md5=source.md5, progress=progress,
+                       allowed_hosts=zenodo_hosts(record.base))
         if source.key.lower().endswith(".zip"):
             safe_extract_zip(archive, release)
         else:
