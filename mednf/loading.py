@@ -103,6 +103,12 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
     return MedNFDataset(path, split, device=device, files=files, transform=transform)
 
 
+def _image_shape(builder: dict[str, Any]) -> dict[str, int]:
+    """The size of a dataset's signals: side length, dimensions and channels of the builder's source."""
+    source = builder["source"]
+    return {"size": source["size"], "dims": source["dims"], "channels": source["channels"]}
+
+
 def info(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """Manifest summary: counts, P, hyper-parameters, PSNR/SSIM per split, licence, source, path (a URL:
     only its manifest is fetched)."""
@@ -115,7 +121,7 @@ def info(name_or_path: str | Path, root: str | Path | None = None) -> dict[str, 
         m = Manifest.read(path)
     return {"name": m.name, "path": str(path), "splits": {s: dataclasses.asdict(v) for s, v in m.splits.items()},
             "latent_dim": m.latent.dim, "labels": {"task": m.labels.task, "names": list(m.labels.names)},
-            "engine": m.engine, "source": m.source, "license": m.license, "created": m.created, "device": m.device,
+            "engine": m.engine, "source": m.source, "license": m.license, "image": _image_shape(m.builder), "created": m.created, "device": m.device,
             "meta_training": {k: v for k, v in m.meta_training.items() if k != "history"},
             "software": m.software, "size_bytes": m.size_bytes}
 

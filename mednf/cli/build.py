@@ -50,10 +50,12 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.command(cls=GuardedCommand)
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Meta-iterations.")
 @click.option("--size", default=32, show_default=True, type=click.IntRange(min=4), help="Phantom side length.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the phantoms and of θ's initialisation.")
 @threads_option
 def demo(steps: int, size: int, seed: int) -> None:
-    """Meta-learn and fit on generated phantoms (CPU, no download, ~1 minute)."""
+    """Meta-learn and fit generated phantoms (CPU, ~1 minute).
+
+    Nothing is downloaded or written: it prints what it measured."""
     run_demo(steps=steps, size=size, seed=seed, log=click.echo)
 
 
@@ -95,7 +97,9 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
           max_samples: int | None, no_download: bool, resume: bool, restart: bool, quiet: bool,
           precision: str | None,
           memory_budget: str | None, continue_to: int | None, tensorboard: Path | None) -> None:
-    """Build the MedNF sub-dataset NAME (a builder name, see `mednf list`, or a builder .toml file).
+    """Build the MedNF sub-dataset NAME.
+
+    NAME is a builder name (see `mednf list`) or a builder .toml file.
 
     Meta-learns the shared network, fits a latent for every image of every split and writes the dataset
     (manifest last). Rerunning the same command resumes an interrupted build.

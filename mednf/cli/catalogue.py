@@ -20,8 +20,10 @@ from mednf.sources.spec import builder_names, load_builder
 @click.command(name="list", cls=GuardedCommand)
 @root_option(CACHE_FOLDER)
 def list_builders(root: Path | None) -> None:
-    """List the builders (modality, size, channels, task, split counts) and where each stands here: built
-    (where, test PSNR), downloadable (a registered published copy) or buildable only."""
+    """List the builders and where each stands here.
+
+    Modality, size, channels, task and split counts of each, and whether it is built (where, test PSNR),
+    downloadable (a registered published copy) or buildable only."""
     click.echo(f"{'name':13s} {'modality':26s} {'size':>7s} {'ch':>3s} {'task':12s} {'train':>7s} {'val':>6s} "
                f"{'test':>6s}  preset")
     names = builder_names()
@@ -42,7 +44,9 @@ def list_builders(root: Path | None) -> None:
 
 @click.command(cls=GuardedCommand)
 def presets() -> None:
-    """List the engine presets (the paper's configurations and mednf's CPU ones)."""
+    """List the engine presets.
+
+    The paper's configurations and mednf's CPU ones."""
     for name in preset_names():
         f = get_preset(name).field
         click.echo(

@@ -26,7 +26,9 @@ def baselines_text(baselines: dict[str, float] | None) -> str:
 @root_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(name: str, root: Path | None, as_json: bool) -> None:
-    """Summary of a built dataset: counts, latent size, hyper-parameters, PSNR/SSIM, licence."""
+    """Summarise a built dataset (sizes, PSNR, licence).
+
+    Counts, image and latent size, hyper-parameters, PSNR/SSIM per split and the licence."""
     summary = dataset_info(name, root)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -36,8 +38,12 @@ def info(name: str, root: Path | None, as_json: bool) -> None:
     click.echo(f"  latent P={summary['latent_dim']}  network K={f['num_layers']} L={f['hidden_dim']} "
                f"ω {f['omega_first']:g}→{(f['omega_last'] or f['omega_first']):g}  "
                f"meta {m['steps']} it, B={m['batch_size']}")
-    click.echo(f"  labels: {summary['labels']['task']}, {len(summary['labels']['names'])} classes; "
-               f"licence: {summary['license']}")
+    image = summary["image"]
+    shape = "×".join([str(image["size"])] * image["dims"])
+    click.echo(f"  {('signals' if image['dims'] == 1 else 'images' if image['dims'] == 2 else 'volumes')} {shape}, "
+               f"{image['channels']} channel{'s' if image['channels'] != 1 else ''}; "
+               f"labels: {summary['labels']['task']}, {len(summary['labels']['names'])} classes; "
+               f"licence: {summary['license'] or 'not stated (set [source] license in the builder file)'}")
     for split, s in summary["splits"].items():
         ssim = f"{s['ssim_mean']:.3f}" if s["ssim_mean"] is not None else "—"
         psnr = f"{s['psnr_mean']:.2f} ± {s['psnr_std']:.2f} dB" if s["psnr_mean"] is not None else "not measured"

@@ -18,7 +18,7 @@ from mednf.errors import ConfigError
 from mednf.format.layout import check_outside_datasets
 
 F = TypeVar("F", bound=Callable[..., Any])
-DATASET_FOLDER = "Dataset folder [default: $MEDNF_HOME]."
+DATASET_FOLDER = "The folder that holds the datasets, where NAME is looked up [default: $MEDNF_HOME]."
 CACHE_FOLDER = "Cache folder [default: $MEDNF_HOME]."
 
 

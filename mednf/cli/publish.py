@@ -25,11 +25,14 @@ from mednf.tasks.export import export_hf, export_zenodo, upload_hint
 
 @click.command(cls=GuardedCommand)
 @click.argument("name")
-@click.option("--source", type=click.Choice(["zenodo", "hf"]), default="zenodo", show_default=True)
+@click.option("--source", type=click.Choice(["zenodo", "hf"]), default="zenodo", show_default=True,
+              help="Where to download from: the Zenodo record or the Hugging Face Hub mirror.")
 @root_option(CACHE_FOLDER)
 def download(name: str, source: str, root: Path | None) -> None:
-    """Download a published MedNF dataset into the cache, verified (sha256, md5, manifest). A dataset that
-    is already complete in the cache (built or downloaded) is left as it is."""
+    """Download a published dataset into the cache, verified.
+
+    Every file is checked (sha256, md5, manifest). A dataset that is already complete in the cache (built
+    or downloaded) is left as it is."""
     key = registry_entry(name)[0] if is_registered(name) else name
     try:
         path = find_dataset(key, root)
@@ -54,12 +57,16 @@ def download(name: str, source: str, root: Path | None) -> None:
 
 @click.command(cls=GuardedCommand)
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(["zenodo", "hf"]), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--format", "fmt", type=click.Choice(["zenodo", "hf"]), required=True,
+              help="zenodo: one archive to upload to a record; hf: a folder to upload to a Hub dataset repository.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The export folder: new, empty, or an earlier export of the same dataset.")
 @root_option()
 def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
-    """Write a publishable copy of a built dataset: zenodo (one archive + SHA256SUMS + registry entry) or
-    hf (Parquet shards + card with data_files, loadable by datasets.load_dataset, + manifest and θ)."""
+    """Export NAME for Zenodo or the Hugging Face Hub.
+
+    zenodo: one archive + SHA256SUMS + registry entry; hf: Parquet shards + card with data_files (loadable
+    by datasets.load_dataset) + manifest and θ."""
     if fmt == "hf":
         folder = export_hf(find_dataset(name, root), out)
         click.echo(f"wrote {folder}: data/*.parquet, README.md, mednf.json, model.safetensors; upload it with "
@@ -83,8 +90,10 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
 @threads_option
 def import_official(directory: Path, name: str, out: Path | None, w0: float | None, w0_increment: float | None,
                     measure: bool, medmnist_root: Path | None, gpu: int | None) -> None:
-    """Convert the official MedNF release layout (model.pt, {train,val,test}/datapoint_{i}.pt) into
-    mednf's format, reading it weights-only (no arbitrary unpickling)."""
+    """Convert the official MedNF release into mednf's format.
+
+    The release layout is model.pt and {train,val,test}/datapoint_{i}.pt; it is read weights-only (no
+    arbitrary unpickling)."""
     target = out or mednf_home() / load_builder(name).name
     path = run_import(directory, name, target, medmnist_root=medmnist_root, measure=measure, w0=w0,
                       w0_increment=w0_increment, device=resolve_device(gpu))

@@ -37,14 +37,20 @@ def _write_atomically(path: Path, save: Callable[[BinaryIO], None]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+MAX_GRID = 64  # samples in one PNG grid: more makes a picture nobody can read
+
+
 def _parse_indices(text: str, n: int) -> list[int]:
-    """``0:16``, ``3``, ``1,5,9`` or ``-4:`` → positions (checked against ``n``)."""
+    """``0:16``, ``3``, ``1,5,9`` or ``-4:`` → positions (checked against ``n``; a range past the split's end
+    is cut to it, and says so)."""
     try:
         if ":" in text:
             parts = [int(p) if p else None for p in text.split(":")]
             positions = list(range(n))[slice(*parts)]
             if not positions:
                 raise ValueError
+            if len(parts) >= 2 and parts[1] is not None and parts[1] > n:
+                click.echo(f"note: --indices {text} runs past the split's {n} samples; decoding {len(positions)}")
             return positions
         positions = [int(p) for p in text.split(",")]
     except (ValueError, TypeError):
@@ -58,7 +64,7 @@ def _parse_indices(text: str, n: int) -> list[int]:
 
 @click.command(cls=GuardedCommand)
 @click.argument("name")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="test", show_default=True, help="train, val (validation) or test.")
 @click.option("--indices", default="0:16", show_default=True, help="START:STOP, N, or a comma list.")
 @click.option("--size", type=int, help="Decode at this side length (default: the training resolution).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="grid.png, or x.npy for the raw array.")
@@ -68,8 +74,9 @@ def _parse_indices(text: str, n: int) -> list[int]:
 @threads_option
 def decode(name: str, split: str, indices: str, size: int | None, out: Path, root: Path | None,
            medmnist_root: Path | None, gpu: int | None) -> None:
-    """Decode latents of NAME to images: a PNG grid (inputs beside reconstructions when the source
-    images are available) or the raw array as .npy."""
+    """Decode latents of NAME to a PNG grid or a .npy array.
+
+    The grid shows the inputs beside the reconstructions when the source images are available."""
     if out.suffix.lower() not in (".png", ".npy"):
         raise ConfigError(f"--out {out} is invalid: expected a .png or .npy file name")
     check_folder("--out", out)
@@ -77,6 +84,9 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
         figure_class()  # no matplotlib: one line now, before anything is read
     ds = load(name, split, root=root)
     positions = _parse_indices(indices, len(ds))
+    if out.suffix.lower() == ".png" and len(positions) > MAX_GRID:
+        raise ConfigError(f"--indices {indices} selects {len(positions)} samples: a PNG grid shows at most {MAX_GRID}; "
+                          "select fewer, or write the array to a .npy file")
     if out.suffix.lower() == ".npy":
         images = ds.decode(positions, size=size, device=resolve_device(gpu))  # [n, D, *spatial]
         _write_atomically(out, lambda f: np.save(f, images.numpy()))  # never a half-written .npy under the real name
@@ -100,7 +110,9 @@ def decode(name: str, split: str, indices: str, size: int | None, out: Path, roo
 @threads_option
 def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path | None,
           medmnist_root: Path | None, gpu: int | None) -> None:
-    """MSE, PSNR and SSIM of NAME's decoded latents against the source images, per split and per sample."""
+    """Compare NAME's decoded latents with the source images.
+
+    MSE, PSNR and SSIM per split and per sample."""
     if plot is not None:
         check_folder("--plot", plot)
     if out is not None:
@@ -130,11 +142,12 @@ def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path
 
 @click.command(cls=GuardedCommand)
 @click.argument("name")
-@click.option("--model", "model", type=click.Choice(["knn", "mlp", "all"]), default="all", show_default=True)
+@click.option("--model", "model", type=click.Choice(["knn", "mlp", "all"]), default="all", show_default=True,
+              help="k-NN (k = 1, 3), the paper's MLP, or both.")
 @click.option("--features", type=click.Choice(["latents", "pixels", "both"]), default="both", show_default=True,
               help="Latents, the raw-pixel baseline, or both in one table.")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True, help="MLP epochs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the MLP's initialisation and batches.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the report as JSON.")
 @root_option()
 @medmnist_root_option("Where the source npz is (pixel baseline).")
@@ -142,7 +155,9 @@ def eval_(name: str, split: str, out: Path | None, plot: Path | None, root: Path
 @threads_option
 def classify(name: str, model: str, features: str, epochs: int, seed: int, json_out: Path | None,
              root: Path | None, medmnist_root: Path | None, gpu: int | None) -> None:
-    """k-NN (k = 1, 3) and the paper's MLP on NAME's latents, beside the same on raw pixels (Table 4)."""
+    """Classify NAME's latents beside its raw pixels.
+
+    k-NN (k = 1, 3) and the paper's MLP, on the latents and on the source pixels (Table 4)."""
     if json_out is not None:
         check_folder("--json", json_out)
     models = ("knn", "mlp") if model == "all" else (model,)
@@ -168,7 +183,9 @@ def classify(name: str, model: str, features: str, epochs: int, seed: int, json_
 @threads_option
 def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, mask_path: Path | None,
            root: Path | None, gpu: int | None) -> None:
-    """Fit latents for the images of an .npz into NAME's space (its θ and fit settings)."""
+    """Fit latents for the images of an .npz into NAME.
+
+    The images are fitted with NAME's θ and test-time fit settings."""
     check_folder("--out", out)
     mask = None if mask_path is None else read_images_npz(mask_path, names=("mask",))
     result = run_encode(read_images_npz(images, key), name, mask=mask, resample=resample, root=root,
@@ -193,8 +210,10 @@ def encode(name: str, images: Path, out: Path, key: str | None, resample: bool, 
 @threads_option
 def inpaint(name: str, images: Path, mask_path: Path, out: Path, key: str | None, size: int | None,
             root: Path | None, gpu: int | None) -> None:
-    """Fill the unobserved pixels of IMAGES: fit each to its observed pixels in NAME's space, decode it whole
-    (a --size above the space's resolution gives super-resolution)."""
+    """Fill the unobserved pixels of IMAGES in NAME's space.
+
+    Each image is fitted to its observed pixels and decoded whole (a --size above the space's resolution
+    gives super-resolution)."""
     check_folder("--out", out)
     mask = read_images_npz(mask_path, names=("mask",))
     result = run_inpaint(read_images_npz(images, key), mask, name, size=size, root=root, device=resolve_device(gpu))

@@ -26,6 +26,7 @@ from mednf.errors import ConfigError, FormatError
 from mednf.format.layout import FORMAT_VERSION, LATENTS, MANIFEST
 from mednf.format.records import FitRecord, MetaTraining, Origin
 from mednf.format.splits import check_split
+from mednf.io import jsonsafe
 from mednf.version import __version__
 
 
@@ -219,11 +220,7 @@ class Manifest:
         if not path.is_file():
             raise FormatError(f"{root} has no {MANIFEST}: it is not a complete MedNF dataset (an unfinished build "
                               "resumes when you run the same `mednf build` again)")
-        try:
-            data = json.loads(path.read_bytes())
-        except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, nested too deep, a 5000-digit number
-            reason = "nested too deep" if isinstance(err, RecursionError) else str(err)[:120]
-            raise FormatError(f"{path} is not valid JSON ({reason}); rebuild or download the dataset again") from None
+        data = jsonsafe.loads(path.read_bytes(), str(path), "rebuild or download the dataset again")
         return cls.from_json(data, path)
 
 

@@ -198,7 +198,9 @@ def read_images_npz(path: str | Path, key: str | None = None,
             keys = list(data.keys())
             if key is None:
                 key = next((k for k in names if k in keys), keys[0] if len(keys) == 1 else None)
-            if key is None or key not in keys:
+            if key is not None and key not in keys:
+                raise EncodeError(f"--key {key} is not in {path}, which holds {keys}; pass one of those")
+            if key is None:
                 raise EncodeError(f"{path} holds {keys}: name the array {names[0]!r}, or say which with --key "
                                   f"(e.g. --key {keys[0] if keys else names[0]})")
             return data[key]

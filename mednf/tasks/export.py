@@ -215,4 +215,4 @@ def upload_hint(folder: str | Path, repo: str | None = None) -> str:
     ``huggingface-cli`` is deprecated): ``hf upload <org>/<Name> <folder> --repo-type dataset``."""
     folder = Path(folder)
     repo = repo or f"<org>/{Manifest.read(folder).name}"
-    return f"hf upload {shlex.quote(repo)} {shlex.quote(str(folder))} --repo-type dataset"
+    return f"hf upload {repo} {shlex.quote(str(folder))} --repo-type dataset"  # repo: a placeholder to replace
