@@ -19,7 +19,6 @@ EXTRAS: dict[str, str | None] = {
     "nibabel": "nifti",
     "scipy": "nifti",
     "fsspec": "remote",
-    "aiohttp": "remote",
     "tensorboard": "tensorboard",
     "medmnist": "medmnist",
     "datasets": None,

@@ -24,16 +24,16 @@ def list_builders(root: Path | None) -> None:
 
     Modality, size, channels, task and split counts of each, and whether it is built (where, test PSNR),
     downloadable (a registered published copy) or buildable only."""
+    names = builder_names()
+    rows = [(load_builder(name), availability(name, root)) for name in names]  # a bad registry fails before output
     click.echo(f"{'name':13s} {'modality':26s} {'size':>7s} {'ch':>3s} {'task':12s} {'train':>7s} {'val':>6s} "
                f"{'test':>6s}  preset")
-    names = builder_names()
-    for name in names:
-        s = load_builder(name)
+    for s, where in rows:
         size = "×".join([str(s.source.size)] * s.source.dims)
         tag = "" if s.paper else " (embedded)" if kind_of(s).embedded else " (extra)"
         click.echo(f"{s.name:13s} {s.modality[:26]:26s} {size:>7s} {s.source.channels:>3d} {s.labels.task:12s} "
                    f"{s.splits['train']:>7d} {s.splits['val']:>6d} {s.splits['test']:>6d}  {s.preset}{tag}")
-        click.echo(f"{'':13s} → {availability(s.name, root).describe()}")
+        click.echo(f"{'':13s} → {where.describe()}")
     shipped = {n.lower() for n in names}
     others = [n for n in cached_names(root) if n.lower() not in shipped]
     if others:
