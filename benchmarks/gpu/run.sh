@@ -123,6 +123,7 @@ mkdir -p "$MEDNF_HOME" "$HF_HOME" "$XDG_CACHE_HOME" "$MPLCONFIGDIR"
 echo "== 1. preflight ($(left) s left)"
 if ! MEDNF_GPU_DRY="$DRY" timeout -k 5 90 "$PYTHON" - "$REPO" <<'PY'
 """Imports of the GPU run, from the checkout, with nothing of mednf installed: one line each."""
+import ast
 import importlib
 import importlib.metadata
 import os
@@ -171,9 +172,10 @@ def from_checkout():
 check("mednf from the checkout", from_checkout)
 for name in ("zarr", "numcodecs", "donfig", "google_crc32c"):  # the build writes its latents with zarr
     check(f"carried {name}", lambda name=name: getattr(importlib.import_module(name), "__file__", "?"))
-for name in ("mednf.engine.field", "mednf.engine.meta", "mednf.engine.fit", "mednf.engine.planner",
-             "mednf.engine.memory", "mednf.engine.precision", "mednf.engine.presets", "mednf.building.api",
-             "mednf.format.writer", "mednf.cli"):
+tree = ast.parse((repo / "benchmarks" / "gpu_check.py").read_text(encoding="utf-8"))
+engine = sorted({n.module for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("mednf")})
+for name in [*engine, "mednf.building.api", "mednf.format.writer", "mednf.cli"]:  # the check's, then the build's
     check(f"import {name}", lambda name=name: importlib.import_module(name).__name__)
 try:
     importlib.import_module("datasets")
