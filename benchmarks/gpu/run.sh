@@ -235,7 +235,8 @@ import json
 import sys
 from pathlib import Path
 
-dataset, out, code, seconds, command = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+dataset, out, command = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[5]
+code, seconds = int(sys.argv[3]), int(sys.argv[4])
 files = {p.relative_to(dataset).as_posix(): p.stat().st_size for p in sorted(dataset.rglob("*")) if p.is_file()}
 manifest = dataset / "mednf.json"
 status = "ok" if code == 0 else ("timeout" if code in (124, 137) else "error")
