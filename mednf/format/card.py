@@ -6,12 +6,12 @@ is valid on the Hub as it is); the body is a ``string.Template`` filled with mea
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from mednf.format.manifest import Manifest
+from mednf.shipped import shipped_folder
 
 _LICENSE_IDS = {"CC BY 4.0": "cc-by-4.0", "CC BY-NC 4.0": "cc-by-nc-4.0", "CC0 1.0": "cc0-1.0"}
 
@@ -58,7 +58,7 @@ def render_card(manifest: Manifest, source_line: str, configs: list[dict[str, An
     Hub's ``data_files`` entries of an HF export. With ``root`` (the folder the card goes into), the curves
     and the reconstruction grid are shown only where their files are there (a copy rebuilt from an HF export
     of an older mednf has none)."""
-    template = Template(resources.files("mednf.cards").joinpath("dataset_card.md").read_text(encoding="utf-8"))
+    template = Template(shipped_folder("cards").joinpath("dataset_card.md").read_text(encoding="utf-8"))
     builder, engine, source = manifest.builder, manifest.engine, manifest.source
     field, meta, fit = engine["field"], engine["meta"], engine["fit"]
     rows = "\n".join(

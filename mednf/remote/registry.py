@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mednf.errors import ConfigError, DownloadError
 from mednf.format.layout import unfinished_build
+from mednf.shipped import shipped_folder
 
 
 def registry() -> dict[str, dict[str, Any]]:
@@ -25,7 +25,7 @@ def registry() -> dict[str, dict[str, Any]]:
         if override:
             text = Path(override).read_text(encoding="utf-8")
         else:
-            text = resources.files("mednf.builders").joinpath("registry.toml").read_text(encoding="utf-8")
+            text = shipped_folder("builders").joinpath("registry.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
         raise ConfigError(f"{where} cannot be read ({reason}); {fix}") from None

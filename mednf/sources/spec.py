@@ -21,7 +21,6 @@ import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
 from mednf.engine.presets import get_preset
 from mednf.errors import ConfigError, closest, did_you_mean
 from mednf.format.splits import SPLITS
+from mednf.shipped import shipped_folder
 from mednf.sources.kinds import get_kind
 from mednf.sources.values import get_value as _get
 
@@ -130,7 +130,7 @@ class BuilderSpec:
 
 
 def _builtin_files() -> dict[str, Any]:
-    folder = resources.files("mednf.builders")
+    folder = shipped_folder("builders")
     return {p.name.removesuffix(".toml"): p for p in folder.iterdir()
             if p.name.endswith(".toml") and p.name != "registry.toml"}
 
