@@ -81,7 +81,8 @@ from mednf.engine.config import EngineConfig
 from mednf.engine.context import context_size
 from mednf.engine.fit import fit_latents
 from mednf.engine.meta import MetaLearner
-from mednf.engine.planner import plan_memory, resolve_budget
+from mednf.engine.memory import resolve_budget
+from mednf.engine.planner import plan_memory
 from mednf.engine.presets import get_preset, preset_names
 from mednf.errors import ConfigError
 

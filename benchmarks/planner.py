@@ -80,7 +80,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     from mednf.engine import field as nf
     from mednf.engine.fit import fit_batch, fit_latents
     from mednf.engine.meta import MetaLearner
-    from mednf.engine.planner import MemoryBudget, memory_in_use, plan_memory
+    from mednf.engine.memory import MemoryBudget, memory_in_use
+    from mednf.engine.planner import plan_memory
 
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
     cfg = _engine_config(spec)
@@ -296,7 +297,8 @@ def measure(args: argparse.Namespace) -> None:
     import torch
 
     from mednf.engine.meta import MetaLearner
-    from mednf.engine.planner import format_bytes, plan_memory, resolve_budget
+    from mednf.engine.memory import format_bytes, resolve_budget
+    from mednf.engine.planner import plan_memory
 
     cfg = _engine_config({"preset": args.preset, "meta": {"batch_size": args.batch_size}})
     spatial = (args.size,) * cfg.field.in_dims

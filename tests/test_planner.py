@@ -13,15 +13,8 @@ from click.testing import CliRunner
 from conftest import TINY, report
 
 from mednf.cli import main
-from mednf.engine.planner import (
-    MemoryBudget,
-    default_budget,
-    format_bytes,
-    memory_in_use,
-    parse_memory,
-    plan_memory,
-    resolve_budget,
-)
+from mednf.engine.memory import MemoryBudget, default_budget, format_bytes, memory_in_use, parse_memory, resolve_budget
+from mednf.engine.planner import plan_memory
 from mednf.engine.presets import get_preset
 from mednf.errors import ConfigError
 
@@ -117,7 +110,8 @@ _PROBE = textwrap.dedent("""
     from mednf.engine.config import EngineConfig
     from mednf.engine.fit import fit_latents
     from mednf.engine.meta import MetaLearner
-    from mednf.engine.planner import MemoryBudget, fit_batch_now, peak_memory, plan_memory
+    from mednf.engine.memory import MemoryBudget, peak_memory
+    from mednf.engine.planner import fit_batch_now, plan_memory
     spec = json.loads(sys.argv[1])
     cfg = EngineConfig().replace(field=spec["field"], meta=spec["meta"], fit={"steps": 2, "grad_rescale": True})
     spatial = tuple(spec["spatial"])
@@ -198,7 +192,7 @@ def test_cli_refuses_unbounded_sizes_before_allocating(tmp_path):
 
 def test_budget_is_recorded_and_not_part_of_the_identity(tmp_path, monkeypatch):
     """An unfinished build resumes under another budget; the manifest and build.log record budget and plan."""
-    from mednf.building import pipeline
+    from mednf.building import trainer
     from mednf.building.pipeline import BuildOptions, build
 
     out = tmp_path / "PhantomNF"
@@ -207,7 +201,7 @@ def test_budget_is_recorded_and_not_part_of_the_identity(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # after the identity was stored: an unfinished build
 
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline.MetaTrainer, "run", interrupted)
+        patch.setattr(trainer.MetaTrainer, "run", interrupted)
         with pytest.raises(KeyboardInterrupt):
             build("phantomnf", BuildOptions(out=out, memory_budget="6GB", **TINY))
     assert (out / ".partial" / "build.json").is_file()

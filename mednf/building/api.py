@@ -68,7 +68,7 @@ def build_options(*, out: str | Path | None = None, gpu: int | None = None, step
     from mednf.building.pipeline import BuildOptions
 
     if memory_budget is not None:
-        from mednf.engine.planner import parse_memory
+        from mednf.engine.memory import parse_memory
 
         parse_memory(memory_budget)  # a bad value ends here, before any work
     sections = _sections(overrides)

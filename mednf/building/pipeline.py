@@ -61,7 +61,8 @@ from mednf.engine.execution import Execution
 from mednf.engine.config import RESULT_NEUTRAL_FIT, EngineConfig
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.fused_latent_grad import fit_kernel, kernel_record, requested_kernel
-from mednf.engine.planner import MemoryBudget, MemoryPlan, fit_batch_now, peak_memory, plan_memory, resolve_budget
+from mednf.engine.memory import MemoryBudget, peak_memory, resolve_budget
+from mednf.engine.planner import MemoryPlan, fit_batch_now, plan_memory
 from mednf.errors import BuildError, ConfigError, LockedError, MednfError
 from mednf.format.layout import (
     CARD,

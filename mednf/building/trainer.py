@@ -56,7 +56,8 @@ from mednf.engine.config import EngineConfig
 from mednf.engine.execution import Execution
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.meta import MetaLearner
-from mednf.engine.planner import MemoryPlan, fit_batch_now, release_free_memory
+from mednf.engine.memory import release_free_memory
+from mednf.engine.planner import MemoryPlan, fit_batch_now
 from mednf.errors import BuildError
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.sources.spec import BuildSettings

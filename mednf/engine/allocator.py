@@ -15,7 +15,7 @@ largest), so what runs between meta-iterations — the fits — gets its blocks 
 again. Why not for the fits too: measured with the setting left on, a fit of 32 signals at K6 L128 on 64²
 peaked at 475 MiB instead of 234 MiB (heap fragmentation by its ``[b, N, L]`` evaluation tensors), and
 the fit gains nothing from it (its working set is chunked). The freed graph stays resident after the
-last iteration; :func:`mednf.engine.planner.release_free_memory` (``malloc_trim``) gives it back where a
+last iteration; :func:`mednf.engine.memory.release_free_memory` (``malloc_trim``) gives it back where a
 build plans its fits.
 
 **Opt-in** (``MEDNF_MALLOC=keep``): with the setting on, two test builds in one process were not

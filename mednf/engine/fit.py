@@ -28,16 +28,10 @@ from mednf.engine.context import observed_context_weights, random_context
 from mednf.engine.execution import Execution, given_or_resolved
 from mednf.engine.fused_latent_grad import fit_kernel, fused_latent_gradient
 from mednf.engine.latent_grad import latent_gradient
+from mednf.engine.memory import MemoryBudget, resolve_budget
 from mednf.engine.meta import check_signals, mse_to_psnr, signal_mse
 from mednf.engine.metrics import SSIM_WINDOW, ssim
-from mednf.engine.planner import (
-    CPU_CHUNK_ROWS,
-    MemoryBudget,
-    fit_chunk_rows,
-    fit_signal_bytes,
-    plan_fit_batch,
-    resolve_budget,
-)
+from mednf.engine.planner import CPU_CHUNK_ROWS, fit_chunk_rows, fit_signal_bytes, plan_fit_batch
 from mednf.engine.precision import FP32, Precision, matmul_switches
 from mednf.errors import ConfigError
 
@@ -61,7 +55,7 @@ def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: t
     - else with ``fit.memory_budget_mb`` set and no ``budget``: that many MiB for the batch's working set,
       beyond what the process holds, at least one signal;
     - else the largest batch whose estimated peak stays inside ``budget`` (the whole process on the CPU,
-      the device's memory on CUDA; default :func:`mednf.engine.planner.default_budget`), at most
+      the device's memory on CUDA; default :func:`mednf.engine.memory.default_budget`), at most
       ``rows_out`` signals; a one-line ConfigError when not even one signal fits.
     """
     if fit.batch_size is not None:
@@ -176,7 +170,7 @@ def fit_latents(
         with_ssim: also report SSIM per signal (:func:`mednf.engine.metrics.ssim`); NaN where it is undefined
             (1D signals, or a side shorter than the 11-tap window, or a ``mask``).
         memory_budget: sizes the batches when ``fit.batch_size`` is unset (:func:`auto_batch_size`; a size
-            such as ``"4GB"``, or a :class:`~mednf.engine.planner.MemoryBudget`); None: the device's default.
+            such as ``"4GB"``, or a :class:`~mednf.engine.memory.MemoryBudget`); None: the device's default.
         mask: ``[S, *spatial]`` bool, True = observed: fit each signal to its observed pixels only (the
             values elsewhere are ignored); MSE and PSNR are then over the observed pixels.
     Returns:

@@ -2,15 +2,8 @@
 so that the process stays inside a memory budget — decided from the configuration before anything is
 allocated.
 
-The budget
-----------
-``--memory-budget 8GB`` (``BuildOptions.memory_budget``), or by default a safe share of what is free:
-60 % of ``MemAvailable`` (``/proc/meminfo``, or the cgroup's limit when that is lower) on the CPU, 80 % of
-``torch.cuda.mem_get_info`` on CUDA, divided among the ranks that share the machine or the device
-(``LOCAL_WORLD_SIZE``; under torchrun every rank plans for itself, for its own share of the batch). On the
-CPU the budget bounds the whole process (its peak resident set, ``VmHWM``); on CUDA it bounds the engine's
-device memory (``torch.cuda.max_memory_allocated``). What the process already uses when it plans (``VmRSS``:
-Python, torch, the source images; on CUDA ``torch.cuda.memory_allocated``) is subtracted first.
+The budget (a size, or a safe share of what is free, and what the process already holds) and every probe of
+the machine are :mod:`mednf.engine.memory`.
 
 The model (bytes; calibrated on the CPU by ``benchmarks/planner.py calibrate``, see benchmarks/RESULTS.md)
 -----------------------------------------------------------------------------------------------------
@@ -82,11 +75,8 @@ overhead, so they should over-estimate ``max_memory_allocated``).
 from __future__ import annotations
 
 import math
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,6 +84,7 @@ import torch
 from mednf.engine.allocator import keeps_memory
 from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
 from mednf.engine.context import context_size
+from mednf.engine.memory import MemoryBudget, format_bytes, is_glibc, memory_in_use, release_free_memory
 from mednf.errors import ConfigError
 
 # A fit after meta-learning in the same process (K5 L96 P512 on 16³, 15–16 signals, budget 600 MiB, 13 runs of
@@ -105,17 +96,9 @@ FIT_AFTER_META_MARGIN = 0.6
 HEAP_TENSOR_BYTES = 16 * 2**20  # on the CPU, one [m, N, L] float32 activation of a meta micro-batch at most
 MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's largest mmap threshold on 64-bit: blocks at least this big are mmapped
 CPU_CHUNK_ROWS = 2048  # (signal, point) rows per chunk of the fit's latent gradient on the CPU (cache-sized)
-CPU_SHARE = 0.6  # default budget: this share of MemAvailable on the CPU …
-CUDA_SHARE = 0.8  # … and of the free device memory on CUDA
 # Fit batches are capped (a choice, not a memory limit): on the CPU a chunk of the latent gradient holds
 # CPU_CHUNK_ROWS / b points per signal (64 at b = 32), on CUDA a block of rows is 1024 signals.
 FIT_MAX_BATCH = {"cpu": 32, "cuda": 1024}
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-_SIZE = re.compile(r"\s*([+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*\Z")
-
 
 @dataclass(frozen=True)
 class MemoryModel:
@@ -151,150 +134,6 @@ CPU_MODEL = MemoryModel(inner=36.0, outer=15.0, point=16.0, theta=10.0, runtime=
 def model_for(device: torch.device) -> MemoryModel:
     """The model for a device type (CUDA uses the CPU calibration, see the module docstring)."""
     return CPU_MODEL
-
-
-# ---------------------------------------------------------------------------------------------- sizes
-
-
-def format_bytes(n: float) -> str:
-    """``1.5 GiB``, ``320.0 MiB`` — the planner's way of printing sizes."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def parse_memory(value: str | float, what: str = "--memory-budget") -> int:
-    """``"8GB"`` → 8·10⁹, ``"8GiB"`` or ``"8G"`` → 8·2³⁰, ``"512MB"``, ``"2e9"`` or an int → bytes.
-
-    KB/MB/GB/TB are powers of 1000; KiB/MiB/GiB/TiB and the bare K/M/G/T powers of 1024 (case-insensitive).
-    Raises a one-line ConfigError for anything else, and for sizes ≤ 0.
-    """
-    fix = "give a size such as 8GB, 6GiB, 512MB or a number of bytes"
-    if isinstance(value, bool):
-        raise ConfigError(f"{what} {value!r} is invalid: expected a memory size; {fix}")
-    if isinstance(value, (int, float)):
-        number, unit = float(value), ""
-    else:
-        match = _SIZE.match(str(value))
-        if match is None or match.group(2).lower() not in _UNITS:
-            raise ConfigError(f"{what} {value!r} is invalid: expected a number with an optional unit "
-                              f"(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB); {fix}")
-        number, unit = float(match.group(1)), match.group(2).lower()
-    size = number * _UNITS[unit]
-    if not math.isfinite(size) or size < 1:
-        raise ConfigError(f"{what} {value!r} is invalid: expected a finite size ≥ 1 byte; {fix}")
-    return int(size)
-
-
-def _read_kib(path: str, key: str) -> int | None:
-    try:
-        for line in Path(path).read_text(encoding="ascii", errors="replace").splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _cgroup_room() -> int | None:
-    """Bytes the process's cgroup may still use (v2 ``memory.max``, v1 ``limit_in_bytes``), None if unlimited."""
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            text = Path(limit).read_text().strip()
-            if text == "max" or int(text) >= 2**60:
-                return None
-            return max(0, int(text) - int(Path(usage).read_text().strip()))
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def available_host_memory() -> int:
-    """``MemAvailable`` (or the cgroup's remaining room, when smaller) in bytes."""
-    free = _read_kib("/proc/meminfo", "MemAvailable")
-    if free is None:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            free = 4 * 2**30
-    room = _cgroup_room()
-    return free if room is None else min(free, room)
-
-
-def _process_memory(key: str) -> int:
-    """``VmRSS`` / ``VmHWM`` of this process in bytes; without /proc, the peak from getrusage (an upper bound)."""
-    value = _read_kib("/proc/self/status", key)
-    if value is not None:
-        return value
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if os.uname().sysname == "Darwin" else peak * 1024
-
-
-def memory_in_use(device: torch.device | str = "cpu") -> int:
-    """What the process holds now: resident set (``VmRSS``) on the CPU, allocated tensors on CUDA."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    return _process_memory("VmRSS")
-
-
-def peak_memory(device: torch.device | str = "cpu") -> int:
-    """The process's peak so far: ``VmHWM`` on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return _process_memory("VmHWM")
-
-
-@dataclass(frozen=True)
-class MemoryBudget:
-    """A memory budget in bytes and where it came from (for logs and the manifest)."""
-
-    bytes: int
-    origin: str  # "--memory-budget 8GB" or "60% of 21.4 GiB available"
-
-    def __str__(self) -> str:
-        return f"{format_bytes(self.bytes)} ({self.origin})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bytes": self.bytes, "origin": self.origin}
-
-
-def _local_world() -> int:
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
-
-
-def default_budget(device: torch.device | str = "cpu") -> MemoryBudget:
-    """A safe share of what is free now, plus what the process already holds (module docstring)."""
-    device = torch.device(device)
-    ranks = _local_world() if device.type == "cpu" else 1  # on CUDA every rank has its own device
-    share = f" / {ranks} ranks" if ranks > 1 else ""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        room = int(CUDA_SHARE * free)
-        origin = f"{CUDA_SHARE:.0%} of {format_bytes(free)} free on {device}"
-    else:
-        free = available_host_memory()
-        room = int(CPU_SHARE * free / ranks)
-        origin = f"{CPU_SHARE:.0%} of {format_bytes(free)} available{share}"
-    return MemoryBudget(memory_in_use(device) + room, origin)
-
-
-def resolve_budget(value: MemoryBudget | str | float | None, device: torch.device | str = "cpu",
-                   what: str = "--memory-budget") -> MemoryBudget:
-    """The budget a user gave (a size, see :func:`parse_memory`), or the device's default for None."""
-    if isinstance(value, MemoryBudget):
-        return value
-    if value is None:
-        return default_budget(device)
-    return MemoryBudget(parse_memory(value, what), f"{what} {value}")
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -432,7 +271,7 @@ def plan_memory(
 
     Args:
         spatial: the signals' spatial shape, e.g. ``(64, 64)``; N is its product.
-        budget: see :func:`resolve_budget`. device: where the engine runs.
+        budget: see :func:`mednf.engine.memory.resolve_budget`. device: where the engine runs.
         local_batch: this rank's signals per meta-iteration (default ``cfg.meta.batch_size``).
         in_use: what the process holds now (default :func:`memory_in_use`).
         rows_out: signals whose latents a fit call returns at once (a build's block of rows).
@@ -457,7 +296,7 @@ def plan_memory(
         _refuse("one meta-learning signal", budget, in_use, meta_fixed, meta_signal,
                 _describe_config(cfg.field, cfg.meta, spatial), model.margin)
     if small_parts is None:
-        small_parts = device.type == "cpu" and _glibc() and not keeps_memory()
+        small_parts = device.type == "cpu" and is_glibc() and not keeps_memory()
     heap_cap = heap_micro_batch(cfg.field, num_points, batch) if small_parts else batch
     parts = -(-batch // min(fits, heap_cap, batch))
     micro = -(-batch // parts)  # balanced: 24 signals with room for 7 → 4 parts of 6
@@ -483,13 +322,6 @@ def heap_micro_batch(cfg: FieldConfig, num_points: int, batch: int) -> int:
     if batch * per_signal < MMAP_THRESHOLD_MAX or per_signal > HEAP_TENSOR_BYTES:
         return batch
     return max(1, HEAP_TENSOR_BYTES // per_signal)
-
-
-def _glibc() -> bool:
-    """Whether the C library is glibc (the allocator whose mmap threshold the small parts are for)."""
-    import platform
-
-    return platform.libc_ver()[0] == "glibc"
 
 
 def _fit_batch(fit: FitConfig, device: torch.device, fits: int, rows_out: int) -> int:
@@ -523,18 +355,6 @@ def plan_fit_batch(cfg: FieldConfig, fit: FitConfig, num_points: int, device: to
     return _fit_batch(fit, device, fits, rows_out)
 
 
-def release_free_memory() -> bool:
-    """Give the C heap's free pages back to the OS (glibc ``malloc_trim``), so that the resident set the
-    next plan sees is what is really held. Called between meta-learning and fitting: freed autograd graphs
-    otherwise stay resident and the next phase's allocations land beside them. False where unavailable."""
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL(None).malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
 def fit_batch_now(plan: MemoryPlan, cfg: EngineConfig, spatial: Sequence[int], device: torch.device | str) -> int:
     """The fit batch for a fit that starts now, in a build planned by ``plan``: free heap pages are returned
     first (:func:`release_free_memory`), then the batch is planned beside what the process holds now (θ,
@@ -548,7 +368,5 @@ def fit_batch_now(plan: MemoryPlan, cfg: EngineConfig, spatial: Sequence[int], d
                           growth_margin=FIT_AFTER_META_MARGIN if device.type == "cpu" else None)
 
 
-__all__ = ["CPU_CHUNK_ROWS", "CPU_MODEL", "MemoryBudget", "MemoryModel", "MemoryPlan", "available_host_memory",
-           "default_budget", "fit_batch_now", "fit_fixed_bytes", "fit_signal_bytes", "format_bytes", "memory_in_use",
-           "meta_fixed_bytes", "meta_signal_bytes", "parse_memory", "peak_memory", "plan_fit_batch", "plan_memory",
-           "release_free_memory", "resolve_budget", "theta_bytes"]
+__all__ = ["CPU_CHUNK_ROWS", "CPU_MODEL", "MemoryModel", "MemoryPlan", "fit_batch_now", "fit_fixed_bytes",
+           "fit_signal_bytes", "meta_fixed_bytes", "meta_signal_bytes", "plan_fit_batch", "plan_memory", "theta_bytes"]
