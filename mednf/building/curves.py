@@ -27,10 +27,12 @@ import csv
 import io
 import math
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from mednf.io.files import atomic_write_bytes
+from mednf.optional import MissingDependencyError, optional_import
 
 COLUMNS = ("kind", "iteration", "loss", "train_psnr", "inner_psnr", "grad_norm", "lr", "seconds", "val_psnr",
            "val_ssim")
@@ -91,11 +93,8 @@ def read_training(path: Path) -> list[dict[str, str]]:
 def plot_training(csv_path: Path, png_path: Path, *, title: str, best_step: int) -> None:
     """``training.png``: meta-loss (log scale) on the left, train and validation PSNR on the right, the best
     validation marked. Written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    optional_import("matplotlib", "training.png").use("Agg", force=False)
+    plt = optional_import("matplotlib.pyplot", "training.png")
     rows = read_training(csv_path)
     train = [r for r in rows if r["kind"] == "train"]
     val = [r for r in rows if r["kind"] == "val" and r["val_psnr"]]
@@ -125,13 +124,17 @@ def plot_training(csv_path: Path, png_path: Path, *, title: str, best_step: int)
 
 def check_tensorboard() -> None:
     """ConfigError unless ``torch.utils.tensorboard`` can be imported (it needs the tensorboard package)."""
-    from mednf.errors import ConfigError
+    _tensorboard()
 
+
+def _tensorboard() -> ModuleType:
+    """``torch.utils.tensorboard``, or a one-line ConfigError naming the package it needs."""
     try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        raise ConfigError("--tensorboard needs the tensorboard package, which is not installed: pip install "
-                          "tensorboard (or drop --tensorboard; training.csv has the same numbers)") from None
+        return optional_import("torch.utils.tensorboard", "--tensorboard")
+    except MissingDependencyError:  # the message would name torch, which is installed
+        raise MissingDependencyError("--tensorboard needs the tensorboard package, which is not installed: pip "
+                                     "install tensorboard (or drop --tensorboard; training.csv has the same "
+                                     "numbers)") from None
 
 
 class TensorBoardLog:
@@ -139,9 +142,7 @@ class TensorBoardLog:
     an image of the first validation inputs (top) over their reconstructions (bottom)."""
 
     def __init__(self, folder: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(log_dir=str(folder))
+        self._writer = _tensorboard().SummaryWriter(log_dir=str(folder))
 
     def train(self, iteration: int, stats: dict[str, float]) -> None:
         for key, name in (("loss", "loss"), ("psnr", "psnr"), ("psnr_inner", "inner_psnr"), ("grad_norm", "grad_norm"),
