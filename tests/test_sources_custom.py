@@ -160,7 +160,7 @@ def test_images_build_end_to_end_reruns_and_gets_the_exact_images_back(tmp_path)
 
 
 def test_an_interrupted_build_resumes_and_refuses_changed_files(tmp_path, monkeypatch):
-    from mednf.building import pipeline
+    from mednf.building import fitting
 
     folder = png_folder(tmp_path)
     path = write_builder(tmp_path, "images", size=16, path=str(folder), split_ratio=[0.5, 0.25, 0.25])
@@ -169,7 +169,7 @@ def test_an_interrupted_build_resumes_and_refuses_changed_files(tmp_path, monkey
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline, "_fit_splits", stop)
+        patch.setattr(fitting, "fit_splits", stop)
         with pytest.raises(KeyboardInterrupt):
             tiny_build(path, tmp_path / "out")
     assert (tmp_path / "out" / ".partial" / "build.json").is_file()

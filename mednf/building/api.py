@@ -13,7 +13,12 @@ from typing import Any
 
 import torch
 
+from mednf.building.options import BuildOptions
+from mednf.building.pipeline import build as run_build
+from mednf.dataset import MedNFDatasetDict
+from mednf.engine.memory import parse_memory
 from mednf.errors import ConfigError
+from mednf.loading import load
 
 _SHORTCUTS = (("steps", "meta", "steps"), ("batch_size", "meta", "batch_size"), ("latent_dim", "field", "latent_dim"),
               ("fit_steps", "fit", "steps"), ("precision", "field", "precision"))
@@ -63,13 +68,9 @@ def build_options(*, out: str | Path | None = None, gpu: int | None = None, step
                   overrides: Mapping[str, Any] | None = None, medmnist_root: str | Path | None = None,
                   source_npz: str | Path | None = None, max_samples: int | None = None, download: bool = True,
                   restart: bool = False, continue_to: int | None = None, memory_budget: str | int | None = None,
-                  progress: bool = True, tensorboard: str | Path | None = None):
-    """The checked :class:`~mednf.building.pipeline.BuildOptions` of a build (see :func:`build`)."""
-    from mednf.building.pipeline import BuildOptions
-
+                  progress: bool = True, tensorboard: str | Path | None = None) -> BuildOptions:
+    """The checked :class:`~mednf.building.options.BuildOptions` of a build (see :func:`build`)."""
     if memory_budget is not None:
-        from mednf.engine.memory import parse_memory
-
         parse_memory(memory_budget)  # a bad value ends here, before any work
     sections = _sections(overrides)
     build_overrides = sections.pop("build", {})
@@ -95,7 +96,7 @@ def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: st
           medmnist_root: str | Path | None = None, source_npz: str | Path | None = None,
           max_samples: int | None = None, download: bool = True, restart: bool = False,
           continue_to: int | None = None, memory_budget: str | int | None = None, progress: bool = True,
-          tensorboard: str | Path | None = None):
+          tensorboard: str | Path | None = None) -> MedNFDatasetDict:
     """Build a MedNF dataset (what ``mednf build`` does) and return its splits.
 
     Args:
@@ -118,12 +119,9 @@ def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: st
         The finished dataset, all three splits (:class:`mednf.dataset.MedNFDatasetDict`). Rerunning the same
         call resumes an interrupted build, or returns the complete one without work.
     """
-    from mednf.building.pipeline import build as run
-    from mednf.loading import load
-
     options = build_options(out=out, gpu=_gpu(device), steps=steps, batch_size=batch_size, latent_dim=latent_dim,
                             fit_steps=fit_steps, precision=precision, size=size, preset=preset, overrides=overrides,
                             medmnist_root=medmnist_root, source_npz=source_npz, max_samples=max_samples,
                             download=download, restart=restart, continue_to=continue_to,
                             memory_budget=memory_budget, progress=progress, tensorboard=tensorboard)
-    return load(run(name_or_toml, options), split=None)
+    return load(run_build(name_or_toml, options), split=None)

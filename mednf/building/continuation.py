@@ -28,10 +28,12 @@ import os
 import shutil
 from pathlib import Path
 
+from mednf.building.identity import result_neutral
+from mednf.building.options import BuildOptions
 from mednf.building.trainer import BEST, CURVES, LAST
 from mednf.engine.config import EngineConfig
 from mednf.engine.meta import lr_factor
-from mednf.errors import BuildError, MednfError
+from mednf.errors import BuildError, ConfigError, MednfError
 from mednf.format.layout import CONTINUE, LOG, MANIFEST, TRAINING_CSV, WORK
 from mednf.format.manifest import Manifest
 from mednf.format.tensors import load_tensors, save_tensors
@@ -56,6 +58,31 @@ def scratch_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.continue"
 
 
+def check_options(options: BuildOptions) -> None:
+    """``--continue-to N`` continues with the finished build's own settings: a one-line ConfigError for a bad
+    N, or for any option given beside it that would change the result (:mod:`mednf.building.identity`)."""
+    target = options.continue_to
+    if not isinstance(target, int) or isinstance(target, bool) or target < 1:
+        raise ConfigError(f"--continue-to {target!r} is invalid: expected a number of meta-iterations ≥ 1")
+    flags = [f"--{name.replace('_', '-')}" for name in ("size", "preset", "max_samples")
+             if getattr(options, name) is not None] + (["--restart"] if options.restart else [])
+    given = [*options.overrides.items(), ("build", options.build_overrides)]
+    changed = flags + [f"{section}.{key}" for section, values in given for key in values
+                       if not result_neutral(section, key)]
+    if changed:
+        raise ConfigError(f"--continue-to {target} continues the finished build with its own settings, but "
+                          f"{', '.join(changed)} was given; drop it, or build anew with --restart")
+
+
+def with_neutral_options(spec: BuilderSpec, cfg: EngineConfig,
+                         options: BuildOptions) -> tuple[BuilderSpec, EngineConfig]:
+    """The continued settings with the result-neutral ones given now (fit batching, checkpoint interval)."""
+    neutral_fit = {k: v for k, v in options.overrides.get("fit", {}).items() if result_neutral("fit", k)}
+    if neutral_fit:
+        cfg = dataclasses.replace(cfg, fit=dataclasses.replace(cfg.fit, **neutral_fit))
+    return dataclasses.replace(spec, build=dataclasses.replace(spec.build, **options.build_overrides)), cfg
+
+
 def continued_settings(out: Path, target: int) -> tuple[Manifest, BuilderSpec, EngineConfig]:
     """The finished build in ``out`` and its spec and engine re-planned to ``target`` iterations; a one-line
     BuildError if it cannot be continued."""
@@ -66,13 +93,13 @@ def continued_settings(out: Path, target: int) -> tuple[Manifest, BuilderSpec, E
         raise BuildError(f"--continue-to {target} needs a finished build in {out}, which holds {why}")
     manifest = Manifest.read(out)
     if manifest.origin is not None:
-        raise BuildError(f"--continue-to {target}: {out} was imported ({manifest.origin.get('kind')}), not built by "
+        raise BuildError(f"--continue-to {target}: {out} was imported ({manifest.origin.kind}), not built by "
                          f"mednf, so it has no meta-training checkpoint; {fix}")
     outdated = outdated_source(manifest.source)
     if outdated:
         raise BuildError(f"--continue-to {target}: {manifest.name} cannot be continued, {outdated}; rebuild it "
                          "with --restart")
-    done = int(manifest.meta_training["steps"])
+    done = int(manifest.meta_training.steps)
     if target <= done:
         raise BuildError(f"--continue-to {target} is invalid: {manifest.name} has finished {done} meta-iterations; "
                          f"give a number above {done}")
@@ -112,7 +139,7 @@ def _scratch_target(scratch: Path) -> int | None:
     """The iteration count the continuation in ``scratch`` works towards (None: nothing usable there)."""
     if (scratch / MANIFEST).is_file():
         try:
-            return int(Manifest.read(scratch).meta_training["steps"])
+            return int(Manifest.read(scratch).meta_training.steps)
         except (MednfError, KeyError, TypeError, ValueError):
             return None
     try:
@@ -133,7 +160,7 @@ def prepare_scratch(out: Path, manifest: Manifest, cfg: EngineConfig) -> Path:
     shutil.rmtree(scratch, ignore_errors=True)  # another target, or a leftover without state
     (staging / WORK).mkdir(parents=True)
     (staging / WORK / _TARGET).write_text(str(cfg.meta.steps), encoding="utf-8")
-    done = int(manifest.meta_training["steps"])
+    done = int(manifest.meta_training.steps)
     for name in (LAST, BEST):
         source = out / CONTINUE / name
         if not source.is_file():

@@ -8,11 +8,17 @@ gradients (:meth:`Dist.sum_`), fitting shards row blocks by rank, rank 0 writes 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+from mednf.engine.device import resolve_device
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,6 +64,22 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
+def on_every_rank(dist: Dist, attempt: Callable[[], T], catch: type[Exception], fail: Callable[[str], Exception],
+                  elsewhere: str, *, main_first: bool = False) -> T:
+    """``attempt()`` on every rank (with ``main_first``: rank 0 first, then the others); when it raises ``catch``
+    on any rank, every rank raises ``fail(message)``: that rank's own message, or ``elsewhere``."""
+    result, error = None, ""
+    for turn in ("main", "others") if main_first else ("all",):
+        if turn == "all" or (turn == "main") == dist.is_main:
+            try:
+                result = attempt()
+            except catch as err:
+                error = str(err)
+        if not dist.agree(not error):
+            raise fail(error or elsewhere)
+    return result  # type: ignore[return-value]  # set on every rank that got here
+
+
 def setup(device: torch.device) -> Dist:
     """Join the torchrun process group if there is one (backend from the device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -67,3 +89,17 @@ def setup(device: torch.device) -> Dist:
     torch.distributed.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     return Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(),
                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device)
+
+
+def env_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's variables, before the process group exists."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_device(gpu: int | None) -> torch.device:
+    """This rank's device: ``--gpu N`` (checked), or under torchrun on GPUs the rank's own (``LOCAL_RANK``)."""
+    device = resolve_device(gpu)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per rank
+        torch.cuda.set_device(device)
+    return device

@@ -41,9 +41,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mednf.building.curves import TensorBoardLog, TrainingLog, read_training
 from mednf.building.distributed import Dist
+from mednf.building.identity import differences, engine_identity
 from mednf.engine import field as nf
 from mednf.engine.baselines import (
     MARGIN_DB,
@@ -55,8 +57,8 @@ from mednf.engine.baselines import (
 from mednf.engine.config import EngineConfig
 from mednf.engine.execution import Execution
 from mednf.engine.fit import as_float_signals, fit_latents
-from mednf.engine.meta import MetaLearner
 from mednf.engine.memory import release_free_memory
+from mednf.engine.meta import MetaLearner
 from mednf.engine.planner import MemoryPlan, fit_batch_now
 from mednf.errors import BuildError
 from mednf.format.tensors import load_tensors, save_tensors
@@ -162,7 +164,7 @@ class MetaTrainer:
         if not path.is_file():
             return
         tensors, meta = load_tensors(path)
-        if EngineConfig.from_dict(meta["engine"]).result_dict() != self.cfg.result_dict():
+        if differences(engine_identity(meta["engine"]), engine_identity(self.cfg)):
             raise BuildError(f"{path} was written with other hyper-parameters than this build's; rerun with the "
                              "same options, or pass --restart to discard the unfinished build")
         params = {k.removeprefix("theta."): v for k, v in tensors.items() if k.startswith("theta.")}
@@ -215,8 +217,6 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, *, progress: bool = True) -> TrainSummary:
-        from tqdm.auto import tqdm
-
         self._resume()
         meta, dist = self.cfg.meta, self.dist
         steps, batch = meta.steps, meta.batch_size
@@ -248,22 +248,7 @@ class MetaTrainer:
                 board.train(done, stats)
             validated = done % self.settings.val_every == 0 or done == steps
             if validated:
-                val_started = time.perf_counter()
-                val, val_ssim, recon = self.validate(preview=PREVIEW if board is not None else 0)
-                if curves is not None:
-                    curves.val(done, val, val_ssim, time.perf_counter() - val_started)
-                if board is not None:
-                    board.val(done, val, val_ssim, as_float_signals(self.val_images[:PREVIEW]).numpy(), recon)
-                self.history.append({"step": done, "val_psnr": val, "train_psnr": stats["psnr"],
-                                     "shift_rms": self.last_shift_rms if math.isfinite(self.last_shift_rms) else None}
-                                    | ({"val_ssim": val_ssim} if np.isfinite(val_ssim) else {}))
-                improved = val > self.best_psnr
-                if improved:
-                    self.best_step, self.best_psnr = done, val
-                    if dist.is_main:
-                        self._save(self.work / BEST, with_optimizer=False)
-                self.log(f"iteration {done}: val PSNR {val:.2f} dB (fit H={self.cfg.fit.steps}) "
-                         f"{'new best' if improved else f'best {self.best_psnr:.2f} dB at {self.best_step}'}")
+                self._validation(done, stats["psnr"], curves, board)
                 if done == steps or (not warned and len(self.history) >= 2
                                      and self.history[-1]["val_psnr"] - self.history[-2]["val_psnr"] < STALLED_DB):
                     warned = self._check_baseline(done) or warned
@@ -283,6 +268,27 @@ class MetaTrainer:
         diagnosis = self._diagnosis() if learns is False else None
         return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from,
                             learns, diagnosis, self.schedule)
+
+    def _validation(self, done: int, train_psnr: float, curves: TrainingLog | None,
+                    board: TensorBoardLog | None) -> None:
+        """Validate θ after ``done`` iterations: into the history, the curves and TensorBoard; kept as the best θ
+        when it beats every earlier validation; one line in the log."""
+        started = time.perf_counter()
+        val, val_ssim, recon = self.validate(preview=PREVIEW if board is not None else 0)
+        if curves is not None:
+            curves.val(done, val, val_ssim, time.perf_counter() - started)
+        if board is not None:
+            board.val(done, val, val_ssim, as_float_signals(self.val_images[:PREVIEW]).numpy(), recon)
+        self.history.append({"step": done, "val_psnr": val, "train_psnr": train_psnr,
+                             "shift_rms": self.last_shift_rms if math.isfinite(self.last_shift_rms) else None}
+                            | ({"val_ssim": val_ssim} if np.isfinite(val_ssim) else {}))
+        improved = val > self.best_psnr
+        if improved:
+            self.best_step, self.best_psnr = done, val
+            if self.dist.is_main:
+                self._save(self.work / BEST, with_optimizer=False)
+        self.log(f"iteration {done}: val PSNR {val:.2f} dB (fit H={self.cfg.fit.steps}) "
+                 f"{'new best' if improved else f'best {self.best_psnr:.2f} dB at {self.best_step}'}")
 
     def _diagnosis(self) -> LearningDiagnosis:
         """Why the latents do not learn: the gradient norms and the largest latent shift of the validations."""

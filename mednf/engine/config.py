@@ -185,9 +185,6 @@ class MetaConfig:
         _flag("first_order", self.first_order, "use false (the paper) or true (the first-order ablation)")
 
 
-RESULT_NEUTRAL_FIT = ("batch_size", "memory_budget_mb")  # fit settings that change batching, not latents
-
-
 @dataclass(frozen=True)
 class FitConfig:
     """Test-time adaptation: H SGD steps on φ (θ frozen) from φ₀ = 0, full context."""
@@ -227,14 +224,6 @@ class EngineConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
-
-    def result_dict(self) -> dict[str, dict[str, Any]]:
-        """:meth:`to_dict` without the settings that change how the work is split, not its result (fit batch
-        size and memory budget): what makes two runs the same build."""
-        data = self.to_dict()
-        for key in RESULT_NEUTRAL_FIT:
-            data["fit"].pop(key)
-        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, dict[str, Any]]) -> EngineConfig:

@@ -1,0 +1,184 @@
+"""The stages before meta-learning: the folder, "is it built already?", the source, the identity, the memory
+plan and the execution (device and precision). Each is one function of :mod:`mednf.building.pipeline`'s list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mednf.building.continuation import keep_checkpoints
+from mednf.building.distributed import on_every_rank
+from mednf.building.identity import build_identity, differences, plain, source_identity, stored_identity
+from mednf.building.run import BuildRun
+from mednf.engine.config import EngineConfig
+from mednf.engine.execution import Execution
+from mednf.engine.fused_latent_grad import requested_kernel
+from mednf.engine.memory import MemoryBudget
+from mednf.engine.planner import MemoryPlan, plan_memory
+from mednf.errors import BuildError, ConfigError, MednfError
+from mednf.format.layout import (
+    CARD,
+    CONTINUE,
+    INDEX,
+    LATENTS,
+    MANIFEST,
+    MODEL,
+    RECONSTRUCTIONS_PNG,
+    TRAINING_CSV,
+    TRAINING_PNG,
+    WORK,
+)
+from mednf.format.reader import verify_dataset
+from mednf.format.writer import DatasetWriter
+from mednf.io.files import atomic_write_json
+from mednf.sources.base import SourceData
+from mednf.sources.kinds import outdated_source
+from mednf.sources.read import load_source
+from mednf.sources.spec import BuilderSpec
+
+IDENTITY = "build.json"  # in .partial: the identity of the unfinished build
+
+
+def plan_rank(spec: BuilderSpec, cfg: EngineConfig, budget: MemoryBudget, device: torch.device,
+              spatial: Sequence[int], rank_world: tuple[int, int]) -> MemoryPlan:
+    """This rank's memory plan (its share ``rank::world`` of each global batch); ConfigError if one signal
+    does not fit."""
+    rank, world = rank_world
+    local = len(range(rank, cfg.meta.batch_size, world))
+    rows_out = max(spec.build.block_rows, spec.build.val_samples)
+    return plan_memory(cfg, spatial, budget=budget, device=device, local_batch=max(1, local), rows_out=rows_out)
+
+
+def make_writable(out: Path) -> None:
+    """Create ``out``; a one-line BuildError if it cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise BuildError(f"output directory {out} is not writable ({err.strerror}); choose another --out") from None
+
+
+def open_folder(run: BuildRun) -> DatasetWriter:
+    """The writer of the dataset folder, after ``--restart`` removed an earlier build and temporary files of
+    killed runs are gone (the caller holds the lock)."""
+    writer = DatasetWriter(run.out, latent_dim=run.cfg.field.latent_dim, chunk_rows=run.spec.build.block_rows)
+    if run.dist.is_main:
+        if run.options.restart:
+            _clear(run.out)
+        writer.prepare()
+    run.dist.barrier()
+    return writer
+
+
+def _clear(out: Path) -> None:
+    """--restart: remove an earlier build's files (only mednf's own names)."""
+    names = (MANIFEST, MODEL, INDEX, CARD, WORK, LATENTS, TRAINING_CSV, TRAINING_PNG, RECONSTRUCTIONS_PNG, CONTINUE)
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def already_complete(run: BuildRun) -> bool:
+    """True if the folder holds this build complete (a rerun has nothing to do); a BuildError if it holds
+    another complete build, or one whose source this mednf no longer draws."""
+    if not (run.out / MANIFEST).is_file():
+        return False
+    manifest = verify_dataset(run.out, checksums=False)
+    done = build_identity(manifest.builder, manifest.engine, max_samples=manifest.source.get("max_samples"))
+    wanted = build_identity(run.spec.to_dict(), run.cfg, max_samples=run.options.max_samples)
+    differ = differences(done, wanted)
+    if differ:
+        raise BuildError(f"{run.out} holds a complete {manifest.name} built with other settings "
+                         f"({'; '.join(differ[:3])}); pass --restart to rebuild it, or choose another --out")
+    outdated = outdated_source(manifest.source)
+    if outdated:
+        raise BuildError(f"{run.out} holds a complete {manifest.name} whose source this mednf no longer draws "
+                         f"({outdated}); pass --restart to rebuild it, or choose another --out")
+    if run.dist.is_main and run.work.is_dir():  # killed between the manifest and the clean-up
+        keep_checkpoints(run.work, run.out)
+        shutil.rmtree(run.work, ignore_errors=True)
+    run.say(f"{run.spec.name} is already complete in {run.out} (pass --restart to build it again)")
+    return True
+
+
+def read_source(run: BuildRun) -> SourceData:
+    """The source data; rank 0 reads (and if needed downloads) first, the others then read the verified file."""
+    options = run.options
+
+    def read() -> SourceData:
+        return load_source(run.spec, root=options.medmnist_root, source_npz=options.source_npz,
+                           max_samples=options.max_samples, download_missing=options.download,
+                           progress=options.progress, warn=lambda m: run.say(f"warning: {m}"))
+
+    return on_every_rank(run.dist, read, MednfError, BuildError,
+                         "reading the source data failed on another rank (see its message)", main_first=True)
+
+
+def check_continued_source(run: BuildRun, source: SourceData, recorded: dict[str, Any]) -> None:
+    """A continuation must read the data the finished build was made from (``recorded``: its manifest's
+    ``source``; where it was read is not compared)."""
+    differ = differences(source_identity(recorded), plain(source.description))
+    if differ:
+        raise BuildError(f"the source data is not the one {run.spec.name} was built from ({'; '.join(differ[:3])}); "
+                         "give the same files (--medmnist-root / --source-npz) to continue it")
+
+
+def store_identity(run: BuildRun, source: SourceData) -> None:
+    """Record what this build is (:mod:`mednf.building.identity`) on its first start; a rerun with other
+    settings finds another identity stored and is refused."""
+    identity = build_identity(run.spec.to_dict(), run.cfg, source=source.description)
+    run.work.mkdir(exist_ok=True)
+    run.dist.barrier()
+    path = run.work / IDENTITY
+    if path.is_file():
+        differ = differences(stored_identity(json.loads(path.read_text(encoding="utf-8"))), identity)
+        if differ:
+            raise BuildError(f"{run.out} holds an unfinished build with other settings ({'; '.join(differ[:3])}); "
+                             "rerun with the same options, or pass --restart to discard it")
+    elif run.dist.is_main:
+        atomic_write_json(path, identity)
+
+
+def plan_with_source(run: BuildRun, source: SourceData) -> MemoryPlan:
+    """The memory plan again, now that the process holds the source images (every rank stops if one's does
+    not fit); said in build.log."""
+    spatial = tuple(source.splits["train"].images.shape[2:])
+    plan = on_every_rank(run.dist, lambda: plan_rank(run.spec, run.cfg, run.budget, run.device, spatial,
+                                                     (run.dist.rank, run.dist.world)),
+                         ConfigError, ConfigError,
+                         "the memory plan of another rank does not fit its budget (see its message)")
+    run.say(plan.describe())
+    return plan
+
+
+def resolve_execution(run: BuildRun) -> Execution:
+    """The build's device and what ``field.precision`` becomes there, resolved once for meta-learning and every
+    fit; a fallback (bf16 without matrix units, tf32 off CUDA) is one ``warning:`` line in build.log and on the
+    console. ``MEDNF_FIT_KERNEL`` is checked here too, so a bad value stops the build before meta-learning."""
+    requested_kernel()
+    execution = Execution.resolve(run.cfg.precision, run.device, warn=False)  # said here, in the build's words
+    used = execution.precision
+    if used.effective != used.requested:
+        run.say(f"warning: precision {used.requested} is not available on {run.device}: {used.detail}; running "
+                f"{used.effective} (recorded in the manifest)")
+    return execution
+
+
+def describe(run: BuildRun, source: SourceData) -> None:
+    """One line in build.log: the source and the engine that meta-learns on it."""
+    cfg = run.cfg
+    run.say(f"source: {source.description.get('file', source.description['kind'])}, splits {source.counts()}; "
+            f"engine: K={cfg.field.num_layers} L={cfg.field.hidden_dim} P={cfg.field.latent_dim}, "
+            f"{cfg.meta.steps} meta-iterations of B={cfg.meta.batch_size}")
