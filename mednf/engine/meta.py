@@ -36,8 +36,8 @@ from mednf.engine import field as nf
 from mednf.engine.allocator import graph_memory
 from mednf.engine.config import FieldConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
-from mednf.engine.inner_grad import inner_gradient
 from mednf.engine.execution import Execution, given_or_resolved
+from mednf.engine.inner_grad import inner_gradient
 from mednf.engine.precision import FP32, Precision, matmul_switches
 from mednf.errors import ConfigError
 

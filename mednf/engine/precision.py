@@ -215,8 +215,8 @@ def _swap_cuda_flag_new(value: str) -> Callable[[], None]:
 
 @contextlib.contextmanager
 def matmul_switches(precision: Precision) -> Iterator[None]:
-    """torch's global CUDA matrix-product switches as ``precision`` needs them, restored on exit: TF32 on for
-    tf32, reduced-precision bf16 reductions off (fp32 accumulation) for bf16; fp32 and the CPU change nothing."""
+    """Set torch's global CUDA matrix-product switches as ``precision`` needs them, restored on exit: TF32 on
+    for tf32, reduced-precision bf16 reductions off (fp32 accumulation) for bf16; fp32 and the CPU change nothing."""
     undo: list[Callable[[], None]] = []
     try:
         if precision.device == "cuda" and precision.effective == "tf32":
