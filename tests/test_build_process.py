@@ -197,3 +197,22 @@ def test_bad_source_files_from_the_cli(tmp_path, kind):
     lines = [line for line in output.splitlines() if line.startswith("error: ")]
     assert code == 2 and len(lines) == 1, output
     assert not (tmp_path / "out" / "mednf.json").exists()
+
+
+def test_a_resumed_build_records_the_exact_gradient_norms(tmp_path):
+    """The baseline check of a build killed during meta-training and resumed uses the exact meta-gradient norms
+    (kept in the checkpoint), not the 6 digits of training.csv: the same bytes as an uninterrupted run."""
+    from mednf.engine.baselines import diagnose_no_learning
+
+    out = tmp_path / "PhantomNF"
+    proc = start_build(out, 60)
+    wait_for(lambda: (out / ".partial" / "meta-last.safetensors").is_file(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = run_build(out, steps=60)
+    assert result.returncode == 0, result.stderr
+    check = verify_dataset(out).meta_training.baseline_check
+    _, last = load_tensors(out / ".continue" / "meta-last.safetensors")
+    assert len(last["grad_norms"]) == 60
+    exact = diagnose_no_learning(last["grad_norms"], None).as_dict()
+    assert (check["grad_norm_early"], check["grad_norm_late"]) == (exact["grad_norm_early"], exact["grad_norm_late"])

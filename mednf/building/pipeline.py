@@ -52,6 +52,7 @@ from mednf.building.options import BuildOptions, output_folder, prepare_spec
 from mednf.building.run import BuildRun
 from mednf.building.session import build_session
 from mednf.engine.memory import resolve_budget
+from mednf.format.layout import check_build_folder
 from mednf.format.manifest import Manifest
 from mednf.sources.spec import load_builder
 
@@ -70,7 +71,7 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     device = rank_device(options.gpu)
     budget = resolve_budget(options.memory_budget, device)
     prepare.plan_rank(spec, cfg, budget, device, (spec.source.size,) * spec.source.dims, env_rank())  # refuse now
-    out = output_folder(spec, options)
+    out = check_build_folder(output_folder(spec, options))
     prepare.make_writable(out)
     with build_session(out, device) as session:
         if session.dist.is_main:

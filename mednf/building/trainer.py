@@ -143,7 +143,7 @@ class MetaTrainer:
         self.seconds = 0.0
         self.resumed_from = 0
         self.schedule = [{"from": 1, "length": cfg.meta.steps}]
-        self.grad_norms: list[float] = []  # meta-gradient norm of every iteration run so far (resumed: from the CSV)
+        self.grad_norms: list[float] = []  # meta-gradient norm of every iteration so far (kept in checkpoints)
         self.last_shift_rms = float("nan")  # of the last validation (see validate)
 
     # ------------------------------------------------------------------ checkpoints
@@ -152,7 +152,8 @@ class MetaTrainer:
         tensors = {f"theta.{k}": v for k, v in state["params"].items()}
         meta: dict[str, Any] = {"iteration": state["iteration"], "seed": state["seed"], "history": self.history,
                                 "best_step": self.best_step, "best_val_psnr": self.best_psnr,
-                                "seconds": self.seconds, "engine": self.cfg.to_dict(), "schedule": self.schedule}
+                                "seconds": self.seconds, "engine": self.cfg.to_dict(), "schedule": self.schedule,
+                                "grad_norms": self.grad_norms}  # exact: the baseline check of a resumed build
         if with_optimizer:
             opt_tensors, opt_rest = _optimizer_tensors(state["optimizer"])
             tensors.update(opt_tensors)
@@ -176,6 +177,7 @@ class MetaTrainer:
         self.seconds = meta["seconds"]
         self.resumed_from = meta["iteration"]
         self.schedule = meta.get("schedule") or self.schedule
+        self.grad_norms = [float(g) for g in meta.get("grad_norms", [])]  # older checkpoints: from the CSV below
         if self.resumed_from >= self.cfg.meta.steps:
             self.log(f"meta-training finished in an earlier run ({self.resumed_from} iterations)")
         else:
@@ -228,8 +230,9 @@ class MetaTrainer:
         curves = TrainingLog(self.work / CURVES) if dist.is_main else None
         if curves is not None:
             curves.resume(self.learner.iteration)
-            self.grad_norms = [float(row["grad_norm"] or "nan") for row in read_training(curves.path)
-                               if row["kind"] == "train"]
+            if len(self.grad_norms) != self.learner.iteration:  # a checkpoint of an older mednf: 6 digits, not exact
+                self.grad_norms = [float(row["grad_norm"] or "nan") for row in read_training(curves.path)
+                                   if row["kind"] == "train"]
         board = TensorBoardLog(self.tensorboard) if dist.is_main and self.tensorboard is not None else None
         stats: dict[str, float] = {}
         warned = False

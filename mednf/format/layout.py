@@ -105,7 +105,7 @@ def check_empty_or_ours(folder: Path, option: str, ours: Callable[[Path], bool],
     """``folder`` (expanded) if it is absent, empty, or holds only what ``ours`` accepts (an earlier ``what`` of
     the same thing), else a one-line ConfigError: mednf never writes into, or adopts files of, a folder that
     holds anything else."""
-    folder = check_outside_datasets(folder, option)
+    folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{option} {folder} is a file: expected a folder (new or empty); choose another path")
     foreign = foreign_entries(folder, ours)
@@ -114,3 +114,19 @@ def check_empty_or_ours(folder: Path, option: str, ours: Callable[[Path], bool],
         raise ConfigError(f"{option} {folder} already holds {shown}, which is not {what}: mednf writes only into a "
                           "new or empty folder; choose another one or empty it")
     return folder
+
+
+BUILD_NAMES = frozenset({MANIFEST, MODEL, LATENTS, INDEX, CARD, *FIGURES, LOG, WORK, CONTINUE})
+
+
+def check_build_folder(out: Path) -> Path:
+    """The output folder of a build (expanded): not inside another dataset, and absent, empty or holding only
+    a build's own files (an earlier run to resume or confirm; a build with other settings is refused later by
+    its identity). Files of anyone else there are refused, never adopted as content."""
+    out = Path(out).expanduser()
+    around = dataset_around(out.parent)
+    if around is not None:
+        raise ConfigError(f"--out {out} is inside the dataset {around}: a build there would damage it; choose a "
+                          "folder outside it")
+    return check_empty_or_ours(out, "--out", lambda p: p.name in BUILD_NAMES or is_temporary(p),
+                               "a MedNF build")

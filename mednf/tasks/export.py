@@ -23,7 +23,7 @@ from typing import Any
 
 from mednf.errors import ConfigError
 from mednf.format.card import render_card
-from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL, check_empty_or_ours
+from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL, check_empty_or_ours, check_outside_datasets
 from mednf.format.manifest import FileEntry, Manifest
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
@@ -42,7 +42,8 @@ def _open_for_export(dataset: str | Path, out: str | Path, ours: Callable[[str],
     files = open_dataset(dataset, verify=True)
     name = files.manifest.name
     names = ours(name)
-    out = check_empty_or_ours(Path(out), "--out", lambda p: p.name in names, f"an earlier {what} of {name}")
+    out = check_outside_datasets(Path(out), "--out")
+    out = check_empty_or_ours(out, "--out", lambda p: p.name in names, f"an earlier {what} of {name}")
     earlier = _exported_name(out)
     if earlier not in (None, name):
         raise ConfigError(f"--out {out} holds the export of {earlier}, not of {name}: exporting there would replace "
