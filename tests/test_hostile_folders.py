@@ -136,3 +136,33 @@ def test_a_stray_file_in_a_dataset_is_named_with_its_fix(phantom_dir, tmp_path):
     (root / "g.npy").write_bytes(b"stray")
     with pytest.raises(FormatError, match="does not list: g.npy; move or delete them"):
         mednf.load(root, "test")
+
+
+def test_a_build_never_adopts_files_already_in_its_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    out = tmp_path / "U"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "sub" / "data.csv").write_text("a,b\n")
+    before = _digests(out)
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--preset", "tiny", "--max-samples", "16", "--quiet",
+                                       "--out", str(out)])
+    assert result.exit_code == 2 and "already holds notes.txt, sub" in result.output
+    assert _digests(out) == before and sorted(p.name for p in out.iterdir()) == ["notes.txt", "sub"]
+
+
+def test_a_build_is_never_written_inside_a_dataset(phantom_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    root = tmp_path / "PhantomNF"
+    shutil.copytree(phantom_dir, root)
+    before = _digests(root)
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--preset", "tiny", "--max-samples", "16", "--quiet",
+                                       "--out", str(root / "inner")])
+    assert result.exit_code == 2 and "inside the dataset" in result.output
+    assert _digests(root) == before
