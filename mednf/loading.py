@@ -42,8 +42,8 @@ def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Pa
     home = Path(root).expanduser() if root else mednf_home()
     name = str(name_or_path)
     if not bare_name:  # a path, not a name: nothing to build under that name
-        raise NotFoundError(f"{path} does not exist: expected a dataset folder; check the path, or give the name of a "
-                            f"dataset in {home}")
+        raise NotFoundError(f"{path} does not exist ({path.name!r} is not in {path.parent}): expected a dataset "
+                            f"folder; check the path, or give the name of a dataset in {home}")
     candidates = [p for p in home.iterdir() if (p / MANIFEST).is_file()] if home.is_dir() else []
     for candidate in candidates:
         if candidate.name.lower() == name.lower():

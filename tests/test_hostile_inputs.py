@@ -121,7 +121,7 @@ def test_info_of_a_missing_path_names_the_path(tmp_path):
     from mednf.cli import main
 
     result = CliRunner().invoke(main, ["info", str(tmp_path / "missing" / "path")])
-    assert result.exit_code == 2 and "does not exist: expected a dataset folder" in result.output
+    assert result.exit_code == 2 and "does not exist ('path' is not in" in result.output
     assert "mednf build" not in result.output
 
 
