@@ -50,7 +50,7 @@ _state: dict[str, bool] = {}
 
 
 def _get_mallopt() -> Callable[[int, int], int] | None:
-    """glibc's ``mallopt`` when ``MEDNF_MALLOC=keep`` asks for the setting, else None."""
+    """The glibc ``mallopt`` when ``MEDNF_MALLOC=keep`` asks for the setting, else None."""
     if not _mallopt:
         found = None
         if os.environ.get("MEDNF_MALLOC", "").lower() == "keep":
@@ -73,7 +73,8 @@ def keeps_memory() -> bool:
 def graph_memory() -> Iterator[bool]:
     """Inside: large freed blocks stay in the process (module docstring); yields whether that is in effect."""
     mallopt = _get_mallopt()
-    applied = mallopt is not None and bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    applied = (mallopt is not None and bool(mallopt(_M_MMAP_MAX, 0))
+               and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
     _state["graph_memory_used"] = applied
     try:
         yield applied

@@ -105,6 +105,7 @@ class LearningDiagnosis:
                 "or use a larger preset (`mednf presets`)")
 
     def as_dict(self) -> dict[str, float | str]:
+        """The diagnosis as JSON-ready fields (non-finite norms as strings)."""
         return {"cause": self.cause, "evidence": self.evidence, "grad_norm_early": _json_float(self.grad_norm_early),
                 "grad_norm_late": _json_float(self.grad_norm_late)}
 
@@ -146,4 +147,5 @@ def diagnose_no_learning(grad_norms: Sequence[float], shift_rms: float | None = 
                                  f"the fitted latents shift the sine arguments by {shift_rms:.3g} rad RMS, more "
                                  "than half a period")
     moved = f", latents shift the sine arguments by {shift_rms:.2g} rad RMS" if shift_rms is not None else ""
-    return LearningDiagnosis("too_slow", early, late, f"meta-gradient norm {early:.3g} → {late:.3g}, not growing{moved}")
+    return LearningDiagnosis("too_slow", early, late,
+                             f"meta-gradient norm {early:.3g} → {late:.3g}, not growing{moved}")

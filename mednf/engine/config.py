@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -104,8 +103,8 @@ class FieldConfig:
         _require(not isinstance(self.in_dims, bool) and self.in_dims in (1, 2, 3), "in_dims (C)", self.in_dims,
                  "1, 2 or 3 coordinate dimensions", "use 1 for signals, 2 for images, 3 for volumes")
         _positive_int("out_dims (D)", self.out_dims, "use 1 for gray or 3 for RGB")
-        _require(isinstance(self.num_layers, int) and not isinstance(self.num_layers, bool) and self.num_layers >= 2, "num_layers (K)",
-                 self.num_layers, "an integer ≥ 2 (one sine layer and the linear output layer)",
+        _require(isinstance(self.num_layers, int) and not isinstance(self.num_layers, bool) and self.num_layers >= 2,
+                 "num_layers (K)", self.num_layers, "an integer ≥ 2 (one sine layer and the linear output layer)",
                  "set num_layers to 2 or more (the paper uses 15 for images)")
         _positive_int("hidden_dim (L)", self.hidden_dim, "set the layer width, e.g. 256")
         _positive_int("latent_dim (P)", self.latent_dim, "set the latent size, e.g. 2048")
@@ -223,12 +222,13 @@ class EngineConfig:
         return self.field.precision
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The three sections as nested plain dicts (the inverse of :meth:`from_dict`)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, dict[str, Any]]) -> EngineConfig:
         """Build from nested dicts; unknown keys are an error that names them."""
-        parts = {}
+        parts: dict[str, Any] = {}
         for key, klass in (("field", FieldConfig), ("meta", MetaConfig), ("fit", FitConfig)):
             values = dict(data.get(key, {}))
             known = [f.name for f in dataclasses.fields(klass)]

@@ -40,7 +40,9 @@ def random_context(
         signal_ids: ``[B]`` int64 stream id of each signal (its global index, or a meta-batch slot).
         num_points: N, coordinates per signal.
         ratio: γ in (0, 1].
-        seed, step: together with the id, fully determine the subset.
+        seed: with ``step`` and the id, fully determines the subset.
+        step: the inner or fitting step (a new subset each step).
+
     Returns:
         ``[B, n]`` int64 indices into the N coordinates, n = :func:`context_size`, in increasing key order.
     """
@@ -67,8 +69,12 @@ def observed_context_weights(
     keys of :func:`random_context`), so with every point observed it is exactly that function's subset.
 
     Args:
-        signal_ids: ``[B]`` int64 stream ids. observed: ``[B, N]`` bool, True where the signal was observed
-            (every row has at least one True).
+        signal_ids: ``[B]`` int64 stream ids.
+        observed: ``[B, N]`` bool, True where the signal was observed (every row has at least one True).
+        ratio: γ in (0, 1].
+        seed: as for :func:`random_context`.
+        step: as for :func:`random_context`.
+
     Returns:
         ``[B, N]`` float32: ``m_s / n_s`` on the subset, 0 elsewhere (a mean over the subset, written as a
         weighted mean over the m_s observed points).
@@ -88,7 +94,10 @@ def gather_context(coords: Tensor, values: Tensor, index: Tensor) -> tuple[Tenso
     """Select each signal's context.
 
     Args:
-        coords: ``[N, C]`` shared grid. values: ``[B, N, D]``. index: ``[B, n]``.
+        coords: ``[N, C]`` shared grid.
+        values: ``[B, N, D]``.
+        index: ``[B, n]`` int64 point indices (:func:`random_context`).
+
     Returns:
         ``([B, n, C], [B, n, D])`` coordinates and target values of each signal's context.
     """

@@ -178,17 +178,21 @@ def layer_biases(field: PreparedField, latents: Tensor) -> Tensor:
     return biases.view(latents.shape[0], cfg.num_sine_layers, 1, cfg.hidden_dim)
 
 
-def _lowp(field: PreparedField, k: int) -> bool:
-    """Whether layer k's product runs in bf16 (the hidden layers; the first one only when asked)."""
-    return field.lowp_weights is not None and (k > 0 or field.precision.first_layer_bf16)
+def _lowp_weight(field: PreparedField, k: int) -> Tensor | None:
+    """Layer k's bf16 weight where its product runs in bf16 (the hidden layers; the first one only when
+    asked), else None."""
+    if field.lowp_weights is None or not (k > 0 or field.precision.first_layer_bf16):
+        return None
+    return field.lowp_weights[k]
 
 
 def preactivation(field: PreparedField, k: int, h: Tensor, bias: Tensor) -> Tensor:
     """The sine argument ``z_k = (ω_k W_k) h + bias_k`` of layer k (h = coords for k = 0), in the field's
     precision: fp32, or a bf16 product added to the fp32 bias (bf16 throughout with ``sine_argument_bf16``)."""
-    if not _lowp(field, k):
+    lowp_weight = _lowp_weight(field, k)
+    if lowp_weight is None:
         return torch.matmul(h, field.weights[k].t()) + bias
-    product = torch.matmul(h.to(torch.bfloat16), field.lowp_weights[k].t())  # fp32 accumulation, bf16 result
+    product = torch.matmul(h.to(torch.bfloat16), lowp_weight.t())  # fp32 accumulation, bf16 result
     if field.precision.sine_argument_bf16:
         return product + bias.to(torch.bfloat16)
     product = product.to(bias.dtype)  # the sum and the sine in fp32; cast + add beats a promoting add
@@ -197,9 +201,10 @@ def preactivation(field: PreparedField, k: int, h: Tensor, bias: Tensor) -> Tens
 
 def input_gradient(field: PreparedField, k: int, grad_z: Tensor) -> Tensor:
     """``∂L/∂z_k · (ω_k W_k)``: the gradient back through layer k's product, in the field's precision."""
-    if not _lowp(field, k):
+    lowp_weight = _lowp_weight(field, k)
+    if lowp_weight is None:
         return torch.matmul(grad_z, field.weights[k])
-    return torch.matmul(grad_z.to(torch.bfloat16), field.lowp_weights[k])
+    return torch.matmul(grad_z.to(torch.bfloat16), lowp_weight)
 
 
 def forward_prepared(field: PreparedField, latents: Tensor, coords: Tensor) -> Tensor:
@@ -226,6 +231,8 @@ def forward(params: Params, latents: Tensor, coords: Tensor, cfg: FieldConfig) -
         params: θ (see module docstring).
         latents: φ, ``[B, P]``.
         coords: ``[N, C]`` shared by the batch, or ``[B, N, C]`` per signal, in [-1, 1].
+        cfg: the field's configuration (the same one that made ``params``).
+
     Returns:
         values ``[B, N, D]``.
     """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import numpy as np
 import torch
@@ -40,6 +41,8 @@ _CPU_CHUNK_ROWS = CPU_CHUNK_ROWS  # (signal, point) rows per chunk of the latent
 
 @dataclass
 class FitResult:
+    """A fit's outcome: latents ``[S, P]`` and per-signal MSE/PSNR (and SSIM when asked) ``[S]``, in input order."""
+
     latents: Tensor  # [S, P] float32, on CPU
     mse: Tensor  # [S] full-context MSE of the clamped reconstruction
     psnr: Tensor  # [S] dB (data range 1)
@@ -68,6 +71,18 @@ def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: t
                           rows_out=rows_out or 1024, chunk_rows=chunk_rows)
 
 
+@overload
+def fit_batch(params: nf.Params, targets: Tensor, coords: Tensor, cfg: FieldConfig, fit: FitConfig, signal_ids: Tensor,
+              *, seed: int = ..., chunk_rows: int | None = ..., return_recon: Literal[False] = ...,
+              observed: Tensor | None = ..., precision: Precision = ...) -> tuple[Tensor, Tensor]: ...
+
+
+@overload
+def fit_batch(params: nf.Params, targets: Tensor, coords: Tensor, cfg: FieldConfig, fit: FitConfig, signal_ids: Tensor,
+              *, seed: int = ..., chunk_rows: int | None = ..., return_recon: Literal[True],
+              observed: Tensor | None = ..., precision: Precision = ...) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
 def fit_batch(
     params: nf.Params,
     targets: Tensor,
@@ -86,7 +101,10 @@ def fit_batch(
 
     Args:
         params: θ, without ``requires_grad``.
-        targets: ``[B, N, D]`` at the points ``coords``: ``[N, C]`` shared (a grid) or ``[B, N, C]`` per signal.
+        targets: ``[B, N, D]`` at the points ``coords``.
+        coords: ``[N, C]`` shared (a grid) or ``[B, N, C]`` per signal.
+        cfg: the field's configuration.
+        fit: the fitting configuration (steps H, learning rate α, gradient rescaling).
         signal_ids: ``[B]`` global indices (keys of the rescaling subsets).
         chunk_rows: (signal, point) rows per chunk of the eager hand-written backward; None → 2048 on CPU
             (cache-sized, measured fastest here), all points at once on GPU. The compiled kernel
@@ -94,7 +112,10 @@ def fit_batch(
         observed: ``[B, N]`` bool, True at the points that count (a mask, or the real points of a padded
             set; every row needs one); the loss, the rescaling subsets and the MSE use only those.
             None: every point.
+        seed: seed of the rescaling subsets (:mod:`mednf.engine.context`).
+        return_recon: also return the clamped reconstruction.
         precision: the resolved precision of the products (:func:`mednf.engine.field.prepare`).
+
     Returns:
         ``(φ [B, P], MSE of the clamped reconstruction [B])``, plus that reconstruction ``[B, N, D]``
         when ``return_recon``.
@@ -161,10 +182,14 @@ def fit_latents(
 
     Args:
         params: θ (any device; moved to ``device``).
-        device, execution: where the fit runs and in which resolved precision (a build resolves its
-            :class:`~mednf.engine.execution.Execution` once); without an execution, ``cfg.precision`` is
-            resolved here for ``device`` (default CPU).
         signals: ``[S, D, *spatial]`` float in [0, 1] or uint8; stays where it is, batches are moved.
+        cfg: the field's configuration.
+        fit: the fitting configuration (:func:`fit_batch`).
+        device: where the fit runs when no ``execution`` is given (default CPU); ``cfg.precision`` is then
+            resolved here for it.
+        execution: where the fit runs and in which resolved precision (a build resolves its
+            :class:`~mednf.engine.execution.Execution` once).
+        seed: seed of the rescaling subsets.
         first_index: global index of ``signals[0]`` (keys of the rescaling subsets when sharded).
         on_batch: called with (signals done, total) after each batch, e.g. to drive a progress bar.
         with_ssim: also report SSIM per signal (:func:`mednf.engine.metrics.ssim`); NaN where it is undefined
@@ -173,6 +198,7 @@ def fit_latents(
             such as ``"4GB"``, or a :class:`~mednf.engine.memory.MemoryBudget`); None: the device's default.
         mask: ``[S, *spatial]`` bool, True = observed: fit each signal to its observed pixels only (the
             values elsewhere are ignored); MSE and PSNR are then over the observed pixels.
+
     Returns:
         :class:`FitResult` with S latents, MSEs and PSNRs, in input order.
     """
@@ -201,7 +227,7 @@ def fit_latents(
         return _Batch(*compact_points(coords, nf.to_points(chunk), seen), None)
 
     return _fit_batches(params, signals.shape[0], coords.shape[0], batch, cfg, fit, execution=execution, seed=seed,
-                        first_index=first_index, on_batch=on_batch, with_ssim=with_ssim, spatial=spatial,
+                        first_index=first_index, on_batch=on_batch, with_ssim=with_ssim,
                         memory_budget=memory_budget)
 
 
@@ -223,12 +249,21 @@ def fit_points(
     """Fit a latent for every signal from values at arbitrary points (irregular sampling).
 
     Args:
+        params: θ (any device; moved to the execution's device).
         coords: ``[S, M, C]`` points of each signal (or ``[M, C]`` shared), in [-1, 1]^C like the grid of
             :func:`mednf.engine.field.coordinate_grid` (corner pixels at ±1).
         values: ``[S, M, D]`` float in [0, 1] (or uint8).
+        cfg: the field's configuration.
+        fit: the fitting configuration (:func:`fit_batch`).
         observed: ``[S, M]`` bool, False at padding (signals with fewer than M points; padded values and
             coordinates are ignored, even NaN); None: all real.
-        device, execution: as for :func:`fit_latents`.
+        device: as for :func:`fit_latents`.
+        execution: as for :func:`fit_latents`.
+        seed: seed of the rescaling subsets.
+        first_index: global index of the first signal (keys of the rescaling subsets when sharded).
+        on_batch: called with (signals done, total) after each batch.
+        memory_budget: sizes the batches when ``fit.batch_size`` is unset, as for :func:`fit_latents`.
+
     Returns:
         :class:`FitResult` (MSE and PSNR over each signal's real points; no SSIM).
     """
@@ -263,7 +298,7 @@ def fit_points(
         return _Batch(*compact_points(points, chunk.to(device), observed[start:stop].to(device)), None)
 
     return _fit_batches(params, S, values.shape[1], batch, cfg, fit, execution=execution, seed=seed,
-                        first_index=first_index, on_batch=on_batch, with_ssim=False, spatial=None,
+                        first_index=first_index, on_batch=on_batch, with_ssim=False,
                         memory_budget=memory_budget)
 
 
@@ -288,7 +323,10 @@ def compact_points(coords: Tensor, values: Tensor, observed: Tensor) -> tuple[Te
     """Each signal's observed points first, padded to the batch's largest count (the fit skips the rest).
 
     Args:
-        coords: ``[N, C]`` shared or ``[B, N, C]``. values: ``[B, N, D]``. observed: ``[B, N]`` bool.
+        coords: ``[N, C]`` shared or ``[B, N, C]``.
+        values: ``[B, N, D]``.
+        observed: ``[B, N]`` bool.
+
     Returns:
         ``(coords [B, M, C], values [B, M, D], observed [B, M])``, M = max observed count: the observed
         points of each signal in their original order, then as padding its first unobserved points
@@ -314,7 +352,7 @@ class _Batch:
 
 def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Callable[[int, int], _Batch],
                  cfg: FieldConfig, fit: FitConfig, *, execution: Execution, seed: int, first_index: int,
-                 on_batch: Callable[[int, int], None] | None, with_ssim: bool, spatial: tuple[int, ...] | None,
+                 on_batch: Callable[[int, int], None] | None, with_ssim: bool,
                  memory_budget: MemoryBudget | str | int | None) -> FitResult:
     """The batch loop of :func:`fit_latents` and :func:`fit_points`: ``make_batch(start, stop)`` gives the
     points of signals ``start..stop`` on the execution's device."""
@@ -334,7 +372,7 @@ def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Cal
             phi, mse, recon = fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed, return_recon=True,
                                         observed=part.observed, precision=precision)
         if ssims is not None and part.signals is not None:
-            ssims[start:stop] = ssim(nf.from_points(recon, spatial), part.signals).cpu()
+            ssims[start:stop] = ssim(nf.from_points(recon, part.signals.shape[2:]), part.signals).cpu()
         latents[start:stop] = phi.cpu()
         mses[start:stop] = mse.cpu()
         if on_batch is not None:

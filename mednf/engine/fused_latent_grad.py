@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -47,7 +48,7 @@ class FitKernelWarning(UserWarning):
 
 
 _STATE: dict[str, str | None] = {"failed": None}  # why compiling failed in this process, once it has
-_COMPILED: dict[str, object] = {}
+_COMPILED: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {}
 
 
 def requested_kernel() -> str:
@@ -83,11 +84,17 @@ def _chunk_gradient(x: Tensor, biases: Tensor, targets: Tensor, point_weights: T
     """One chunk of G blocks of n points (the function that is compiled).
 
     Args:
-        x: ``[G, n, C]`` coordinates. biases: ``[G, K-1, 1, L]`` each block's signal's layer biases.
-        targets: ``[G, n, D]``. point_weights: ``[G, n]`` (1, or N/m for masks; 0 = padding).
+        x: ``[G, n, C]`` coordinates.
+        biases: ``[G, K-1, 1, L]`` each block's signal's layer biases.
+        targets: ``[G, n, D]``.
+        point_weights: ``[G, n]`` (1, or N/m for masks; 0 = padding).
         sums: ``[G, S, n]`` weights of the S sums over points (row 0: every point; row 1: the subset).
-        first_weight: ``[L, C]``; hidden: K-2 tensors ``[L, L]`` (bf16 or fp32: the products' format).
+        first_weight: ``[L, C]``.
+        hidden: K-2 tensors ``[L, L]`` (bf16 or fp32: the products' format).
+        last_weight: ``[D, L]``, the output layer.
+        last_bias: ``[D]``.
         scale: 0-dim, ∂MSE/∂output = 2 / (N·D).
+
     Returns:
         ``(∂L/∂bias [G, S, K-1, L], Σ weighted squared error [G])``.
     """
@@ -112,7 +119,7 @@ def _chunk_gradient(x: Tensor, biases: Tensor, targets: Tensor, point_weights: T
     return torch.stack(grads[::-1], dim=2), squared
 
 
-def _compiled_kernel():
+def _compiled_kernel() -> Callable[..., tuple[Tensor, Tensor]]:
     kernel = _COMPILED.get("chunk")
     if kernel is None:
         kernel = _COMPILED["chunk"] = torch.compile(_chunk_gradient, fullgraph=True, dynamic=False)

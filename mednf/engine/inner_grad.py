@@ -75,6 +75,7 @@ class InnerGradient(torch.autograd.Function):
     def forward(ctx: FunctionCtx, phi: Tensor, coords: Tensor, targets: Tensor, shift_weight: Tensor,
                 shift_bias: Tensor, last_weight: Tensor, last_bias: Tensor, lowp: bool,
                 *weights: Tensor) -> tuple[Tensor, Tensor]:
+        """The inner gradient ``g [B, P]`` and the per-signal MSE ``[B]``; keeps what :meth:`backward` needs."""
         B, n, D = targets.shape
         layers, L = len(weights), weights[0].shape[0]
         hidden = _hidden_weights(weights, lowp)  # W_k in the format of the hidden products (k ≥ 1)
@@ -94,29 +95,33 @@ class InnerGradient(torch.autograd.Function):
         error = torch.matmul(h, last_weight.t()).add_(last_bias).sub_(targets)  # [B, n, D]
         mse = error.square().mean(dim=(1, 2))
         error.mul_(2.0 / (n * D))  # e'
-        adjoints, deltas = [None] * layers, [None] * layers  # a_{k+1}, d_k
+        adjoints: list[Tensor] = []  # a_{k+1}, k descending (reversed below)
+        deltas: list[Tensor] = []  # d_k, likewise
         a = torch.matmul(error, last_weight)  # a_{K-1}: [B, n, L]
         sums = phi.new_empty(B, layers, L)  # G
         for k in range(layers - 1, -1, -1):
-            adjoints[k] = a
+            adjoints.append(a)
             d = a * cosines[k]
             sums[:, k] = d.sum(dim=1)
             if k > 0:
                 d = d.to(hidden[k].dtype)
                 a = _times_into(a, d, hidden[k])
-            deltas[k] = d
+            deltas.append(d)
+        adjoints.reverse()
+        deltas.reverse()
         grad = torch.matmul(sums.view(B, -1), shift_weight)  # [B, P]
         ctx.save_for_backward(phi, coords, shift_weight, last_weight, error, h, sums, *weights, *inputs, *sines,
                               *cosines, *adjoints, *deltas)
-        ctx.layers, ctx.lowp = layers, lowp
+        ctx.layers, ctx.lowp = layers, lowp  # type: ignore[attr-defined]  # FunctionCtx stubs know no custom attributes
         ctx.mark_non_differentiable(mse)
         return grad, mse
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_out: Tensor, _mse_out: Tensor | None) -> tuple[Tensor | None, ...]:
-        K1 = ctx.layers
-        saved = ctx.saved_tensors
+        """The adjoints of the inputs of :meth:`forward` given ``ḡ [B, P]``; None for X, t and ``lowp``."""
+        K1 = ctx.layers  # type: ignore[attr-defined]  # set in forward
+        saved = ctx.saved_tensors  # type: ignore[attr-defined]  # FunctionCtx stubs lack it (the runtime ctx has it)
         phi, coords, shift_weight, last_weight, error, h_last, sums = saved[:7]
         rest = saved[7:]
         weights, rest = rest[:K1], rest[K1:]
@@ -124,7 +129,7 @@ class InnerGradient(torch.autograd.Function):
         sines, cosines, adjoints, deltas = rest[:K1], rest[K1: 2 * K1], rest[2 * K1: 3 * K1], rest[3 * K1:]
         B, n, D = error.shape
         L = weights[0].shape[0]
-        hidden = _hidden_weights(weights, ctx.lowp)
+        hidden = _hidden_weights(weights, ctx.lowp)  # type: ignore[attr-defined]  # set in forward
         if grad_out is None:
             grad_out = phi.new_zeros(phi.shape)
         grad_weights: list[Tensor] = [None] * K1  # type: ignore[list-item]
@@ -132,20 +137,16 @@ class InnerGradient(torch.autograd.Function):
         # the a/d chain, reversed (k ascending); the cosine adjoints go into the sine buffers (z̄_k, negated)
         grad_sums = torch.matmul(grad_out, shift_weight.t()).view(B, K1, 1, L)  # Ḡ
         grad_shift_weight = torch.matmul(sums.view(B, -1).t(), grad_out)  # Gᵀ ḡ: [(K-1)·L, P]
-        a_bar = None  # ā_k
         cosine_parts: list[Tensor] = []  # −z̄_k from the cosine, d̄_k ⊙ a_{k+1} ⊙ sin z_k (the sign comes below)
-        for k in range(K1):
-            if k == 0:
-                d_bar = grad_sums[:, 0].expand(B, n, L)
-            else:
-                a_low = a_bar.to(hidden[k].dtype)
-                d_bar = _times(a_low, hidden[k].t()).add_(grad_sums[:, k])
-                grad_weights[k] = _times(_flat(deltas[k]).t(), _flat(a_low))
-            a_bar = torch.addcmul(a_bar, d_bar, cosines[k]) if a_bar is not None else d_bar * cosines[k]
-            if k == 0:  # sin z_0 is h_1 too (kept for W̄_1): a new tensor
-                cosine_parts.append(torch.mul(d_bar, adjoints[0]).mul_(sines[0]))
-            else:
-                cosine_parts.append(sines[k].mul_(d_bar).mul_(adjoints[k]))
+        d_bar = grad_sums[:, 0].expand(B, n, L)
+        a_bar = d_bar * cosines[0]  # ā_k
+        cosine_parts.append(torch.mul(d_bar, adjoints[0]).mul_(sines[0]))  # a new tensor: sin z_0 is h_1, kept for W̄_1
+        for k in range(1, K1):
+            a_low = a_bar.to(hidden[k].dtype)
+            d_bar = _times(a_low, hidden[k].t()).add_(grad_sums[:, k])
+            grad_weights[k] = _times(_flat(deltas[k]).t(), _flat(a_low))
+            a_bar = torch.addcmul(a_bar, d_bar, cosines[k])
+            cosine_parts.append(sines[k].mul_(d_bar).mul_(adjoints[k]))
         grad_error = torch.matmul(a_bar, last_weight.t()).mul_(2.0 / (n * D))  # ȳ: [B, n, D]
         grad_last_weight = torch.matmul(_flat(error).t(), _flat(a_bar)) + torch.matmul(_flat(grad_error).t(),
                                                                                       _flat(h_last))
@@ -154,7 +155,6 @@ class InnerGradient(torch.autograd.Function):
         # the forward, reversed (k descending)
         h_bar = torch.matmul(grad_error, last_weight)  # [B, n, L]
         grad_beta = phi.new_empty(B, K1, L)
-        grad_first = None
         for k in range(K1 - 1, -1, -1):
             z_bar = torch.addcmul(cosine_parts[k].neg_(), h_bar, cosines[k])
             grad_beta[:, k] = z_bar.sum(dim=1)
@@ -163,10 +163,9 @@ class InnerGradient(torch.autograd.Function):
                 grad_weights[k] = grad_weights[k] + _times(_flat(z_low).t(), _flat(inputs[k - 1]))
                 h_bar = _times_into(h_bar, z_low, hidden[k])
             elif coords.dim() == 2:
-                grad_first = torch.matmul(z_bar.sum(dim=0).t(), coords)  # [L, C]
+                grad_weights[0] = torch.matmul(z_bar.sum(dim=0).t(), coords)  # [L, C]
             else:
-                grad_first = torch.matmul(_flat(z_bar).t(), _flat(coords))
-        grad_weights[0] = grad_first
+                grad_weights[0] = torch.matmul(_flat(z_bar).t(), _flat(coords))
         grad_beta = grad_beta.view(B, -1)
         grad_phi = torch.matmul(grad_beta, shift_weight)
         grad_shift_weight.add_(torch.matmul(grad_beta.t(), phi))

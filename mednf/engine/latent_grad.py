@@ -46,12 +46,16 @@ def latent_gradient(
     """Gradient of ``Σ_signals MSE_signal`` w.r.t. the latents, and the per-signal MSE.
 
     Args:
-        field: prepared θ. latents: ``[B, P]``. coords: ``[N, C]`` or ``[B, N, C]``. targets: ``[B, N, D]``.
+        field: prepared θ.
+        latents: ``[B, P]``.
+        coords: ``[N, C]`` or ``[B, N, C]``.
+        targets: ``[B, N, D]``.
         chunk_rows: about how many (signal, point) rows to process at once; None → all points at once.
         subset_weights: ``[B, N]``, N/n on each signal's subset of n points and 0 elsewhere, to also get
             the gradient of the subset MSE (with ``point_weights``: m/n on a subset of the m observed points).
         point_weights: ``[B, N]``, N/m on each signal's m observed points and 0 elsewhere: the loss is the
             MSE over the observed points only. None: every point counts.
+
     Returns:
         ``(∇_φ [B, P], ∇_φ of the subset MSE [B, P] or None, MSE [B])`` — MSE of the raw (unclamped) output
         (over the observed points with ``point_weights``).

@@ -153,6 +153,7 @@ class MemoryBudget:
         return f"{format_bytes(self.bytes)} ({self.origin})"
 
     def to_dict(self) -> dict[str, Any]:
+        """The budget as JSON-ready fields."""
         return {"bytes": self.bytes, "origin": self.origin}
 
 

@@ -78,7 +78,9 @@ def inner_loop(
 
     Args:
         field: θ folded by :func:`mednf.engine.field.prepare` (once per meta-iteration).
-        targets: ``[B, N, D]`` values on the full grid ``coords [N, C]``.
+        targets: ``[B, N, D]`` values on the full grid ``coords``.
+        coords: ``[N, C]``, the full grid.
+        lr: the inner learning rate α.
         contexts: per step, ``[B, n]`` context indices, or ``None`` for the full context.
         create_graph: keep the graph of each step (second-order meta-gradients).
         latents: starting φ ``[B, P]`` (default zeros).
@@ -87,6 +89,7 @@ def inner_loop(
             backward; bf16 products as :mod:`mednf.engine.precision` says) instead of differentiating autograd's
             backward (used for the measurement-only bf16 parts).
             Both give the same meta-gradient (tests/test_meta_gradient.py); the explicit one is faster.
+
     Returns:
         ``(φ [B, P], MSE of the last step's context [B])``.
     """
@@ -112,6 +115,8 @@ def inner_loop(
 
 @dataclass
 class MetaOutput:
+    """One batch's meta-loss (scalar, with its graph) and per-signal statistics ``[B]``, latents ``[B, P]``."""
+
     loss: Tensor  # scalar meta-loss (mean over signals of the full-context MSE at φ_G)
     outer_mse: Tensor  # [B] detached
     inner_mse: Tensor  # [B] MSE of the last inner step's context, detached
@@ -132,7 +137,12 @@ def meta_objective(
     """Meta-loss of one batch, differentiable w.r.t. θ (second order unless ``meta.first_order``).
 
     Args:
-        targets: ``[B, N, D]``; coords: ``[N, C]``; contexts: G entries of ``[B, n]`` indices (or None).
+        params: θ, leaves with ``requires_grad``.
+        targets: ``[B, N, D]``.
+        coords: ``[N, C]``.
+        cfg: the field's configuration.
+        meta: the meta-learning configuration (inner steps and learning rate, first or second order).
+        contexts: G entries of ``[B, n]`` indices (or None), from :func:`sample_contexts`.
         loss_divisor: None → mean over the B signals; else sum / divisor (a rank's share of a global
             batch of that size, so that summing the ranks' gradients gives the global mean).
         explicit: see :func:`inner_loop` (False: autograd's double backward, kept as a reference).
@@ -186,8 +196,12 @@ def accumulate_meta_gradient(
 
     Args:
         params: θ, leaves with ``requires_grad``; their ``.grad`` is added to (zero it before).
-        targets: ``[B, N, D]`` values of this process's B signals on the grid ``coords [N, C]``.
-        seed, iteration: key the random contexts (with each signal's slot, see :func:`sample_contexts`).
+        targets: ``[B, N, D]`` values of this process's B signals on the grid ``coords``.
+        coords: ``[N, C]``.
+        cfg: the field's configuration.
+        meta: the meta-learning configuration.
+        seed: keys the random contexts, with ``iteration`` and each signal's slot (:func:`sample_contexts`).
+        iteration: the meta-iteration, as for ``seed``.
         positions: ``[B]`` positions of the signals in the global batch (default ``0..B-1``).
         global_batch: size of the global batch (default B): every part's loss is its sum of per-signal
             MSEs divided by it, so the parts' gradients add up to the gradient of the global mean.
@@ -195,6 +209,7 @@ def accumulate_meta_gradient(
             ``positions[s:e]``, exactly those a whole-batch call draws for these signals.
         explicit: see :func:`inner_loop`.
         precision: the resolved precision of the products (:func:`meta_objective`).
+
     Returns:
         :class:`MetaOutput` of the whole batch: the loss summed over parts (detached), ``outer_mse [B]``,
         ``inner_mse [B]`` and ``latents [B, P]`` (detached).
@@ -316,7 +331,7 @@ class MetaLearner:
                 precision=precision,
             )
         if reduce_grads is not None:
-            reduce_grads([p.grad for p in self.params.values()])
+            reduce_grads([p.grad for p in self.params.values() if p.grad is not None])  # all have one
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.meta_cfg.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
@@ -331,6 +346,7 @@ class MetaLearner:
         return {k: v.detach() for k, v in self.params.items()}
 
     def state_dict(self) -> dict[str, Any]:
+        """θ (detached), the optimizer's and scheduler's states, the iteration and the seed, for a checkpoint."""
         return {
             "params": self.detached_params(),
             "optimizer": self.optimizer.state_dict(),
@@ -340,6 +356,7 @@ class MetaLearner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` in place (θ copied into the existing tensors)."""
         with torch.no_grad():
             for k, v in state["params"].items():
                 self.params[k].copy_(v)

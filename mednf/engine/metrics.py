@@ -8,6 +8,8 @@ fits, as scikit-image and the reference implementation of Wang et al. do, so num
 
 from __future__ import annotations
 
+from types import EllipsisType
+
 import torch
 from torch import Tensor
 
@@ -41,7 +43,8 @@ def ssim(pred: Tensor, target: Tensor) -> Tensor:
         pred.float(), target.float(), data_range=1.0, reduction="none", return_full_image=True
     )
     pad = (SSIM_WINDOW - 1) // 2
-    interior = ssim_map[(..., *[slice(pad, -pad)] * (pred.dim() - 2))]
+    inside: tuple[EllipsisType | slice, ...] = (..., *[slice(pad, -pad)] * (pred.dim() - 2))
+    interior = ssim_map[inside]
     return interior.flatten(1).mean(dim=1)
 
 

@@ -24,9 +24,9 @@ INNER is the second-order graph of one inner step: the forward's z_k, h_k and th
 with ``torch.autograd.graph.saved_tensors_hooks``, ≈ 5 float32 tensors — plus the gradients of them that
 the double backward holds and the allocator's share: **36 B** measured. OUTER is the full-grid forward
 (z_k, h_k: 8 B saved) and the working set of the backward: **15 B** per (point, unit, sine layer). POINT
-(16 B) the per-point tensors (targets, coordinates, errors, context indices). THETA covers θ, its gradient, AdamW's two moments, the folded copy
-of θ (:func:`mednf.engine.field.prepare`) and its gradient, and the temporaries of clipping and the
-(foreach) AdamW step (**10** |θ|); RUNTIME (104 MiB) is what autograd and the optimizer allocate on first
+(16 B) the per-point tensors (targets, coordinates, errors, context indices). THETA covers θ, its gradient, AdamW's two
+moments, the folded copy of θ (:func:`mednf.engine.field.prepare`) and its gradient, and the temporaries of clipping and
+the (foreach) AdamW step (**10** |θ|); RUNTIME (104 MiB) is what autograd and the optimizer allocate on first
 use; BATCH (5 B) the local batch of signals as uint8 and float32 (it is loaded whole and then sliced into
 micro-batches). The paper's 2D configuration (K15 L256 P2048, 64², G10 γ .25) thus costs 1.44 GiB per
 signal plus 0.41 GiB fixed; with 0.25 GiB in use and the margin, an 8 GB budget runs B = 24 as 6 parts of 4.
@@ -50,8 +50,8 @@ Small parts on the CPU
 ----------------------
 On the CPU (glibc, without ``MEDNF_MALLOC=keep``), when the whole batch's ``[B, N, L]`` float32 activation
 reaches glibc's largest mmap threshold (32 MiB) and one signal's is within :data:`HEAP_TENSOR_BYTES`
-(16 MiB), the micro-batch is also capped so that one ``[m, N, L]`` activation stays within 16 MiB. glibc serves blocks above its mmap
-threshold (at most 32 MiB) with a fresh ``mmap``, and every page of such a block is faulted in and zeroed
+(16 MiB), the micro-batch is also capped so that one ``[m, N, L]`` activation stays within 16 MiB. glibc serves blocks
+above its mmap threshold (at most 32 MiB) with a fresh ``mmap``, and every page of such a block is faulted in and zeroed
 by the kernel on first touch, on every meta-iteration (:mod:`mednf.engine.allocator`); smaller blocks are
 reused from the heap. Measured at the paper 2D config, B = 8, on the 2-core Xeon (benchmarks/RESULTS.md,
 issue #10, "Small parts"): the whole batch (32 MiB tensors) 8.4–10.1 s and ≈ 7·10⁵ page faults per
@@ -63,10 +63,10 @@ whose single signal is above 16 MiB (2d-224, 3d-32 at 28³ and 32³: parts of on
 16 MiB per signal runs in parts of one, not measured); CUDA is never capped (its caching allocator reuses blocks).
 
 Every estimate is multiplied by ``1 + MARGIN`` (0.15: single peaks scatter by up to ±15 % around the
-least-squares fit, because of the C allocator) before it is compared with the budget. The micro-batch is the largest that fits, balanced over the parts (24 signals
-with room for 7 run as 4 parts of 6). When a single signal does not fit, :func:`plan_memory` raises a
-one-line :class:`~mednf.errors.ConfigError` naming the estimate, the budget and the fixes — before any
-tensor of the run is allocated, so an unbounded ``--size`` or latent size ends there too.
+least-squares fit, because of the C allocator) before it is compared with the budget. The micro-batch is the largest
+that fits, balanced over the parts (24 signals with room for 7 run as 4 parts of 6). When a single signal does not fit,
+:func:`plan_memory` raises a one-line :class:`~mednf.errors.ConfigError` naming the estimate, the budget and the fixes —
+before any tensor of the run is allocated, so an unbounded ``--size`` or latent size ends there too.
 
 CUDA: the same coefficients are used (not calibrated on a GPU; the CPU numbers include the C allocator's
 overhead, so they should over-estimate ``max_memory_allocated``).
@@ -123,10 +123,10 @@ class MemoryModel:
 # non-negative least squares on the relative error gave inner 33.1, outer 13.8, point 0, θ 9.5, runtime
 # 104 MiB (meta) and fit_signal 10.8, fit_point 7.5, fit θ 2.6 (fit); the coefficients below are those raised
 # by ≈ 9 % (inner, outer; fit_signal to 16: the final evaluation holds three [B, N, L] tensors, 12 B, plus
-# the allocator's share, and a fit that follows meta-learning lands beside its freed pages) so that the worst measured / modelled over the grid (1.11 meta, 1.04 fit) stays inside
-# the 15 % margin; the allocator makes single peaks scatter by ±15 % around the fit. bf16 measured
-# at or below fp32 (K15 L256 G2 on 32², m = 1 and 4: 0.93× and 0.87×), so it is planned as fp32.
-# Numbers and per-configuration ratios: benchmarks/RESULTS.md, "Memory planner".
+# the allocator's share, and a fit that follows meta-learning lands beside its freed pages) so that the worst measured /
+# modelled over the grid (1.11 meta, 1.04 fit) stays inside the 15 % margin; the allocator makes single peaks scatter by
+# ±15 % around the fit. bf16 measured at or below fp32 (K15 L256 G2 on 32², m = 1 and 4: 0.93× and 0.87×), so it is
+# planned as fp32. Numbers and per-configuration ratios: benchmarks/RESULTS.md, "Memory planner".
 CPU_MODEL = MemoryModel(inner=36.0, outer=15.0, point=16.0, theta=10.0, runtime=104 * 2**20, batch=5.0,
                         fit_signal=16.0, fit_point=8.0, fit_chunk=5.0, fit_theta=3.0, margin=0.15, bf16=1.0)
 
@@ -204,6 +204,7 @@ class MemoryPlan:
 
     @property
     def parts(self) -> int:
+        """Micro-batches per meta-iteration (the local batch in parts of at most ``micro_batch``)."""
         return -(-self.local_batch // self.micro_batch)
 
     @property
@@ -218,14 +219,16 @@ class MemoryPlan:
 
     def describe(self) -> str:
         """One line for build.log."""
+        small = f" (small parts: tensors ≤ {format_bytes(HEAP_TENSOR_BYTES)} stay on the heap)"
         return (f"memory: budget {self.budget}, {format_bytes(self.in_use)} in use; meta-iteration of "
                 f"{self.local_batch} signals in {self.parts} micro-batch(es) of ≤ {self.micro_batch}"
-                f"{f' (small parts: tensors ≤ {format_bytes(HEAP_TENSOR_BYTES)} stay on the heap)' if self.heap_capped else ''}"
+                f"{small if self.heap_capped else ''}"
                 f" (estimated "
                 f"peak {format_bytes(self.meta_peak)}: {format_bytes(self.meta_signal)} per signal); fit batches of "
                 f"{self.fit_batch} (estimated peak {format_bytes(self.fit_peak)})")
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan and its estimated peaks as JSON-ready fields (for the manifest)."""
         return {"budget_bytes": self.budget.bytes, "budget": self.budget.origin, "in_use_bytes": self.in_use,
                 "local_batch": self.local_batch, "micro_batch": self.micro_batch, "fit_batch": self.fit_batch,
                 "heap_capped": self.heap_capped,
@@ -270,13 +273,17 @@ def plan_memory(
     """Choose the meta micro-batch and the fit batch for ``cfg`` on signals of shape ``spatial``.
 
     Args:
+        cfg: the engine configuration (field, meta-learning and fit).
         spatial: the signals' spatial shape, e.g. ``(64, 64)``; N is its product.
-        budget: see :func:`mednf.engine.memory.resolve_budget`. device: where the engine runs.
+        budget: see :func:`mednf.engine.memory.resolve_budget`.
+        device: where the engine runs.
         local_batch: this rank's signals per meta-iteration (default ``cfg.meta.batch_size``).
         in_use: what the process holds now (default :func:`memory_in_use`).
         rows_out: signals whose latents a fit call returns at once (a build's block of rows).
+        model: the coefficients (default :func:`model_for` the device).
         small_parts: cap the micro-batch at :func:`heap_micro_batch` (module docstring, "Small parts on the
             CPU"); default on the CPU unless ``MEDNF_MALLOC=keep``.
+
     Returns:
         :class:`MemoryPlan`. Raises a one-line ConfigError when one meta signal or one fit signal does
         not fit. The fit is planned beside the meta-learner's θ, gradient and AdamW moments, which a build

@@ -37,6 +37,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,6 +75,7 @@ class Precision:
         return self.effective == "bf16"
 
     def to_dict(self) -> dict[str, str]:
+        """Requested and effective precision, device type and detail, as recorded in a manifest."""
         return {"requested": self.requested, "effective": self.effective, "device": self.device,
                 "detail": self.detail}
 
@@ -188,7 +190,8 @@ def bf16_parts(precision: Precision, **parts: bool) -> Precision:
     unknown = sorted(set(parts) - known)
     if unknown:
         raise TypeError(f"unknown bf16 parts {unknown}: expected some of {sorted(known)}")
-    return dataclasses.replace(precision, **parts) if precision.bf16 else precision
+    flags: dict[str, Any] = parts  # mypy checks ``**`` against every field's type, not just the bool ones named
+    return dataclasses.replace(precision, **flags) if precision.bf16 else precision
 
 
 def _swap_cuda_flag(name: str, value: bool) -> Callable[[], None]:

@@ -23,10 +23,12 @@ def _table() -> dict[str, dict[str, Any]]:
 
 
 def preset_names() -> list[str]:
+    """The shipped presets' names, in ``engine.toml`` order."""
     return list(_table())
 
 
 def preset_description(name: str) -> str:
+    """The preset's one-line description ("" if it has none); ConfigError for an unknown name."""
     return str(_entry(name).get("description", ""))
 
 
