@@ -24,7 +24,7 @@ _MEDMNIST_BIBTEX = """@article{yang2023medmnist,
   pages   = {41},
   year    = {2023}
 }
-"""
+"""  # noqa: E501 (BibTeX data: the author list is one field on one line)
 
 
 def _size_category(n: int) -> str:
@@ -35,6 +35,8 @@ def _size_category(n: int) -> str:
 
 
 def front_matter(manifest: Manifest, configs: list[dict[str, Any]] | None = None) -> str:
+    """The card's YAML front matter (without the ``---`` fences): license, name, task, tags, size category
+    and the Hub's ``configs`` when given."""
     from huggingface_hub import DatasetCardData
 
     license_name = manifest.license

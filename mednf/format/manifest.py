@@ -32,18 +32,24 @@ from mednf.version import __version__
 
 @dataclass(frozen=True)
 class FileEntry:
+    """One file of a dataset folder as the manifest lists it: its sha256 and size in bytes."""
+
     sha256: str
     size: int
 
 
 @dataclass(frozen=True)
 class LabelInfo:
+    """The label task and the name of each class (each label when multi-label), in index order."""
+
     task: str  # "multi-class" | "multi-label" | "ordinal"
     names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class LatentInfo:
+    """How the latents are stored: ``[rows, dim]`` of ``dtype`` in the Zarr store ``store``."""
+
     dim: int  # P
     chunk_rows: int  # rows per Zarr chunk
     dtype: str = "float32"
@@ -52,6 +58,8 @@ class LatentInfo:
 
 @dataclass(frozen=True)
 class SplitStats:
+    """One split's row count, reconstruction quality and the digests of its latents and index."""
+
     count: int
     psnr_mean: float | None  # None: not measured (e.g. an imported release)
     psnr_std: float | None
@@ -72,6 +80,8 @@ def _baselines(stats: dict[str, Any], split: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A dataset's ``manifest.json``: what was built, from what, how, and the digests of its files."""
+
     name: str
     builder: dict[str, Any]  # the builder file as parsed (BuilderSpec.to_dict())
     engine: dict[str, Any]  # EngineConfig.to_dict()
@@ -108,18 +118,22 @@ class Manifest:
 
     @property
     def multi_label(self) -> bool:
+        """Each sample may have several labels (``labels.task == "multi-label"``)."""
         return self.labels.task == "multi-label"
 
     @property
     def total(self) -> int:
+        """Samples over all splits."""
         return sum(s.count for s in self.splits.values())
 
     @property
     def size_bytes(self) -> int:
+        """Bytes of the files the manifest lists."""
         return sum(f.size for f in self.files.values())
 
     @property
     def license(self) -> str:
+        """The source data's license as the builder names it ("" if it names none)."""
         return str(self.builder.get("source", {}).get("license", ""))
 
     def check_split(self, split: str, what: str = "split") -> str:
@@ -127,6 +141,7 @@ class Manifest:
         return check_split(split, self.splits, what)
 
     def replace(self, **changes: Any) -> Manifest:
+        """A copy with the given fields changed."""
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ JSON
@@ -143,6 +158,7 @@ class Manifest:
         return {**head, **data, **({"origin": origin} if origin is not None else {}), "files": files}
 
     def dumps(self) -> str:
+        """:meth:`to_json` as indented UTF-8 JSON text, newline-terminated."""
         return json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -189,7 +205,8 @@ class Manifest:
                 origin=_record(Origin, _typed(data, "origin", dict, optional=True) if "origin" in data else None),
             )
         except (_FieldError, FormatError) as err:
-            raise FormatError(f"{where}: {err}; the manifest is damaged, rebuild or download the dataset again") from None
+            raise FormatError(f"{where}: {err}; the manifest is damaged, rebuild or download the dataset "
+                              "again") from None
         manifest._check_consistent(where)
         return manifest
 
@@ -207,7 +224,8 @@ class Manifest:
         if self.labels.task not in ("multi-class", "multi-label", "ordinal") or not self.labels.names:
             problems.append(f"labels {self.labels.task!r} with {len(self.labels.names)} names is not a label schema")
         if self.latent.dtype != "float32" or self.latent.chunk_rows < 1:
-            problems.append(f"latent dtype {self.latent.dtype!r} / chunk_rows {self.latent.chunk_rows} are not supported")
+            problems.append(f"latent dtype {self.latent.dtype!r} / chunk_rows {self.latent.chunk_rows} are not "
+                            "supported")
         if builder_name != self.name:
             problems.append(f"name {self.name!r} differs from the builder's {builder_name!r}")
         if problems:

@@ -205,7 +205,7 @@ class DatasetFiles:
         check_theta(tensors, meta, self.manifest, self.root / MODEL)
         return tensors
 
-    def index(self, split: str):
+    def index(self, split: str) -> Any:
         """The split's rows of ``index.parquet`` (pyarrow Table) sorted by ``row``."""
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -88,4 +88,5 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     return file_digest(path, "sha256")

@@ -17,7 +17,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -32,7 +32,7 @@ def lock_path(target: Path) -> Path:
     return target.parent / f".{target.name}.lock"
 
 
-def _holder(handle) -> tuple[str, str]:
+def _holder(handle: TextIO) -> tuple[str, str]:
     handle.seek(0)
     role, _, pid = handle.read().strip().partition(" ")
     return role or "?", pid or "?"
@@ -40,11 +40,11 @@ def _holder(handle) -> tuple[str, str]:
 
 @contextmanager
 def dataset_lock(target: Path, role: str, *, wait: bool = False, poll_s: float = 0.2,
-                 on_wait=None) -> Iterator[None]:
+                 on_wait: Callable[[str, str, Path], None] | None = None) -> Iterator[None]:
     """Hold the lock of ``target`` for the ``with`` block.
 
     ``wait=False``: raise :class:`LockedError` at once if a live process holds it. ``wait=True``: block
-    until it is free, calling ``on_wait(role, pid)`` once first (default: one line on stderr).
+    until it is free, calling ``on_wait(role, pid, target)`` once first (default: one line on stderr).
     """
     path = lock_path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
