@@ -20,13 +20,14 @@ from mednf.version import __version__
 
 if TYPE_CHECKING:  # for editors and type checkers; at run time they are imported on first use
     from mednf.building.api import build
-    from mednf.loading import info, load
+    from mednf.loading import load
+    from mednf.lookup import info
     from mednf.tasks.classify import classify
     from mednf.tasks.encode import encode, encode_points
     from mednf.tasks.evaluate import evaluate
     from mednf.tasks.inpaint import inpaint
 
-_LAZY = {"build": "mednf.building.api", "load": "mednf.loading", "info": "mednf.loading",
+_LAZY = {"build": "mednf.building.api", "load": "mednf.loading", "info": "mednf.lookup",
          "encode": "mednf.tasks.encode", "encode_points": "mednf.tasks.encode", "inpaint": "mednf.tasks.inpaint",
          "evaluate": "mednf.tasks.evaluate", "classify": "mednf.tasks.classify"}
 

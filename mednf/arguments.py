@@ -7,11 +7,11 @@ are never numbers.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from mednf.errors import ConfigError
 
@@ -20,10 +20,18 @@ class IndexTypeError(ConfigError, TypeError):
     """An index that is not an integer, a slice, a boolean mask or an array of integers."""
 
 
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor. torch is not imported for this: a value can only be a tensor once torch is loaded, and this
+    module stays light enough for commands that never need torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def is_int(value: Any) -> bool:
     """A Python or NumPy integer (or a 0-d integer tensor), never a bool."""
-    if isinstance(value, torch.Tensor):
-        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    if _is_tensor(value):
+        return value.dim() == 0 and not value.is_floating_point() and not value.dtype.is_complex \
+            and str(value.dtype) != "torch.bool"
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -59,7 +67,7 @@ def positions(index: Any, count: int, what: str) -> np.ndarray | int:
         return i % count
     if isinstance(index, slice):
         return np.arange(count)[index]
-    array = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
+    array = np.asarray(index.cpu() if _is_tensor(index) else index)
     if array.dtype == bool:
         if array.shape != (count,):
             raise IndexError(f"boolean mask of shape {array.shape} does not match {count} samples")
@@ -77,3 +85,48 @@ def positions(index: Any, count: int, what: str) -> np.ndarray | int:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "…"
+
+
+_UNSET: Any = object()
+
+
+class Wording:
+    """How messages name an option: as the caller gave it, a flag of the ``mednf`` command (``--restart``,
+    ``--out DIR``) or a keyword of the Python call (``restart=True``, ``out=``). The CLI and the Python API
+    pass their own (:data:`CLI`, :data:`PYTHON`) down to the code that writes the message."""
+
+    def __init__(self, python: bool, renamed: dict[str, str] | None = None) -> None:
+        """``python``: keywords instead of flags; ``renamed``: option → keyword where they differ."""
+        self.python = python
+        self.renamed = renamed or {}
+
+    def option(self, name: str, value: Any = _UNSET) -> str:
+        """Option ``name`` (snake_case), with ``value`` if given: ``--continue-to 10`` / ``continue_to=10``; a
+        switch given ``True``: ``--restart`` / ``restart=True``; without a value ``--out`` / ``out=``."""
+        if self.python:
+            keyword = self.renamed.get(name, name)
+            if value is _UNSET:
+                return f"{keyword}="
+            return f"{keyword}={str(value)!r}" if not isinstance(value, (bool, int, float)) else f"{keyword}={value}"
+        flag = "--" + name.replace("_", "-")
+        return flag if value is _UNSET or value is True else f"{flag} {value}"
+
+    def label(self, name: str) -> str:
+        """Option ``name`` before a value the message shows itself: ``--memory-budget`` / ``memory_budget =``."""
+        return f"{self.renamed.get(name, name)} =" if self.python else "--" + name.replace("_", "-")
+
+    def command(self, name: str, *args: str, **options: Any) -> str:
+        """A call of command ``name`` (e.g. ``build``): ```mednf build NAME --steps 30``` / ```mednf.build("NAME",
+        steps=30)```."""
+        if self.python:
+            given = [repr(a) for a in args] + [self.option(k, v) for k, v in options.items()]
+            return f"`mednf.{name}({', '.join(given)})`"
+        return f"`mednf {name} {' '.join([*args, *(self.option(k, v) for k, v in options.items())])}`"
+
+    def __repr__(self) -> str:
+        """``Wording(python=…)``."""
+        return f"Wording(python={self.python})"
+
+
+CLI = Wording(python=False)  # the mednf command's flags
+PYTHON = Wording(python=True, renamed={"gpu": "device"})  # mednf.build's keywords

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mednf.format",),  # self-contained on io/ and the engine's config
     ("mednf.sources",),
     ("mednf.remote",),
-    ("mednf.dataset", "mednf.loading", "mednf.figures"),  # mednf.load and what it returns
+    ("mednf.lookup", "mednf.dataset", "mednf.loading", "mednf.figures"),  # mednf.load and what it returns
     ("mednf.building",),
     ("mednf.tasks",),
     ("mednf.cli",),

@@ -9,7 +9,7 @@ import click
 
 from mednf.cli.errors import GuardedCommand
 from mednf.cli.options import root_option
-from mednf.loading import info as dataset_info
+from mednf.lookup import info as dataset_info
 
 
 def baselines_text(baselines: dict[str, float] | None) -> str:

@@ -39,8 +39,8 @@ from typing import Any
 
 from mednf.errors import ConfigError, DownloadError, FormatError, NotFoundError
 from mednf.format.layout import MANIFEST, mednf_home
-from mednf.format.manifest import FileEntry
-from mednf.io import http
+from mednf.format.manifest import FileEntry, Manifest
+from mednf.io import http, jsonsafe
 from mednf.optional import optional_import
 
 MAX_MANIFEST_BYTES = 64 << 20  # the manifest of the largest MedNF set (ChestNF: ~1,300 files) is ~300 KB
@@ -230,3 +230,10 @@ def _fix(err: BaseException) -> str:
     if _refused(err) or isinstance(err, ConnectionError):
         return "check the address and that the server is running and reachable"
     return "check the address and the network, and try again"
+
+
+def remote_manifest(folder: RemoteFolder) -> Manifest:
+    """The parsed and checked manifest at ``folder``."""
+    where = folder.file_url(MANIFEST)
+    data = jsonsafe.loads(folder.manifest_bytes(), where, "check that the address is a MedNF dataset folder")
+    return Manifest.from_json(data, where)

@@ -33,19 +33,11 @@ from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL
 from mednf.format.manifest import Manifest
 from mednf.format.reader import check_finite, check_index_rows, check_theta, split_index
 from mednf.format.tensors import tensors_from_bytes
-from mednf.io import jsonsafe
-from mednf.remote.fetch import RemoteFolder
+from mednf.remote.fetch import RemoteFolder, remote_manifest
 from mednf.remote.zarr_store import VerifiedStore
 
 DEFAULT_CACHE_BYTES = 256 << 20
 _FIX = "tell the publisher of the copy, or use another copy"
-
-
-def remote_manifest(folder: RemoteFolder) -> Manifest:
-    """The parsed and checked manifest at ``folder``."""
-    where = folder.file_url(MANIFEST)
-    data = jsonsafe.loads(folder.manifest_bytes(), where, "check that the address is a MedNF dataset folder")
-    return Manifest.from_json(data, where)
 
 
 def open_remote(url: str, *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> RemoteFiles:
