@@ -23,8 +23,8 @@
   dataset folder (Parquet shards with features, a card whose config is named by the shards' content).
 
 - :mod:`~mednf.remote.lazy` — ``mednf.load(URL)``: a published folder read where it is served (http(s)
-  through :mod:`mednf.io.http`, s3/gs through fsspec), manifest and index first, then only the Zarr chunks of the rows asked for;
-  :mod:`~mednf.remote.fetch` fetches every file whole and checks it against the manifest's sha256 and
+  through :mod:`mednf.io.http`, s3/gs through fsspec), manifest and index first, then only the Zarr chunks of the rows
+  asked for; :mod:`~mednf.remote.fetch` fetches every file whole and checks it against the manifest's sha256 and
   size, :mod:`~mednf.remote.zarr_store` lets zarr decode chunks through that verified fetch.
 
 Every http(s) read follows one rule (:mod:`mednf.io.http`): allowed schemes and hosts re-checked on each

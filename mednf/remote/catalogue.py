@@ -29,10 +29,12 @@ class Availability:
 
     @property
     def complete(self) -> bool:
+        """A finished copy is here (built, downloaded or imported)."""
         return self.state in ("built", "downloaded", "imported")
 
     def describe(self) -> str:
-        """One line, e.g. ``built in ~/.cache/mednf/PhantomNF (test 27.31 dB)`` or ``downloadable (Zenodo): `mednf download X```."""
+        """One line, e.g. ``built in ~/.cache/mednf/PhantomNF (test 27.31 dB)`` or
+        ``downloadable (Zenodo): `mednf download X```."""
         if self.complete:
             psnr = f"test {self.test_psnr:.2f} dB" if self.test_psnr is not None else "test PSNR not measured"
             line = f"{self.state} in {self.path} ({psnr})"
@@ -43,7 +45,8 @@ class Availability:
         else:
             line = ""
         if self.published and not self.complete:
-            line += ("; " if line else "") + f"downloadable ({' or '.join(self.published)}): `mednf download {self.name}`"
+            line += (("; " if line else "")
+                     + f"downloadable ({' or '.join(self.published)}): `mednf download {self.name}`")
         return line or f"buildable only: `mednf build {self.name.lower()}`"
 
 

@@ -121,7 +121,8 @@ def _complete(target: Path) -> bool:
 
 def _check_replaceable(target: Path) -> None:
     """Only mednf's own files are replaced: those an (incomplete or damaged) copy's manifest lists, the
-    manifest, a failed build's log, a finished build's checkpoints. Anything else in the folder is the user's: refused, never deleted."""
+    manifest, a failed build's log, a finished build's checkpoints. Anything else in the folder is the user's: refused,
+    never deleted."""
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise DownloadError(f"{target} exists and is not a folder; move it away or download into another --root")
     if not target.is_dir():

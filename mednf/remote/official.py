@@ -38,8 +38,8 @@ import torch
 from torch import Tensor
 
 from mednf.engine.config import FieldConfig
-from mednf.errors import OfficialFormatError
 from mednf.engine.field import param_shapes
+from mednf.errors import OfficialFormatError
 
 SPLITS = ("train", "val", "test")
 _DATAPOINT = re.compile(r"^datapoint_(\d+)\.pt$")
@@ -65,6 +65,8 @@ class _Inert:
 
 @dataclass
 class OfficialModel:
+    """The official code's ``model.pt`` in mednf's terms: θ, the field configuration and each sine layer's ω."""
+
     theta: dict[str, Tensor]  # mednf layout (see mednf.engine.field), float32 on CPU
     field: FieldConfig
     w0s: tuple[float, ...]  # ω of every sine layer, as read (or as given)
@@ -162,8 +164,8 @@ def read_official_model(path: str | Path, *, w0: float | None = None, w0_increme
     missing += [f"layers.{k}.linear.weight" for k in range(len(hidden)) if k not in hidden]
     if not hidden or hidden != list(range(len(hidden))) or missing:
         raise OfficialFormatError(f"{path} lacks {', '.join(missing[:4]) or 'layers.0.linear.weight'}: expected the "
-                                  "state dict of LatentModulatedSIREN (layers.{k}.linear, layers.{k}.modulate_shift_layer, "
-                                  "last_layer.linear)")
+                                  "state dict of LatentModulatedSIREN (layers.{k}.linear, "
+                                  "layers.{k}.modulate_shift_layer, last_layer.linear)")
     if any(".modulate_scale_layer." in k for k in state):
         raise OfficialFormatError(f"{path} uses scale modulation (modulate_scale_layer); MedNF and mednf's field "
                                   "use shift modulation only")
@@ -176,7 +178,8 @@ def read_official_model(path: str | Path, *, w0: float | None = None, w0_increme
         if (w0 is not None and not np.isclose(w0, w0s[0])) or (
                 w0_increment is not None and len(w0s) > 1 and not np.isclose(w0_increment, w0s[1] - w0s[0])):
             raise OfficialFormatError(f"--w0 {w0} / --w0-increment {w0_increment} disagree with the w0s stored in "
-                                      f"{path} ({w0s[0]:g} + {w0s[1] - w0s[0] if len(w0s) > 1 else 0:g}·k); leave them out")
+                                      f"{path} ({w0s[0]:g} + {w0s[1] - w0s[0] if len(w0s) > 1 else 0:g}·k); "
+                                      "leave them out")
     elif w0 is None or (w0_increment is None and len(hidden) > 1):
         kind = "a module without its layers' w0" if whole else "a plain state dict without the layers' w0"
         raise OfficialFormatError(f"{path} is {kind}; give both --w0 and --w0-increment (the official 2D configs use "
@@ -212,6 +215,8 @@ def read_official_model(path: str | Path, *, w0: float | None = None, w0_increme
 
 @dataclass
 class OfficialSplit:
+    """One split of the official release's datapoints: source indices ``[n]``, latents ``[n, P]``, labels."""
+
     indices: np.ndarray  # [n] int64, sorted: the datapoint numbers (source indices)
     latents: np.ndarray  # [n, P] float32
     labels: np.ndarray  # [n, label width] int64
@@ -225,11 +230,11 @@ def datapoint_files(split_dir: Path) -> dict[int, Path]:
         if match:
             index = int(match.group(1))
             if index >= _MAX_SAMPLES:
-                raise OfficialFormatError(f"{split_dir} has {path.name}: index {match.group(1)[:24]} is larger than any "
-                                          f"split (< {_MAX_SAMPLES}); remove the file that does not belong")
+                raise OfficialFormatError(f"{split_dir} has {path.name}: index {match.group(1)[:24]} is larger than "
+                                          f"any split (< {_MAX_SAMPLES}); remove the file that does not belong")
             if index in found:
-                raise OfficialFormatError(f"{split_dir} has both {found[index].name} and {path.name} for sample {index}; "
-                                          "remove the one that does not belong")
+                raise OfficialFormatError(f"{split_dir} has both {found[index].name} and {path.name} for sample "
+                                          f"{index}; remove the one that does not belong")
             found[index] = path
     return found
 
@@ -268,8 +273,8 @@ def read_split(split_dir: Path, latent_dim: int, *, progress: Callable[[int], No
     for row, index in enumerate(indices):
         latent, label = read_datapoint(files[int(index)])
         if latent.numel() != latent_dim:
-            raise OfficialFormatError(f"{files[int(index)]} has {latent.numel()} modulations, expected P = {latent_dim} "
-                                      "(from model.pt)")
+            raise OfficialFormatError(f"{files[int(index)]} has {latent.numel()} modulations, expected P = "
+                                      f"{latent_dim} (from model.pt)")
         if labels and label.numel() != labels[0].size:
             raise OfficialFormatError(f"{files[int(index)]} has a label of {label.numel()} values, the first file "
                                       f"{labels[0].size}; the split mixes datasets")

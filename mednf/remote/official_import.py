@@ -24,19 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from mednf.engine.config import FieldConfig
+from mednf.engine.field import decode
+from mednf.engine.fit import as_float_signals
+from mednf.engine.metrics import reconstruction_metrics
 from mednf.errors import OfficialFormatError, OfficialImportError
 from mednf.format.manifest import new_manifest
+from mednf.format.splits import SPLITS
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.lock import dataset_lock
 from mednf.remote.install import remove_dead_scratch
 from mednf.remote.official import missing_indices, read_official_model, read_split
 from mednf.sources.kinds import local_splits, official_description, source_card_line
-from mednf.format.splits import SPLITS
-from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
 from mednf.sources.medmnist import medmnist_root as default_root
-from mednf.engine.field import decode
-from mednf.engine.fit import as_float_signals
-from mednf.engine.metrics import reconstruction_metrics
+from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
 
 OFFICIAL_DOI = "10.5281/zenodo.14898708"
 
@@ -48,8 +49,9 @@ def _check_labels(labels: np.ndarray, spec: BuilderSpec, where: str) -> np.ndarr
     names = spec.labels.names
     if spec.labels.task == "multi-label":
         if labels.shape[1] != len(names) or not np.isin(labels, (0, 1)).all():
-            raise OfficialImportError(f"{where} has labels of width {labels.shape[1]} with values {np.unique(labels)[:5]}: "
-                               f"expected {len(names)} 0/1 flags for {spec.name}; is --name right?")
+            raise OfficialImportError(f"{where} has labels of width {labels.shape[1]} with values "
+                                      f"{np.unique(labels)[:5]}: expected {len(names)} 0/1 flags for {spec.name}; "
+                                      "is --name right?")
         return labels
     if labels.shape[1] != 1 or labels.min() < 0 or labels.max() >= len(names):
         raise OfficialImportError(f"{where} has labels of width {labels.shape[1]} in [{labels.min()}, {labels.max()}]: "
@@ -81,8 +83,9 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     model = read_official_model(directory / "model.pt", w0=w0, w0_increment=w0_increment)
     field = model.field
     if (field.in_dims, field.out_dims) != (spec.source.dims, spec.source.channels):
-        raise OfficialImportError(f"model.pt is a {field.in_dims}D field with {field.out_dims} channel(s), {spec.name} has "
-                           f"{spec.source.dims}D images with {spec.source.channels}; is --name right?")
+        raise OfficialImportError(f"model.pt is a {field.in_dims}D field with {field.out_dims} channel(s), "
+                                  f"{spec.name} has {spec.source.dims}D images with {spec.source.channels}; "
+                                  "is --name right?")
 
     total = sum(len(list((directory / s).glob("datapoint_*.pt"))) for s in SPLITS)
     splits = {}
@@ -91,8 +94,9 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
             part = read_split(directory / split, field.latent_dim, progress=bar.update)
             expected = spec.splits[split]
             if part.indices[-1] >= expected:
-                raise OfficialImportError(f"{directory / split} has datapoint_{part.indices[-1]}.pt, but {spec.name} {split} has "
-                                   f"{expected} samples (0..{expected - 1}); is --name right?")
+                raise OfficialImportError(f"{directory / split} has datapoint_{part.indices[-1]}.pt, but "
+                                          f"{spec.name} {split} has {expected} samples (0..{expected - 1}); "
+                                          "is --name right?")
             part.labels = _check_labels(part.labels, spec, str(directory / split))
             splits[split] = part
     missing = {s: missing_indices(p.indices, spec.splits[s]) for s, p in splits.items()}
@@ -110,12 +114,13 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
             truth = source[split].labels[part.indices]
             wrong = int((truth != part.labels).any(axis=1).sum())
             if wrong:
-                raise OfficialImportError(f"{wrong} of {len(part.indices)} {split} labels differ from {spec.source.file_name} "
-                                   f"at the same indices; the release is not {spec.name} at {spec.source.size}px")
+                raise OfficialImportError(f"{wrong} of {len(part.indices)} {split} labels differ from "
+                                          f"{spec.source.file_name} at the same indices; the release is not "
+                                          f"{spec.name} at {spec.source.size}px")
         labels_checked = True
     elif measure:
-        raise OfficialImportError(f"measuring needs {default_root(medmnist_root) / spec.source.file_name} (official md5); "
-                           "download it there or leave out --measure")
+        raise OfficialImportError(f"measuring needs {default_root(medmnist_root) / spec.source.file_name} "
+                                  "(official md5); download it there or leave out --measure")
 
     cfg = resolve_engine(spec).replace(field=dataclasses.asdict(field))
     rows = spec.build.block_rows
@@ -170,7 +175,8 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     return out
 
 
-def _measure(theta, field, latents: np.ndarray, images: np.ndarray, device, progress: bool, split: str,
+def _measure(theta: dict[str, torch.Tensor], field: FieldConfig, latents: np.ndarray, images: np.ndarray,
+             device: str | torch.device | None, progress: bool, split: str,
              batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """PSNR and SSIM ``[n]`` of the decoded latents ``[n, P]`` against ``images`` (uint8 or float, channels-first)."""
     from tqdm.auto import tqdm

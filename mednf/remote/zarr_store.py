@@ -40,6 +40,7 @@ class VerifiedStore(Store):
         self.entries = {rel[len(self.prefix):]: entry for rel, entry in files.items() if rel.startswith(self.prefix)}
 
     def url(self, key: str) -> str:
+        """The URL of ``key``'s file."""
         return self.folder.file_url(self.prefix + key)
 
     def fetch(self, key: str) -> bytes | None:
@@ -53,6 +54,7 @@ class VerifiedStore(Store):
     __hash__ = None  # type: ignore[assignment]
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        """The verified file of ``key`` (the part ``byte_range`` asks for), None if the manifest does not list it."""
         data = await asyncio.to_thread(self.fetch, key)
         if data is None:
             return None
@@ -60,27 +62,34 @@ class VerifiedStore(Store):
 
     async def get_partial_values(self, prototype: BufferPrototype,
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+        """:meth:`get` of every ``(key, byte range)``, concurrently, in order."""
         return list(await asyncio.gather(*(self.get(key, prototype, span) for key, span in key_ranges)))
 
     async def exists(self, key: str) -> bool:
+        """Whether the manifest lists ``key`` (no request)."""
         return key in self.entries
 
     async def set(self, key: str, value: Buffer) -> None:
+        """Refused: the store is read-only."""
         self._check_writable()
 
     async def delete(self, key: str) -> None:
+        """Refused: the store is read-only."""
         self._check_writable()
 
     async def list(self) -> AsyncIterator[str]:
+        """Every listed key, sorted."""
         for key in sorted(self.entries):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        """The listed keys that start with ``prefix``, sorted."""
         for key in sorted(self.entries):
             if key.startswith(prefix):
                 yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        """The names directly below the folder ``prefix`` (files and subfolders), sorted."""
         prefix = prefix.rstrip("/") + "/" if prefix else ""
         children = {key[len(prefix):].split("/", 1)[0] for key in self.entries if key.startswith(prefix)}
         for child in sorted(children):
