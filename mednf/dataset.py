@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Sequence, ValuesView
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,14 +37,15 @@ import torch
 from torch import Tensor
 
 from mednf.arguments import optional_positive_int, positions, side_lengths
+from mednf.engine.field import decode as decode_field
+from mednf.engine.field import decode_in_chunks
 from mednf.errors import ConfigError, FormatError, TransformError
+from mednf.figures import dataset_figure
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.format.splits import canonical_split, check_split, hf_split
+from mednf.optional import optional_import
 from mednf.remote.fetch import is_url
 from mednf.remote.lazy import open_remote
-from mednf.engine.field import decode_in_chunks, decode as decode_field
-from mednf.figures import dataset_figure
-from mednf.optional import optional_import
 
 if TYPE_CHECKING:
     from mednf.remote.lazy import LazyLatents, RemoteFiles
@@ -198,6 +199,7 @@ class MedNFDataset(torch.utils.data.Dataset):
     # ----------------------------------------------------------------- decoding
     @property
     def native_size(self) -> tuple[int, ...]:
+        """The spatial shape the dataset was built at, e.g. ``(64, 64)``."""
         src = self.manifest.builder["source"]
         return (src["size"],) * src["dims"]
 
@@ -218,7 +220,8 @@ class MedNFDataset(torch.utils.data.Dataset):
         signal larger than that is decoded in chunks of points. A result that cannot fit in memory is
         refused before anything is computed.
         """
-        batch_size = optional_positive_int(batch_size, "batch_size", "or None to choose it from the memory a batch needs")
+        batch_size = optional_positive_int(batch_size, "batch_size",
+                                           "or None to choose it from the memory a batch needs")
         pos = np.arange(len(self)) if indices is None else np.atleast_1d(self._positions(indices))
         spatial = self._spatial(size)
         device = torch.device(device or self.device or "cpu")
@@ -262,7 +265,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         return hf.Features({"latent": hf.List(hf.Value("float32"), length=P), "label": label,
                             "index": hf.Value("int64"), "psnr": hf.Value("float32"), "ssim": hf.Value("float32")})
 
-    def to_hf(self, *, decode: bool = False, size: int | Sequence[int] | None = None):
+    def to_hf(self, *, decode: bool = False, size: int | Sequence[int] | None = None) -> Any:
         """This split as a ``datasets.Dataset`` (latent column shares memory with :attr:`latents`).
 
         ``decode=True`` adds an on-access transform that decodes an ``image`` column (``size`` as
@@ -318,19 +321,22 @@ class MedNFDatasetDict:
     def __contains__(self, split: object) -> bool:
         return isinstance(split, str) and canonical_split(split) in self.splits
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.splits)
 
     def __len__(self) -> int:
         return len(self.splits)
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
+        """The split names, e.g. ``train``, ``val``, ``test``."""
         return self.splits.keys()
 
-    def values(self):
+    def values(self) -> ValuesView[MedNFDataset]:
+        """The splits' datasets."""
         return self.splits.values()
 
-    def items(self):
+    def items(self) -> ItemsView[str, MedNFDataset]:
+        """``(split name, dataset)`` pairs."""
         return self.splits.items()
 
     def to_hf(self, **kwargs: Any) -> Any:

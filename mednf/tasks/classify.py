@@ -47,11 +47,11 @@ import numpy as np
 import torch
 
 from mednf.errors import ClassifyError, ConfigError, SourceError
-from mednf.sources.kinds import images_unavailable
-from mednf.loading import load
-from mednf.sources import read as source_read
 from mednf.format.splits import SPLITS
+from mednf.loading import load
 from mednf.optional import optional_import
+from mednf.sources import read as source_read
+from mednf.sources.kinds import images_unavailable
 
 MODELS = ("knn", "mlp")
 FEATURES = ("latents", "pixels")
@@ -96,6 +96,7 @@ class ClassifierResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self, predictions: bool = False) -> dict[str, Any]:
+        """The row as JSON-ready fields (NaN as None); with ``predictions``, also the test predictions and scores."""
         out = {k: getattr(self, k) for k in ("features", "model", "accuracy", "f1_macro", "auc", "auc_per_label",
                                              "parameters", "parameters_kind", "train_seconds", "test_seconds",
                                              "input_dim", "best_epoch", "val_score", "val_history", "notes")}
@@ -328,6 +329,7 @@ class ClassificationReport:
 
     @property
     def multi_label(self) -> bool:
+        """Each sample may have several labels."""
         return self.task == "multi-label"
 
     def result(self, model: str, features: str = "latents") -> ClassifierResult:
@@ -338,6 +340,7 @@ class ClassificationReport:
         raise KeyError(f"no {model} row on {features} (rows: {[(r.model, r.features) for r in self.results]})")
 
     def config_line(self) -> str:
+        """The classifiers' settings in one line (k, MLP shape and training, selection, seed, device)."""
         c = self.config
         return (f"k-NN k ∈ {{{', '.join(map(str, c['knn_k']))}}} (Euclidean, raw features); MLP "
                 f"{'-'.join(map(str, c['mlp_hidden']))} ReLU, dropout {c['mlp_dropout']}, AdamW lr {c['mlp_lr']:g} "
@@ -453,7 +456,8 @@ def classify(name_or_path: str | Path, models: str | Sequence[str] = MODELS, *,
     if "pixels" in features:
         inputs["pixels"] = {}
         for s in SPLITS:
-            images = source_read.source_images(manifest, s, data[s].source_index, root=medmnist_root)  # [N, D, *spatial]
+            images = source_read.source_images(manifest, s, data[s].source_index,
+                                               root=medmnist_root)  # [N, D, *spatial]
             if images is None:
                 raise _pixels_unavailable(manifest, medmnist_root)
             inputs["pixels"][s] = images.reshape(len(images), -1)  # [N, D·prod(spatial)]

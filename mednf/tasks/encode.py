@@ -23,15 +23,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.errors import EncodeError
 from mednf.dataset import MedNFDataset
-from mednf.loading import load, find_dataset
 from mednf.engine.fit import as_float_signals, fit_latents, fit_points
+from mednf.errors import EncodeError
 from mednf.format.manifest import Manifest
+from mednf.loading import find_dataset, load
+
+Space = str | Path | MedNFDataset  # a MedNF space: a dataset's name, its folder or the loaded dataset
 
 
 @dataclass
 class EncodeResult:
+    """Latents ``[N, P]`` float32 fitted in a space, with each signal's PSNR and SSIM ``[N]``."""
+
     latents: np.ndarray  # [N, P] float32
     psnr: np.ndarray  # [N] dB of the clamped reconstruction
     ssim: np.ndarray  # [N] (NaN where undefined)
@@ -69,14 +73,14 @@ def _resize(x: Tensor, spatial: tuple[int, ...]) -> Tensor:
     return F.interpolate(x, size=spatial, mode=mode, align_corners=False, antialias=len(spatial) == 2).clamp(0, 1)
 
 
-def open_space(space, root: str | Path | None = None):
+def open_space(space: Space, root: str | Path | None = None) -> MedNFDataset:
     """A loaded dataset of the MedNF ``space`` (a name, a dataset folder or a loaded dataset)."""
     return space if isinstance(space, MedNFDataset) else load(space, split=next(iter(_splits(space, root))), root=root)
 
 
-def encode(images: np.ndarray | Tensor, space, *, mask: np.ndarray | Tensor | None = None, resample: bool = False,
-           root: str | Path | None = None, device: str | torch.device | None = None, first_index: int = 0,
-           progress: bool = True) -> EncodeResult:
+def encode(images: np.ndarray | Tensor, space: Space, *, mask: np.ndarray | Tensor | None = None,
+           resample: bool = False, root: str | Path | None = None, device: str | torch.device | None = None,
+           first_index: int = 0, progress: bool = True) -> EncodeResult:
     """Latents ``[N, P]`` for ``images`` in the MedNF ``space`` (a name, a dataset folder or a loaded dataset).
 
     ``mask``: ``[N, *spatial]`` (or ``[*spatial]`` for every image) bool or 0/1, True = observed. Each image
@@ -120,7 +124,7 @@ def encode(images: np.ndarray | Tensor, space, *, mask: np.ndarray | Tensor | No
     return EncodeResult(result.latents.numpy(), result.psnr.numpy(), result.ssim.numpy(), ds.name)
 
 
-def encode_points(coords: np.ndarray | Tensor, values: np.ndarray | Tensor, space, *,
+def encode_points(coords: np.ndarray | Tensor, values: np.ndarray | Tensor, space: Space, *,
                   mask: np.ndarray | Tensor | None = None, root: str | Path | None = None,
                   device: str | torch.device | None = None, first_index: int = 0,
                   progress: bool = True) -> EncodeResult:
@@ -130,7 +134,13 @@ def encode_points(coords: np.ndarray | Tensor, values: np.ndarray | Tensor, spac
         coords: ``[N, M, C]`` (or ``[M, C]`` shared) in [-1, 1], C = the space's dimensions, ordered like
             the grid's axes (row, column[, depth]); the corner pixels of the native grid are at ±1.
         values: ``[N, M, D]`` in [0, 1] (float) or 0..255 (uint8), D = the space's channels.
+        space: a dataset's name, its folder or the loaded dataset.
         mask: ``[N, M]`` bool or 0/1, False at padding when signals have fewer than M points.
+        root: where a name is looked up (default ``$MEDNF_HOME``).
+        device: where the fit runs (default CPU).
+        first_index: keys the gradient-rescaling subsets, as for :func:`encode`.
+        progress: show a progress bar.
+
     Returns:
         :class:`EncodeResult` (PSNR over each signal's points; SSIM NaN). Decode on any grid with
         :func:`mednf.engine.field.decode` or ``mednf inpaint``-style on the space's θ.
@@ -180,7 +190,7 @@ def as_mask(mask: np.ndarray | Tensor, count: int, spatial: tuple[int, ...]) -> 
     return m.contiguous()
 
 
-def _splits(space, root) -> list[str]:
+def _splits(space: str | Path, root: str | Path | None) -> list[str]:
     return list(Manifest.read(find_dataset(space, root)).splits)
 
 
@@ -192,7 +202,8 @@ def read_images_npz(path: str | Path, key: str | None = None,
     if not path.is_file():
         raise EncodeError(f"{path} does not exist; give an .npz with an array named {names[0]!r}")
     if not zipfile.is_zipfile(path):
-        raise EncodeError(f"{path} is not an .npz archive (a .npy file?); save the images with numpy.savez(path, images=...)")
+        raise EncodeError(f"{path} is not an .npz archive (a .npy file?); save the images with "
+                          "numpy.savez(path, images=...)")
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())

@@ -18,18 +18,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from mednf.dataset import MedNFDataset
 from mednf.engine.metrics import reconstruction_metrics
-from mednf.errors import EvalError, ConfigError
+from mednf.errors import ConfigError, EvalError
+from mednf.figures import dataset_figure, save_figure
 from mednf.format.layout import check_outside_datasets
 from mednf.format.splits import canonical_split
-from mednf.sources.read import source_images
-from mednf.sources.kinds import images_unavailable
 from mednf.loading import find_dataset, load
-from mednf.figures import dataset_figure, save_figure
+from mednf.sources.kinds import images_unavailable
+from mednf.sources.read import source_images
 
 
 @dataclass
 class SplitEval:
+    """One split's per-signal reconstruction quality ``[N]`` against its source images."""
+
     split: str
     rows: np.ndarray  # [N]
     source_index: np.ndarray  # [N]
@@ -40,6 +43,7 @@ class SplitEval:
     baselines: dict[str, float] | None = None  # the split's PSNR without latents, recorded at build
 
     def summary(self) -> dict[str, Any]:
+        """Count, means (MSE, PSNR, SSIM, the stored PSNR), the PSNR's spread and the baselines, JSON-ready."""
         ssim = float(np.nanmean(self.ssim)) if np.isfinite(self.ssim).any() else None
         stored = float(np.nanmean(self.stored_psnr)) if np.isfinite(self.stored_psnr).any() else None
         return {"count": len(self.rows), "mse_mean": float(self.mse.mean()), "psnr_mean": float(self.psnr.mean()),
@@ -49,17 +53,20 @@ class SplitEval:
 
 @dataclass
 class EvalReport:
+    """What :func:`evaluate` measured on a dataset, split by split."""
+
     name: str
     splits: dict[str, SplitEval] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
 
     def summary(self) -> dict[str, Any]:
+        """The report with each split's :meth:`SplitEval.summary`, JSON-ready."""
         return {"name": self.name, "device": self.device, "seconds": self.seconds,
                 "splits": {s: e.summary() for s, e in self.splits.items()}}
 
 
-def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
+def _split_images(ds: MedNFDataset, medmnist_root: str | Path | None) -> np.ndarray:
     images = source_images(ds.manifest, ds.split, ds.source_index, medmnist_root)
     if images is None:
         raise EvalError(f"the source images of {ds.name} are not available: "
@@ -67,9 +74,9 @@ def _split_images(ds, medmnist_root: str | Path | None) -> np.ndarray:
     return images
 
 
-def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("test",), *, root: str | Path | None = None,
-             medmnist_root: str | Path | None = None, device: str | torch.device | None = None,
-             batch_size: int = 256, progress: bool = True) -> EvalReport:
+def evaluate(name_or_path: str | Path, splits: str | Iterable[str] | None = ("test",), *,
+             root: str | Path | None = None, medmnist_root: str | Path | None = None,
+             device: str | torch.device | None = None, batch_size: int = 256, progress: bool = True) -> EvalReport:
     """Decode every latent of ``splits`` (None: all) and compare with the source images."""
     from tqdm.auto import tqdm
 

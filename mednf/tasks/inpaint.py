@@ -16,15 +16,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.engine.config import FieldConfig
-from mednf.errors import EncodeError
-from mednf.engine.field import decode
 from mednf.dataset import check_fits
-from mednf.tasks.encode import encode, open_space
+from mednf.engine.config import FieldConfig
+from mednf.engine.field import decode
+from mednf.errors import EncodeError
+from mednf.tasks.encode import Space, encode, open_space
 
 
 @dataclass
 class InpaintResult:
+    """Latents ``[N, P]`` fitted to the observed pixels, the field decoded on the full grid ``[N, D, *size]``
+    and the PSNR ``[N]`` on the observed pixels."""
+
     latents: np.ndarray  # [N, P] float32
     recon: np.ndarray  # [N, D, *size] float32 in [0, 1]: the fitted field on the full grid
     psnr_observed: np.ndarray  # [N] dB on the observed pixels
@@ -41,9 +44,9 @@ def decode_latents(theta: dict[str, Tensor], latents: Tensor, cfg: FieldConfig, 
     return torch.cat(parts) if parts else torch.empty(0, cfg.out_dims, *spatial)
 
 
-def inpaint(images: np.ndarray | Tensor, mask: np.ndarray | Tensor, space, *, size: int | Sequence[int] | None = None,
-            root: str | Path | None = None, device: str | torch.device | None = None,
-            progress: bool = True) -> InpaintResult:
+def inpaint(images: np.ndarray | Tensor, mask: np.ndarray | Tensor, space: Space, *,
+            size: int | Sequence[int] | None = None, root: str | Path | None = None,
+            device: str | torch.device | None = None, progress: bool = True) -> InpaintResult:
     """Fit ``images`` (layouts as :func:`mednf.tasks.encode.encode`) on the pixels where ``mask`` is True and
     decode them on the full grid (``size``: side length or sizes; default the space's resolution)."""
     ds = open_space(space, root)
