@@ -71,14 +71,17 @@ class TrainingLog:
         self._file.flush()
 
     def train(self, iteration: int, stats: dict[str, float], seconds: float) -> None:
+        """Append one meta-iteration's row (the stats of :meth:`mednf.engine.meta.MetaLearner.step`)."""
         self._write({"kind": "train", "iteration": iteration, "loss": stats["loss"], "train_psnr": stats["psnr"],
                      "inner_psnr": stats["psnr_inner"], "grad_norm": stats["grad_norm"], "lr": stats["lr"],
                      "seconds": seconds})
 
     def val(self, iteration: int, psnr: float, ssim: float, seconds: float) -> None:
+        """Append one validation's row: PSNR (dB) and SSIM at ``iteration``."""
         self._write({"kind": "val", "iteration": iteration, "val_psnr": psnr, "val_ssim": ssim, "seconds": seconds})
 
     def close(self) -> None:
+        """Close the file (a later :meth:`resume` opens it again)."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -145,6 +148,7 @@ class TensorBoardLog:
         self._writer = _tensorboard().SummaryWriter(log_dir=str(folder))
 
     def train(self, iteration: int, stats: dict[str, float]) -> None:
+        """Add one meta-iteration's stats as ``train/*`` scalars."""
         for key, name in (("loss", "loss"), ("psnr", "psnr"), ("psnr_inner", "inner_psnr"), ("grad_norm", "grad_norm"),
                           ("lr", "lr")):
             self._writer.add_scalar(f"train/{name}", stats[key], iteration)
@@ -159,6 +163,7 @@ class TensorBoardLog:
         self._writer.flush()
 
     def close(self) -> None:
+        """Flush and close the event file."""
         self._writer.close()
 
 

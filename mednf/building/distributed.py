@@ -23,6 +23,8 @@ T = TypeVar("T")
 
 @dataclass
 class Dist:
+    """This process's place in the process group (rank 0 of 1 without ``torchrun``) and its collectives."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -30,13 +32,16 @@ class Dist:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the rank that writes the shared files and logs."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """More than one rank (collectives do something)."""
         return self.world > 1
 
     def barrier(self) -> None:
+        """Wait for every rank (nothing at world size 1)."""
         if self.enabled:
             torch.distributed.barrier()
 
@@ -60,6 +65,7 @@ class Dist:
         return float(flag) == 0.0
 
     def close(self) -> None:
+        """Leave the process group, if one was joined."""
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

@@ -73,6 +73,8 @@ STALLED_DB = 0.1  # a validation gaining less than this over the previous one ha
 
 @dataclass
 class TrainSummary:
+    """What meta-training did: its steps, the best validation and where it was, the history and timings."""
+
     steps: int
     best_step: int
     best_val_psnr: float
@@ -219,6 +221,8 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, *, progress: bool = True) -> TrainSummary:
+        """Meta-train to ``meta.steps`` (resuming from the last checkpoint), validating and checkpointing on the
+        way; every rank calls it."""
         self._resume()
         meta, dist = self.cfg.meta, self.dist
         steps, batch = meta.steps, meta.batch_size
