@@ -9,9 +9,9 @@ Usage::
 
 (1) Builds each dataset from the shared MedMNIST files with a small CPU preset (default ``cpu-small``:
 K6 L64 P128, 300 meta-iterations, H = 10) into ``--out/<Name>`` — a complete build with the same settings
-is reused (``mednf.building.pipeline`` confirms it), an interrupted one resumes; (2) runs :func:`mednf.tasks.classify.classify`
-with every model on latents and pixels; (3) prints one Markdown section per dataset with the date, device,
-configuration and command. ``--json FILE`` also writes the reports as JSON.
+is reused (``mednf.building.pipeline`` confirms it), an interrupted one resumes; (2) runs
+:func:`mednf.tasks.classify.classify` with every model on latents and pixels; (3) prints one Markdown section per
+dataset with the date, device, configuration and command. ``--json FILE`` also writes the reports as JSON.
 """
 
 from __future__ import annotations

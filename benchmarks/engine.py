@@ -80,8 +80,8 @@ import torch
 from mednf.engine.config import EngineConfig
 from mednf.engine.context import context_size
 from mednf.engine.fit import fit_latents
-from mednf.engine.meta import MetaLearner
 from mednf.engine.memory import resolve_budget
+from mednf.engine.meta import MetaLearner
 from mednf.engine.planner import plan_memory
 from mednf.engine.presets import get_preset, preset_names
 from mednf.errors import ConfigError
@@ -125,7 +125,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=_positive, help="torch.set_num_threads (default: leave as is)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (globally; see --precision)")
     p.add_argument("--double-backward", action="store_true",
-                   help="meta-gradient by autograd's double backward (the reference path) instead of mednf.engine.inner_grad")
+                   help="meta-gradient by autograd's double backward (the reference path) instead of "
+                        "mednf.engine.inner_grad")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], help="field.precision (default: the preset's)")
     p.add_argument("--micro-batch", default="auto",
                    help="signals per part of a meta-iteration: auto (the planner's choice with the default budget, "

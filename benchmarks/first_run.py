@@ -59,7 +59,8 @@ BEFORE = [
 PHANTOM = {
     "before": BEFORE,
     "G5 H20": [*BEFORE, "--set", "meta.inner_steps=5", "--set", "fit.steps=20"],
-    "G10 γ.1 H20": [*BEFORE, "--set", "meta.inner_steps=10", "--set", "meta.context_ratio=0.1", "--set", "fit.steps=20"],
+    "G10 γ.1 H20": [*BEFORE, "--set", "meta.inner_steps=10", "--set", "meta.context_ratio=0.1",
+                    "--set", "fit.steps=20"],
     "G10 γ.1 α.3 H20": [*BEFORE, "--set", "meta.inner_steps=10", "--set", "meta.context_ratio=0.1",
                         "--set", "meta.inner_lr=0.3", "--set", "fit.lr=0.3", "--set", "fit.steps=20"],
     "after": [],  # builders/phantomnf.toml as it is (G15 γ .1 H30)
@@ -136,7 +137,7 @@ test = {ECG_SPLITS['test']}
 
 [engine]
 preset = "cpu-small-1d"
-""", encoding="utf-8")
+""", encoding="utf-8")  # noqa: E501 (the builder file's first line is one comment)
     return builder
 
 
@@ -168,9 +169,11 @@ def run_build(name: str, args: list[str], out: Path, threads: int | None, extra:
 def settings_of(manifest: dict) -> str:
     e = manifest["engine"]
     f, m, t = e["field"], e["meta"], e["fit"]
-    omega = f"ω {f['omega_first']:g}" + (f"→{f['omega_last']:g}" if f["omega_last"] not in (None, f["omega_first"]) else "")
+    omega = f"ω {f['omega_first']:g}" + (f"→{f['omega_last']:g}"
+                                          if f["omega_last"] not in (None, f["omega_first"]) else "")
     prec = "" if f["precision"] == "fp32" else f" {f['precision']}"
-    return (f"K{f['num_layers']} L{f['hidden_dim']} P{f['latent_dim']} {omega}, G{m['inner_steps']} α {m['inner_lr']:g} "
+    return (f"K{f['num_layers']} L{f['hidden_dim']} P{f['latent_dim']} {omega}, "
+            f"G{m['inner_steps']} α {m['inner_lr']:g} "
             f"γ {m['context_ratio']:g}, β {m['meta_lr']:g} {m['lr_schedule']}, B{m['batch_size']}, "
             f"{m['steps']} it, H{t['steps']} α {t['lr']:g}{prec}")
 
@@ -192,8 +195,8 @@ def lesion_score(dataset: Path) -> dict:
 
 def table(suite: str, rows: list[dict]) -> str:
     if suite == "phantom":
-        lines = [("| name | settings | wall s | CPU s | CPU s / 2 | meta s | fit s | test PSNR | test SSIM | mean-image PSNR "
-                  "| distinct lesions | images with every lesion distinct |"),
+        lines = [("| name | settings | wall s | CPU s | CPU s / 2 | meta s | fit s | test PSNR | test SSIM "
+                  "| mean-image PSNR | distinct lesions | images with every lesion distinct |"),
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             m = r["manifest"]
@@ -204,7 +207,8 @@ def table(suite: str, rows: list[dict]) -> str:
                          f"{test['ssim_mean']:.3f} | {test['baselines']['mean_image_psnr']:.2f} | "
                          f"{score['distinct']:.1%} of {score['lesions']} | {score['images_all_distinct']:.1%} |")
         return "\n".join(lines)
-    lines = ["| dataset | preset | settings | steps | wall s | CPU s | test PSNR | test SSIM | mean-image PSNR | zero-latent PSNR | learns |",
+    lines = ["| dataset | preset | settings | steps | wall s | CPU s | test PSNR | test SSIM | mean-image PSNR "
+             "| zero-latent PSNR | learns |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["manifest"]

@@ -81,8 +81,8 @@ from mednf.engine import field as nf
 from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
 from mednf.engine.context import context_size
 from mednf.engine.fit import auto_batch_size, fit_latents
-from mednf.engine.meta import MetaLearner, accumulate_meta_gradient, meta_objective, sample_contexts
 from mednf.engine.memory import resolve_budget
+from mednf.engine.meta import MetaLearner, accumulate_meta_gradient, meta_objective, sample_contexts
 from mednf.engine.planner import plan_memory
 from mednf.engine.precision import PrecisionWarning, matmul_switches, resolve_precision
 from mednf.engine.presets import get_preset

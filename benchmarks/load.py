@@ -6,8 +6,8 @@ Usage::
     python benchmarks/load.py --rows 20000 --decode-device cuda        # decode on a GPU
 
 A dataset of that size is written once into a temporary folder with mednf's own writers
-(:class:`mednf.format.writer.DatasetWriter`): a tiny real PhantomNF build supplies the manifest, then its train split is replaced
-by ``--rows`` random latents (and labels), θ by a freshly initialised network of the paper's 2D shape
+(:class:`mednf.format.writer.DatasetWriter`): a tiny real PhantomNF build supplies the manifest, then its train split is
+replaced by ``--rows`` random latents (and labels), θ by a freshly initialised network of the paper's 2D shape
 with P = ``--latent-dim``, and the writer computes the manifest's counts and checksums. Only the reader is
 measured, so the latents need not come from a fit.
 
@@ -145,7 +145,8 @@ def main() -> None:
 
         for workers in (0, 2):
             results[f"sequential_w{workers}"] = n / best_of(args.repeats, lambda w=workers: sequential(w))
-            results[f"sequential_warm_w{workers}"] = n / best_of(args.repeats, lambda w=workers: sequential(w, warm=True))
+            results[f"sequential_warm_w{workers}"] = n / best_of(args.repeats,
+                                                                 lambda w=workers: sequential(w, warm=True))
             results[f"shuffled_warm_w{workers}"] = n / best_of(args.repeats,
                                                                lambda w=workers: sequential(w, True, warm=True))
             results[f"batched_cold_w{workers}"] = n / best_of(args.repeats,

@@ -49,7 +49,8 @@ def draw_v2(count: int, size: int, seed: int) -> tuple[np.ndarray, list[np.ndarr
 
 def main() -> None:
     ds = mednf.load(sys.argv[1], "test")
-    truth, lesions = draw_v2(ds.manifest.builder["splits"]["test"], ds.native_size[0], ds.manifest.builder["seed"] * 1000 + 2)
+    truth, lesions = draw_v2(ds.manifest.builder["splits"]["test"], ds.native_size[0],
+                             ds.manifest.builder["seed"] * 1000 + 2)
     truth, lesions = truth[ds.source_index], [lesions[i] for i in ds.source_index]
     recon = ds.decode().numpy()[:, 0].astype(np.float64)  # [n, H, W]
     print("ground truth", score_lesions(truth, truth, lesions).as_dict())

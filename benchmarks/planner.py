@@ -79,8 +79,8 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     from mednf.engine import field as nf
     from mednf.engine.fit import fit_batch, fit_latents
-    from mednf.engine.meta import MetaLearner
     from mednf.engine.memory import MemoryBudget, memory_in_use
+    from mednf.engine.meta import MetaLearner
     from mednf.engine.planner import plan_memory
 
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
@@ -222,7 +222,8 @@ def calibrate(args: argparse.Namespace) -> None:
         if spec["meta"].get("first_order"):
             continue
         for b in (1, 8, 32):
-            res = run_probe({**spec, "mode": "fit", "batch": b, "fit": {"batch_size": b, "steps": 2, "grad_rescale": True}})
+            res = run_probe({**spec, "mode": "fit", "batch": b,
+                             "fit": {"batch_size": b, "steps": 2, "grad_rescale": True}})
             fit_rows.append({**units, "b": b, "peak": res["peak"] - res["base"], "spec": spec})
             print(f"fit  {_name(spec)} b={b}: {fit_rows[-1]['peak'] / _MIB:.0f} MiB", flush=True)
     # regressors of the totals: peak − base = θ-term + runtime + m · (inner, outer, point terms)
@@ -247,12 +248,14 @@ def calibrate(args: argparse.Namespace) -> None:
         worst = max(worst, ratio)
         print(f"| {_name(r['spec'])} | {r['N']} | {r['inner'] // r['U']} | {r['m']} | "
               f"{r['peak'] / _MIB:.0f} MiB | {model / _MIB:.0f} MiB | {ratio:.2f} |")
-    print("\n| configuration (fit, H = 2, rescaling) | N | batch b | measured peak − base | modelled | measured / modelled |")
+    print("\n| configuration (fit, H = 2, rescaling) | N | batch b | measured peak − base | modelled "
+          "| measured / modelled |")
     print("|---|---|---|---|---|---|")
     fworst = 0.0
     for r in fit_rows:
         cfg = _engine_config(r["spec"])
-        model = fit_fixed_bytes(cfg.field, CPU_CHUNK_ROWS, r["b"]) + r["b"] * fit_signal_bytes(cfg.field, r["N"], CPU_CHUNK_ROWS)
+        model = (fit_fixed_bytes(cfg.field, CPU_CHUNK_ROWS, r["b"])
+                 + r["b"] * fit_signal_bytes(cfg.field, r["N"], CPU_CHUNK_ROWS))
         ratio = r["peak"] / model
         fworst = max(fworst, ratio)
         print(f"| {_name(r['spec'])} | {r['N']} | {r['b']} | {r['peak'] / _MIB:.0f} MiB | {model / _MIB:.0f} MiB | "
@@ -277,7 +280,8 @@ def check(args: argparse.Namespace) -> None:
         ({"field": {"num_layers": 6, "hidden_dim": 64, "latent_dim": 128},
           "meta": {"inner_steps": 3, "context_ratio": 0.25, "batch_size": 16}, "spatial": [64, 64]}, [600, 900]),
         ({"field": {"num_layers": 15, "hidden_dim": 256, "latent_dim": 2048},
-          "meta": {"inner_steps": 10, "context_ratio": 0.25, "batch_size": 24}, "spatial": [64, 64]}, [3000, 8e9 / _MIB]),
+          "meta": {"inner_steps": 10, "context_ratio": 0.25, "batch_size": 24}, "spatial": [64, 64]},
+         [3000, 8e9 / _MIB]),
     ]
     print("| config | budget | micro-batch | fit batch | estimated meta peak | measured peak | peak / budget |")
     print("|---|---|---|---|---|---|---|")
@@ -285,9 +289,9 @@ def check(args: argparse.Namespace) -> None:
         for mib in budgets:
             res = run_probe({**spec, "mode": "planned", "budget": int(mib * _MIB), "iters": 1, "fit_signals": 8})
             plan = res["plan"]
-            print(f"| {json.dumps(spec['field'])} B{spec['meta']['batch_size']} | {mib:.0f} MiB | {plan['micro_batch']} | "
-                  f"{plan['fit_batch']} | {plan['estimated_meta_peak_bytes'] / _MIB:.0f} MiB | {res['peak'] / _MIB:.0f} MiB | "
-                  f"{res['peak'] / (mib * _MIB):.2f} |", flush=True)
+            print(f"| {json.dumps(spec['field'])} B{spec['meta']['batch_size']} | {mib:.0f} MiB | "
+                  f"{plan['micro_batch']} | {plan['fit_batch']} | {plan['estimated_meta_peak_bytes'] / _MIB:.0f} MiB | "
+                  f"{res['peak'] / _MIB:.0f} MiB | {res['peak'] / (mib * _MIB):.2f} |", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- measure
@@ -296,8 +300,8 @@ def check(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace) -> None:
     import torch
 
-    from mednf.engine.meta import MetaLearner
     from mednf.engine.memory import format_bytes, resolve_budget
+    from mednf.engine.meta import MetaLearner
     from mednf.engine.planner import plan_memory
 
     cfg = _engine_config({"preset": args.preset, "meta": {"batch_size": args.batch_size}})
@@ -314,8 +318,8 @@ def measure(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         stats = learner.step(signals, micro_batch=micro)
         seconds.append(time.perf_counter() - started)
-        print(f"iteration {i}: {seconds[-1]:.2f} s, loss {stats['loss']:.5f}, peak RSS {format_bytes(_status('VmHWM'))}",
-              flush=True)
+        print(f"iteration {i}: {seconds[-1]:.2f} s, loss {stats['loss']:.5f}, "
+              f"peak RSS {format_bytes(_status('VmHWM'))}", flush=True)
     row = {"date": datetime.date.today().isoformat(), "cpu": _cpu_name(), "threads": torch.get_num_threads(),
            "preset": args.preset, "B": args.batch_size, "budget": str(budget), "micro_batch": micro,
            "s_per_iter_median": statistics.median(seconds), "s_per_iter": seconds,
