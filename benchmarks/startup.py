@@ -26,15 +26,15 @@ COMMANDS = {
 }
 
 
-def run(checkout: str, args: list[str], home: str) -> tuple[float, str]:
-    """Seconds of one run and the torch/zarr note of a probe run."""
+def run(checkout: str, args: list[str], home: str) -> float:
+    """Seconds of one run of ``args`` with ``checkout`` on the path."""
     env = dict(os.environ, PYTHONPATH=checkout, MEDNF_HOME=home)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, *args], env=env, cwd=home, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(f"{args} failed in {checkout}: {done.stderr[-400:]}")
-    return seconds, done.stderr
+    return seconds
 
 
 def loaded(checkout: str, args: list[str], home: str) -> str:
@@ -62,8 +62,8 @@ def main() -> None:
     for _ in range(args.runs):
         for name, argv in commands.items():
             for tag, checkout in (("old", args.old), ("new", args.new)):
-                times[(name, tag)].append(run(checkout, argv, home)[0])
-    print(f"| command | old (s) | new (s) | new/old | old imports | new imports |\n|---|---:|---:|---:|---|---|")
+                times[(name, tag)].append(run(checkout, argv, home))
+    print("| command | old (s) | new (s) | new/old | old imports | new imports |\n|---|---:|---:|---:|---|---|")
     for name, argv in commands.items():
         old, new = statistics.median(times[(name, "old")]), statistics.median(times[(name, "new")])
         print(f"| `{name}` | {old:.3f} | {new:.3f} | {new / old:.2f} | {loaded(args.old, argv, home)} | "
