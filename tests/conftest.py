@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_MEDMNIST = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
+SHARED_MEDMNIST = Path(os.environ.get("MEDNF_TEST_MEDMNIST",
+                                      Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 
 
 def _sandbox() -> Path:
@@ -41,7 +42,8 @@ def _sandbox() -> Path:
         "XDG_CACHE_HOME": str(home / ".cache"),
         "MEDNF_HOME": str(root / "mednf"),
         "HF_HOME": str(hf), "HF_DATASETS_CACHE": str(hf / "datasets"), "HF_HUB_CACHE": str(hf / "hub"),
-        "TORCHINDUCTOR_CACHE_DIR": str(root / "torchinductor"),  # the compiled fit kernel (else /tmp/torchinductor_$USER)
+        # the compiled fit kernel (else /tmp/torchinductor_$USER)
+        "TORCHINDUCTOR_CACHE_DIR": str(root / "torchinductor"),
     })
     os.environ.pop("MEDMNIST_ROOT", None)  # → ~/.medmnist, i.e. inside the sandbox
     return root

@@ -54,7 +54,8 @@ def official_module_names() -> Iterator[None]:
     """While active, the classes are ``models.layers.LatentModulatedSIRENLayer`` and
     ``models.inrs.LatentModulatedSIREN`` (what pickle records); afterwards ``models`` is gone again."""
     saved = {name: (cls.__module__, cls.__qualname__, cls.__name__) for name, cls in (("l", _Layer), ("s", _Siren))}
-    package, inrs, layers = types.ModuleType("models"), types.ModuleType("models.inrs"), types.ModuleType("models.layers")
+    package = types.ModuleType("models")
+    inrs, layers = types.ModuleType("models.inrs"), types.ModuleType("models.layers")
     for cls, module, name in ((_Layer, layers, "LatentModulatedSIRENLayer"), (_Siren, inrs, "LatentModulatedSIREN")):
         cls.__module__, cls.__qualname__, cls.__name__ = module.__name__, name, name
         setattr(module, name, cls)
@@ -104,5 +105,6 @@ def write_release(root: Path, model: nn.Module, splits: dict[str, tuple[torch.Te
         for start in range(0, kept, batch):
             block = latents[start:start + batch].clone()  # one storage per batch
             for j in range(batch):
-                torch.save({"modulations": block[j], "label": labels[start + j]}, root / split / f"datapoint_{start + j}.pt")
+                torch.save({"modulations": block[j], "label": labels[start + j]},
+                           root / split / f"datapoint_{start + j}.pt")
     return root

@@ -1,5 +1,6 @@
 """The opt-in CPU allocator setting around meta-iterations (mednf.engine.allocator): off by default (it
-makes results depend on buffer placement), in effect inside each meta-iteration with MEDNF_MALLOC=keep. In a fresh process, so that the test run's allocator is left alone."""
+makes results depend on buffer placement), in effect inside each meta-iteration with MEDNF_MALLOC=keep. In a fresh
+process, so that the test run's allocator is left alone."""
 
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ def test_baselines_equal_an_independent_numpy_computation(phantom_dir):
     assert mednf.load(phantom_dir, "test").manifest.splits["test"].baselines == pytest.approx(
         manifest["splits"]["test"]["baselines"])
     card = (phantom_dir / "README.md").read_text()
-    assert "baseline: mean image" in card and f"{manifest['splits']['test']['baselines']['mean_image_psnr']:.2f}" in card
+    assert ("baseline: mean image" in card
+            and f"{manifest['splits']['test']['baselines']['mean_image_psnr']:.2f}" in card)
 
 
 @pytest.mark.parametrize("alpha, cause", [(1e-7, "too_slow"), (0.1, None), (10.0, "diverging"),
@@ -50,8 +51,8 @@ def test_the_warning_fires_on_a_run_that_learns_nothing_and_not_on_one_that_does
     grows) and α = 1000 too (its norm is huge from the start and does not grow: the latents' shift tells)."""
     out = tmp_path / "P"
     options = {**TINY, "max_samples": 48, "build_overrides": {"block_rows": 16, "val_every": 20, "val_samples": 16}}
-    build("phantomnf", BuildOptions(out=out, overrides={"meta": {"steps": 200, "inner_lr": alpha}, "fit": {"lr": alpha}},
-                                    **options))
+    build("phantomnf", BuildOptions(out=out, overrides={"meta": {"steps": 200, "inner_lr": alpha},
+                                                        "fit": {"lr": alpha}}, **options))
     manifest = json.loads((out / "mednf.json").read_text())
     check, learns = manifest["meta_training"]["baseline_check"], cause is None
     assert check["learns_per_sample"] is learns and check.get("cause") == cause

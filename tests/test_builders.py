@@ -81,10 +81,11 @@ def test_user_builder_file(tmp_path):
 @pytest.mark.parametrize("body, expected", [
     ("name = [", "is not valid TOML"),
     ('name = "X"\n[source]\nkind = "ftp"\nsize = 64\nchannels = 1', "kind = 'ftp' is invalid"),
-    ('name = "X"\n[source]\nkind = "phantom"\nsize = 64\nchannels = 1\n[labels]\ntask = "regression"\nnames = ["a", "b"]',
-     "task = 'regression' is invalid"),
-    (('name = "X"\n[source]\nkind = "phantom"\nsize = 64\nchannels = 1\n[labels]\ntask = "multi-class"\nnames = ["a", "b"]'
-     '\n[splits]\ntrain = 1\nval = 1\ntest = 1\n[engine]\npreset = "cpu-small"\nmeta = { inner_steps = -1 }'),
+    ('name = "X"\n[source]\nkind = "phantom"\nsize = 64\nchannels = 1\n[labels]\ntask = "regression"\n'
+     'names = ["a", "b"]', "task = 'regression' is invalid"),
+    (('name = "X"\n[source]\nkind = "phantom"\nsize = 64\nchannels = 1\n[labels]\ntask = "multi-class"\n'
+      'names = ["a", "b"]\n[splits]\ntrain = 1\nval = 1\ntest = 1\n[engine]\npreset = "cpu-small"\n'
+      'meta = { inner_steps = -1 }'),
      "inner_steps \\(G\\) = -1 is invalid"),
 ])
 def test_malformed_builder_file_is_one_line_error(tmp_path, body, expected):
@@ -123,7 +124,8 @@ PHANTOM_EDITS = [  # (old, new, expected words of the one-line error)
     ("channels = 1", "channels = 1\nflag = 'x'", ["key 'flag' is unknown for kind = 'phantom'"]),
     ('task = "multi-class"', 'task = "multi-class"\nnmes = []', ["[labels]: key 'nmes'", "did you mean 'names'"]),
     ("test = 200", "tset = 200", ["[splits]: key 'tset' is unknown", "did you mean 'test'"]),
-    ('preset = "cpu-small"', 'preset = "cpu-small"\nprest = "tiny"', ["[engine]: key 'prest'", "did you mean 'preset'"]),
+    ('preset = "cpu-small"', 'preset = "cpu-small"\nprest = "tiny"',
+     ["[engine]: key 'prest'", "did you mean 'preset'"]),
     ("latent_dim = 256", "latnet_dim = 256", ["[engine.field]: key 'latnet_dim'", "did you mean 'latent_dim'"]),
     ("inner_lr = 0.1", "inner_lrr = 0.1", ["[engine.meta]: key 'inner_lrr'", "did you mean 'inner_lr'"]),
     ("fit = { steps = 30, lr = 0.1 }", "fit = { step = 3 }", ["[engine.fit]: key 'step'", "did you mean 'steps'"]),
@@ -214,8 +216,8 @@ def test_official_description_and_local_splits(tmp_path):
     import numpy as np
 
     from mednf.sources.kinds import local_splits, official_description
-    from mednf.sources.read import load_source
     from mednf.sources.phantoms import phantom_source
+    from mednf.sources.read import load_source
 
     small = dataclasses.replace(load_builder("phantomnf").with_size(16), splits={"train": 3, "val": 2, "test": 2})
     assert official_description(small) == load_source(small, progress=False).description  # what a build records

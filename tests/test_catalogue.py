@@ -19,8 +19,8 @@ from mednf.errors import DownloadError, SourceError
 from mednf.format.manifest import Manifest
 from mednf.remote.zenodo import download_zenodo
 from mednf.sources.kinds import images_unavailable, recorded_source
-from mednf.sources.read import load_source, source_images
 from mednf.sources.medmnist import locate_medmnist
+from mednf.sources.read import load_source, source_images
 from mednf.sources.spec import load_builder
 
 
@@ -58,7 +58,8 @@ def test_list_says_built_downloadable_or_buildable(home):
 def test_download_of_a_built_name_downloads_nothing(home, tmp_path, monkeypatch):
     with Loopback() as server:  # registered, served by a mirror that would answer if asked
         (tmp_path / "registry.toml").write_text('[PhantomNF]\nzenodo_record = "7"\n'
-                                                'files = { "PhantomNF.tar" = { sha256 = "' + "0" * 64 + '", size = 1 } }\n')
+                                                'files = { "PhantomNF.tar" = { sha256 = "' + "0" * 64
+                                                + '", size = 1 } }\n')
         monkeypatch.setenv("MEDNF_REGISTRY", str(tmp_path / "registry.toml"))
         monkeypatch.setenv("MEDNF_ZENODO_URL", server.url)
         listed = CliRunner().invoke(main, ["list"]).output

@@ -101,7 +101,8 @@ def test_knn_rows_match_a_brute_force_reference(phantom_report):
     f1s = []
     for c in np.union1d(test.labels, one.predictions):
         tp = np.sum((one.predictions == c) & (test.labels == c))
-        fp, fn = np.sum((one.predictions == c) & (test.labels != c)), np.sum((one.predictions != c) & (test.labels == c))
+        fp = np.sum((one.predictions == c) & (test.labels != c))
+        fn = np.sum((one.predictions != c) & (test.labels == c))
         f1s.append(2 * tp / (2 * tp + fp + fn))
     assert one.f1_macro == pytest.approx(np.mean(f1s))
     # 3-NN: majority vote of the three nearest (ties → the smallest class), brute force

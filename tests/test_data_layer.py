@@ -142,15 +142,21 @@ def test_damaged_files_without_verification_name_the_file(copy, damage, fragment
         data = bytearray(chunk.read_bytes())
         data[:16] = bytes(16)
         chunk.write_bytes(bytes(data))
-        call = lambda: mednf.load(copy, "train", verify=False).latents
+
+        def call():
+            return mednf.load(copy, "train", verify=False).latents
     elif damage == "zarr_dtype":
         meta = copy / "latents.zarr" / "train" / "zarr.json"
         meta.write_text(meta.read_text().replace('"float32"', '"float64"'))
-        call = lambda: mednf.load(copy, "train", verify=False).latents
+
+        def call():
+            return mednf.load(copy, "train", verify=False).latents
     else:
         model = copy / "model.safetensors"
         model.write_bytes(bytes(model.stat().st_size))
-        call = lambda: mednf.load(copy, "train", verify=False).decode([0])
+
+        def call():
+            return mednf.load(copy, "train", verify=False).decode([0])
     one_line_error(call, fragment)
 
 

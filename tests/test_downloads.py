@@ -34,13 +34,13 @@ from mednf.io import http
 from mednf.io.archives import _write_member, safe_extract, safe_extract_zip
 from mednf.io.http import check_url, fetch_verified
 from mednf.io.lock import lock_path
-from mednf.tasks.export import export_zenodo
 from mednf.remote.install import install
 from mednf.remote.official_import import import_official
 from mednf.remote.zenodo import download_zenodo
 from mednf.sources.medmnist import download as medmnist_download
 from mednf.sources.phantoms import phantom_source
 from mednf.sources.spec import load_builder
+from mednf.tasks.export import export_zenodo
 
 RECORD = "4242"
 FILE = f"/api/records/{RECORD}/files/PhantomNF.tar/content"
@@ -318,7 +318,8 @@ def _damaged_gzip(data: bytes) -> bytes:
     ("PhantomNF.tar", b"this is not a tar archive at all " * 64),
     ("PhantomNF.tar", _tar({"PhantomNF/model.pt": os.urandom(8000), "PhantomNF/b.pt": b"x"})[:4000]),  # truncated
     ("PhantomNF.tar.gz", b""), ("PhantomNF.tar.gz", gzip.compress(b"")),
-    ("PhantomNF.tar.gz", b"\x1f\x8b\x08\x00" + os.urandom(500)), ("PhantomNF.tar.gz", _damaged_gzip(random.Random(0).randbytes(20000))),
+    ("PhantomNF.tar.gz", b"\x1f\x8b\x08\x00" + os.urandom(500)),
+    ("PhantomNF.tar.gz", _damaged_gzip(random.Random(0).randbytes(20000))),
     ("PhantomNF.tar.gz", _damaged_gzip(b"".join(b"line %d of a text file\n" % i for i in range(4000)))),
     ("PhantomNF.zip", b"PK\x03\x04" + os.urandom(300))], ids=["garbage", "truncated", "empty-file", "empty-gzip",
                                                               "bad-gzip-header", "bad-gzip-crc",
@@ -391,7 +392,8 @@ def test_two_concurrent_downloads_transfer_once_and_share_the_result(zenodo, exp
     assert zenodo.requests.count(FILE) == 1 and zenodo.requests.count(API) == 1  # the second reused the first
     assert "waiting for the download of PhantomNF" in capfd.readouterr().err
     verify_dataset(target, checksums=True, use_cache=False)
-    assert sorted(p.name for p in zenodo.home.iterdir() if p.name.startswith(".") and p.name != ".verified") == [".PhantomNF.lock", ".downloads"]
+    assert sorted(p.name for p in zenodo.home.iterdir()
+                  if p.name.startswith(".") and p.name != ".verified") == [".PhantomNF.lock", ".downloads"]
     assert list((zenodo.home / ".downloads").iterdir()) == []
 
 
@@ -417,7 +419,8 @@ def test_a_download_killed_mid_transfer_never_blocks_the_next(zenodo, export):
     assert download_zenodo("PhantomNF", progress=False) == zenodo.home / "PhantomNF"
     assert time.monotonic() - started < 10
     assert not scratch.exists() and not fetched.exists() and zenodo.requests.count(FILE) == 2
-    assert sorted(p.name for p in zenodo.home.iterdir() if p.name.startswith(".") and p.name != ".verified") == [".PhantomNF.lock", ".downloads"]
+    assert sorted(p.name for p in zenodo.home.iterdir()
+                  if p.name.startswith(".") and p.name != ".verified") == [".PhantomNF.lock", ".downloads"]
     assert list((zenodo.home / ".downloads").iterdir()) == []
 
 

@@ -111,16 +111,19 @@ def test_encode_cli(phantom_dir, tmp_path):
         assert data["latents"].shape == (5, ds.latents.shape[1])
         np.testing.assert_allclose(data["psnr"], ds.psnr[:5], atol=1e-3)
     np.savez(tmp_path / "two.npz", a=np.zeros((1, 32, 32)), b=np.zeros((1, 32, 32)))
-    result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "two.npz"), "--out", str(tmp_path / "x.npz")])
+    result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "two.npz"),
+                                       "--out", str(tmp_path / "x.npz")])
     assert result.exit_code == 2 and "say which with --key" in result.output and "Traceback" not in result.output
 
 
 def test_split_names_and_file_kinds_are_checked(phantom_dir, tmp_path):
     assert list(mednf.evaluate(phantom_dir, "val", progress=False).splits) == ["val"]  # one name as a string
-    with pytest.raises(mednf.engine.config.ConfigError, match=r"splits = \['dev'\] is invalid: expected some of train, val, test"):
+    with pytest.raises(mednf.engine.config.ConfigError,
+                       match=r"splits = \['dev'\] is invalid: expected some of train, val, test"):
         mednf.evaluate(phantom_dir, ["dev"], progress=False)
     np.save(tmp_path / "imgs.npy", np.zeros((2, 32, 32), np.float32))
-    result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "imgs.npy"), "--out", str(tmp_path / "x.npz")])
+    result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "imgs.npy"),
+                                       "--out", str(tmp_path / "x.npz")])
     assert result.exit_code == 2 and "not an .npz archive (a .npy file?)" in result.output
 
 

@@ -66,7 +66,8 @@ def test_download_then_cache_then_offline(zenodo, archive, phantom_dir, monkeypa
     monkeypatch.setenv("MEDNF_OFFLINE", "1")
     mednf.load("PhantomNF", split="train", root=zenodo.cache)
     assert zenodo.requests == requests
-    assert [p for p in leftovers(zenodo.cache) if p.startswith(".") and not p.startswith(".verified")] == [".PhantomNF.lock", ".downloads"]  # no temp
+    assert [p for p in leftovers(zenodo.cache)
+            if p.startswith(".") and not p.startswith(".verified")] == [".PhantomNF.lock", ".downloads"]  # no temp
 
 
 @pytest.mark.parametrize("fault, message", [("truncate", "size|failed after"), ("garbage", "sha256"),

@@ -15,8 +15,8 @@ from pathlib import Path
 from conftest import CACHE_VARIABLES, SANDBOX, SHARED_MEDMNIST
 
 from mednf.format.layout import mednf_home
-from mednf.tasks.export import export_hf
 from mednf.sources.medmnist import medmnist_root
+from mednf.tasks.export import export_hf
 
 REAL_HOME = Path(pwd.getpwuid(os.getuid()).pw_dir)
 PROBE = """import json, os, datasets.config as d, huggingface_hub.constants as h

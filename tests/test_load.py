@@ -108,7 +108,8 @@ def test_to_hf_features_and_values(phantom_dir):
     decoded = ds.to_hf(decode=True, size=8)[0:2]
     assert torch.as_tensor(np.asarray(decoded["image"][0])).shape == (1, 8, 8)
     everything = mednf.load(phantom_dir, split=None).to_hf()
-    assert isinstance(everything, datasets.DatasetDict) and set(everything) == {"train", "validation", "test"}  # HF names
+    assert (isinstance(everything, datasets.DatasetDict)
+            and set(everything) == {"train", "validation", "test"})  # HF names
 
 
 def test_load_by_name_from_a_root_and_errors(phantom_dir, tmp_path):

@@ -92,7 +92,8 @@ def test_meta_gradient_matches_finite_differences():
     first_meta = MetaConfig(inner_steps=meta.inner_steps, context_ratio=meta.context_ratio, first_order=True)
     _, first = _batched_grads(cfg, first_meta, params, coords, targets, contexts)
     first_order = sum(float((first[k] * direction[k]).sum()) for k in params)
-    report(f"meta-gradient directional derivative: finite {finite:.10f}  second-order {analytic:.10f}  first-order {first_order:.10f}")
+    report(f"meta-gradient directional derivative: finite {finite:.10f}  second-order {analytic:.10f}  "
+           f"first-order {first_order:.10f}")
     assert abs(finite - analytic) <= 1e-6 * max(1.0, abs(finite))
     assert abs(finite - first_order) > 1e3 * abs(finite - analytic)
 

@@ -95,7 +95,8 @@ def test_state_dict_model_needs_w0_and_then_matches(tmp_path):
     model = make_model(latent_dim=P, w0=7.0, increment=3.0)
     splits = {s: (torch.randn(n, P) * 0.3, _labels("PhantomNF", s, n)) for s, n in COUNTS.items()}
     write_release(tmp_path / "release", model, splits, state_dict_only=True)
-    with pytest.raises(OfficialFormatError, match="plain state dict without the layers' w0; give both --w0 and --w0-increment"):
+    with pytest.raises(OfficialFormatError,
+                       match="plain state dict without the layers' w0; give both --w0 and --w0-increment"):
         read_official_model(tmp_path / "release" / "model.pt")
     loaded = read_official_model(tmp_path / "release" / "model.pt", w0=7.0, w0_increment=3.0)
     assert loaded.w0s == (7.0, 10.0, 13.0) and not loaded.whole_module
@@ -135,7 +136,8 @@ def test_malicious_model_pt_is_refused_without_running_it(tmp_path):
 def test_malicious_datapoint_is_refused_without_running_it(tmp_path):
     _release(tmp_path / "release")
     marker = tmp_path / "ran.txt"
-    torch.save({"modulations": torch.zeros(P), "label": Payload(marker)}, tmp_path / "release" / "val" / "datapoint_2.pt")
+    torch.save({"modulations": torch.zeros(P), "label": Payload(marker)},
+               tmp_path / "release" / "val" / "datapoint_2.pt")
     with pytest.raises(OfficialFormatError, match="datapoint_2.pt could not be read with torch.load"):
         import_official(tmp_path / "release", "phantomnf", tmp_path / "out", progress=False)
     assert not marker.exists() and not (tmp_path / "out").exists()
@@ -228,7 +230,8 @@ def test_official_record_downloads_verifies_and_imports(official_zenodo, tmp_pat
 def test_official_record_without_the_dataset_lists_its_files(official_zenodo, tmp_path):
     _release(tmp_path / "other")
     official_zenodo.publish({"DermaNF.zip": _zip(tmp_path / "other", "DermaNF"), "README.md": b"hi"})
-    with pytest.raises(DownloadError, match=r"no zip/tar archive named like 'PhantomNF' \(it holds: DermaNF.zip, README.md\)"):
+    with pytest.raises(DownloadError,
+                       match=r"no zip/tar archive named like 'PhantomNF' \(it holds: DermaNF.zip, README.md\)"):
         mednf.load("PhantomNF", root=official_zenodo.cache)
 
 
@@ -248,7 +251,8 @@ def test_official_record_with_a_malicious_pickle_is_refused_without_running_it(o
     result = CliRunner().invoke(main, ["download", "PhantomNF", "--root", str(official_zenodo.cache)])
     assert result.exit_code == 2 and "builtins.exec" in result.output and "refused" in result.output
     assert not marker.exists() and not (official_zenodo.cache / "PhantomNF").exists()
-    assert [p.name for p in official_zenodo.cache.iterdir() if p.name != ".downloads" and not p.name.endswith(".lock")] == []
+    assert [p.name for p in official_zenodo.cache.iterdir()
+            if p.name != ".downloads" and not p.name.endswith(".lock")] == []
 
 
 @pytest.mark.parametrize("entry", ["../evil.txt", "/abs/evil.txt"])
@@ -299,7 +303,8 @@ def test_registry_pins_win_over_name_matching(official_zenodo, tmp_path):
     official_zenodo.publish({"PhantomNF-notes.md": b"# notes", "mednf-phantomnf-v1.zip": body})
     registry = tmp_path / "registry.toml"
     base = registry.read_text()
-    registry.write_text(base + f'files = {{ "mednf-phantomnf-v1.zip" = {{ md5 = "{"0" * 32}", size = {len(body)} }} }}\n')
+    registry.write_text(base + f'files = {{ "mednf-phantomnf-v1.zip" = {{ md5 = "{"0" * 32}", '
+                               f'size = {len(body)} }} }}\n')
     with pytest.raises(DownloadError, match="the registry pins md5 0000.*refusing it"):
         mednf.load("PhantomNF", root=official_zenodo.cache)
     registry.write_text(base + f'files = {{ "mednf-phantomnf-v1.zip" = {{ md5 = "{hashlib.md5(body).hexdigest()}", '

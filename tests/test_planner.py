@@ -124,7 +124,8 @@ _PROBE = textwrap.dedent("""
     meta_peak = peak_memory()
     fit = dataclasses.replace(cfg.fit, batch_size=fit_batch_now(plan, cfg, spatial, "cpu"))
     fit_latents(learner.detached_params(), torch.rand(16, 1, *spatial, generator=gen), cfg.field, fit, with_ssim=True)
-    print(json.dumps({"plan": plan.to_dict(), "meta_peak": meta_peak, "peak": peak_memory(), "fit_batch": fit.batch_size}))
+    print(json.dumps({"plan": plan.to_dict(), "meta_peak": meta_peak, "peak": peak_memory(),
+                      "fit_batch": fit.batch_size}))
 """)
 
 _MEASURED = [
@@ -172,7 +173,8 @@ def test_cli_refuses_a_budget_below_one_signal(tmp_path):
 
 
 def test_cli_refuses_unbounded_sizes_before_allocating(tmp_path):
-    line = _error_line(CliRunner().invoke(main, ["build", "phantomnf", "--size", "20000", "--out", str(tmp_path / "x")]))
+    line = _error_line(CliRunner().invoke(main, ["build", "phantomnf", "--size", "20000",
+                                                 "--out", str(tmp_path / "x")]))
     assert "too small for one meta-learning signal" in line and "20000×20000" in line
     assert not (tmp_path / "x").exists()
     from importlib import resources

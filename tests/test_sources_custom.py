@@ -342,7 +342,8 @@ def test_table1d_headerless_csv_npy_and_npz(tmp_path):
     np.savetxt(tmp_path / "kaggle.csv", np.c_[signals, labels], delimiter=",")  # MIT-BIH layout: label last
     np.save(tmp_path / "beats.npy", np.c_[signals, labels])
     leads = RNG.random((10, 2, 12))
-    np.savez(tmp_path / "leads.npz", signals=leads, y=labels, split=np.array(["train"] * 6 + ["val"] * 2 + ["test"] * 2))
+    np.savez(tmp_path / "leads.npz", signals=leads, y=labels,
+             split=np.array(["train"] * 6 + ["val"] * 2 + ["test"] * 2))
     for name, extra, channels in (("kaggle.csv", {}, 1), ("beats.npy", {"normalise": "none"}, 1),
                                   ("leads.npz", {"label_column": "y", "normalise": "minmax-signal"}, 2)):
         spec = load_builder(write_builder(tmp_path, "table1d", size=12, dims=1, channels=channels, splits=(8, 1, 1)
