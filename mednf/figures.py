@@ -46,7 +46,7 @@ _TITLE_LINE, _NOTE_LINE = 18, 15  # pixels per line of the title (11 pt) and of 
 
 
 def figure_class() -> type[Figure]:
-    """matplotlib's ``Figure`` (ConfigError naming the install command when matplotlib is missing)."""
+    """The ``Figure`` class of matplotlib (ConfigError naming the install command when matplotlib is missing)."""
     optional_import("matplotlib", "plotting")  # a None in sys.modules (blocked) reads as missing too
     return optional_import("matplotlib.figure", "plotting").Figure
 
@@ -235,6 +235,7 @@ class Samples:
     note: str | None = None
 
     def figure(self, columns: int = 8) -> Figure:
+        """The samples as a grid of ``columns`` per row: inputs over reconstructions, PSNR captions, title, note."""
         return grid_figure(self.recon, self.inputs, indices=self.positions.tolist(), psnr=self.psnr,
                            title=self.title, note=self.note, columns=columns)
 

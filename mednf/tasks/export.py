@@ -21,16 +21,15 @@ from collections.abc import Callable
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
+from mednf.dataset import MedNFDataset
 from mednf.errors import ConfigError
 from mednf.format.card import render_card
 from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL, check_empty_or_ours, check_outside_datasets
 from mednf.format.manifest import FileEntry, Manifest
 from mednf.format.reader import DatasetFiles, open_dataset
+from mednf.format.splits import hf_split
 from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
 from mednf.sources.kinds import source_card_line
-from mednf.format.splits import hf_split
-from mednf.dataset import MedNFDataset
-
 
 _HF_FILES = {"data", CARD, MANIFEST, MODEL, *FIGURES}  # what an HF export folder holds
 
@@ -75,7 +74,7 @@ _PATH_KEYS = ("path", "file", "folder")  # manifest keys that hold where somethi
 
 
 def _last_part(text: str) -> str:
-    """The last component of a POSIX or Windows path (``C:\\data\\x`` → ``x`` on any system)."""
+    r"""The last component of a POSIX or Windows path (``C:\data\x`` → ``x`` on any system)."""
     return PureWindowsPath(text).name if "\\" in text else PurePath(text).name
 
 
