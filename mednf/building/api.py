@@ -103,18 +103,26 @@ def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: st
         name_or_toml: a builder name (``"phantomnf"``, see ``mednf list``) or the path of a builder file.
         out: the dataset folder [default: ``$MEDNF_HOME/<Name>``].
         device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or a GPU index.
-        steps, batch_size, latent_dim, fit_steps, precision: ``meta.steps``, ``meta.batch_size``,
-            ``field.latent_dim``, ``fit.steps``, ``field.precision`` (the CLI's shortcuts).
-        size: the MedMNIST resolution; preset: an engine preset instead of the builder's ``[engine]``.
+        steps: ``meta.steps`` (this and the next four are the CLI's shortcuts).
+        batch_size: ``meta.batch_size``.
+        latent_dim: ``field.latent_dim``.
+        fit_steps: ``fit.steps``.
+        precision: ``field.precision``.
+        size: the MedMNIST resolution.
+        preset: an engine preset instead of the builder's ``[engine]``.
         overrides: any engine or build setting, ``{"meta.inner_steps": 5, "build.val_every": 100}`` or
             ``{"meta": {"inner_steps": 5}}`` (the CLI's ``--set``).
-        medmnist_root, source_npz, max_samples, download: where the source data is (``--medmnist-root``,
-            ``--source-npz``), the first N samples per split only, whether a missing file may be downloaded.
-        restart: discard an earlier build in ``out``; continue_to: continue a finished build to that many
-            meta-iterations (:mod:`mednf.building.continuation`).
+        medmnist_root: the folder with the MedMNIST npz files (``--medmnist-root``).
+        source_npz: build from this npz (MedMNIST layout) instead (``--source-npz``).
+        max_samples: the first N samples per split only.
+        download: whether a missing source file may be downloaded.
+        restart: discard an earlier build in ``out``.
+        continue_to: continue a finished build to that many meta-iterations (:mod:`mednf.building.continuation`).
         memory_budget: e.g. ``"8GB"`` (default: 60 % of the available RAM / 80 % of free GPU memory).
-        progress: progress bars; tensorboard: a folder for a TensorBoard log of the training curves and
-            validation reconstructions (needs ``pip install tensorboard``).
+        progress: progress bars.
+        tensorboard: a folder for a TensorBoard log of the training curves and validation reconstructions
+            (needs ``pip install tensorboard``).
+
     Returns:
         The finished dataset, all three splits (:class:`mednf.dataset.MedNFDatasetDict`). Rerunning the same
         call resumes an interrupted build, or returns the complete one without work.
