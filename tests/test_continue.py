@@ -68,7 +68,8 @@ def test_a_cosine_schedule_is_replanned_as_documented(tmp_path):
     assert sorted(lrs) == list(range(1, 26))
     for t, lr in lrs.items():  # iteration t runs at the lr of the schedule planned for 10, then for 25 steps
         length = 10 if t <= 10 else 25
-        assert lr == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * (t - 1) / length)), rel=5e-6)  # 6 significant digits in the CSV
+        assert lr == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * (t - 1) / length)),
+                                   rel=5e-6)  # 6 significant digits in the CSV
 
 
 def test_bad_continuations_are_one_line_errors(tmp_path, phantom_dir):
