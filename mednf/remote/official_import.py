@@ -18,11 +18,13 @@ import dataclasses
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mednf.engine.config import FieldConfig
 from mednf.engine.field import decode
@@ -30,11 +32,13 @@ from mednf.engine.fit import as_float_signals
 from mednf.engine.metrics import reconstruction_metrics
 from mednf.errors import OfficialFormatError, OfficialImportError
 from mednf.format.manifest import new_manifest
+from mednf.format.records import MetaTraining, Origin
 from mednf.format.splits import SPLITS
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
 from mednf.io.lock import dataset_lock
 from mednf.remote.install import remove_dead_scratch
-from mednf.remote.official import missing_indices, read_official_model, read_split
+from mednf.remote.official import OfficialModel, OfficialSplit, missing_indices, read_official_model, read_split
+from mednf.sources.base import SplitData
 from mednf.sources.kinds import local_splits, official_description, source_card_line
 from mednf.sources.medmnist import medmnist_root as default_root
 from mednf.sources.spec import BuilderSpec, load_builder, resolve_engine
@@ -65,65 +69,21 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
                     progress: bool = True) -> Path:
     """Import the official release folder ``directory`` (model.pt, train/, val/, test/) of sub-dataset
     ``name`` (e.g. ``"ChestNF"``) into ``out`` (must not exist yet); returns ``out``."""
-    from tqdm.auto import tqdm
-
-
     started = time.perf_counter()
     directory, out = Path(directory).expanduser(), Path(out).expanduser()
     spec = load_builder(name)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OfficialImportError(f"--out {out} exists and is not empty; remove it or choose another folder")
-    if not directory.is_dir():
-        raise OfficialFormatError(f"{directory} is not a folder; give the official release folder of {spec.name} "
-                                  "(model.pt, train/, val/, test/)")
-    absent = [s for s in SPLITS if not (directory / s).is_dir()]
-    if absent:
-        raise OfficialFormatError(f"{directory} has no {', '.join(absent)}/ folder: expected the official layout "
-                                  "model.pt, train/, val/, test/")
+    _check_layout(directory, out, spec)
     model = read_official_model(directory / "model.pt", w0=w0, w0_increment=w0_increment)
     field = model.field
     if (field.in_dims, field.out_dims) != (spec.source.dims, spec.source.channels):
         raise OfficialImportError(f"model.pt is a {field.in_dims}D field with {field.out_dims} channel(s), "
                                   f"{spec.name} has {spec.source.dims}D images with {spec.source.channels}; "
                                   "is --name right?")
-
-    total = sum(len(list((directory / s).glob("datapoint_*.pt"))) for s in SPLITS)
-    splits = {}
-    with tqdm(total=total, desc=f"read {spec.name} datapoints", unit="file", disable=not progress) as bar:
-        for split in SPLITS:
-            part = read_split(directory / split, field.latent_dim, progress=bar.update)
-            expected = spec.splits[split]
-            if part.indices[-1] >= expected:
-                raise OfficialImportError(f"{directory / split} has datapoint_{part.indices[-1]}.pt, but "
-                                          f"{spec.name} {split} has {expected} samples (0..{expected - 1}); "
-                                          "is --name right?")
-            part.labels = _check_labels(part.labels, spec, str(directory / split))
-            splits[split] = part
-    missing = {s: missing_indices(p.indices, spec.splits[s]) for s, p in splits.items()}
-    for split, absent in missing.items():
-        # the official fit drops only the *last* incomplete batch: a gap elsewhere means a damaged copy
-        if absent and absent != list(range(absent[0], spec.splits[split])):
-            gaps = [i for i in absent if i < len(splits[split].indices)]
-            raise OfficialImportError(f"{directory / split} lacks datapoints {gaps[:5]} inside the split (not only a "
-                                      "dropped last batch); the release is incomplete, unpack or download it again")
-
-    source = local_splits(spec, medmnist_root)
-    labels_checked = False
-    if source is not None:
-        for split, part in splits.items():
-            truth = source[split].labels[part.indices]
-            wrong = int((truth != part.labels).any(axis=1).sum())
-            if wrong:
-                raise OfficialImportError(f"{wrong} of {len(part.indices)} {split} labels differ from "
-                                          f"{spec.source.file_name} at the same indices; the release is not "
-                                          f"{spec.name} at {spec.source.size}px")
-        labels_checked = True
-    elif measure:
-        raise OfficialImportError(f"measuring needs {default_root(medmnist_root) / spec.source.file_name} "
-                                  "(official md5); download it there or leave out --measure")
-
-    cfg = resolve_engine(spec).replace(field=dataclasses.asdict(field))
-    rows = spec.build.block_rows
+    splits = _read_datapoints(directory, spec, field.latent_dim, progress)
+    missing = _missing_samples(directory, spec, splits)
+    source = _check_against_source(spec, splits, medmnist_root, measure)
+    release = Release(model, splits, missing, source, measure, device, progress)
+    records = _records(spec, directory, release, origin)
     work = out.parent / f".{out.name}.import-{os.getpid()}"
     with dataset_lock(out, "import"):
         if out.exists() and (not out.is_dir() or any(out.iterdir())):  # again, now that no one else writes it
@@ -131,41 +91,7 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
         remove_dead_scratch(out)  # .<Name>.import-<pid>/ of killed imports
         shutil.rmtree(work, ignore_errors=True)
         try:
-            writer = DatasetWriter(work, latent_dim=field.latent_dim, chunk_rows=rows)
-            writer.prepare()
-            writer.write_theta(model.theta, {"field": dataclasses.asdict(field), "origin": "official MedNF release"})
-            writer.create_latents({s: len(p.indices) for s, p in splits.items()}, {"name": spec.name})
-            index = {}
-            for split, part in splits.items():
-                n = len(part.indices)
-                for start, stop in row_blocks(n, rows):
-                    writer.write_latents(split, start, part.latents[start:stop])
-                psnr = np.full(n, np.nan, dtype=np.float32)
-                ssim = np.full(n, np.nan, dtype=np.float32)
-                if measure:
-                    psnr, ssim = _measure(model.theta, field, part.latents, source[split].images[part.indices],
-                                          device, progress, split)
-                index[split] = SplitIndex(part.indices, part.labels, psnr, ssim)
-            manifest = new_manifest(
-                spec, cfg, source={**official_description(spec), "labels_checked": labels_checked}, chunk_rows=rows,
-                meta_training={"steps": None, "best_step": None, "by": "the MedFuncta authors (official release)",
-                               "history": [],
-                               "note": "engine.meta and engine.fit are mednf's preset for this builder, assumed, "
-                                       "not read from the release; only engine.field is read from model.pt"},
-                fit=None, device=str(device or "cpu"), world_size=1, build_seconds=time.perf_counter() - started,
-                origin={
-                    "kind": "official-release",
-                    "doi": OFFICIAL_DOI,
-                    **(origin or {"folder": str(directory)}),
-                    "model_file": "whole pickled module (read with inert stand-ins)" if model.whole_module
-                    else "state dict",
-                    "w0s": list(model.w0s),
-                    "missing": missing,
-                    "missing_note": "source indices without a datapoint: the official fit dropped each split's last "
-                                    "incomplete batch",
-                    "measured": measure,
-                })
-            writer.finish(manifest, index, source_card_line(manifest.source))
+            _write(work, spec, release, records, time.perf_counter() - started)
             if out.exists():
                 out.rmdir()  # empty (checked above)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,12 +101,125 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     return out
 
 
+@dataclass
+class Release:
+    """What was read of one sub-dataset of the release, and how to write it."""
+
+    model: OfficialModel
+    splits: dict[str, OfficialSplit]  # split → latents [n, P], labels [n, w], source indices [n]
+    missing: dict[str, list[int]]  # split → source indices without a datapoint
+    source: dict[str, SplitData] | None  # the MedMNIST splits when present locally (labels checked against them)
+    measure: bool  # decode every latent and record PSNR/SSIM
+    device: str | torch.device | None
+    progress: bool
+
+
+def _check_layout(directory: Path, out: Path, spec: BuilderSpec) -> None:
+    """The release folder has the official layout and ``out`` is free (one-line errors otherwise)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OfficialImportError(f"--out {out} exists and is not empty; remove it or choose another folder")
+    if not directory.is_dir():
+        raise OfficialFormatError(f"{directory} is not a folder; give the official release folder of {spec.name} "
+                                  "(model.pt, train/, val/, test/)")
+    absent = [s for s in SPLITS if not (directory / s).is_dir()]
+    if absent:
+        raise OfficialFormatError(f"{directory} has no {', '.join(absent)}/ folder: expected the official layout "
+                                  "model.pt, train/, val/, test/")
+
+
+def _read_datapoints(directory: Path, spec: BuilderSpec, latent_dim: int, progress: bool) -> dict[str, OfficialSplit]:
+    """Every split's datapoints, checked against the builder's split sizes and label schema."""
+    total = sum(len(list((directory / s).glob("datapoint_*.pt"))) for s in SPLITS)
+    splits = {}
+    with tqdm(total=total, desc=f"read {spec.name} datapoints", unit="file", disable=not progress) as bar:
+        for split in SPLITS:
+            part = read_split(directory / split, latent_dim, progress=bar.update)
+            expected = spec.splits[split]
+            if part.indices[-1] >= expected:
+                raise OfficialImportError(f"{directory / split} has datapoint_{part.indices[-1]}.pt, but "
+                                          f"{spec.name} {split} has {expected} samples (0..{expected - 1}); "
+                                          "is --name right?")
+            part.labels = _check_labels(part.labels, spec, str(directory / split))
+            splits[split] = part
+    return splits
+
+
+def _missing_samples(directory: Path, spec: BuilderSpec, splits: dict[str, OfficialSplit]) -> dict[str, list[int]]:
+    """Per split, the source indices without a datapoint: only a dropped last batch, else the copy is damaged."""
+    missing = {s: missing_indices(p.indices, spec.splits[s]) for s, p in splits.items()}
+    for split, absent in missing.items():
+        # the official fit drops only the *last* incomplete batch: a gap elsewhere means a damaged copy
+        if absent and absent != list(range(absent[0], spec.splits[split])):
+            gaps = [i for i in absent if i < len(splits[split].indices)]
+            raise OfficialImportError(f"{directory / split} lacks datapoints {gaps[:5]} inside the split (not only a "
+                                      "dropped last batch); the release is incomplete, unpack or download it again")
+    return missing
+
+
+def _check_against_source(spec: BuilderSpec, splits: dict[str, OfficialSplit], medmnist_root: str | Path | None,
+                          measure: bool) -> dict[str, SplitData] | None:
+    """The MedMNIST splits when present locally, after checking the release's labels against them."""
+    source = local_splits(spec, medmnist_root)
+    if source is None:
+        if measure:
+            raise OfficialImportError(f"measuring needs {default_root(medmnist_root) / spec.source.file_name} "
+                                      "(official md5); download it there or leave out --measure")
+        return None
+    for split, part in splits.items():
+        wrong = int((source[split].labels[part.indices] != part.labels).any(axis=1).sum())
+        if wrong:
+            raise OfficialImportError(f"{wrong} of {len(part.indices)} {split} labels differ from "
+                                      f"{spec.source.file_name} at the same indices; the release is not "
+                                      f"{spec.name} at {spec.source.size}px")
+    return source
+
+
+def _records(spec: BuilderSpec, directory: Path, release: Release,
+             origin: dict[str, Any] | None) -> tuple[dict[str, Any], MetaTraining, Origin]:
+    """The manifest's ``source``, ``meta_training`` and ``origin`` of an imported release."""
+    source = {**official_description(spec), "labels_checked": release.source is not None}
+    training = MetaTraining(steps=None, best_step=None, by="the MedFuncta authors (official release)", history=[],
+                            note="engine.meta and engine.fit are mednf's preset for this builder, assumed, not read "
+                                 "from the release; only engine.field is read from model.pt")
+    model = release.model
+    where = Origin(kind="official-release", doi=OFFICIAL_DOI, **(origin or {"folder": str(directory)}),
+                   model_file="whole pickled module (read with inert stand-ins)" if model.whole_module
+                   else "state dict", w0s=list(model.w0s), missing=release.missing,
+                   missing_note="source indices without a datapoint: the official fit dropped each split's last "
+                                "incomplete batch", measured=release.measure)
+    return source, training, where
+
+
+def _write(work: Path, spec: BuilderSpec, release: Release, records: tuple[dict[str, Any], MetaTraining, Origin],
+           seconds: float) -> None:
+    """The dataset in ``work``: θ, latents, index (measured if asked), card, manifest last."""
+    field, rows = release.model.field, spec.build.block_rows
+    writer = DatasetWriter(work, latent_dim=field.latent_dim, chunk_rows=rows)
+    writer.prepare()
+    writer.write_theta(release.model.theta, {"field": dataclasses.asdict(field), "origin": "official MedNF release"})
+    writer.create_latents({s: len(p.indices) for s, p in release.splits.items()}, {"name": spec.name})
+    index = {}
+    for split, part in release.splits.items():
+        n = len(part.indices)
+        for start, stop in row_blocks(n, rows):
+            writer.write_latents(split, start, part.latents[start:stop])
+        psnr = np.full(n, np.nan, dtype=np.float32)
+        ssim = np.full(n, np.nan, dtype=np.float32)
+        if release.measure and release.source is not None:
+            psnr, ssim = _measure(release.model.theta, field, part.latents,
+                                  release.source[split].images[part.indices], release.device, release.progress, split)
+        index[split] = SplitIndex(part.indices, part.labels, psnr, ssim)
+    source, training, origin = records
+    cfg = resolve_engine(spec).replace(field=dataclasses.asdict(field))
+    manifest = new_manifest(spec, cfg, source=source, chunk_rows=rows, meta_training=training, fit=None,
+                            device=str(release.device or "cpu"), world_size=1, build_seconds=seconds, origin=origin)
+    writer.finish(manifest, index, source_card_line(manifest.source))
+
+
 def _measure(theta: dict[str, torch.Tensor], field: FieldConfig, latents: np.ndarray, images: np.ndarray,
              device: str | torch.device | None, progress: bool, split: str,
              batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """PSNR and SSIM ``[n]`` of the decoded latents ``[n, P]`` against ``images`` (uint8 or float, channels-first)."""
-    from tqdm.auto import tqdm
-
     device = torch.device(device or "cpu")
     theta = {k: v.to(device) for k, v in theta.items()}
     spatial = tuple(images.shape[2:])
