@@ -185,3 +185,94 @@ def test_a_continuation_killed_before_the_swap_is_swapped_in_and_another_target_
     build("phantomnf", BuildOptions(out=out, continue_to=16, progress=False))
     assert json.loads((out / "mednf.json").read_text())["meta_training"]["steps"] == 16
     assert not (tmp_path / ".PhantomNF.continue").exists()
+
+
+# ------------------------------------------------------------------------------- every source kind continues
+
+def test_a_build_of_your_own_images_continues_and_other_images_are_refused_without_leftovers(tmp_path):
+    """Where the files were read is no part of the source's identity, for every kind: a build of a folder of
+    PNGs continues (it used to be refused every time, on its recorded ``path``). Files changed since are
+    refused with the kind's own fix (no MedMNIST flags), and the refused attempt leaves no scratch folder."""
+    from test_sources_custom import png_folder, write_builder
+
+    png_folder(tmp_path)
+    path = write_builder(tmp_path, "images", size=16, path="imgs", split_ratio=[0.5, 0.25, 0.25])
+    out = build(str(path), BuildOptions(out=tmp_path / "out", progress=False))
+    build(str(path), BuildOptions(out=out, continue_to=4, progress=False))
+    assert mednf.load(out, "test").manifest.meta_training["steps"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "imgs", "mine.toml", "out"]
+    first = tmp_path / "imgs" / "im00.png"
+    first.write_bytes((tmp_path / "imgs" / "im01.png").read_bytes())  # other pixels under the same name
+    for _ in range(2):  # every failed attempt cleans up after itself
+        with pytest.raises(BuildError) as err:
+            build(str(path), BuildOptions(out=out, continue_to=6, progress=False))
+        message = str(err.value)
+        differ = message.split("was built from (")[1].split("); ")[0]
+        assert differ.startswith("sha256: ") and "path:" not in differ and "file:" not in differ
+        assert "restore them as they were, or rebuild Mine with --restart" in message
+        assert "--medmnist-root" not in message and "--source-npz" not in message
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "imgs", "mine.toml", "out"]
+    assert mednf.load(out, "test").manifest.meta_training["steps"] == 4  # the dataset as it was
+
+
+def test_a_medmnist_build_continues_from_the_file_it_was_built_from_without_medmnist_root(tmp_path, monkeypatch):
+    """The recorded source is reused by every command that rereads it: ``--continue-to`` finds the npz where
+    the build read it (``source.path``) as ``decode`` and ``eval`` do, with no --medmnist-root and no download."""
+    from conftest import SHARED_MEDMNIST
+
+    if not (SHARED_MEDMNIST / "breastmnist_64.npz").is_file():
+        pytest.skip(f"real MedMNIST file {SHARED_MEDMNIST / 'breastmnist_64.npz'} is absent")
+    root = tmp_path / "mine"
+    root.mkdir()
+    shutil.copyfile(SHARED_MEDMNIST / "breastmnist_64.npz", root / "breastmnist_64.npz")
+    out = tmp_path / "BreastNF"
+    options = {"preset": "tiny", "max_samples": 12, "progress": False,
+               "build_overrides": {"block_rows": 8, "val_every": 5, "val_samples": 4}}
+    build("breastnf", BuildOptions(out=out, medmnist_root=root, overrides={"meta": {"steps": 5}}, **options))
+    monkeypatch.setenv("MEDNF_OFFLINE", "1")  # a download attempt would be an error
+    monkeypatch.delenv("MEDMNIST_ROOT", raising=False)
+    build("breastnf", BuildOptions(out=out, continue_to=8, progress=False))
+    continued = mednf.load(out, "test")
+    assert continued.manifest.meta_training["steps"] == 8 and len(continued) == 12
+    assert continued.manifest.source["path"] == str(root / "breastmnist_64.npz")
+    (root / "breastmnist_64.npz").unlink()  # gone from where it was read: the kind's fix, nothing left over
+    with pytest.raises(Exception, match="breastmnist_64.npz"):
+        build("breastnf", BuildOptions(out=out, continue_to=10, progress=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".BreastNF.lock", "BreastNF", "mine"]
+
+
+def test_python_build_errors_name_keywords_and_the_cli_names_flags(tmp_path):
+    """mednf.build's messages say restart=True / out= / continue_to=N, the command's say --restart / --out."""
+    out = tmp_path / "PhantomNF"
+    _build(out, 4)
+    with pytest.raises(BuildError) as err:
+        mednf.build("phantomnf", out=out, preset="tiny", size=32, max_samples=20, steps=6, progress=False)
+    assert "pass restart=True to rebuild it, or choose another out=" in str(err.value) and "--" not in str(err.value)
+    with pytest.raises(BuildError) as err:
+        mednf.build("phantomnf", out=out, continue_to=4, progress=False)
+    assert str(err.value).startswith("continue_to=4 is invalid: PhantomNF has finished 4 meta-iterations")
+    with pytest.raises(ConfigError) as err:
+        mednf.build("phantomnf", out=out, continue_to=9, preset="tiny", restart=True)
+    assert "but preset=, restart=True was given; drop it, or build anew with restart=True" in str(err.value)
+    imported = tmp_path / "imported"
+    shutil.copytree(out, imported)
+    manifest = json.loads((imported / "mednf.json").read_text())
+    (imported / "mednf.json").write_text(json.dumps(manifest | {"origin": {"kind": "official-release"}}))
+    with pytest.raises(BuildError, match=r"; build it with `mednf.build\('NAME', steps=9\)` instead"):
+        mednf.build("phantomnf", out=imported, continue_to=9)
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(out), "--preset", "tiny", "--size", "32",
+                                       "--max-samples", "20", "--steps", "6"])
+    assert result.exit_code == 2 and "pass --restart to rebuild it, or choose another --out" in result.output
+
+
+def test_a_build_that_fails_before_writing_anything_leaves_no_folder(tmp_path, capsys):
+    """Nothing but build.log written: the folder goes, and the last line says so (the log's lines were on
+    the console); a failure after the build began (its .partial exists) keeps the folder to resume."""
+    from test_sources_custom import png_folder, write_builder
+
+    png_folder(tmp_path, count=12)
+    path = write_builder(tmp_path, "images", size=16, path="imgs", splits=(5, 3, 3), split_ratio=[0.5, 0.25, 0.25])
+    with pytest.raises(Exception, match="has split counts"):
+        build(str(path), BuildOptions(out=tmp_path / "out", progress=False))
+    assert not (tmp_path / "out").exists()
+    assert "removed " + str(tmp_path / "out") + ": the build failed before writing anything" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mednf.arguments import CLI, PYTHON, Wording
 from mednf.building.options import BuildOptions
 from mednf.building.pipeline import build as run_build
 from mednf.dataset import MedNFDatasetDict
@@ -68,10 +69,12 @@ def build_options(*, out: str | Path | None = None, gpu: int | None = None, step
                   overrides: Mapping[str, Any] | None = None, medmnist_root: str | Path | None = None,
                   source_npz: str | Path | None = None, max_samples: int | None = None, download: bool = True,
                   restart: bool = False, continue_to: int | None = None, memory_budget: str | int | None = None,
-                  progress: bool = True, tensorboard: str | Path | None = None) -> BuildOptions:
-    """The checked :class:`~mednf.building.options.BuildOptions` of a build (see :func:`build`)."""
+                  progress: bool = True, tensorboard: str | Path | None = None,
+                  wording: Wording = CLI) -> BuildOptions:
+    """The checked :class:`~mednf.building.options.BuildOptions` of a build (see :func:`build`); ``wording``:
+    how its messages name the options (the CLI's flags, or :func:`build`'s keywords)."""
     if memory_budget is not None:
-        parse_memory(memory_budget)  # a bad value ends here, before any work
+        parse_memory(memory_budget, wording.label("memory_budget"))  # a bad value ends here, before any work
     sections = _sections(overrides)
     build_overrides = sections.pop("build", {})
     shortcuts = {"steps": steps, "batch_size": batch_size, "latent_dim": latent_dim, "fit_steps": fit_steps,
@@ -86,7 +89,7 @@ def build_options(*, out: str | Path | None = None, gpu: int | None = None, step
                         build_overrides=build_overrides, medmnist_root=_path(medmnist_root),
                         source_npz=_path(source_npz), max_samples=max_samples, download=download, restart=restart,
                         progress=progress, memory_budget=memory_budget, continue_to=continue_to,
-                        tensorboard=_path(tensorboard))
+                        tensorboard=_path(tensorboard), wording=wording)
 
 
 def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: str | int | torch.device | None = None,
@@ -131,5 +134,6 @@ def build(name_or_toml: str | Path, *, out: str | Path | None = None, device: st
                             fit_steps=fit_steps, precision=precision, size=size, preset=preset, overrides=overrides,
                             medmnist_root=medmnist_root, source_npz=source_npz, max_samples=max_samples,
                             download=download, restart=restart, continue_to=continue_to,
-                            memory_budget=memory_budget, progress=progress, tensorboard=tensorboard)
+                            memory_budget=memory_budget, progress=progress, tensorboard=tensorboard,
+                            wording=PYTHON)
     return load(run_build(name_or_toml, options), split=None)

@@ -15,7 +15,9 @@ in ``<out>/.continue/`` (not content: never exported or checksummed). Continuing
 3. only then is the old dataset replaced (two renames under the dataset lock), so until the new one is
    complete the old one stays as it was. A kill between the renames is finished at the next build of the
    folder (:func:`recover_swap`); a continuation killed after it was complete is swapped in, not redone;
-   one killed on the way to another target is discarded and started again from ``.continue/``.
+   one killed on the way to another target is discarded and started again from ``.continue/``. A
+   continuation refused with a one-line error (other source data, say) removes the scratch folder it made
+   (:func:`scratch_attempt`).
 
 The settings are the finished build's (its manifest), not the builder file's: a change of settings is a
 new build (``--restart``).
@@ -26,8 +28,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from mednf.arguments import CLI, Wording
+from mednf.building.distributed import Dist
 from mednf.building.identity import result_neutral
 from mednf.building.options import BuildOptions
 from mednf.building.trainer import BEST, CURVES, LAST
@@ -61,17 +67,19 @@ def scratch_folder(out: Path) -> Path:
 def check_options(options: BuildOptions) -> None:
     """``--continue-to N`` continues with the finished build's own settings: a one-line ConfigError for a bad
     N, or for any option given beside it that would change the result (:mod:`mednf.building.identity`)."""
-    target = options.continue_to
+    target, wording = options.continue_to, options.wording
     if not isinstance(target, int) or isinstance(target, bool) or target < 1:
-        raise ConfigError(f"--continue-to {target!r} is invalid: expected a number of meta-iterations ≥ 1")
-    flags = [f"--{name.replace('_', '-')}" for name in ("size", "preset", "max_samples")
-             if getattr(options, name) is not None] + (["--restart"] if options.restart else [])
+        raise ConfigError(f"{wording.label('continue_to')} {target!r} is invalid: expected a number of "
+                          "meta-iterations ≥ 1")
+    restart = wording.option("restart", True)
+    flags = [wording.option(name) for name in ("size", "preset", "max_samples")
+             if getattr(options, name) is not None] + ([restart] if options.restart else [])
     given = [*options.overrides.items(), ("build", options.build_overrides)]
     changed = flags + [f"{section}.{key}" for section, values in given for key in values
                        if not result_neutral(section, key)]
     if changed:
-        raise ConfigError(f"--continue-to {target} continues the finished build with its own settings, but "
-                          f"{', '.join(changed)} was given; drop it, or build anew with --restart")
+        raise ConfigError(f"{wording.option('continue_to', target)} continues the finished build with its own "
+                          f"settings, but {', '.join(changed)} was given; drop it, or build anew with {restart}")
 
 
 def with_neutral_options(spec: BuilderSpec, cfg: EngineConfig,
@@ -83,28 +91,29 @@ def with_neutral_options(spec: BuilderSpec, cfg: EngineConfig,
     return dataclasses.replace(spec, build=dataclasses.replace(spec.build, **options.build_overrides)), cfg
 
 
-def continued_settings(out: Path, target: int) -> tuple[Manifest, BuilderSpec, EngineConfig]:
+def continued_settings(out: Path, target: int, wording: Wording = CLI) -> tuple[Manifest, BuilderSpec, EngineConfig]:
     """The finished build in ``out`` and its spec and engine re-planned to ``target`` iterations; a one-line
-    BuildError if it cannot be continued."""
-    fix = f"build it with `mednf build NAME --steps {target}` instead"
+    BuildError if it cannot be continued (``wording``: how the caller names the options)."""
+    given = wording.option("continue_to", target)
+    fix = f"build it with {wording.command('build', 'NAME', steps=target)} instead"
     if not (out / MANIFEST).is_file():
-        why = "an unfinished build (rerun the same `mednf build` to finish it first)" if (out / WORK).is_dir() \
-            else "no dataset"
-        raise BuildError(f"--continue-to {target} needs a finished build in {out}, which holds {why}")
+        again = "the same `mednf.build` call" if wording.python else "the same `mednf build`"
+        why = f"an unfinished build (rerun {again} to finish it first)" if (out / WORK).is_dir() else "no dataset"
+        raise BuildError(f"{given} needs a finished build in {out}, which holds {why}")
     manifest = Manifest.read(out)
     if manifest.origin is not None:
-        raise BuildError(f"--continue-to {target}: {out} was imported ({manifest.origin.kind}), not built by "
+        raise BuildError(f"{given}: {out} was imported ({manifest.origin.kind}), not built by "
                          f"mednf, so it has no meta-training checkpoint; {fix}")
     outdated = outdated_source(manifest.source)
     if outdated:
-        raise BuildError(f"--continue-to {target}: {manifest.name} cannot be continued, {outdated}; rebuild it "
-                         "with --restart")
+        raise BuildError(f"{given}: {manifest.name} cannot be continued, {outdated}; rebuild it "
+                         f"with {wording.option('restart', True)}")
     done = int(manifest.meta_training.steps)
     if target <= done:
-        raise BuildError(f"--continue-to {target} is invalid: {manifest.name} has finished {done} meta-iterations; "
+        raise BuildError(f"{given} is invalid: {manifest.name} has finished {done} meta-iterations; "
                          f"give a number above {done}")
     if not (out / CONTINUE / LAST).is_file():
-        raise BuildError(f"--continue-to {target}: {out / CONTINUE / LAST} is missing (built by an older mednf, or "
+        raise BuildError(f"{given}: {out / CONTINUE / LAST} is missing (built by an older mednf, or "
                          f"removed); {fix}")
     cfg = EngineConfig.from_dict(manifest.engine)
     cfg = dataclasses.replace(cfg, meta=dataclasses.replace(cfg.meta, steps=target))
@@ -179,6 +188,25 @@ def prepare_scratch(out: Path, manifest: Manifest, cfg: EngineConfig) -> Path:
             shutil.copyfile(source, target)
     os.replace(staging, scratch)  # complete or absent
     return scratch
+
+
+@contextmanager
+def scratch_attempt(out: Path, manifest: Manifest, cfg: EngineConfig, dist: Dist) -> Iterator[Path]:
+    """The scratch folder of this continuation (:func:`prepare_scratch`, on rank 0), for the ``with`` block that
+    builds in it. A one-line error (:class:`~mednf.errors.MednfError`, e.g. other source data) removes a scratch
+    folder this attempt made, so a refused continuation leaves nothing behind; a kill or an interrupt keeps it
+    (the same command resumes), as does an error in a scratch folder an earlier attempt left to resume."""
+    scratch = scratch_folder(out)
+    made_now = _scratch_target(scratch) != cfg.meta.steps
+    if dist.is_main:
+        prepare_scratch(out, manifest, cfg)
+    dist.barrier()
+    try:
+        yield scratch
+    except MednfError:
+        if dist.is_main and made_now:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 def swap_in(scratch: Path, out: Path) -> None:

@@ -5,7 +5,8 @@ the work is split or saved but not its result (beyond float rounding) are left o
 the one list of them: a rerun that changes only those resumes an unfinished build, finds a complete one
 complete, and may be given to ``--continue-to``. Everything here is compared as plain JSON values
 (:func:`plain`), the form a build stores it in (``.partial/build.json``, the manifest), with one comparison,
-:func:`differences`.
+:func:`differences`. Where the source data was read is never part of it: a source is what was read (digest
+or md5, rules; :func:`source_identity`, the same for every kind).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mednf.engine.config import EngineConfig
+from mednf.sources.kinds import identity_of
 
 # section → settings that change how the work is split or saved, not its result
 RESULT_NEUTRAL: dict[str, tuple[str, ...]] = {
@@ -61,21 +63,28 @@ def engine_identity(engine: EngineConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def source_identity(description: Mapping[str, Any]) -> dict[str, Any]:
-    """A source description without where it was read from (the same files elsewhere are the same source)."""
-    return plain({k: v for k, v in description.items() if k != "path"})
+    """A source description (what a read gives, or the manifest's ``source`` record) without where its data was
+    read, for every kind alike (:func:`mednf.sources.kinds.identity_of`): what was read — digest or md5, rules,
+    counts — is the identity; the same files elsewhere are the same source."""
+    return plain(identity_of(description))
 
 
 def build_identity(builder: Mapping[str, Any], engine: EngineConfig | Mapping[str, Any],
                    **parts: Any) -> dict[str, Any]:
     """What makes two builds the same: builder and engine without their neutral settings, and ``parts``
-    (e.g. the source description, or ``max_samples``), as plain JSON values."""
+    (e.g. ``source``, a source description: by :func:`source_identity`; or ``max_samples``), as plain JSON
+    values."""
+    if isinstance(parts.get("source"), Mapping):
+        parts = {**parts, "source": source_identity(parts["source"])}
     return {"builder": builder_identity(builder), "engine": engine_identity(engine), **plain(parts)}
 
 
 def stored_identity(stored: Any) -> Any:
     """A ``build.json`` as any mednf version wrote it, in today's terms (older ones kept neutral settings)."""
     if isinstance(stored, dict) and {"builder", "engine"} <= set(stored):
-        return {**stored, "builder": builder_identity(stored["builder"]), "engine": engine_identity(stored["engine"])}
+        source = {"source": source_identity(stored["source"])} if isinstance(stored.get("source"), dict) else {}
+        return {**stored, "builder": builder_identity(stored["builder"]), "engine": engine_identity(stored["engine"]),
+                **source}
     return stored
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mednf.arguments import CLI, Wording
 from mednf.engine.config import EngineConfig
 from mednf.engine.memory import MemoryBudget
 from mednf.errors import ConfigError
@@ -33,6 +34,7 @@ class BuildOptions:
     memory_budget: MemoryBudget | str | int | None = None  # "8GB", bytes; None → a safe share of free memory
     continue_to: int | None = None  # continue a finished build's meta-training to this many iterations
     tensorboard: Path | None = None  # also log the training curves (and validation images) there
+    wording: Wording = CLI  # how messages name these options: the CLI's flags or mednf.build's keywords
 
 
 def prepare_spec(name_or_path: str | Path, options: BuildOptions) -> tuple[BuilderSpec, EngineConfig]:
@@ -49,7 +51,8 @@ def prepare_spec(name_or_path: str | Path, options: BuildOptions) -> tuple[Build
             raise ConfigError(f"build settings {unknown} are unknown: expected {sorted(known)}; check --set build.*")
         spec = dataclasses.replace(spec, build=dataclasses.replace(spec.build, **options.build_overrides))
     if options.max_samples is not None and options.max_samples < 1:
-        raise ConfigError(f"--max-samples {options.max_samples} is invalid: expected an integer ≥ 1")
+        raise ConfigError(f"{options.wording.option('max_samples', options.max_samples)} is invalid: expected an "
+                          "integer ≥ 1")
     return spec, resolve_engine(spec, options.overrides)
 
 

@@ -40,9 +40,8 @@ from mednf.building.buildlog import say
 from mednf.building.continuation import (
     check_options,
     continued_settings,
-    prepare_scratch,
     recover_swap,
-    scratch_folder,
+    scratch_attempt,
     swap_in,
     with_neutral_options,
 )
@@ -72,13 +71,14 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     budget = resolve_budget(options.memory_budget, device)
     prepare.plan_rank(spec, cfg, budget, device, (spec.source.size,) * spec.source.dims, env_rank())  # refuse now
     out = check_build_folder(output_folder(spec, options))
-    prepare.make_writable(out)
+    prepare.make_writable(out, options.wording)
     with build_session(out, device) as session:
         if session.dist.is_main:
             recover_swap(out)  # a continuation killed in the middle of replacing this dataset
         session.dist.barrier()
         session.log_into(out)
-        return _build_locked(BuildRun(out, spec, cfg, options, device, session.dist, budget))
+        with prepare.removed_if_only_log(out, session):  # failed before writing anything: no folder left
+            return _build_locked(BuildRun(out, spec, cfg, options, device, session.dist, budget))
 
 
 def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
@@ -95,18 +95,15 @@ def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
         if finished and Manifest.read(out).meta_training.steps == target:
             say(f"the continuation of {out} to {target} meta-iterations had finished; put it in place", dist)
             return out
-        manifest, spec, cfg = continued_settings(out, target)
+        manifest, spec, cfg = continued_settings(out, target, options.wording)
         spec, cfg = with_neutral_options(spec, cfg, options)
-        if dist.is_main:
-            prepare_scratch(out, manifest, cfg)
-        dist.barrier()
-        scratch = scratch_folder(out)
-        session.log_into(scratch)
-        again = dataclasses.replace(options, continue_to=None, max_samples=manifest.source.get("max_samples"))
-        run = BuildRun(scratch, spec, cfg, again, device, dist, budget)
-        run.say(f"continuing {manifest.name} from {manifest.meta_training.steps} to {target} meta-iterations in "
-                f"{scratch}; {out} stays as it is until the new dataset is complete")
-        _build_locked(run, continued_from=manifest.source)
+        with scratch_attempt(out, manifest, cfg, dist) as scratch:  # a refused attempt removes what it made
+            session.log_into(scratch)
+            again = dataclasses.replace(options, continue_to=None, max_samples=manifest.source.get("max_samples"))
+            run = BuildRun(scratch, spec, cfg, again, device, dist, budget)
+            run.say(f"continuing {manifest.name} from {manifest.meta_training.steps} to {target} meta-iterations "
+                    f"in {scratch}; {out} stays as it is until the new dataset is complete")
+            _build_locked(run, continued_from=manifest.source)
         if dist.is_main:
             swap_in(scratch, out)
             run.say(f"replaced {out} by the continued build")
@@ -122,7 +119,7 @@ def _build_locked(run: BuildRun, continued_from: dict[str, Any] | None = None) -
         return run.out
     run.say(f"building {run.spec.name} into {run.out} on {run.device_name}"
             + (f", {run.dist.world} processes" if run.dist.enabled else ""))
-    source = prepare.read_source(run)
+    source = prepare.read_source(run, continued_from)
     if continued_from is not None:
         prepare.check_continued_source(run, source, continued_from)
     prepare.store_identity(run, source)

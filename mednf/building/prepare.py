@@ -7,16 +7,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mednf.arguments import CLI, Wording
+from mednf.building.buildlog import say, stop_log
 from mednf.building.continuation import keep_checkpoints
 from mednf.building.distributed import on_every_rank
-from mednf.building.identity import build_identity, differences, plain, source_identity, stored_identity
+from mednf.building.identity import build_identity, differences, source_identity, stored_identity
 from mednf.building.run import BuildRun
+from mednf.building.session import BuildSession
 from mednf.engine.config import EngineConfig
 from mednf.engine.execution import Execution
 from mednf.engine.fused_latent_grad import requested_kernel
@@ -28,6 +32,7 @@ from mednf.format.layout import (
     CONTINUE,
     INDEX,
     LATENTS,
+    LOG,
     MANIFEST,
     MODEL,
     RECONSTRUCTIONS_PNG,
@@ -39,7 +44,7 @@ from mednf.format.reader import verify_dataset
 from mednf.format.writer import DatasetWriter
 from mednf.io.files import atomic_write_json
 from mednf.sources.base import SourceData
-from mednf.sources.kinds import outdated_source
+from mednf.sources.kinds import outdated_source, provide_again
 from mednf.sources.read import load_source
 from mednf.sources.spec import BuilderSpec
 
@@ -56,15 +61,35 @@ def plan_rank(spec: BuilderSpec, cfg: EngineConfig, budget: MemoryBudget, device
     return plan_memory(cfg, spatial, budget=budget, device=device, local_batch=max(1, local), rows_out=rows_out)
 
 
-def make_writable(out: Path) -> None:
-    """Create ``out``; a one-line BuildError if it cannot be written."""
+def make_writable(out: Path, wording: Wording = CLI) -> None:
+    """Create ``out``; a one-line BuildError if it cannot be written (``wording``: how the caller names
+    ``out``)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise BuildError(f"output directory {out} is not writable ({err.strerror}); choose another --out") from None
+        raise BuildError(f"output directory {out} is not writable ({err.strerror}); choose another "
+                         f"{wording.option('out')}") from None
+
+
+@contextmanager
+def removed_if_only_log(out: Path, session: BuildSession) -> Iterator[None]:
+    """Around a build in ``out``: if it fails (an error, an interrupt) before writing anything but its log,
+    the folder goes: a folder holding only ``build.log`` is no dataset and no build to resume. Every line of
+    that log was also on the console (:func:`mednf.building.buildlog.say`); the last one says the folder was
+    removed. The lock is still held (the caller's session), so no other build can have started there."""
+    try:
+        yield
+    except BaseException:
+        if session.dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} == {LOG}:
+            stop_log(session.handler)
+            session.handler = None
+            shutil.rmtree(out, ignore_errors=True)
+            say(f"removed {out}: the build failed before writing anything but build.log, whose lines are above",
+                session.dist)
+        raise
 
 
 def open_folder(run: BuildRun) -> DatasetWriter:
@@ -99,28 +124,31 @@ def already_complete(run: BuildRun) -> bool:
     done = build_identity(manifest.builder, manifest.engine, max_samples=manifest.source.get("max_samples"))
     wanted = build_identity(run.spec.to_dict(), run.cfg, max_samples=run.options.max_samples)
     differ = differences(done, wanted)
+    restart, out = run.options.wording.option("restart", True), run.options.wording.option("out")
     if differ:
         raise BuildError(f"{run.out} holds a complete {manifest.name} built with other settings "
-                         f"({'; '.join(differ[:3])}); pass --restart to rebuild it, or choose another --out")
+                         f"({'; '.join(differ[:3])}); pass {restart} to rebuild it, or choose another {out}")
     outdated = outdated_source(manifest.source)
     if outdated:
         raise BuildError(f"{run.out} holds a complete {manifest.name} whose source this mednf no longer draws "
-                         f"({outdated}); pass --restart to rebuild it, or choose another --out")
+                         f"({outdated}); pass {restart} to rebuild it, or choose another {out}")
     if run.dist.is_main and run.work.is_dir():  # killed between the manifest and the clean-up
         keep_checkpoints(run.work, run.out)
         shutil.rmtree(run.work, ignore_errors=True)
-    run.say(f"{run.spec.name} is already complete in {run.out} (pass --restart to build it again)")
+    run.say(f"{run.spec.name} is already complete in {run.out} (pass {restart} to build it again)")
     return True
 
 
-def read_source(run: BuildRun) -> SourceData:
-    """The source data; rank 0 reads (and if needed downloads) first, the others then read the verified file."""
+def read_source(run: BuildRun, recorded: dict[str, Any] | None = None) -> SourceData:
+    """The source data; rank 0 reads (and if needed downloads) first, the others then read the verified file.
+    ``recorded``: the manifest ``source`` of the build this one continues, whose data is looked for where that
+    build read it before anything is downloaded (as ``mednf decode`` / ``eval`` do)."""
     options = run.options
 
     def read() -> SourceData:
         return load_source(run.spec, root=options.medmnist_root, source_npz=options.source_npz,
                            max_samples=options.max_samples, download_missing=options.download,
-                           progress=options.progress, warn=lambda m: run.say(f"warning: {m}"))
+                           progress=options.progress, warn=lambda m: run.say(f"warning: {m}"), recorded=recorded)
 
     return on_every_rank(run.dist, read, MednfError, BuildError,
                          "reading the source data failed on another rank (see its message)", main_first=True)
@@ -128,11 +156,12 @@ def read_source(run: BuildRun) -> SourceData:
 
 def check_continued_source(run: BuildRun, source: SourceData, recorded: dict[str, Any]) -> None:
     """A continuation must read the data the finished build was made from (``recorded``: its manifest's
-    ``source``; where it was read is not compared)."""
-    differ = differences(source_identity(recorded), plain(source.description))
+    ``source``). Both sides are compared as :func:`~mednf.building.identity.source_identity` (where the data
+    was read is not part of it); the fix is the kind's own (:func:`mednf.sources.kinds.provide_again`)."""
+    differ = differences(source_identity(recorded), source_identity(source.description))
     if differ:
         raise BuildError(f"the source data is not the one {run.spec.name} was built from ({'; '.join(differ[:3])}); "
-                         "give the same files (--medmnist-root / --source-npz) to continue it")
+                         f"to continue it, {provide_again(run.spec.name, recorded, run.options.wording)}")
 
 
 def store_identity(run: BuildRun, source: SourceData) -> None:
@@ -146,7 +175,8 @@ def store_identity(run: BuildRun, source: SourceData) -> None:
         differ = differences(stored_identity(json.loads(path.read_text(encoding="utf-8"))), identity)
         if differ:
             raise BuildError(f"{run.out} holds an unfinished build with other settings ({'; '.join(differ[:3])}); "
-                             "rerun with the same options, or pass --restart to discard it")
+                             f"rerun with the same options, or pass {run.options.wording.option('restart', True)} to "
+                             "discard it")
     elif run.dist.is_main:
         atomic_write_json(path, identity)
 

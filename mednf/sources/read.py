@@ -27,11 +27,14 @@ def load_source(
     download_missing: bool = True,
     progress: bool = True,
     warn: Warn | None = None,
+    recorded: dict[str, Any] | None = None,
 ) -> SourceData:
     """All three splits of a builder's data, validated (and limited to ``max_samples`` per split). ``warn``
-    (default: a :class:`~mednf.sources.base.SourceWarning`) receives what is usable but unusual."""
+    (default: a :class:`~mednf.sources.base.SourceWarning`) receives what is usable but unusual; ``recorded``:
+    the manifest ``source`` of a build this read continues, whose data is looked for where that build read it
+    (:func:`mednf.sources.kinds.recorded_source`) before anything is downloaded."""
     context = ReadContext(root=root, source_npz=source_npz, download_missing=download_missing, progress=progress,
-                          warn=warn or warn_source)
+                          warn=warn or warn_source, recorded=recorded)
     data = kind_of(spec).load(spec, context)
     check_labels(spec, data.splits, data.origin)
     if max_samples is not None:

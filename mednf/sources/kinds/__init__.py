@@ -15,8 +15,10 @@ Adding a kind is a :class:`SourceKind` in its own module, registered in ``_KINDS
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from mednf.arguments import CLI, Wording
 from mednf.errors import ConfigError, did_you_mean
 from mednf.sources.base import SourceData, SplitData
 from mednf.sources.kinds.base import ReadContext, Root, SourceKind
@@ -29,8 +31,9 @@ from mednf.sources.kinds.table1d import Table1DKind
 if TYPE_CHECKING:
     from mednf.sources.spec import BuilderSpec
 
-__all__ = ["ReadContext", "Root", "SourceKind", "get_kind", "images_unavailable", "kind_names", "kind_of",
-           "local_splits", "official_description", "outdated_source", "recorded_source", "source_card_line"]
+__all__ = ["ReadContext", "Root", "SourceKind", "get_kind", "identity_of", "images_unavailable", "kind_names",
+           "kind_of", "local_splits", "official_description", "outdated_source", "provide_again", "recorded_source",
+           "source_card_line"]
 
 _KINDS: dict[str, SourceKind] = {kind.name: kind for kind in (MedMNISTKind(), PhantomKind(), ImagesKind(),
                                                                 NiftiKind(), Table1DKind())}
@@ -74,6 +77,20 @@ def recorded_source(spec: BuilderSpec, data: SourceData) -> dict[str, Any]:
     the same source.
     """
     return kind_of(spec).recorded(data)
+
+
+def identity_of(source: Mapping[str, Any]) -> dict[str, Any]:
+    """A source description or manifest ``source`` record without where its data was read (its kind's
+    :attr:`SourceKind.location_keys`; ``path`` for a kind this mednf does not know): the same data read from
+    elsewhere is the same source (:meth:`SourceKind.identity`)."""
+    kind = _KINDS.get(str(source.get("kind")))
+    return kind.identity(source) if kind is not None else {k: v for k, v in source.items() if k != "path"}
+
+
+def provide_again(name: str, source: dict[str, Any], wording: Wording = CLI) -> str:
+    """How to give a build of ``name`` the data of its manifest ``source`` again (its kind's words, one clause;
+    :meth:`SourceKind.provide_again`)."""
+    return get_kind(source.get("kind", ""), "manifest source").provide_again(name, source, wording)
 
 
 def outdated_source(source: dict[str, Any]) -> str | None:

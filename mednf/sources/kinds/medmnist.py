@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mednf.arguments import CLI, Wording
 from mednf.errors import ConfigError, SourceError
 from mednf.sources.base import SourceData, SplitData
 from mednf.sources.kinds.base import ReadContext, Root, SourceKind
@@ -68,9 +69,13 @@ class MedMNISTKind(SourceKind):
             if not path.is_file():
                 raise SourceError(f"--source-npz {path} does not exist; give the path of a MedMNIST-layout .npz")
             md5 = file_md5(path)
-        else:
-            path, md5 = locate_medmnist(spec, context.root, download_missing=context.download_missing,
-                                        progress=context.progress)
+        else:  # a continued build's file where it was read (or in root), before any download
+            found = None if context.recorded is None else self._built_file(spec, context.recorded, context.root)
+            if found is not None:
+                path, md5 = found, str(context.recorded["md5"])
+            else:
+                path, md5 = locate_medmnist(spec, context.root, download_missing=context.download_missing,
+                                            progress=context.progress)
         splits = read_npz(path, spec)
         official = md5 == expected
         counts = {s: len(d.images) for s, d in splits.items()}
@@ -113,12 +118,23 @@ class MedMNISTKind(SourceKind):
             paths.append(Path(source["path"]))
         return paths
 
-    def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:
-        """The split from the first candidate file (:meth:`_candidates`) with the recorded md5."""
+    def _built_file(self, spec: BuilderSpec, source: dict[str, Any], root: Root) -> Path | None:
+        """The first candidate file (:meth:`_candidates`) with the recorded md5, or None."""
         for path in self._candidates(spec, source, root):
             if path.is_file() and file_md5(path) == source["md5"]:
-                return read_npz(path, spec)[split]
+                return path
         return None
+
+    def built_split(self, spec: BuilderSpec, source: dict[str, Any], split: str, root: Root) -> SplitData | None:
+        """The split from the first candidate file with the recorded md5 (:meth:`_built_file`)."""
+        path = self._built_file(spec, source, root)
+        return None if path is None else read_npz(path, spec)[split]
+
+    def provide_again(self, name: str, source: dict[str, Any], wording: Wording = CLI) -> str:
+        """Where the build read its npz and how to point at it."""
+        where = source.get("path") or source["file"]
+        return (f"put the file {name} was built from back at {where} (md5 {source['md5']}), or give its folder with "
+                f"{wording.option('medmnist_root')} or the file with {wording.option('source_npz')}")
 
     def images_unavailable(self, name: str, source: dict[str, Any], root: Root) -> str:
         """Where the file was looked for, why it did not do, and how to provide it."""

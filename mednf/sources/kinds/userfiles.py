@@ -12,6 +12,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from mednf.arguments import CLI, Wording
 from mednf.errors import ConfigError, SourceError
 from mednf.sources.base import SourceData, SplitData, Warn, no_warnings
 from mednf.sources.kinds.base import ReadContext, Root, SourceKind
@@ -26,6 +27,7 @@ class UserDataKind(SourceKind):
     the digest check are shared."""
 
     required_keys: ClassVar[tuple[str, ...]] = ("path",)
+    location_keys: ClassVar[tuple[str, ...]] = ("path", "file")  # both the folder or file read (absolute)
     what: ClassVar[str] = "files"  # for messages: "images", "volumes", "signals"
 
     @abstractmethod
@@ -80,6 +82,12 @@ class UserDataKind(SourceKind):
                     f"there, or point [source] path at their new place and rebuild {name}")
         return (f"the {self.what} under {path} are not the ones {name} was built from (sha256 {digest}…; changed, "
                 f"damaged or unreadable since): restore them, or rebuild {name} with --restart")
+
+    def provide_again(self, name: str, source: dict[str, Any], wording: Wording = CLI) -> str:
+        """Restore the files as they were, or rebuild."""
+        return (f"the {self.what} under {source.get('path', '?')} are not the ones {name} was built from (sha256 "
+                f"{str(source.get('sha256', '?'))[:16]}…); restore them as they were, or rebuild {name} with "
+                f"{wording.option('restart', True)}")
 
     def card_line(self, source: dict[str, Any]) -> str:
         """The path, the number of files, the digest and how the splits were made."""
