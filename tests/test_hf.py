@@ -262,3 +262,18 @@ def leftovers(cache) -> list[str]:
     """What a download left in the cache, beside the dataset lock and an empty ``.downloads``."""
     return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")
                   and not (p.name == ".downloads" and not any(p.iterdir())))
+
+
+def test_cli_export_hf_says_where_the_registry_entry_went(phantom_dir, tmp_path):
+    """The HF folder uploads as it is (only its own files); the registry entry is beside it, and the output
+    names both."""
+    from mednf.tasks.export import hf_registry_entry
+
+    out = tmp_path / "hub" / "PhantomNF"
+    result = CliRunner().invoke(main, ["export", str(phantom_dir), "--format", "hf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    entry = hf_registry_entry(out)
+    assert entry == tmp_path / "hub" / "PhantomNF.registry-entry.toml" and entry.is_file()
+    assert f"wrote {entry} beside it (not uploaded)" in result.output
+    assert "upload it as it is with `hf upload <org>/PhantomNF" in result.output
+    assert not any(p.name.endswith(".toml") for p in out.rglob("*"))

@@ -20,7 +20,7 @@ from mednf.remote.official_import import import_official as run_import
 from mednf.remote.registry import is_registered, registry_entry
 from mednf.remote.zenodo import download_zenodo
 from mednf.sources.spec import load_builder
-from mednf.tasks.export import export_hf, export_zenodo, upload_hint
+from mednf.tasks.export import export_hf, export_zenodo, hf_registry_entry, upload_hint
 
 
 @click.command(cls=GuardedCommand)
@@ -66,11 +66,13 @@ def export(name: str, fmt: str, out: Path, root: Path | None) -> None:
     """Export NAME for Zenodo or the Hugging Face Hub.
 
     zenodo: one archive + SHA256SUMS + registry entry; hf: Parquet shards + card with data_files (loadable
-    by datasets.load_dataset) + manifest and θ."""
+    by datasets.load_dataset) + manifest and θ, and the registry entry beside the folder (OUT.registry-entry.toml)."""
     if fmt == "hf":
         folder = export_hf(find_dataset(name, root), out)
-        click.echo(f"wrote {folder}: data/*.parquet, README.md, mednf.json, model.safetensors; upload it with "
-                   f"`{upload_hint(folder)}`")
+        click.echo(f"wrote {folder}: data/*.parquet, README.md, mednf.json, model.safetensors; upload it as it is "
+                   f"with `{upload_hint(folder)}`")
+        click.echo(f"wrote {hf_registry_entry(folder)} beside it (not uploaded): the registry entry, to complete "
+                   "with the commit of the upload")
         return
     archive = export_zenodo(find_dataset(name, root), out)
     click.echo(f"wrote {archive} ({archive.stat().st_size / 2**20:.1f} MiB), {out / 'SHA256SUMS'}, "

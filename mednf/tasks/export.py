@@ -162,7 +162,8 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     written by ``datasets`` so the features travel in the schema), ``README.md`` whose YAML ``configs``
     (one config, the default, named by :func:`hf_config_name`) make ``datasets.load_dataset(out)`` find the
     splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
-    format from the repository, and the build's curves and reconstruction grid that the card shows."""
+    format from the repository, and the build's curves and reconstruction grid that the card shows. The
+    registry entry goes beside the folder (:func:`hf_registry_entry`), so the folder uploads as it is."""
     files, out = _open_for_export(dataset, out, lambda name: _HF_FILES, "Hugging Face export")
     manifest = files.manifest
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,10 +179,18 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
-    (out.parent / f"{out.name}.registry-entry.toml").write_text(
+    atomic_write_bytes(hf_registry_entry(out), (
         f'[{manifest.name}]\nhf_repo = "<org>/{manifest.name}"\nhf_revision = "<commit after upload>"\n'
-        f'manifest_sha256 = "{sha256_file(out / MANIFEST)}"\n', encoding="utf-8")
+        f'manifest_sha256 = "{sha256_file(out / MANIFEST)}"\n').encode())
     return out
+
+
+def hf_registry_entry(folder: str | Path) -> Path:
+    """Where :func:`export_hf` writes the registry entry of the HF export ``folder``: beside it,
+    ``<folder>.registry-entry.toml``, not inside. The folder is what gets uploaded, as it is; the entry is for
+    mednf's registry (``builders/registry.toml``) and is completed with the commit the upload makes."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.registry-entry.toml"
 
 
 def _write_hf_export(files: DatasetFiles, folder: Path) -> None:
