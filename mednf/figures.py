@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 DPI = 100
 MIN_TILE_PX = 112  # smallest side a tile is shown at (28² → 4×, 32² → 3.5×)
 MAX_TILE_PX = 256  # larger images are shown smaller
+CURVE_COLUMNS = 4  # 1D signals: at most this many panels a row
 ROW_LABELS = ("input", "reconstruction", "|error|")
 # pixel layout of an image grid
 _LEFT, _RIGHT_BAR, _RIGHT, _HGAP, _VGAP, _CAPTION = 112, 78, 16, 10, 6, 36
@@ -136,7 +137,7 @@ def grid_figure(recon: np.ndarray, inputs: np.ndarray | None = None, *, indices:
     width = _LEFT + cols * tw + (cols - 1) * _HGAP + right
     band_h = len(rows) * th + (len(rows) - 1) * _VGAP + _CAPTION
     note_lines = [line for text in notes for line in textwrap.wrap(text, max(30, (width - 20) // 7))]
-    title_lines = textwrap.wrap(title, max(20, (width - 20) // 9))
+    title_lines, title_size = _fit_title(title, width - 20)
     top = 16 + _TITLE_LINE * len(title_lines) + 12
     height = top + bands * band_h + (len(note_lines) * _NOTE_LINE + 10 if note_lines else 0)
 
@@ -171,7 +172,7 @@ def grid_figure(recon: np.ndarray, inputs: np.ndarray | None = None, *, indices:
             bar.ax.tick_params(labelsize=7)
             bar.set_label("|error|", fontsize=8)
     if title_lines:
-        fig.suptitle("\n".join(title_lines), x=0.5, y=1 - 12 / height, va="top", fontsize=11)
+        fig.suptitle("\n".join(title_lines), x=0.5, y=1 - 12 / height, va="top", fontsize=title_size)
     if note_lines:
         fig.text(10 / width, (len(note_lines) * _NOTE_LINE + 4) / height, "\n".join(note_lines), fontsize=8,
                  va="top", ha="left", color="0.25")
@@ -181,46 +182,110 @@ def grid_figure(recon: np.ndarray, inputs: np.ndarray | None = None, *, indices:
 def curves_figure(recon: np.ndarray, inputs: np.ndarray | None = None, *, indices: Sequence[int] | None = None,
                   psnr: Sequence[float | None] | None = None, title: str = "", note: str | None = None,
                   columns: int = 8) -> Figure:
-    """1D signals ``[n, D, L]``: one small plot per signal (every channel), the input ``[n, D, L']`` dashed
-    under the reconstruction; the sample index and PSNR under each plot, a legend and the title above."""
+    """1D signals ``[n, D, L]``: one panel per signal (every channel), the input ``[n, D, L']`` drawn dark under
+    the reconstruction, and below it a narrower **|error|** panel (``|reconstruction − input|`` per channel,
+    one scale for the figure; only when the input has the reconstruction's length). At most
+    :data:`CURVE_COLUMNS` panels a row (``columns`` fewer), so a row stays readable; the sample index and PSNR
+    above each panel, a legend and the title above all."""
     n = len(recon)
     indices = list(range(n)) if indices is None else list(indices)
     psnr = [None] * n if psnr is None else list(psnr)
-    cols = max(1, min(n, columns))
+    errors = np.abs(recon - inputs) if inputs is not None and inputs.shape == recon.shape else None  # [n, D, L]
+    notes = [note] if note else []
+    if inputs is not None and errors is None:
+        notes.append(f"no |error| panels: the reconstructions have {recon.shape[-1]} points, the inputs "
+                     f"{inputs.shape[-1]}")
+    cols = max(1, min(n, columns, CURVE_COLUMNS))
     rows = -(-n // cols)
-    width = 2.2 * cols + 0.3  # inches
-    note_lines = textwrap.wrap(note, max(30, int(width * DPI - 20) // 7)) if note else []
-    title_lines = textwrap.wrap(title, max(20, int(width * DPI - 200) // 8))  # the legend sits at the right
-    top = 0.25 + 0.18 * len(title_lines) + 0.2  # inches: title, legend
-    bottom = 0.45 + 0.15 * len(note_lines)  # tick labels, captions, note
-    height = 1.6 * rows + 0.45 * (rows - 1) + top + bottom
+    panel_w, signal_h, error_h, caption_h, row_gap = 3.2, 1.5, 0.6, 0.28, 0.45  # inches
+    left, right, gap = 0.75, 0.2, 0.15
+    width = left + cols * panel_w + (cols - 1) * gap + right
+    band_h = caption_h + signal_h + (0.08 + error_h if errors is not None else 0.0)
+    note_lines = [line for text in notes for line in textwrap.wrap(text, max(30, int(width * DPI - 20) // 7))]
+    title_lines, title_size = _fit_title(title, int(width * DPI) - 260)  # the legend sits at the right
+    top = 0.15 + 0.2 * len(title_lines) + 0.15  # title, legend
+    bottom = 0.4 + 0.16 * len(note_lines)  # tick labels, note
+    height = top + rows * band_h + (rows - 1) * row_gap + bottom
     fig = figure_class()(figsize=(width, height), dpi=DPI)
-    grid = fig.add_gridspec(rows, cols, left=0.5 / width, right=1 - 0.1 / width, top=1 - top / height,
-                            bottom=bottom / height, hspace=0.45 / 1.6, wspace=0.25)
-    first = None
+
+    def axes_at(x: float, y: float, w: float, h: float, **kwargs: Any) -> Any:  # inches from the top left
+        return fig.add_axes((x / width, 1 - (y + h) / height, w / width, h / height), **kwargs)
+
+    first = first_error = None
+    error_max = max(float(errors.max()), 1e-6) * 1.05 if errors is not None else 1.0
     for k in range(n):
-        ax = fig.add_subplot(grid[divmod(k, cols)], sharey=first, label=f"signal #{indices[k]}")
+        band, col = divmod(k, cols)
+        x = left + col * (panel_w + gap)
+        y = top + band * (band_h + row_gap) + caption_h
+        ax = axes_at(x, y, panel_w, signal_h, sharey=first, label=f"signal #{indices[k]}")
         first = first or ax
         for d in range(recon.shape[1]):
             if inputs is not None:
-                ax.plot(np.linspace(0, 1, inputs.shape[-1]), inputs[k, d], "--", lw=0.8, color="gray",
+                ax.plot(np.linspace(0, 1, inputs.shape[-1]), inputs[k, d], lw=1.6, color="0.15", alpha=0.55,
                         label="input" if d == 0 else None)
-            ax.plot(np.linspace(0, 1, recon.shape[-1]), recon[k, d], lw=1.0, color=f"C{d}",
+            ax.plot(np.linspace(0, 1, recon.shape[-1]), recon[k, d], lw=1.1, color=f"C{d}",
                     label="reconstruction" if d == 0 else None)
-        ax.set_xlabel(_caption(indices[k], psnr[k]).replace("\n", "  "), fontsize=8, labelpad=2)
-        ax.tick_params(labelsize=6)
-        if k % cols == 0:
-            ax.set_ylabel("value", fontsize=8)
+        ax.set_xlabel(_caption(indices[k], psnr[k]).replace("\n", "  "), fontsize=9, labelpad=3)
+        ax.xaxis.set_label_position("top")
+        ax.tick_params(labelsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xticks([0.25, 0.5, 0.75])  # position in the signal; none at the ends, where neighbours meet
+        if col == 0:
+            ax.set_ylabel("value", fontsize=9)
+        else:  # one scale per row of panels (shared): its numbers at the left only
+            ax.tick_params(labelleft=False)
+        if errors is not None:
+            ax.tick_params(labelbottom=False)
+            err = axes_at(x, y + signal_h + 0.08, panel_w, error_h, sharex=ax, sharey=first_error,
+                          label=f"|error| #{indices[k]}")
+            first_error = first_error or err
+            for d in range(recon.shape[1]):
+                err.fill_between(np.linspace(0, 1, recon.shape[-1]), errors[k, d], color=f"C{d}", alpha=0.45, lw=0)
+            err.set_ylim(0, error_max)
+            err.tick_params(labelsize=7)
+            err.locator_params(axis="y", nbins=2)
+            if col == 0:
+                err.set_ylabel("|error|", fontsize=9)
+            else:
+                err.tick_params(labelleft=False)
     if first is not None:
         handles, labels = first.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False, ncols=2,
+        fig.legend(handles, labels, loc="upper right", fontsize=9, frameon=False, ncols=2,
                    bbox_to_anchor=(1 - 0.05 / width, 1 - 0.08 / height))
     if title_lines:
-        fig.suptitle("\n".join(title_lines), x=0.1 / width, ha="left", y=1 - 0.1 / height, va="top", fontsize=10)
+        fig.suptitle("\n".join(title_lines), x=0.1 / width, ha="left", y=1 - 0.1 / height, va="top",
+                     fontsize=title_size)
     if note_lines:
-        fig.text(0.1 / width, (0.08 + 0.15 * len(note_lines)) / height, "\n".join(note_lines), fontsize=8,
+        fig.text(0.1 / width, (0.08 + 0.16 * len(note_lines)) / height, "\n".join(note_lines), fontsize=8,
                  va="top", color="0.25")
     return fig
+
+
+def _fit_title(title: str, room: int, largest: int = 11, smallest: int = 8) -> tuple[list[str], int]:
+    """A title in ``room`` pixels: on one line at the largest font size from ``largest`` down to ``smallest``
+    that fits, else broken only between its parts (`` · `` and ``, ``), never inside one. Characters are
+    taken as 0.6 em wide (DejaVu Sans, the default font, averages less)."""
+    if not title:
+        return [], largest
+    for size in range(largest, smallest - 1, -1):
+        if len(title) * 0.6 * size * DPI / 72 <= room:
+            return [title], size
+    chars = max(20, int(room / (0.6 * smallest * DPI / 72)))
+    parts = [part for piece in title.split(" · ") for part in _join_commas(piece)]
+    lines: list[str] = []
+    for i, part in enumerate(parts):
+        joint = " · " if i and not lines[-1].endswith(",") else " "
+        if lines and len(lines[-1]) + len(joint) + len(part) <= chars:
+            lines[-1] += joint + part
+        else:
+            lines.append(part)
+    return [line.strip() for line in lines], smallest
+
+
+def _join_commas(piece: str) -> list[str]:
+    """``"a, b"`` → ``["a,", "b"]``: the places a title part may be broken."""
+    words = piece.split(", ")
+    return [w + ("," if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
 
 @dataclass

@@ -127,3 +127,34 @@ def test_without_matplotlib_plotting_is_one_line(phantom_dir, tmp_path, monkeypa
     result = CliRunner().invoke(main, ["decode", str(phantom_dir), "--out", str(tmp_path / "g.png")])
     assert result.exit_code == 2 and result.output == f"error: {err.value}\n"
     assert not (tmp_path / "g.png").exists()
+
+
+def test_signals_wrap_into_rows_with_an_error_panel_and_titles_break_between_parts():
+    """1D: at most four panels a row, readable ticks, the input drawn solid and an |error| panel under each
+    signal on one scale; a title too long for a narrow grid shrinks, then breaks only between its parts."""
+    from mednf.figures import CURVE_COLUMNS
+
+    rng = np.random.default_rng(1)
+    signals = rng.random((8, 1, 50))
+    fig = grid_figure(signals, signals + 0.05 * rng.standard_normal(signals.shape), psnr=[20.0] * 8,
+                      title="reconstruction error · " + grid_title("BeatNF", "test", (50,), 8))
+    axes = {ax.get_label(): ax for ax in fig.axes}
+    assert CURVE_COLUMNS == 4 and fig.get_size_inches()[0] < 15
+    assert len({ax.get_position().y0 for label, ax in axes.items() if label.startswith("signal")}) == 2
+    errors = [axes[f"|error| #{i}"] for i in range(8)]
+    assert all(ax.get_ylim() == errors[0].get_ylim() for ax in errors) and errors[0].get_ylabel() == "|error|"
+    assert axes["signal #0"].lines[0].get_linestyle() == "-" and axes["signal #0"].lines[0].get_linewidth() >= 1.5
+    assert axes["signal #0"].xaxis.get_label_position() == "top"  # the caption above the panel
+    assert axes["signal #0"].yaxis.get_major_ticks()[0].label1.get_fontsize() >= 8
+    shorter = grid_figure(signals[:2], signals[:2, :, :40])  # other lengths: no |error| panel, a note says so
+    assert not any(ax.get_label().startswith("|error|") for ax in shorter.axes)
+    assert "no |error| panels" in _note(shorter)
+
+    volumes = rng.random((3, 1, 8, 8, 8)).astype(np.float32)
+    title = "reconstruction error · " + grid_title("VolumeNF3D", "test", (32,) * 3, 3)
+    fig = grid_figure(volumes, volumes, title=title)
+    lines = fig._suptitle.get_text().split("\n")
+    assert lines == ["reconstruction error · VolumeNF3D · test split · 3 samples at 32×32×32,",
+                     "middle slice (axis 0 at 16 of 32)"]
+    one = grid_figure(volumes, volumes, title=grid_title("V", "test", (32,) * 3, 3))
+    assert "\n" not in one._suptitle.get_text() and one._suptitle.get_fontsize() < 11
