@@ -6,8 +6,8 @@ rows: **input** (the source image, when it can be had), **reconstruction** (deco
 input has the reconstruction's size). Under each sample: its index in the split and its PSNR. Rows that
 cannot be had are left out and a note under the grid says why. Tiles are drawn with nearest-neighbour
 upscaling and at least ``MIN_TILE_PX`` pixels a side, so 28² and 64² images are visible. Volumes show
-their middle slice (the title says so). 1D signals are curves (:func:`curves_figure`), the input dashed
-under the reconstruction, with the same title and captions.
+their middle slice (the title says so). 1D signals are curves (:func:`curves_figure`), at most four a row,
+the input under the reconstruction and an |error| panel below each, with the same title and captions.
 
 :func:`dataset_figure` makes the figure of a :class:`~mednf.dataset.MedNFDataset` (``ds.plot``, ``mednf
 decode --out x.png``, ``mednf eval --plot``); :func:`save_figure` writes a PNG atomically. Figures are
