@@ -27,7 +27,8 @@ from official_style import OfficialStyleModel, fit_batch, meta_step
 from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig, FitConfig, MetaConfig
 from mednf.engine.fit import fit_latents
-from mednf.engine.meta import MetaLearner, mse_to_psnr, signal_mse
+from mednf.engine.meta import MetaLearner
+from mednf.engine.metrics import mse_to_psnr, signal_mse
 
 DATA = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
 

@@ -109,7 +109,7 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
                 fit_latents(params, signals, cfg.field, cfg.fit, with_ssim=True)  # fit.batch_size = batch
             else:
                 fit_batch(params, nf.to_points(signals), coords, cfg.field, cfg.fit, ids,
-                          chunk_rows=spec["chunk_rows"], return_recon=True)
+                          chunk_rows=spec["chunk_rows"])
         out["seconds"] = [time.perf_counter() - started]
     elif mode == "planned":  # plan like a build does, then run what was planned
         budget = MemoryBudget(int(spec["budget"]), "probe")

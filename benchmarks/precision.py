@@ -55,11 +55,12 @@ from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig, FitConfig, MetaConfig
 from mednf.engine.context import gather_context, random_context
 from mednf.engine.execution import Execution
-from mednf.engine.fit import fit_latents
+from mednf.engine.fit import FittedBatch, fit_latents
 from mednf.engine.fused_latent_grad import ENV as FIT_KERNEL_ENV
 from mednf.engine.inner_grad import inner_gradient
 from mednf.engine.latent_grad import latent_gradient
-from mednf.engine.meta import MetaLearner, signal_mse
+from mednf.engine.meta import MetaLearner
+from mednf.engine.metrics import signal_mse
 from mednf.engine.precision import FP32, bf16_parts, cpu_bf16_units, resolve_precision
 
 DATA = Path(os.environ.get("MEDNF_TEST_MEDMNIST", Path(__file__).resolve().parents[2] / "shared/data/medmnist"))
@@ -137,7 +138,7 @@ def _inner_loop_bf16_update(field, targets, coords, *, lr, contexts, create_grap
 
 
 def _fit_batch_bf16_update(params, targets, coords, cfg, fit, signal_ids, *, seed=0, chunk_rows=None,
-                           return_recon=False, observed=None, precision=FP32):
+                           observed=None, precision=FP32):
     """mednf.engine.fit.fit_batch with every update of φ rounded to bf16 (whole images: no mask)."""
     assert observed is None, "the bf16+update arm fits whole images"
     B, N = targets.shape[:2]
@@ -156,7 +157,7 @@ def _fit_batch_bf16_update(params, targets, coords, cfg, fit, signal_ids, *, see
     with torch.no_grad():
         recon = nf.forward_prepared(field, phi, coords).clamp_(0.0, 1.0)
         mse = signal_mse(recon, targets)
-    return (phi, mse, recon) if return_recon else (phi, mse)
+    return FittedBatch(phi, mse, recon)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from mednf.building.pipeline import BuildOptions, build
 from mednf.engine.config import EngineConfig
 from mednf.engine.field import decode
 from mednf.engine.fit import fit_latents
-from mednf.engine.meta import mse_to_psnr
+from mednf.engine.metrics import mse_to_psnr
 from mednf.format.reader import verify_dataset
 from mednf.sources.phantoms import make_phantoms
 

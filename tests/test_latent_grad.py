@@ -9,7 +9,7 @@ from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig
 from mednf.engine.context import gather_context, random_context
 from mednf.engine.latent_grad import latent_gradient
-from mednf.engine.meta import signal_mse
+from mednf.engine.metrics import signal_mse
 
 SPATIAL = {1: (40,), 2: (7, 6), 3: (4, 3, 5)}
 

@@ -16,7 +16,8 @@ from conftest import load_npz, report
 from mednf.engine import field as nf
 from mednf.engine.config import FieldConfig, FitConfig, MetaConfig
 from mednf.engine.fit import fit_latents
-from mednf.engine.meta import MetaLearner, mse_to_psnr, signal_mse
+from mednf.engine.meta import MetaLearner
+from mednf.engine.metrics import mse_to_psnr, signal_mse
 
 
 def _train_and_evaluate(train: np.ndarray, test: np.ndarray, cfg: FieldConfig, meta: MetaConfig,

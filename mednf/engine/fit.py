@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, overload
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,8 +30,7 @@ from mednf.engine.execution import Execution, given_or_resolved
 from mednf.engine.fused_latent_grad import fit_kernel, fused_latent_gradient
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.memory import MemoryBudget, resolve_budget
-from mednf.engine.meta import check_signals, mse_to_psnr, signal_mse
-from mednf.engine.metrics import SSIM_WINDOW, ssim
+from mednf.engine.metrics import SSIM_WINDOW, check_signals, mse_to_psnr, signal_mse, ssim
 from mednf.engine.planner import CPU_CHUNK_ROWS, fit_chunk_rows, fit_signal_bytes, plan_fit_batch
 from mednf.engine.precision import FP32, Precision, matmul_switches
 from mednf.errors import ConfigError
@@ -71,16 +70,12 @@ def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: t
                           rows_out=rows_out or 1024, chunk_rows=chunk_rows)
 
 
-@overload
-def fit_batch(params: nf.Params, targets: Tensor, coords: Tensor, cfg: FieldConfig, fit: FitConfig, signal_ids: Tensor,
-              *, seed: int = ..., chunk_rows: int | None = ..., return_recon: Literal[False] = ...,
-              observed: Tensor | None = ..., precision: Precision = ...) -> tuple[Tensor, Tensor]: ...
+class FittedBatch(NamedTuple):
+    """What :func:`fit_batch` returns for one batch of B signals of N points and D channels."""
 
-
-@overload
-def fit_batch(params: nf.Params, targets: Tensor, coords: Tensor, cfg: FieldConfig, fit: FitConfig, signal_ids: Tensor,
-              *, seed: int = ..., chunk_rows: int | None = ..., return_recon: Literal[True],
-              observed: Tensor | None = ..., precision: Precision = ...) -> tuple[Tensor, Tensor, Tensor]: ...
+    latents: Tensor  # φ [B, P]
+    mse: Tensor  # [B] of the clamped reconstruction (over the observed points when a mask is given)
+    recon: Tensor  # the clamped reconstruction [B, N, D]
 
 
 def fit_batch(
@@ -93,10 +88,9 @@ def fit_batch(
     *,
     seed: int = 0,
     chunk_rows: int | None = None,
-    return_recon: bool = False,
     observed: Tensor | None = None,
     precision: Precision = FP32,
-) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+) -> FittedBatch:
     """Fit latents for one batch.
 
     Args:
@@ -113,12 +107,11 @@ def fit_batch(
             set; every row needs one); the loss, the rescaling subsets and the MSE use only those.
             None: every point.
         seed: seed of the rescaling subsets (:mod:`mednf.engine.context`).
-        return_recon: also return the clamped reconstruction.
         precision: the resolved precision of the products (:func:`mednf.engine.field.prepare`).
 
     Returns:
-        ``(φ [B, P], MSE of the clamped reconstruction [B])``, plus that reconstruction ``[B, N, D]``
-        when ``return_recon``.
+        :class:`FittedBatch`: φ ``[B, P]``, the MSE ``[B]`` of the clamped reconstruction and that
+        reconstruction ``[B, N, D]`` (computed for the MSE anyway).
     """
     B, N = targets.shape[:2]
     field = nf.prepare(params, cfg, precision)
@@ -152,7 +145,7 @@ def fit_batch(
             mse = signal_mse(recon, targets)
         else:
             mse = ((recon - targets).square() * point_weights[..., None]).mean(dim=(1, 2))
-    return (phi, mse, recon) if return_recon else (phi, mse)
+    return FittedBatch(phi, mse, recon)
 
 
 def as_float_signals(signals: Tensor | np.ndarray) -> Tensor:
@@ -369,7 +362,7 @@ def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Cal
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
         allocator = fit_memory() if device.type == "cpu" else contextlib.nullcontext()
         with matmul_switches(precision), allocator:
-            phi, mse, recon = fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed, return_recon=True,
+            phi, mse, recon = fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed,
                                         observed=part.observed, precision=precision)
         if ssims is not None and part.signals is not None:
             ssims[start:stop] = ssim(nf.from_points(recon, part.signals.shape[2:]), part.signals).cpu()

@@ -18,6 +18,27 @@ from mednf.errors import ConfigError
 SSIM_WINDOW = 11  # Gaussian window, σ = 1.5 (torchmetrics' and scikit-image's default)
 
 
+def check_signals(values: Tensor, what: str = "signals") -> None:
+    """Refuse non-finite values with a message that says how many and where to look."""
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ConfigError(
+            f"{what} contain {bad} NaN/Inf value(s): expected finite values in [0, 1]; "
+            f"clean or drop those samples before meta-learning or fitting"
+        )
+
+
+def signal_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-signal mean squared error over points and channels: ``[B, N, D]`` × 2 → ``[B]``."""
+    return (pred - target).pow(2).mean(dim=(1, 2))
+
+
+def mse_to_psnr(mse: Tensor) -> Tensor:
+    """PSNR in dB for signals with data range 1: ``[B]`` → ``[B]``."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-12))
+
+
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
     """PSNR in dB per signal for values in [0, 1]: ``[B, ...]`` × 2 → ``[B]``."""
     mse = (pred - target).pow(2).flatten(1).mean(dim=1)

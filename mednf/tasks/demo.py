@@ -15,7 +15,8 @@ import torch
 from mednf.engine.config import EngineConfig
 from mednf.engine.field import coordinate_grid, forward, to_points
 from mednf.engine.fit import fit_latents
-from mednf.engine.meta import MetaLearner, mse_to_psnr, signal_mse
+from mednf.engine.meta import MetaLearner
+from mednf.engine.metrics import mse_to_psnr, signal_mse
 from mednf.engine.presets import get_preset
 from mednf.sources.phantoms import make_phantoms
 
