@@ -197,14 +197,16 @@ def curves_figure(recon: np.ndarray, inputs: np.ndarray | None = None, *, indice
                      f"{inputs.shape[-1]}")
     cols = max(1, min(n, columns, CURVE_COLUMNS))
     rows = -(-n // cols)
-    panel_w, signal_h, error_h, caption_h, row_gap = 3.2, 1.5, 0.6, 0.28, 0.45  # inches
-    left, right, gap = 0.75, 0.2, 0.15
+    # inches; a band is the caption, the signal and its |error| panel (without one the signal takes its place)
+    panel_w, caption_h, error_h, between, row_gap = 1.95, 0.25, 0.42, 0.06, 0.4
+    band_h = caption_h + 1.58
+    signal_h = band_h - caption_h - (between + error_h if errors is not None else 0.0)
+    left, right, gap = 0.6, 0.15, 0.15
     width = left + cols * panel_w + (cols - 1) * gap + right
-    band_h = caption_h + signal_h + (0.08 + error_h if errors is not None else 0.0)
     note_lines = [line for text in notes for line in textwrap.wrap(text, max(30, int(width * DPI - 20) // 7))]
     title_lines, title_size = _fit_title(title, int(width * DPI) - 260)  # the legend sits at the right
     top = 0.15 + 0.2 * len(title_lines) + 0.15  # title, legend
-    bottom = 0.4 + 0.16 * len(note_lines)  # tick labels, note
+    bottom = 0.35 + 0.16 * len(note_lines)  # tick labels, note
     height = top + rows * band_h + (rows - 1) * row_gap + bottom
     fig = figure_class()(figsize=(width, height), dpi=DPI)
 
@@ -236,7 +238,7 @@ def curves_figure(recon: np.ndarray, inputs: np.ndarray | None = None, *, indice
             ax.tick_params(labelleft=False)
         if errors is not None:
             ax.tick_params(labelbottom=False)
-            err = axes_at(x, y + signal_h + 0.08, panel_w, error_h, sharex=ax, sharey=first_error,
+            err = axes_at(x, y + signal_h + between, panel_w, error_h, sharex=ax, sharey=first_error,
                           label=f"|error| #{indices[k]}")
             first_error = first_error or err
             for d in range(recon.shape[1]):
