@@ -263,6 +263,11 @@ def test_python_build_errors_name_keywords_and_the_cli_names_flags(tmp_path):
     result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(out), "--preset", "tiny", "--size", "32",
                                        "--max-samples", "20", "--steps", "6"])
     assert result.exit_code == 2 and "pass --restart to rebuild it, or choose another --out" in result.output
+    with pytest.raises(BuildError) as err:  # the source kinds' messages too
+        mednf.build("phantomnf", out=tmp_path / "other", source_npz="x.npz", progress=False)
+    assert "source_npz='x.npz' is invalid for PhantomNF" in str(err.value) and "drop source_npz=" in str(err.value)
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(tmp_path / "other"), "--source-npz", "x.npz"])
+    assert result.exit_code == 2 and "--source-npz x.npz is invalid for PhantomNF" in result.output
 
 
 def test_a_build_that_fails_before_writing_anything_leaves_no_folder(tmp_path, capsys):

@@ -148,7 +148,8 @@ def read_source(run: BuildRun, recorded: dict[str, Any] | None = None) -> Source
     def read() -> SourceData:
         return load_source(run.spec, root=options.medmnist_root, source_npz=options.source_npz,
                            max_samples=options.max_samples, download_missing=options.download,
-                           progress=options.progress, warn=lambda m: run.say(f"warning: {m}"), recorded=recorded)
+                           progress=options.progress, warn=lambda m: run.say(f"warning: {m}"), recorded=recorded,
+                           wording=options.wording)
 
     return on_every_rank(run.dist, read, MednfError, BuildError,
                          "reading the source data failed on another rank (see its message)", main_first=True)

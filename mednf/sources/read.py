@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mednf.arguments import CLI, Wording
 from mednf.errors import SourceError
 from mednf.sources.base import SourceData, SplitData, Warn
 from mednf.sources.kinds import ReadContext, Root, get_kind, kind_of
@@ -28,13 +29,15 @@ def load_source(
     progress: bool = True,
     warn: Warn | None = None,
     recorded: dict[str, Any] | None = None,
+    wording: Wording = CLI,
 ) -> SourceData:
     """All three splits of a builder's data, validated (and limited to ``max_samples`` per split). ``warn``
     (default: a :class:`~mednf.sources.base.SourceWarning`) receives what is usable but unusual; ``recorded``:
     the manifest ``source`` of a build this read continues, whose data is looked for where that build read it
-    (:func:`mednf.sources.kinds.recorded_source`) before anything is downloaded."""
+    (:func:`mednf.sources.kinds.recorded_source`) before anything is downloaded; ``wording``: how messages
+    name the options (the CLI's flags or :func:`mednf.build`'s keywords)."""
     context = ReadContext(root=root, source_npz=source_npz, download_missing=download_missing, progress=progress,
-                          warn=warn or warn_source, recorded=recorded)
+                          warn=warn or warn_source, recorded=recorded, wording=wording)
     data = kind_of(spec).load(spec, context)
     check_labels(spec, data.splits, data.origin)
     if max_samples is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mednf.arguments import CLI, Wording
+from mednf.errors import ConfigError
 from mednf.sources.base import SourceData, SourceWarning, SplitData, Warn
 
 if TYPE_CHECKING:
@@ -39,6 +40,14 @@ class ReadContext:
     warn: Warn = warn_source  # usable but unusual data (not the official file, unlisted files)
     recorded: dict[str, Any] | None = None  # the manifest ``source`` of the build this read continues: its data
     # is looked for where that build read it too (a kind that finds files by name; the others read their path)
+    wording: Wording = CLI  # how messages name the options: the CLI's flags or mednf.build's keywords
+
+    def refuse_source_npz(self, name: str, why: str) -> None:
+        """A one-line ConfigError if ``source_npz`` was given to a kind that reads no npz (``why``: what it
+        reads instead), naming the option as the caller did."""
+        if self.source_npz is not None:
+            raise ConfigError(f"{self.wording.option('source_npz', self.source_npz)} is invalid for {name}: {why}; "
+                              f"drop {self.wording.option('source_npz')}")
 
 
 class SourceKind(ABC):

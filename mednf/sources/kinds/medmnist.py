@@ -67,7 +67,8 @@ class MedMNISTKind(SourceKind):
         if context.source_npz is not None:
             path = Path(context.source_npz).expanduser()
             if not path.is_file():
-                raise SourceError(f"--source-npz {path} does not exist; give the path of a MedMNIST-layout .npz")
+                raise SourceError(f"{context.wording.option('source_npz', path)} does not exist; give the path of a "
+                                  "MedMNIST-layout .npz")
             md5 = file_md5(path)
         else:  # a continued build's file where it was read (or in root), before any download
             found = None if context.recorded is None else self._built_file(spec, context.recorded, context.root)

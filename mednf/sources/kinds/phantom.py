@@ -29,9 +29,7 @@ class PhantomKind(SourceKind):
 
     def load(self, spec: BuilderSpec, context: ReadContext) -> SourceData:
         """The phantoms of the spec's seed (``--source-npz`` refused)."""
-        if context.source_npz is not None:
-            raise ConfigError(f"--source-npz {context.source_npz} is invalid for {spec.name}: its images are generated "
-                              "from the seed, not read from a file; drop --source-npz")
+        context.refuse_source_npz(spec.name, "its images are generated from the seed, not read from a file")
         return SourceData(phantom_source(spec), self.description(spec),
                           origin=f"the {spec.name} phantoms (seed {spec.seed})")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mednf.arguments import CLI, Wording
-from mednf.errors import ConfigError, SourceError
+from mednf.errors import SourceError
 from mednf.sources.base import SourceData, SplitData, Warn, no_warnings
 from mednf.sources.kinds.base import ReadContext, Root, SourceKind
 from mednf.sources.userdata import all_rows
@@ -36,9 +36,7 @@ class UserDataKind(SourceKind):
 
     def load(self, spec: BuilderSpec, context: ReadContext) -> SourceData:
         """The files read (:meth:`read`), with ``[splits]`` checked against the counts found."""
-        if context.source_npz is not None:
-            raise ConfigError(f"--source-npz {context.source_npz} is invalid for {spec.name}: its {self.what} are "
-                              f"read from [source] path = {spec.source.path!r}; drop --source-npz")
+        context.refuse_source_npz(spec.name, f"its {self.what} are read from [source] path = {spec.source.path!r}")
         data = self.read(spec, context.warn)
         counts = data.counts()
         if counts != spec.splits:
