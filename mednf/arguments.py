@@ -8,7 +8,7 @@ are never numbers.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -56,10 +56,14 @@ def side_lengths(size: Any, dims: int, name: str = "size") -> tuple[int, ...]:
     return tuple(int(s) for s in sides)
 
 
-def positions(index: Any, count: int, what: str) -> np.ndarray | int:
+def positions(index: Any, count: int, what: str | Callable[[], str]) -> np.ndarray | int:
     """Rows ``0..count-1`` selected by ``index`` (an int, a slice, a boolean mask ``[count]``, or integers,
     negative ones counting from the end): an int for an int, else ``[n]`` int64. ``what`` names the
-    indexed thing in errors (e.g. ``"PhantomNF test"``)."""
+    indexed thing in errors (e.g. ``"PhantomNF test"``; a function giving it is called only for an error)."""
+    if type(index) is int and -count <= index < count:  # the common case of ds[i], kept to a few hundred ns
+        return index % count
+    if callable(what):
+        what = what()
     if is_int(index):
         i = int(index)
         if not -count <= i < count:

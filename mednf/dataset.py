@@ -128,7 +128,11 @@ class MedNFDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def _positions(self, idx: IndexLike) -> np.ndarray | int:
-        return positions(idx, len(self), f"{self.name} {self.split}")
+        """The rows ``idx`` selects (:func:`mednf.arguments.positions`)."""
+        return positions(idx, len(self.rows), self._describe)
+
+    def _describe(self) -> str:
+        return f"{self.name} {self.split}"
 
     def __getitem__(self, idx: IndexLike) -> dict[str, Any]:
         pos = self._positions(idx)
