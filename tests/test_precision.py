@@ -284,3 +284,36 @@ def test_explicit_and_double_backward_meta_gradients_agree_in_bf16():
     between, to_fp32 = _rel(grads[True], grads[False]), _rel(grads[True], exact)
     report(f"bf16 meta-gradient, explicit vs double backward: {between / U:.2f}u; explicit vs fp32: {to_fp32 / U:.2f}u")
     assert between <= 8 * U and to_fp32 <= 8 * U
+
+
+@pytest.mark.parametrize("global_setting", ["medium", "high"])
+def test_fp32_is_ieee_float32_whatever_the_caller_set(global_setting):
+    """A caller's torch.set_float32_matmul_precision("medium") lets oneDNN run float32 products in bf16 on a CPU
+    with bf16 units ("high": TF32 on CUDA). mednf's fp32 sets IEEE float32 for its own products, records it, and
+    gives the caller's setting back; the fit is the one of the default setting."""
+    params, _, _, _ = _data()
+    signals = torch.rand(4, 1, *SPATIAL, generator=torch.Generator().manual_seed(3))
+    fit = FitConfig(steps=3, lr=1e-2, grad_rescale=False)
+    reference = fit_latents(params, signals, _cfg(), fit).latents
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(global_setting)
+    try:
+        with prec.matmul_switches(prec.FP32):
+            assert torch.get_float32_matmul_precision() == "highest"
+            assert torch.backends.mkldnn.matmul.fp32_precision == "ieee" and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == global_setting  # given back
+        latents = fit_latents(params, signals, _cfg(), fit).latents
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert torch.equal(latents, reference)
+    assert prec.float32_products(prec.FP32) == "highest"
+    tf32 = dataclasses.replace(prec.FP32, requested="tf32", effective="tf32", device="cuda")
+    assert prec.float32_products(tf32) == "high"
+
+
+def test_the_manifest_records_the_float32_products_of_the_run(tmp_path):
+    from mednf.building.pipeline import BuildOptions, build
+
+    out = build("phantomnf", BuildOptions(out=tmp_path / "P", **TINY))
+    manifest = json.loads((out / "mednf.json").read_text())
+    assert manifest["meta_training"]["float32_products"] == "highest"

@@ -27,6 +27,7 @@ from mednf.engine.fit import as_float_signals
 from mednf.engine.fused_latent_grad import fit_kernel, kernel_record
 from mednf.engine.memory import peak_memory
 from mednf.engine.planner import MemoryPlan
+from mednf.engine.precision import float32_products
 from mednf.figures import grid_figure, grid_title, save_figure
 from mednf.format.layout import RECONSTRUCTIONS_PNG, TRAINING_CSV, TRAINING_PNG
 from mednf.format.manifest import Manifest, new_manifest
@@ -74,7 +75,8 @@ def finalize(run: BuildRun, writer: DatasetWriter, source: SourceData, trained: 
                        "best_val_psnr": summary.best_val_psnr, "val_samples": spec.build.val_samples,
                        "history": summary.history, "seconds": summary.seconds,
                        "memory": plan.to_dict() | {"measured_peak_bytes": peak_memory(device)},
-                       "precision": precision.to_dict(), "curves": curves, "schedule": summary.schedule,
+                       "precision": precision.to_dict(), "float32_products": float32_products(precision),
+                       "curves": curves, "schedule": summary.schedule,
                        "baseline_check": {"val_mean_image_psnr": trained.val_baseline, "margin_db": MARGIN_DB,
                                           "learns_per_sample": summary.learns_per_sample}
                        | (summary.diagnosis.as_dict() if summary.diagnosis is not None else {})},

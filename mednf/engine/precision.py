@@ -216,14 +216,32 @@ def _swap_cuda_flag_new(value: str) -> Callable[[], None]:
     return lambda: setattr(matmul, "fp32_precision", previous)
 
 
+def float32_products(precision: Precision) -> str:
+    """The float32 matrix-product precision (torch's setting) that a run in ``precision`` needs: ``"high"`` (TF32) for tf32 on
+    CUDA, else ``"highest"`` (IEEE float32: fp32, and the float32 parts of bf16)."""
+    return "high" if precision.device == "cuda" and precision.effective == "tf32" else "highest"
+
+
+def _swap_float32_products(value: str) -> Callable[[], None]:
+    """``torch.set_float32_matmul_precision(value)`` (CUDA TF32 and the CPU's oneDNN products alike); the undo.
+    A process that configured the backends through torch's newer per-backend API keeps that API."""
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(value)
+        return lambda: torch.set_float32_matmul_precision(previous)
+    except RuntimeError:
+        return _swap_tf32(value == "high")
+
+
 @contextlib.contextmanager
 def matmul_switches(precision: Precision) -> Iterator[None]:
-    """Set torch's global CUDA matrix-product switches as ``precision`` needs them, restored on exit: TF32 on
-    for tf32, reduced-precision bf16 reductions off (fp32 accumulation) for bf16; fp32 and the CPU change nothing."""
+    """Set torch's global matrix-product switches as ``precision`` needs them, restored on exit, whatever the
+    caller set before: float32 products in IEEE float32 for fp32 (a global ``"medium"`` would otherwise let
+    oneDNN run them in bf16 on a CPU with bf16 units, and ``"high"`` TF32 on CUDA), TF32 for tf32 on CUDA, and
+    for bf16 reduced-precision reductions off (fp32 accumulation inside the bf16 GEMMs)."""
     undo: list[Callable[[], None]] = []
     try:
-        if precision.device == "cuda" and precision.effective == "tf32":
-            undo.append(_swap_tf32(True))
+        undo.append(_swap_float32_products(float32_products(precision)))
         if precision.device == "cuda" and precision.bf16:  # fp32 accumulation inside the bf16 GEMMs
             undo.append(_swap_cuda_flag("allow_bf16_reduced_precision_reduction", False))
         yield

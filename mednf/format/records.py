@@ -117,6 +117,7 @@ class MetaTraining(JsonRecord):
     seconds: float | None
     memory: dict[str, Any] | None  # the memory plan (mednf.engine.planner.MemoryPlan.to_dict) and the peak
     precision: dict[str, Any] | None  # requested / effective precision (mednf.engine.precision.Precision.to_dict)
+    float32_products: str | None  # torch's float32 matmul precision mednf set: "highest" (IEEE) or "high" (TF32)
     curves: dict[str, Any] | None  # csv, png, complete: the training curves' files
     schedule: list[Any] | None  # the runs that made the θ: from, length (a --continue-to adds one)
     baseline_check: dict[str, Any] | None  # does the latent carry per-sample information (mednf.engine.baselines)
