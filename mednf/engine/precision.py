@@ -217,8 +217,8 @@ def _swap_cuda_flag_new(value: str) -> Callable[[], None]:
 
 
 def float32_products(precision: Precision) -> str:
-    """The float32 matrix-product precision (torch's setting) that a run in ``precision`` needs: ``"high"`` (TF32) for tf32 on
-    CUDA, else ``"highest"`` (IEEE float32: fp32, and the float32 parts of bf16)."""
+    """The float32 matrix-product precision (torch's setting) that a run in ``precision`` needs: ``"high"``
+    (TF32) for tf32 on CUDA, else ``"highest"`` (IEEE float32: fp32, and the float32 parts of bf16)."""
     return "high" if precision.device == "cuda" and precision.effective == "tf32" else "highest"
 
 
