@@ -12,6 +12,7 @@ import torch
 
 import mednf
 from mednf.arguments import IndexTypeError
+from mednf.cli.options import parse_threads
 from mednf.errors import ConfigError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
 from mednf.format.tensors import load_tensors, save_tensors
@@ -148,3 +149,11 @@ def test_a_local_manifest_that_is_not_json_is_one_line(phantom_dir, tmp_path, bo
     with pytest.raises(FormatError, match="is not valid JSON") as err:
         mednf.load(root, "test")
     _one_line(err.value)
+
+
+@pytest.mark.parametrize("value", ["99999999999", "4097", "²"])
+def test_threads_beyond_any_machine_is_one_line(value):
+    with pytest.raises(ConfigError, match="from 1 to 4096") as err:
+        parse_threads(value)
+    _one_line(err.value)
+    assert parse_threads("4096") == 4096

@@ -49,14 +49,19 @@ def check_folder(option: str, path: Path) -> None:
         raise ConfigError(f"{option} {path} is invalid: its folder {folder} {state}; create it or choose another path")
 
 
+MAX_THREADS = 4096
+"""The most ``--threads`` accepts: more overflows torch's int32 setting (and no machine has that many)."""
+
+
 def parse_threads(value: str | None) -> int | None:
     """``--threads`` text → a thread count ≥ 1 (None: not given); a one-line ConfigError otherwise."""
     if value is None:
         return None
     text = str(value).strip()
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"--threads {value!r} is invalid: expected a whole number ≥ 1 of CPU threads, e.g. "
-                          f"--threads {os.cpu_count() or 4}")
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_THREADS)) \
+            or not 1 <= int(text) <= MAX_THREADS:
+        raise ConfigError(f"--threads {value!r} is invalid: expected a whole number from 1 to {MAX_THREADS} of CPU "
+                          f"threads, e.g. --threads {os.cpu_count() or 4}")
     return int(text)
 
 
