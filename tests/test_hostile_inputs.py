@@ -9,9 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 import mednf
 from mednf.arguments import IndexTypeError
+from mednf.cli import main
 from mednf.cli.options import parse_threads
 from mednf.errors import ConfigError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
@@ -157,3 +159,19 @@ def test_threads_beyond_any_machine_is_one_line(value):
         parse_threads(value)
     _one_line(err.value)
     assert parse_threads("4096") == 4096
+
+
+@pytest.mark.parametrize("images", [np.array([["a", "b"], ["c", "d"]]), np.array([[None]], dtype=object),
+                                    [[0.0, 0.5], [0.1]]])
+def test_encode_refuses_arrays_that_are_not_numbers(phantom_dir, images):
+    with pytest.raises(EncodeError, match="numeric") as err:
+        mednf.encode(images, phantom_dir, progress=False)
+    _one_line(err.value)
+
+
+def test_the_encode_command_refuses_a_string_array(phantom_dir, tmp_path):
+    images = tmp_path / "img_str.npz"
+    np.savez(images, images=np.full((2, 32, 32), "x"))
+    result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(images), "--out", str(tmp_path / "e.npz")])
+    assert result.exit_code == 2, result.output
+    assert "is not numeric" in result.output and "Traceback" not in result.output

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +43,25 @@ class EncodeResult:
     space: str  # name of the MedNF space
 
 
+def numeric_tensor(value: Any, what: str) -> Tensor:
+    """``value`` (an array, a tensor or nested lists) as a tensor of numbers, else a one-line EncodeError naming
+    ``what``: strings, objects and ragged lists are refused here, before torch turns them into a TypeError."""
+    if isinstance(value, Tensor):
+        return value
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise EncodeError(f"{what} cannot be read as an array ({err}): expected a numeric array of one "
+                          "shape") from None
+    if array.dtype.kind not in "biuf":
+        raise EncodeError(f"the dtype {array.dtype} of {what} is not numeric: expected an array of bool, "
+                          "integers or floats; convert it")
+    return torch.as_tensor(array)
+
+
 def _channels_first(images: np.ndarray | Tensor, channels: int, dims: int) -> Tensor:
     """``[N, *spatial]`` / ``[N, *spatial, D]`` / ``[N, D, *spatial]`` → ``[N, D, *spatial]`` (a view)."""
-    x = torch.as_tensor(images)
+    x = numeric_tensor(images, "images")
     if x.dtype not in (torch.uint8, torch.float16, torch.float32, torch.float64):
         raise EncodeError(f"images have dtype {x.dtype}: expected uint8 (0..255) or float in [0, 1]; convert them")
     if x.dim() == dims + 1 and channels == 1:
@@ -149,7 +166,7 @@ def encode_points(coords: np.ndarray | Tensor, values: np.ndarray | Tensor, spac
 
     ds = open_space(space, root)
     cfg = ds.config
-    coords, values = torch.as_tensor(coords), torch.as_tensor(values)
+    coords, values = numeric_tensor(coords, "coords"), numeric_tensor(values, "values")
     if values.dtype not in (torch.uint8, torch.float16, torch.float32, torch.float64):
         raise EncodeError(f"values have dtype {values.dtype}: expected uint8 (0..255) or float in [0, 1]")
     seen = None if mask is None else as_mask(mask, len(values), tuple(values.shape[1:2]))
@@ -171,7 +188,7 @@ def encode_points(coords: np.ndarray | Tensor, values: np.ndarray | Tensor, spac
 
 def as_mask(mask: np.ndarray | Tensor, count: int, spatial: tuple[int, ...]) -> Tensor:
     """A user's mask as ``[count, *spatial]`` bool: bool or 0/1 values, one per signal or one for all."""
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    m = numeric_tensor(mask, "mask")
     if m.dtype != torch.bool:
         if m.is_floating_point() or m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
             raise EncodeError(f"mask has dtype {m.dtype} with values other than 0/1: expected bool or 0/1 "
