@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from mednf.errors import ConfigError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.io.files import sha256_file
+from mednf.sources.spec import load_builder
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +177,26 @@ def test_the_encode_command_refuses_a_string_array(phantom_dir, tmp_path):
     result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(images), "--out", str(tmp_path / "e.npz")])
     assert result.exit_code == 2, result.output
     assert "is not numeric" in result.output and "Traceback" not in result.output
+
+
+def _builder_file(tmp_path, *, seed="0", extra="") -> str:
+    text = (Path(__file__).parents[1] / "builders" / "phantomnf.toml").read_text()
+    path = tmp_path / "hostile.toml"
+    path.write_text(text.replace("\nseed = 0\n", f"\nseed = {seed}\n{extra}", 1))
+    return str(path)
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", str(2**63)])
+def test_a_builder_seed_beyond_int64_is_one_line(tmp_path, seed):
+    with pytest.raises(ConfigError, match="< 2\\*\\*63") as err:
+        load_builder(_builder_file(tmp_path, seed=seed))
+    _one_line(err.value)
+    assert load_builder(_builder_file(tmp_path, seed=str(2**63 - 1))).seed == 2**63 - 1
+
+
+@pytest.mark.parametrize("nested", ["x = " + "[" * 50_000 + "]" * 50_000 + "\n", "x = " + "{a = " * 50_000 + "1"
+                                    + "}" * 50_000 + "\n"])
+def test_a_builder_nested_too_deep_is_one_line(tmp_path, nested):
+    with pytest.raises(ConfigError, match="too deeply") as err:
+        load_builder(_builder_file(tmp_path, extra=nested))
+    _one_line(err.value)

@@ -142,10 +142,15 @@ def builder_names() -> list[str]:
     return [s.name for s in specs]
 
 
+COUNT_LIMIT = 2**63
+"""Every count and seed of a builder file is below this: it must fit the int64 of NumPy and torch."""
+
+
 def _count(table: dict[str, Any], key: str, where: str, default: Any = ..., minimum: int = 1) -> int:
     value = _get(table, key, where, int, default)
-    if value < minimum:
-        raise ConfigError(f"{where}: {key} = {value} is invalid: expected an integer ≥ {minimum}; fix the builder file")
+    if not minimum <= value < COUNT_LIMIT:
+        raise ConfigError(f"{where}: {key} = {value} is invalid: expected an integer ≥ {minimum} and < 2**63; fix the "
+                          "builder file")
     return value
 
 
@@ -279,6 +284,9 @@ def load_builder(name_or_path: str | Path) -> BuilderSpec:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"builder file {text_name!r} is not valid TOML ({err}); fix its syntax") from None
+        except RecursionError:
+            raise ConfigError(f"builder file {text_name!r} nests tables or arrays too deeply to read: expected a "
+                              "builder file of a few levels; fix its structure") from None
         return parse_builder(data, str(path), path.parent)
     files = _builtin_files()
     key = text_name.lower()
