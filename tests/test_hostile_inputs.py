@@ -4,6 +4,7 @@ line (the documented exception in Python), and nothing wrong is handed back in s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from mednf.errors import ConfigError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.io.files import sha256_file
+from mednf.remote.registry import registry
 from mednf.sources.spec import load_builder
 
 
@@ -200,3 +202,22 @@ def test_a_builder_nested_too_deep_is_one_line(tmp_path, nested):
     with pytest.raises(ConfigError, match="too deeply") as err:
         load_builder(_builder_file(tmp_path, extra=nested))
     _one_line(err.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "huge"])
+def test_a_registry_that_is_not_a_small_regular_file_is_one_line(tmp_path, monkeypatch, kind):
+    path = tmp_path / "registry.toml"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would block forever
+    elif kind == "device":
+        path = Path("/dev/zero")  # reading it would never end
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.write_text("# padding\n" * 200_000)
+    monkeypatch.setenv("MEDNF_REGISTRY", str(path))
+    with pytest.raises(ConfigError, match="MEDNF_REGISTRY") as err:
+        registry()
+    _one_line(err.value)
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 2 and "MEDNF_REGISTRY" in result.output and "Traceback" not in result.output

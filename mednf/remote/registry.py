@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,24 @@ from typing import Any
 from mednf.errors import ConfigError, DownloadError
 from mednf.format.layout import unfinished_build
 from mednf.shipped import shipped_folder
+
+REGISTRY_LIMIT = 1 << 20
+"""The most bytes a ``$MEDNF_REGISTRY`` file may hold (the shipped one is a few KiB)."""
+
+
+def _read_registry_file(path: Path, where: str, fix: str) -> str:
+    """The text of a user's registry file: a regular file of at most :data:`REGISTRY_LIMIT` bytes, else one line (a
+    FIFO would block forever, /dev/zero would fill the memory). Opened without blocking, so a FIFO is refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{where} is not a regular file: expected a registry.toml file; {fix}")
+        data = fh.read(REGISTRY_LIMIT + 1)
+    if len(data) > REGISTRY_LIMIT:
+        raise ConfigError(f"{where} is larger than {REGISTRY_LIMIT >> 20} MiB: expected a registry.toml of a few KiB; "
+                          f"{fix}")
+    return data.decode("utf-8")
 
 
 def registry() -> dict[str, dict[str, Any]]:
@@ -23,7 +42,7 @@ def registry() -> dict[str, dict[str, Any]]:
     fix = "fix it or unset MEDNF_REGISTRY" if override else "reinstall mednf"
     try:
         if override:
-            text = Path(override).read_text(encoding="utf-8")
+            text = _read_registry_file(Path(override), where, fix)
         else:
             text = shipped_folder("builders").joinpath("registry.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
