@@ -15,9 +15,12 @@ from click.testing import CliRunner
 
 import mednf
 from mednf.arguments import IndexTypeError
+from mednf.building.buildlog import start_log, stop_log
+from mednf.building.distributed import Dist
 from mednf.cli import main
+from mednf.cli.errors import _log_traceback
 from mednf.cli.options import parse_threads
-from mednf.errors import ConfigError, EncodeError, FormatError
+from mednf.errors import BuildError, ConfigError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.io.files import sha256_file
@@ -221,3 +224,22 @@ def test_a_registry_that_is_not_a_small_regular_file_is_one_line(tmp_path, monke
     _one_line(err.value)
     result = CliRunner().invoke(main, ["list"])
     assert result.exit_code == 2 and "MEDNF_REGISTRY" in result.output and "Traceback" not in result.output
+
+
+def test_build_log_is_never_appended_through_a_link(phantom_dir, tmp_path):
+    other = _copy(phantom_dir, tmp_path)
+    before = (other / MANIFEST).read_bytes()
+    folder = tmp_path / "p4"
+    folder.mkdir()
+    (folder / "build.log").symlink_to(other / MANIFEST)
+    with pytest.raises(BuildError, match="symbolic link") as err:
+        start_log(folder, Dist())
+    _one_line(err.value)
+    _log_traceback(folder)  # the CLI's traceback append: refused in silence, the console line is enough
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--preset", "tiny", "--max-samples", "16",
+                                       "--out", str(folder)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (other / MANIFEST).read_bytes() == before
+    (tmp_path / "real").mkdir()
+    stop_log(start_log(tmp_path / "real", Dist()))
+    assert (tmp_path / "real" / "build.log").is_file()

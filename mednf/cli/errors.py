@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from mednf.errors import MednfError
+from mednf.io.files import open_append
 
 _OS_FIXES = {
     errno.ENOENT: "check that the path and its folder exist",
@@ -114,10 +115,10 @@ def _log_traceback(build_dir: Path | None) -> None:
     if build_dir is None or not (build_dir / "build.log").is_file():
         return
     try:
-        with open(build_dir / "build.log", "a", encoding="utf-8") as log:
+        with os.fdopen(open_append(build_dir / "build.log"), "a", encoding="utf-8") as log:
             log.write(traceback.format_exc())
     except OSError:
-        pass  # e.g. the disk is full: the line on the console is all there is
+        pass  # e.g. the disk is full, or a link is there (never followed): the line on the console is all there is
 
 
 class GuardedCommand(click.Command):

@@ -42,6 +42,12 @@ def create_new(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
 
 
+def open_append(path: Path) -> int:
+    """A file descriptor appending to ``path`` (created if absent); a symbolic link there is never followed: the
+    open fails with ``ELOOP`` instead, so a planted link cannot make mednf append to the file it points to."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file, fsync, rename."""
     tmp = temporary_name(path)
