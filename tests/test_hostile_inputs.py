@@ -17,6 +17,7 @@ import mednf
 from mednf.arguments import IndexTypeError
 from mednf.building.buildlog import start_log, stop_log
 from mednf.building.distributed import Dist
+from mednf.building.prepare import make_writable
 from mednf.cli import main
 from mednf.cli.errors import _log_traceback
 from mednf.cli.options import parse_threads
@@ -243,3 +244,19 @@ def test_build_log_is_never_appended_through_a_link(phantom_dir, tmp_path):
     (tmp_path / "real").mkdir()
     stop_log(start_log(tmp_path / "real", Dist()))
     assert (tmp_path / "real" / "build.log").is_file()
+
+
+@pytest.mark.parametrize("name", [".partial", ".continue"])
+def test_build_state_is_never_written_through_a_link(tmp_path, name):
+    victim = tmp_path / "v5"
+    victim.mkdir()
+    folder = tmp_path / "p5"
+    folder.mkdir()
+    (folder / name).symlink_to(victim)
+    with pytest.raises(BuildError, match="symbolic link") as err:
+        make_writable(folder)
+    _one_line(err.value)
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--preset", "tiny", "--max-samples", "16",
+                                       "--out", str(folder)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert list(victim.iterdir()) == []

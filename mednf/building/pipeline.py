@@ -87,6 +87,7 @@ def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
     check_options(options)
     target = options.continue_to
     out = output_folder(load_builder(name_or_path), options)
+    prepare.refuse_linked_state(out)
     device = rank_device(options.gpu)
     budget = resolve_budget(options.memory_budget, device)
     with build_session(out, device) as session:

@@ -61,9 +61,19 @@ def plan_rank(spec: BuilderSpec, cfg: EngineConfig, budget: MemoryBudget, device
     return plan_memory(cfg, spatial, budget=budget, device=device, local_batch=max(1, local), rows_out=rows_out)
 
 
+def refuse_linked_state(out: Path) -> None:
+    """A one-line BuildError if the build state folder ``.partial`` or ``.continue`` of ``out`` is a symbolic link:
+    mednf would write (and on --restart remove) its unfinished build wherever the link points."""
+    for name in (WORK, CONTINUE):
+        if (out / name).is_symlink():
+            raise BuildError(f"{out / name} is a symbolic link: mednf keeps an unfinished build only in a real "
+                             "folder of its own; remove the link and run the build again")
+
+
 def make_writable(out: Path, wording: Wording = CLI) -> None:
     """Create ``out``; a one-line BuildError if it cannot be written (``wording``: how the caller names
-    ``out``)."""
+    ``out``) or its build state is a link (:func:`refuse_linked_state`)."""
+    refuse_linked_state(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -95,6 +105,7 @@ def removed_if_only_log(out: Path, session: BuildSession) -> Iterator[None]:
 def open_folder(run: BuildRun) -> DatasetWriter:
     """The writer of the dataset folder, after ``--restart`` removed an earlier build and temporary files of
     killed runs are gone (the caller holds the lock)."""
+    refuse_linked_state(run.out)  # again under the lock: planted after the first look
     writer = DatasetWriter(run.out, latent_dim=run.cfg.field.latent_dim, chunk_rows=run.spec.build.block_rows)
     if run.dist.is_main:
         if run.options.restart:
