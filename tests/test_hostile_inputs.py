@@ -260,3 +260,15 @@ def test_build_state_is_never_written_through_a_link(tmp_path, name):
                                        "--out", str(folder)])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert list(victim.iterdir()) == []
+
+
+def test_a_tensorboard_log_is_never_written_inside_a_dataset(phantom_dir, tmp_path):
+    other = _copy(phantom_dir, tmp_path)
+    before = sorted(p.name for p in other.rglob("*"))
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--preset", "tiny", "--max-samples", "16",
+                                       "--out", str(tmp_path / "new"), "--tensorboard", str(other / "tb")])
+    assert result.exit_code == 2 and "inside the dataset" in result.output and "--tensorboard" in result.output
+    assert sorted(p.name for p in other.rglob("*")) == before and not (tmp_path / "new").exists()
+    with pytest.raises(ConfigError, match="tensorboard=.*inside the dataset") as err:
+        mednf.build("phantomnf", preset="tiny", max_samples=16, out=tmp_path / "new", tensorboard=other)
+    _one_line(err.value)

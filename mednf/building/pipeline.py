@@ -51,7 +51,7 @@ from mednf.building.options import BuildOptions, output_folder, prepare_spec
 from mednf.building.run import BuildRun
 from mednf.building.session import build_session
 from mednf.engine.memory import resolve_budget
-from mednf.format.layout import check_build_folder
+from mednf.format.layout import check_build_folder, check_outside_datasets
 from mednf.format.manifest import Manifest
 from mednf.sources.spec import load_builder
 
@@ -63,7 +63,8 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     the module docstring."""
     options = options or BuildOptions()
     if options.tensorboard is not None:
-        check_tensorboard()  # before any work
+        check_outside_datasets(options.tensorboard, options.wording.option("tensorboard"))  # before any work
+        check_tensorboard()
     if options.continue_to is not None:
         return _continue(name_or_path, options)
     spec, cfg = prepare_spec(name_or_path, options)
