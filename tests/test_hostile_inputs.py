@@ -25,6 +25,7 @@ from mednf.errors import BuildError, ConfigError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.io.files import sha256_file
+from mednf.remote.official_import import import_official
 from mednf.remote.registry import registry
 from mednf.sources.spec import load_builder
 
@@ -272,3 +273,13 @@ def test_a_tensorboard_log_is_never_written_inside_a_dataset(phantom_dir, tmp_pa
     with pytest.raises(ConfigError, match="tensorboard=.*inside the dataset") as err:
         mednf.build("phantomnf", preset="tiny", max_samples=16, out=tmp_path / "new", tensorboard=other)
     _one_line(err.value)
+
+
+def test_an_official_import_is_never_written_inside_a_dataset(phantom_dir, tmp_path):
+    other = _copy(phantom_dir, tmp_path)
+    before = sorted(p.name for p in other.rglob("*"))
+    for out in (other / "sub", other):
+        with pytest.raises(ConfigError, match="--out .* is inside the dataset") as err:
+            import_official(tmp_path / "rel", "phantomnf", out, progress=False)
+        _one_line(err.value)
+    assert sorted(p.name for p in other.rglob("*")) == before

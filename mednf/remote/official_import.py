@@ -31,6 +31,7 @@ from mednf.engine.field import decode
 from mednf.engine.fit import as_float_signals
 from mednf.engine.metrics import reconstruction_metrics
 from mednf.errors import OfficialFormatError, OfficialImportError
+from mednf.format.layout import check_outside_datasets
 from mednf.format.manifest import new_manifest
 from mednf.format.records import MetaTraining, Origin
 from mednf.format.splits import SPLITS
@@ -115,7 +116,9 @@ class Release:
 
 
 def _check_layout(directory: Path, out: Path, spec: BuilderSpec) -> None:
-    """The release folder has the official layout and ``out`` is free (one-line errors otherwise)."""
+    """The release folder has the official layout and ``out`` is free and outside every dataset (one-line errors
+    otherwise)."""
+    check_outside_datasets(out, "--out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OfficialImportError(f"--out {out} exists and is not empty; remove it or choose another folder")
     if not directory.is_dir():
