@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from loopback import Loopback
 
 import mednf
 from mednf.arguments import IndexTypeError
@@ -25,6 +26,7 @@ from mednf.errors import BuildError, ConfigError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.io.files import sha256_file
+from mednf.io.http import fetch_verified
 from mednf.remote.official_import import import_official
 from mednf.remote.registry import registry
 from mednf.sources.spec import load_builder
@@ -283,3 +285,18 @@ def test_an_official_import_is_never_written_inside_a_dataset(phantom_dir, tmp_p
             import_official(tmp_path / "rel", "phantomnf", out, progress=False)
         _one_line(err.value)
     assert sorted(p.name for p in other.rglob("*")) == before
+
+
+def test_a_download_is_never_written_through_a_planted_temporary_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"mine")
+    target = tmp_path / "dl" / "f"
+    target.parent.mkdir()
+    planted = target.with_name(f".{target.name}.{os.getpid()}.part")
+    planted.symlink_to(victim)
+    body = os.urandom(3000)
+    with Loopback() as server:
+        server.files["/f"] = body
+        fetch_verified(f"{server.url}/f", target, size=len(body), progress=False)
+    assert target.read_bytes() == body and not target.is_symlink()
+    assert victim.read_bytes() == b"mine" and not planted.exists() and not planted.is_symlink()

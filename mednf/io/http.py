@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from mednf.errors import ConfigError, DownloadError
+from mednf.io.files import create_new
 from mednf.io.jsonsafe import JSONProblem, parse
 
 TIMEOUT_S = 60  # stall timeout unless $MEDNF_HTTP_TIMEOUT is set (tests set this attribute)
@@ -464,6 +465,7 @@ def fetch_verified(url: str, target: Path, *, size: int | None, sha256: str | No
 
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    partial.unlink(missing_ok=True)  # left by a killed process that had this pid, or planted: unlink never follows
     wanted = {name: value for name, value in (("sha256", sha256), ("md5", md5)) if value is not None}
     digests = {name: hashlib.new(name) for name in wanted}
     expected, written = size, 0
@@ -482,8 +484,9 @@ def fetch_verified(url: str, target: Path, *, size: int | None, sha256: str | No
             if expected is not None:
                 _check_free(target.parent, expected, url)
             limit = expected if expected is not None else MAX_UNSIZED_BYTES
-            with open(partial, "wb") as out, tqdm(total=expected, unit="B", unit_scale=True,
-                                                  desc=f"download {target.name}", disable=not progress) as bar:
+            with os.fdopen(create_new(partial), "wb") as out, tqdm(total=expected, unit="B", unit_scale=True,
+                                                                  desc=f"download {target.name}",
+                                                                  disable=not progress) as bar:
                 for block in answer.chunks():
                     written += len(block)
                     if written > limit:
