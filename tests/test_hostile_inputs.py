@@ -300,3 +300,22 @@ def test_a_download_is_never_written_through_a_planted_temporary_link(tmp_path):
         fetch_verified(f"{server.url}/f", target, size=len(body), progress=False)
     assert target.read_bytes() == body and not target.is_symlink()
     assert victim.read_bytes() == b"mine" and not planted.exists() and not planted.is_symlink()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_samples": 2.5}, "max_samples = 2.5 is invalid: expected a positive integer"),
+    ({"max_samples": 0}, "max_samples = 0 is invalid"),
+    ({"continue_to": "10"}, "continue_to = '10' is invalid"),
+    ({"preset": 3}, "preset = 3 is invalid: expected a name"),
+    ({"overrides": [1]}, r"overrides = \[1\] is invalid: expected a dict"),
+    ({"out": 3}, "out = 3 is invalid: expected a path"),
+    ({"tensorboard": 1.0}, "tensorboard = 1.0 is invalid: expected a path"),
+    ({"steps": 2.0}, "steps = 2.0 is invalid: expected an integer"),
+])
+def test_build_keywords_of_the_wrong_type_are_one_line_before_any_work(tmp_path, monkeypatch, kwargs, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDNF_HOME", str(tmp_path / "home"))
+    with pytest.raises(ConfigError, match=message) as err:
+        mednf.build("phantomnf", **{"out": tmp_path / "x", "preset": "tiny", **kwargs})
+    _one_line(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -7,13 +7,14 @@ continues it) and returns the finished dataset's three splits.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mednf.arguments import CLI, PYTHON, Wording
+from mednf.arguments import CLI, PYTHON, Wording, is_int, optional_positive_int
 from mednf.building.options import BuildOptions
 from mednf.building.pipeline import build as run_build
 from mednf.dataset import MedNFDatasetDict
@@ -46,6 +47,28 @@ def _path(path: str | Path | None) -> Path | None:
     return None if path is None else Path(path).expanduser()
 
 
+def _check_types(values: dict[str, Any], wording: Wording) -> None:
+    """A one-line ConfigError naming the first keyword of ``values`` whose value has the wrong type (or is not a
+    positive count where one is needed), before any work: not a TypeError from deep inside the build."""
+    def name(key: str) -> str:
+        return wording.label(key).removesuffix(" =")
+
+    for key in ("max_samples", "continue_to"):
+        optional_positive_int(values[key], name(key))
+    for key in ("steps", "batch_size", "latent_dim", "fit_steps", "size", "gpu"):
+        if values[key] is not None and not is_int(values[key]):
+            raise ConfigError(f"{name(key)} = {values[key]!r} is invalid: expected an integer")
+    for key in ("preset", "precision"):
+        if values[key] is not None and not isinstance(values[key], str):
+            raise ConfigError(f"{name(key)} = {values[key]!r} is invalid: expected a name (a string)")
+    for key in ("out", "medmnist_root", "source_npz", "tensorboard"):
+        if values[key] is not None and not isinstance(values[key], (str, os.PathLike)):
+            raise ConfigError(f"{name(key)} = {values[key]!r} is invalid: expected a path (a string or a Path)")
+    if values["overrides"] is not None and not isinstance(values["overrides"], Mapping):
+        raise ConfigError(f"{name('overrides')} = {values['overrides']!r} is invalid: expected a dict such as "
+                          "{'meta.inner_steps': 5}")
+
+
 def _gpu(device: str | int | torch.device | None) -> int | None:
     """``None``/``"cpu"`` → None (CPU); ``"cuda"``/``"cuda:N"``/``N`` → the GPU index."""
     if device is None:
@@ -73,6 +96,11 @@ def build_options(*, out: str | Path | None = None, gpu: int | None = None, step
                   wording: Wording = CLI) -> BuildOptions:
     """The checked :class:`~mednf.building.options.BuildOptions` of a build (see :func:`build`); ``wording``:
     how its messages name the options (the CLI's flags, or :func:`build`'s keywords)."""
+    _check_types({"out": out, "gpu": gpu, "steps": steps, "batch_size": batch_size, "latent_dim": latent_dim,
+                  "fit_steps": fit_steps, "precision": precision, "size": size, "preset": preset,
+                  "overrides": overrides, "medmnist_root": medmnist_root, "source_npz": source_npz,
+                  "max_samples": max_samples, "continue_to": continue_to, "tensorboard": tensorboard}, wording)
+    max_samples, continue_to = (None if n is None else int(n) for n in (max_samples, continue_to))  # NumPy ints too
     if memory_budget is not None:
         parse_memory(memory_budget, wording.label("memory_budget"))  # a bad value ends here, before any work
     sections = _sections(overrides)
