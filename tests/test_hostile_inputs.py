@@ -3,9 +3,12 @@ line (the documented exception in Python), and nothing wrong is handed back in s
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +25,16 @@ from mednf.building.prepare import make_writable
 from mednf.cli import main
 from mednf.cli.errors import _log_traceback
 from mednf.cli.options import parse_threads
-from mednf.errors import BuildError, ConfigError, EncodeError, FormatError
+from mednf.errors import BuildError, ConfigError, DownloadError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.io.files import sha256_file
 from mednf.io.http import fetch_verified
 from mednf.remote.official_import import import_official
 from mednf.remote.registry import registry
+from mednf.remote.zenodo import download_zenodo
 from mednf.sources.spec import load_builder
+from mednf.tasks.export import export_zenodo
 
 
 @pytest.fixture(scope="module")
@@ -319,3 +324,32 @@ def test_build_keywords_of_the_wrong_type_are_one_line_before_any_work(tmp_path,
         mednf.build("phantomnf", **{"out": tmp_path / "x", "preset": "tiny", **kwargs})
     _one_line(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("hidden", ["PhantomNF/.partial/x", "PhantomNF/.continue/meta-last.safetensors",
+                                    "PhantomNF/latents.zarr/.x"])
+def test_a_zenodo_archive_with_hidden_build_state_is_never_installed(phantom_dir, tmp_path, monkeypatch, hidden):
+    archive = export_zenodo(phantom_dir, tmp_path / "export")
+    with tarfile.open(archive, "a") as tar:
+        info = tarfile.TarInfo(hidden)
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    body = archive.read_bytes()
+    record = "4242"
+    with Loopback() as server:
+        content = f"/api/records/{record}/files/PhantomNF.tar/content"
+        server.files[f"/api/records/{record}"] = json.dumps({"id": record, "files": [
+            {"key": "PhantomNF.tar", "size": len(body), "checksum": "md5:" + hashlib.md5(body).hexdigest(),
+             "links": {"self": server.url + content}}]}).encode()
+        server.files[content] = body
+        registry_file = tmp_path / "registry.toml"
+        registry_file.write_text(f'[PhantomNF]\nzenodo_record = "{record}"\nfiles = {{ "PhantomNF.tar" = {{ sha256 = '
+                                 f'"{hashlib.sha256(body).hexdigest()}", size = {len(body)} }} }}\n')
+        monkeypatch.setenv("MEDNF_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("MEDNF_REGISTRY", str(registry_file))
+        monkeypatch.setenv("MEDNF_ZENODO_URL", server.url)
+        monkeypatch.delenv("MEDNF_OFFLINE", raising=False)
+        with pytest.raises(DownloadError, match="no mednf export holds") as err:
+            download_zenodo("PhantomNF", progress=False)
+    _one_line(err.value)
+    assert not (tmp_path / "home" / "PhantomNF").exists()

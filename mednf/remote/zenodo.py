@@ -182,6 +182,10 @@ def _export(key: str, entry: dict[str, Any], record: Record, tmp: Path, archives
         (archives / source.key).unlink()
     if not (unpack / key / MANIFEST).is_file():
         raise DownloadError(f"the archive of {key} does not hold {key}/{MANIFEST}; the record is not a mednf export")
+    hidden = sorted(p.relative_to(unpack).as_posix() for p in (unpack / key).rglob(".*"))
+    if hidden:  # an export holds no dot entry: a .partial or .continue would be build state nobody verified
+        raise DownloadError(f"the archive of {key} holds {_names(hidden, 3)}, which no mednf export holds: hidden "
+                            "files are never installed; the record is not a plain mednf export, nothing was kept")
     os.replace(unpack / key, tmp)
 
 
