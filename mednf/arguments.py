@@ -71,7 +71,13 @@ def positions(index: Any, count: int, what: str | Callable[[], str]) -> np.ndarr
         return i % count
     if isinstance(index, slice):
         return np.arange(count)[index]
+    if isinstance(index, (list, tuple)) and index and all(type(i) is int for i in index) \
+            and not all(-count <= i < count for i in index):  # Python ints beyond int64 included
+        raise IndexError(f"indices out of range for {what} with {count} samples")
     array = np.asarray(index.cpu() if _is_tensor(index) else index)
+    if array.ndim > 1:
+        raise IndexTypeError(f"index of shape {array.shape} for {what} is invalid: expected one list of rows (1D), "
+                             "a slice or a boolean mask; flatten it, or index rows one list at a time")
     if array.dtype == bool:
         if array.shape != (count,):
             raise IndexError(f"boolean mask of shape {array.shape} does not match {count} samples")
@@ -80,9 +86,9 @@ def positions(index: Any, count: int, what: str | Callable[[], str]) -> np.ndarr
         hint = "; round them first if they are meant as rows" if array.dtype.kind == "f" else ""
         raise IndexTypeError(f"index {_short(index)} of {what} is invalid: expected integers, a slice or a boolean "
                              f"mask, not {array.dtype} values{hint}")
-    array = array.astype(np.int64).reshape(-1)
-    if array.size and (array.min() < -count or array.max() >= count):
+    if array.size and (array.min() < -count or array.max() >= count):  # before a cast that could wrap uint64
         raise IndexError(f"indices out of range for {what} with {count} samples")
+    array = array.astype(np.int64).reshape(-1)
     return array % count
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Sequence, ValuesView
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,11 +231,17 @@ class MedNFDataset(torch.utils.data.Dataset):
         spatial = self._spatial(size)
         device = torch.device(device or self.device or "cpu")
         field_cfg = self.config.field
-        points, channels = int(np.prod(spatial)), field_cfg.out_dims
+        points, channels = math.prod(spatial), field_cfg.out_dims  # Python ints: no int64 overflow
         check_fits(len(pos) * channels * points * 4, f"decoding {len(pos)} signal(s) at size {spatial}",
                     "decode fewer indices or at a smaller size")
-        return decode_in_chunks(self.theta(device), lambda rows: torch.from_numpy(self.latents[pos[rows]]),
-                                len(pos), field_cfg, spatial, device=device, batch_size=batch_size)
+        images = decode_in_chunks(self.theta(device), lambda rows: torch.from_numpy(self.latents[pos[rows]]),
+                                  len(pos), field_cfg, spatial, device=device, batch_size=batch_size)
+        bad = ~torch.isfinite(images.flatten(1)).all(dim=1)  # [n]: a finite but absurd latent overflows
+        if bool(bad.any()):
+            rows = pos[bad.numpy()][:3].tolist()
+            raise FormatError(f"decoding rows {rows} of {self.name} {self.split} gives NaN/inf: their latents are out "
+                              "of any trained range (damaged or edited); rebuild it or download it again")
+        return images
 
     def _spatial(self, size: int | Sequence[int] | None) -> tuple[int, ...]:
         dims = len(self.native_size)

@@ -166,3 +166,59 @@ def test_a_build_is_never_written_inside_a_dataset(phantom_dir, tmp_path):
                                        "--out", str(root / "inner")])
     assert result.exit_code == 2 and "inside the dataset" in result.output
     assert _digests(root) == before
+
+
+def test_an_export_never_takes_a_folder_for_its_own_by_names(phantom_dir, tmp_path):
+    """A folder whose entries merely have an export's names (a dataset called data/, a README.md, a lone
+    SHA256SUMS) is not an earlier export: refused, and nothing in it changes (the dataset inside survives)."""
+    parent = tmp_path / "p2"
+    shutil.copytree(phantom_dir, parent / "data")
+    (parent / "README.md").write_text("mine")
+    before = _digests(parent)
+    with pytest.raises(ConfigError):
+        export_hf(parent / "data", parent)
+    with pytest.raises(ConfigError):
+        export_hf(phantom_dir, parent)
+    assert _digests(parent) == before
+    lone = tmp_path / "p7"
+    lone.mkdir()
+    (lone / "SHA256SUMS").write_text("mine")
+    with pytest.raises(ConfigError, match="already holds SHA256SUMS"):
+        export_zenodo(phantom_dir, lone)
+    assert (lone / "SHA256SUMS").read_text() == "mine"
+
+
+def test_a_build_never_takes_a_folder_for_its_own_by_names(tmp_path):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    out = tmp_path / "p3"
+    out.mkdir()
+    (out / "README.md").write_text("mine")
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--preset", "tiny", "--max-samples", "16", "--quiet",
+                                       "--out", str(out)])
+    assert result.exit_code == 2 and "already holds README.md" in result.output
+    assert (out / "README.md").read_text() == "mine"
+
+
+def test_an_export_refuses_a_linked_folder_and_a_foreign_registry_entry(phantom_dir, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        export_hf(phantom_dir, tmp_path / "link")
+    (tmp_path / "p8.registry-entry.toml").write_text("mine")
+    with pytest.raises(ConfigError, match="not the registry entry"):
+        export_hf(phantom_dir, tmp_path / "p8")
+    assert (tmp_path / "p8.registry-entry.toml").read_text() == "mine"
+    assert not (tmp_path / "p8").exists()
+
+
+def test_the_hf_scratch_folder_is_never_a_planted_link(phantom_dir, tmp_path, monkeypatch):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    (tmp_path / ".out.export-4242.tmp").symlink_to(victim)
+    export_hf(phantom_dir, tmp_path / "out")
+    assert not any(victim.iterdir()) and (tmp_path / "out" / MANIFEST).is_file()

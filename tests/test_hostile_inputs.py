@@ -28,6 +28,7 @@ from mednf.cli.options import parse_threads
 from mednf.errors import BuildError, ConfigError, DownloadError, EncodeError, FormatError
 from mednf.format.layout import MANIFEST, MODEL
 from mednf.format.tensors import load_tensors, save_tensors
+from mednf.format.writer import latent_digest
 from mednf.io.files import sha256_file
 from mednf.io.http import fetch_verified
 from mednf.remote.official_import import import_official
@@ -324,6 +325,49 @@ def test_build_keywords_of_the_wrong_type_are_one_line_before_any_work(tmp_path,
         mednf.build("phantomnf", **{"out": tmp_path / "x", "preset": "tiny", **kwargs})
     _one_line(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("index, error", [([2**64 - 1], IndexError), ([2**64 - 16], IndexError),
+                                          ([2**64 - 1, 0], IndexError), (np.array([2**64 - 1], np.uint64), IndexError),
+                                          (np.array([[0, 1], [2, 3]]), IndexTypeError)])
+def test_huge_and_nested_indices_are_refused_not_wrapped(test_split, index, error):
+    with pytest.raises(error) as err:
+        test_split[index]
+    assert "round them" not in _one_line(err.value)
+
+
+def test_a_decoded_size_that_overflows_int64_is_refused_before_allocating(test_split):
+    with pytest.raises(ConfigError, match="needs"):
+        test_split.decode([0], size=2**40)
+
+
+def test_a_manifest_name_that_is_a_path_is_refused(phantom_dir, tmp_path):
+    root = _copy(phantom_dir, tmp_path)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["name"] = manifest["builder"]["name"] = "../../escaped"
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match="is not a dataset name"):
+        mednf.load(root, "test")
+
+
+def test_an_absurd_latent_is_an_error_when_decoded(phantom_dir, tmp_path):
+    import zarr
+
+    root = _copy(phantom_dir, tmp_path)
+    array = zarr.open_array(str(root / "latents.zarr" / "test"), mode="r+")
+    rows = array[:]
+    rows[3] = 3e38
+    array[:] = rows
+    manifest = json.loads((root / MANIFEST).read_text())  # a consistent (but wrong) copy, as a forged one would be
+    for path in (root / "latents.zarr" / "test").rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(root).as_posix()
+            manifest["files"][rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    manifest["splits"]["test"]["latents_sha256"] = latent_digest(rows)
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    ds = mednf.load(root, "test")
+    with pytest.raises(FormatError, match=r"decoding rows \[3\]"):
+        ds.decode([2, 3])
 
 
 @pytest.mark.parametrize("hidden", ["PhantomNF/.partial/x", "PhantomNF/.continue/meta-last.safetensors",

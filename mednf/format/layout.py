@@ -21,13 +21,16 @@ Every other file in the directory is content and must be listed in the manifest.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mednf.errors import ConfigError
 from mednf.io.files import is_temporary
 
 FORMAT_VERSION = 1
+DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # a dataset's name is a folder name under $MEDNF_HOME
+MAX_SAMPLES = 10**10  # more samples than any split can have: a larger count is a damaged manifest
 MANIFEST = "mednf.json"
 MODEL = "model.safetensors"
 LATENTS = "latents.zarr"
@@ -101,14 +104,25 @@ def foreign_entries(folder: Path, ours: Callable[[Path], bool]) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not ours(p))
 
 
-def check_empty_or_ours(folder: Path, option: str, ours: Callable[[Path], bool], what: str) -> Path:
-    """``folder`` (expanded) if it is absent, empty, or holds only what ``ours`` accepts (an earlier ``what`` of
-    the same thing), else a one-line ConfigError: mednf never writes into, or adopts files of, a folder that
-    holds anything else."""
+def check_empty_or_ours(folder: Path, option: str, ours: Callable[[Path], bool], what: str,
+                        markers: Iterable[str] = ()) -> Path:
+    """``folder`` (expanded) if it is absent, empty, or an earlier ``what``: it holds one of ``markers`` (the
+    files that only such an output has) and nothing that ``ours`` does not accept. Else a one-line
+    ConfigError: mednf never writes into, or adopts files of, a folder that holds anything else. Names alone
+    never make a folder mednf's, and a symbolic link (the folder itself or an entry) is never mednf's."""
     folder = Path(folder).expanduser()
+    if folder.is_symlink():
+        raise ConfigError(f"{option} {folder} is a symbolic link: mednf writes only into a real folder; give the "
+                          "folder it points to")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{option} {folder} is a file: expected a folder (new or empty); choose another path")
-    foreign = foreign_entries(folder, ours)
+    entries = [p for p in folder.iterdir() if not is_temporary(p)] if folder.is_dir() else []  # leftovers of a kill
+    marked = any((folder / m).exists() and not (folder / m).is_symlink() and ours(folder / m) for m in markers)
+    if entries and markers and not marked:
+        shown = ", ".join(sorted(p.name for p in entries)[:3]) + (", …" if len(entries) > 3 else "")
+        raise ConfigError(f"{option} {folder} already holds {shown}, which is not {what}: mednf writes only into a "
+                          "new or empty folder; choose another one or empty it")
+    foreign = foreign_entries(folder, lambda p: not p.is_symlink() and ours(p))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
         raise ConfigError(f"{option} {folder} already holds {shown}, which is not {what}: mednf writes only into a "
@@ -129,4 +143,4 @@ def check_build_folder(out: Path) -> Path:
         raise ConfigError(f"--out {out} is inside the dataset {around}: a build there would damage it; choose a "
                           "folder outside it")
     return check_empty_or_ours(out, "--out", lambda p: p.name in BUILD_NAMES or is_temporary(p),
-                               "a MedNF build")
+                               "a MedNF build", markers=(MANIFEST, LOG, WORK))

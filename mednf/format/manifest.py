@@ -23,7 +23,7 @@ from typing import Any
 
 from mednf.engine.config import EngineConfig
 from mednf.errors import ConfigError, FormatError
-from mednf.format.layout import FORMAT_VERSION, LATENTS, MANIFEST
+from mednf.format.layout import DATASET_NAME, FORMAT_VERSION, LATENTS, MANIFEST, MAX_SAMPLES
 from mednf.format.records import FitRecord, MetaTraining, Origin
 from mednf.format.splits import check_split
 from mednf.io import jsonsafe
@@ -228,6 +228,11 @@ class Manifest:
                             "supported")
         if builder_name != self.name:
             problems.append(f"name {self.name!r} differs from the builder's {builder_name!r}")
+        if not DATASET_NAME.match(self.name):  # it names folders and archive members: never a path
+            problems.append(f"name {self.name[:40]!r} is not a dataset name (letters, digits, underscores)")
+        big = [s for s, stats in self.splits.items() if not 0 <= stats.count <= MAX_SAMPLES]
+        if big:
+            problems.append(f"split {big[0]!r} counts {self.splits[big[0]].count} samples, beyond any dataset")
         if problems:
             raise FormatError(f"{where}: {problems[0]}; the manifest is damaged, rebuild or download the dataset again")
 

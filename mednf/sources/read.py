@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mednf.arguments import CLI, Wording
-from mednf.errors import SourceError
+from mednf.errors import FormatError, SourceError
 from mednf.sources.base import SourceData, SplitData, Warn
 from mednf.sources.kinds import ReadContext, Root, get_kind, kind_of
 from mednf.sources.kinds.base import warn_source
@@ -83,5 +83,10 @@ def source_images(manifest: Any, split: str, source_index: np.ndarray,
     data = get_kind(source["kind"], "manifest source").built_split(spec, source, split, root)
     if data is None:
         return None
-    images = data.images[np.asarray(source_index)]
+    index = np.asarray(source_index)
+    if index.size and (index.min() < 0 or index.max() >= len(data.images)):  # negative ones would wrap around
+        raise FormatError(f"{manifest.name} {split}: source indices span {index.min()}..{index.max()}, its source "
+                          f"has {len(data.images)} samples (0..{len(data.images) - 1}); the index is damaged, rebuild "
+                          "it or download it again")
+    images = data.images[index]
     return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any, Literal
 from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
 from mednf.engine.presets import get_preset
 from mednf.errors import ConfigError, closest, did_you_mean
+from mednf.format.layout import DATASET_NAME
 from mednf.format.splits import SPLITS
 from mednf.shipped import shipped_folder
 from mednf.sources.kinds import get_kind
@@ -34,7 +34,6 @@ from mednf.sources.values import get_value as _get
 
 Task = Literal["multi-class", "multi-label", "ordinal"]
 _TASKS = ("multi-class", "multi-label", "ordinal")
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # a builder's name is a folder name under $MEDNF_HOME
 _TOP_KEYS = ("name", "description", "modality", "paper", "seed")
 _SECTIONS = ("source", "labels", "splits", "engine", "build")
 _SOURCE_KEYS = ("kind", "size", "channels", "dims", "license")  # every kind; kinds add their own
@@ -243,7 +242,7 @@ def parse_builder(data: dict[str, Any], where: str, base_dir: str | Path | None 
     file's folder; default the current directory)."""
     _check_keys(data, (*_TOP_KEYS, *_SECTIONS), where)
     name = _get(data, "name", where, str)
-    if not _NAME.match(name):
+    if not DATASET_NAME.match(name):
         raise ConfigError(f"{where}: name = {name!r} is invalid: expected letters, digits and underscores starting "
                           "with a letter (it names the dataset's folder), e.g. 'MyPhantoms'")
     source = _parse_source(data, where, Path(base_dir if base_dir is not None else ".").absolute())

@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
@@ -35,14 +36,22 @@ _HF_FILES = {"data", CARD, MANIFEST, MODEL, *FIGURES}  # what an HF export folde
 
 
 def _open_for_export(dataset: str | Path, out: str | Path, ours: Callable[[str], set[str]],
-                     what: str) -> tuple[DatasetFiles, Path]:
-    """The verified dataset and the output folder: outside every dataset, and new, empty or holding only the
-    files ``ours(name)`` of an earlier export of the same dataset (``what`` names it in the error)."""
+                     markers: Callable[[str], tuple[str, ...]], what: str) -> tuple[DatasetFiles, Path]:
+    """The verified dataset and the output folder: outside every dataset, and new, empty or an earlier export of
+    the same dataset: it holds one of ``markers(name)`` and nothing but the files ``ours(name)`` (``what`` names
+    it in the error); an HF export's ``data/`` holds Parquet shards only."""
     files = open_dataset(dataset, verify=True)
     name = files.manifest.name
     names = ours(name)
     out = check_outside_datasets(Path(out), "--out")
-    out = check_empty_or_ours(out, "--out", lambda p: p.name in names, f"an earlier {what} of {name}")
+
+    def earlier(path: Path) -> bool:
+        if path.name == "data":  # an HF export's shards, nothing else (a dataset called "data" is not ours)
+            return path.is_dir() and all(c.is_file() and not c.is_symlink() and c.suffix == ".parquet"
+                                         for c in path.iterdir())
+        return path.name in names and not path.is_dir()
+
+    out = check_empty_or_ours(out, "--out", earlier, f"an earlier {what} of {name}", markers=markers(name))
     earlier = _exported_name(out)
     if earlier not in (None, name):
         raise ConfigError(f"--out {out} holds the export of {earlier}, not of {name}: exporting there would replace "
@@ -117,7 +126,7 @@ def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
 
     The archive's bytes depend only on the dataset's files: the same dataset always gives the same sha256."""
     files, out = _open_for_export(dataset, out, lambda name: {f"{name}.tar", "SHA256SUMS", "registry-entry.toml"},
-                                  "Zenodo export")
+                                  lambda name: (f"{name}.tar",), "Zenodo export")
     manifest, dataset = files.manifest, files.root
     name = manifest.name
     out.mkdir(parents=True, exist_ok=True)
@@ -164,11 +173,18 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
     format from the repository, and the build's curves and reconstruction grid that the card shows. The
     registry entry goes beside the folder (:func:`hf_registry_entry`), so the folder uploads as it is."""
-    files, out = _open_for_export(dataset, out, lambda name: _HF_FILES, "Hugging Face export")
+    files, out = _open_for_export(dataset, out, lambda name: _HF_FILES, lambda name: (MANIFEST, "data"),
+                                  "Hugging Face export")
     manifest = files.manifest
+    entry = hf_registry_entry(out)
+    ours = entry.is_file() and entry.read_text(errors="replace").startswith(f"[{manifest.name}]")
+    if entry.is_symlink() or (entry.exists() and not ours):
+        raise ConfigError(f"{entry} exists and is not the registry entry of an earlier export of {manifest.name}: "
+                          "the export writes its entry there; move that file or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out.parent / f".{out.name}.export-{os.getpid()}.tmp"  # swapped in whole: a killed export leaves
-    shutil.rmtree(scratch, ignore_errors=True)  # the earlier one as it was
+    # a new folder of a fresh name (never an existing one or a planted link), swapped in whole: a killed export
+    # leaves the earlier one as it was
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", suffix=".tmp", dir=out.parent))
     try:
         _write_hf_export(files, scratch)
         _swap_in(scratch, out)
@@ -212,11 +228,13 @@ def _write_hf_export(files: DatasetFiles, folder: Path) -> None:
 
 def _swap_in(scratch: Path, out: Path) -> None:
     """Put the finished folder ``scratch`` at ``out``, replacing an earlier export there only now."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}.tmp"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(scratch, out)
-    shutil.rmtree(old, ignore_errors=True)
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", suffix=".tmp", dir=out.parent))  # fresh: no link
+    try:
+        if out.exists():
+            os.replace(out, old)  # onto the empty new folder
+        os.replace(scratch, out)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def upload_hint(folder: str | Path, repo: str | None = None) -> str:

@@ -8,6 +8,7 @@ everywhere, so a user can compare it with what was observed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ def inpaint(images: np.ndarray | Tensor, mask: np.ndarray | Tensor, space: Space
     ds = open_space(space, root)
     spatial = ds._spatial(size)
     count = len(images)  # [N, …]: the result is N signals at ``spatial``; refused now, not after fitting
-    check_fits(count * ds.config.field.out_dims * int(np.prod(spatial)) * 4,
+    check_fits(count * ds.config.field.out_dims * math.prod(spatial) * 4,
                f"inpainting {count} image(s) at size {'×'.join(map(str, spatial))}", "choose a smaller --size (size=)")
     encoded = encode(images, ds, mask=mask, device=device, progress=progress)
     device = torch.device(device or "cpu")
