@@ -71,7 +71,7 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     device = rank_device(options.gpu)
     budget = resolve_budget(options.memory_budget, device)
     prepare.plan_rank(spec, cfg, budget, device, (spec.source.size,) * spec.source.dims, env_rank())  # refuse now
-    out = check_build_folder(output_folder(spec, options))
+    out = check_build_folder(output_folder(spec, options), options.wording.option("out"))
     prepare.make_writable(out, options.wording)
     with build_session(out, device) as session:
         if session.dist.is_main:

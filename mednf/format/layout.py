@@ -133,14 +133,15 @@ def check_empty_or_ours(folder: Path, option: str, ours: Callable[[Path], bool],
 BUILD_NAMES = frozenset({MANIFEST, MODEL, LATENTS, INDEX, CARD, *FIGURES, LOG, WORK, CONTINUE})
 
 
-def check_build_folder(out: Path) -> Path:
+def check_build_folder(out: Path, option: str = "--out") -> Path:
     """The output folder of a build (expanded): not inside another dataset, and absent, empty or holding only
     a build's own files (an earlier run to resume or confirm; a build with other settings is refused later by
-    its identity). Files of anyone else there are refused, never adopted as content."""
+    its identity). Files of anyone else there are refused, never adopted as content. ``option`` names the
+    folder in errors as the caller gave it (``--out``, or ``out=`` from Python)."""
     out = Path(out).expanduser()
     around = dataset_around(out.parent)
     if around is not None:
-        raise ConfigError(f"--out {out} is inside the dataset {around}: a build there would damage it; choose a "
+        raise ConfigError(f"{option} {out} is inside the dataset {around}: a build there would damage it; choose a "
                           "folder outside it")
-    return check_empty_or_ours(out, "--out", lambda p: p.name in BUILD_NAMES or is_temporary(p),
+    return check_empty_or_ours(out, option, lambda p: p.name in BUILD_NAMES or is_temporary(p),
                                "a MedNF build", markers=(MANIFEST, LOG, WORK))
