@@ -222,3 +222,15 @@ def test_the_hf_scratch_folder_is_never_a_planted_link(phantom_dir, tmp_path, mo
     (tmp_path / ".out.export-4242.tmp").symlink_to(victim)
     export_hf(phantom_dir, tmp_path / "out")
     assert not any(victim.iterdir()) and (tmp_path / "out" / MANIFEST).is_file()
+
+
+def test_an_eval_report_is_never_written_through_a_planted_link(phantom_dir, tmp_path):
+    from mednf.tasks.evaluate import evaluate
+
+    victim = tmp_path / "victim.json"
+    victim.write_text("precious")
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "summary.json").symlink_to(victim)
+    write_report(evaluate(phantom_dir, ["test"]), out)
+    assert victim.read_text() == "precious" and not (out / "summary.json").is_symlink()

@@ -24,6 +24,7 @@ from mednf.errors import ConfigError, EvalError
 from mednf.figures import dataset_figure, save_figure
 from mednf.format.layout import check_outside_datasets
 from mednf.format.splits import canonical_split
+from mednf.io.files import atomic_write_bytes
 from mednf.loading import find_dataset, load
 from mednf.sources.kinds import images_unavailable
 from mednf.sources.read import source_images
@@ -125,8 +126,11 @@ def write_report(report: EvalReport, out: str | Path) -> Path:
         **{k: pa.array(np.concatenate([getattr(e, k) for e in parts]) if parts else [], pa.float64())
            for k in ("mse", "psnr", "ssim", "stored_psnr")},
     })
-    pq.write_table(table, out / "samples.parquet")
-    (out / "summary.json").write_text(json.dumps(report.summary(), indent=2) + "\n", encoding="utf-8")
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    # atomic writes: a file planted there (a link into a dataset, say) is replaced, never written through
+    atomic_write_bytes(out / "samples.parquet", buffer.getvalue().to_pybytes())
+    atomic_write_bytes(out / "summary.json", (json.dumps(report.summary(), indent=2) + "\n").encode("utf-8"))
     return out
 
 
