@@ -170,9 +170,10 @@ def test_a_local_manifest_that_is_not_json_is_one_line(phantom_dir, tmp_path, bo
     _one_line(err.value)
 
 
-@pytest.mark.parametrize("value", ["99999999999", "4097", "²"])
-def test_threads_beyond_any_machine_is_one_line(value):
-    with pytest.raises(ConfigError, match="from 1 to 4096") as err:
+@pytest.mark.parametrize("value, message", [("99999999999", "at most 4096"), ("4097", "at most 4096"),
+                                            ("²", "a whole number ≥ 1")])
+def test_threads_beyond_any_machine_is_one_line(value, message):
+    with pytest.raises(ConfigError, match=message) as err:
         parse_threads(value)
     _one_line(err.value)
     assert parse_threads("4096") == 4096
@@ -309,8 +310,8 @@ def test_a_download_is_never_written_through_a_planted_temporary_link(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"max_samples": 2.5}, "max_samples = 2.5 is invalid: expected a positive integer"),
-    ({"max_samples": 0}, "max_samples = 0 is invalid"),
+    ({"max_samples": 2.5}, "max_samples = 2.5 is invalid: expected an integer"),
+    ({"max_samples": 0}, "max_samples ?= ?0 is invalid"),
     ({"continue_to": "10"}, "continue_to = '10' is invalid"),
     ({"preset": 3}, "preset = 3 is invalid: expected a name"),
     ({"overrides": [1]}, r"overrides = \[1\] is invalid: expected a dict"),

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mednf.arguments import CLI, PYTHON, Wording, is_int, optional_positive_int
+from mednf.arguments import CLI, PYTHON, Wording, is_int
 from mednf.building.options import BuildOptions
 from mednf.building.pipeline import build as run_build
 from mednf.dataset import MedNFDatasetDict
@@ -48,14 +48,12 @@ def _path(path: str | Path | None) -> Path | None:
 
 
 def _check_types(values: dict[str, Any], wording: Wording) -> None:
-    """A one-line ConfigError naming the first keyword of ``values`` whose value has the wrong type (or is not a
-    positive count where one is needed), before any work: not a TypeError from deep inside the build."""
+    """A one-line ConfigError naming the first keyword of ``values`` whose value has the wrong type, before any
+    work: not a TypeError from deep inside the build (the ranges are checked where the values are used)."""
     def name(key: str) -> str:
         return wording.label(key).removesuffix(" =")
 
-    for key in ("max_samples", "continue_to"):
-        optional_positive_int(values[key], name(key))
-    for key in ("steps", "batch_size", "latent_dim", "fit_steps", "size", "gpu"):
+    for key in ("max_samples", "continue_to", "steps", "batch_size", "latent_dim", "fit_steps", "size", "gpu"):
         if values[key] is not None and not is_int(values[key]):
             raise ConfigError(f"{name(key)} = {values[key]!r} is invalid: expected an integer")
     for key in ("preset", "precision"):

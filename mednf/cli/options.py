@@ -58,10 +58,12 @@ def parse_threads(value: str | None) -> int | None:
     if value is None:
         return None
     text = str(value).strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_THREADS)) \
-            or not 1 <= int(text) <= MAX_THREADS:
-        raise ConfigError(f"--threads {value!r} is invalid: expected a whole number from 1 to {MAX_THREADS} of CPU "
-                          f"threads, e.g. --threads {os.cpu_count() or 4}")
+    if not (text.isascii() and text.isdigit()) or not text.strip("0"):
+        raise ConfigError(f"--threads {value!r} is invalid: expected a whole number ≥ 1 of CPU threads, e.g. "
+                          f"--threads {os.cpu_count() or 4}")
+    if len(text.lstrip("0")) > len(str(MAX_THREADS)) or int(text) > MAX_THREADS:  # no int() of 10⁶ digits
+        raise ConfigError(f"--threads {value!r} is invalid: expected at most {MAX_THREADS} CPU threads, e.g. "
+                          f"--threads {os.cpu_count() or 4}")
     return int(text)
 
 
