@@ -1,7 +1,7 @@
 """``mednf build``: one sub-dataset from its builder spec to a complete, verified dataset directory.
 
 :func:`build` settles what is fixed for the whole build (spec, engine, device, memory budget) into a
-:class:`~mednf.building.run.BuildRun`, takes the folder (:func:`mednf.building.session.build_session`: the
+:class:`~mednf.building.run.BuildRun`, takes the folder (:func:`mednf.building.frame.build_frame`: the
 ranks' process group, the dataset lock and build.log) and runs the stages of :func:`_build_locked`, one
 function each, in this order:
 
@@ -47,9 +47,9 @@ from mednf.building.continuation import (
 )
 from mednf.building.curves import check_tensorboard
 from mednf.building.distributed import env_rank, rank_device
+from mednf.building.frame import build_frame
 from mednf.building.options import BuildOptions, output_folder, prepare_spec
 from mednf.building.run import BuildRun
-from mednf.building.session import build_session
 from mednf.engine.memory import resolve_budget
 from mednf.format.layout import check_build_folder, check_outside_datasets
 from mednf.format.manifest import Manifest
@@ -73,13 +73,13 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     prepare.plan_rank(spec, cfg, budget, device, (spec.source.size,) * spec.source.dims, env_rank())  # refuse now
     out = check_build_folder(output_folder(spec, options), options.wording.option("out"))
     prepare.make_writable(out, options.wording)
-    with build_session(out, device) as session:
-        if session.dist.is_main:
+    with build_frame(out, device) as frame:
+        if frame.dist.is_main:
             recover_swap(out)  # a continuation killed in the middle of replacing this dataset
-        session.dist.barrier()
-        session.log_into(out)
-        with prepare.removed_if_only_log(out, session):  # failed before writing anything: no folder left
-            return _build_locked(BuildRun(out, spec, cfg, options, device, session.dist, budget))
+        frame.dist.barrier()
+        frame.log_into(out)
+        with prepare.removed_if_only_log(out, frame):  # failed before writing anything: no folder left
+            return _build_locked(BuildRun(out, spec, cfg, options, device, frame.dist, budget))
 
 
 def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
@@ -91,8 +91,8 @@ def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
     prepare.refuse_linked_state(out)
     device = rank_device(options.gpu)
     budget = resolve_budget(options.memory_budget, device)
-    with build_session(out, device) as session:
-        dist = session.dist
+    with build_frame(out, device) as frame:
+        dist = frame.dist
         finished = dist.agree(recover_swap(out)) if dist.is_main else dist.agree(True)
         if finished and Manifest.read(out).meta_training.steps == target:
             say(f"the continuation of {out} to {target} meta-iterations had finished; put it in place", dist)
@@ -100,7 +100,7 @@ def _continue(name_or_path: str | Path, options: BuildOptions) -> Path:
         manifest, spec, cfg = continued_settings(out, target, options.wording)
         spec, cfg = with_neutral_options(spec, cfg, options)
         with scratch_attempt(out, manifest, cfg, dist) as scratch:  # a refused attempt removes what it made
-            session.log_into(scratch)
+            frame.log_into(scratch)
             again = dataclasses.replace(options, continue_to=None, max_samples=manifest.source.get("max_samples"))
             run = BuildRun(scratch, spec, cfg, again, device, dist, budget)
             run.say(f"continuing {manifest.name} from {manifest.meta_training.steps} to {target} meta-iterations "

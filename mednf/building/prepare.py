@@ -18,9 +18,9 @@ from mednf.arguments import CLI, Wording
 from mednf.building.buildlog import say, stop_log
 from mednf.building.continuation import keep_checkpoints
 from mednf.building.distributed import on_every_rank
+from mednf.building.frame import BuildFrame
 from mednf.building.identity import build_identity, differences, source_identity, stored_identity
 from mednf.building.run import BuildRun
-from mednf.building.session import BuildSession
 from mednf.engine.config import EngineConfig
 from mednf.engine.execution import Execution
 from mednf.engine.fused_latent_grad import requested_kernel
@@ -85,20 +85,20 @@ def make_writable(out: Path, wording: Wording = CLI) -> None:
 
 
 @contextmanager
-def removed_if_only_log(out: Path, session: BuildSession) -> Iterator[None]:
+def removed_if_only_log(out: Path, frame: BuildFrame) -> Iterator[None]:
     """Around a build in ``out``: if it fails (an error, an interrupt) before writing anything but its log,
     the folder goes: a folder holding only ``build.log`` is no dataset and no build to resume. Every line of
     that log was also on the console (:func:`mednf.building.buildlog.say`); the last one says the folder was
-    removed. The lock is still held (the caller's session), so no other build can have started there."""
+    removed. The lock is still held (the caller's frame), so no other build can have started there."""
     try:
         yield
     except BaseException:
-        if session.dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} == {LOG}:
-            stop_log(session.handler)
-            session.handler = None
+        if frame.dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} == {LOG}:
+            stop_log(frame.handler)
+            frame.handler = None
             shutil.rmtree(out, ignore_errors=True)
             say(f"removed {out}: the build failed before writing anything but build.log, whose lines are above",
-                session.dist)
+                frame.dist)
         raise
 
 

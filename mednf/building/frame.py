@@ -18,7 +18,7 @@ from mednf.io.lock import dataset_lock
 
 
 @dataclass
-class BuildSession:
+class BuildFrame:
     """What a locked build holds: the process group and, once :meth:`log_into` chose its folder, the log."""
 
     dist: Dist
@@ -30,16 +30,16 @@ class BuildSession:
 
 
 @contextmanager
-def build_session(out: Path, device: torch.device) -> Iterator[BuildSession]:
-    """Join the torchrun group (if any), take the dataset lock of ``out`` and yield the session; on the way
+def build_frame(out: Path, device: torch.device) -> Iterator[BuildFrame]:
+    """Join the torchrun group (if any), take the dataset lock of ``out`` and yield the frame; on the way
     out the lock is released, the log closed and the group left."""
-    session = BuildSession(setup(device))
+    frame = BuildFrame(setup(device))
     try:
-        with _directory_lock(out, session.dist):
-            yield session
+        with _directory_lock(out, frame.dist):
+            yield frame
     finally:
-        stop_log(session.handler)
-        session.dist.close()
+        stop_log(frame.handler)
+        frame.dist.close()
 
 
 @contextmanager
