@@ -398,3 +398,20 @@ def test_a_zenodo_archive_with_hidden_build_state_is_never_installed(phantom_dir
             download_zenodo("PhantomNF", progress=False)
     _one_line(err.value)
     assert not (tmp_path / "home" / "PhantomNF").exists()
+
+
+def test_a_fifo_or_folder_given_as_a_file_is_named_so(phantom_dir, tmp_path):
+    import os
+
+    from mednf.sources.spec import load_builder
+    from mednf.tasks.encode import read_images_npz
+
+    os.mkfifo(tmp_path / "fifo.npz")
+    os.mkfifo(tmp_path / "fifo.toml")
+    for bad in (tmp_path / "fifo.npz", tmp_path):
+        with pytest.raises(EncodeError, match="is not a regular file"):
+            read_images_npz(bad)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_builder(str(tmp_path / "fifo.toml"))
+    with pytest.raises(EncodeError, match="does not exist"):
+        read_images_npz(tmp_path / "missing.npz")

@@ -278,7 +278,8 @@ def load_builder(name_or_path: str | Path) -> BuilderSpec:
     path = Path(text_name)
     if text_name.endswith(".toml") or path.is_file():
         if not path.is_file():
-            raise ConfigError(f"builder file {text_name!r} does not exist: give the path of a .toml builder file")
+            state = "is not a regular file" if path.exists() else "does not exist"  # a folder, a FIFO, a device
+            raise ConfigError(f"builder file {text_name!r} {state}: give the path of a .toml builder file")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

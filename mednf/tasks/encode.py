@@ -217,7 +217,8 @@ def read_images_npz(path: str | Path, key: str | None = None,
     ``images``, then MedMNIST's ``test_images``; masks: ``mask``)."""
     path = Path(path)
     if not path.is_file():
-        raise EncodeError(f"{path} does not exist; give an .npz with an array named {names[0]!r}")
+        state = "is not a regular file" if path.exists() else "does not exist"  # a folder, a FIFO, a device
+        raise EncodeError(f"{path} {state}; give an .npz with an array named {names[0]!r}")
     if not zipfile.is_zipfile(path):
         raise EncodeError(f"{path} is not an .npz archive (a .npy file?); save the images with "
                           "numpy.savez(path, images=...)")
