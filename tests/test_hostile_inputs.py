@@ -415,3 +415,14 @@ def test_a_fifo_or_folder_given_as_a_file_is_named_so(phantom_dir, tmp_path):
         load_builder(str(tmp_path / "fifo.toml"))
     with pytest.raises(EncodeError, match="does not exist"):
         read_images_npz(tmp_path / "missing.npz")
+
+
+def test_a_source_npz_that_is_no_archive_never_suggests_pickle(tmp_path):
+    from mednf.errors import SourceError
+    from mednf.sources.medmnist import read_npz
+    from mednf.sources.spec import load_builder
+
+    (tmp_path / "x.npz").write_text("hello")
+    with pytest.raises(SourceError, match="not a zip archive") as err:
+        read_npz(tmp_path / "x.npz", load_builder("breastnf"))
+    assert "pickle" not in _one_line(err.value)

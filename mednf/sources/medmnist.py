@@ -112,6 +112,8 @@ def read_npz(path: Path, spec: BuilderSpec) -> dict[str, SplitData]:
     spatial = (src.size,) * src.dims
     gray_shape = spatial if src.channels == 1 else (*spatial, src.channels)
     try:
+        if not zipfile.is_zipfile(path):  # else numpy tries it as a pickle and advises allow_pickle
+            raise ValueError("not a zip archive")
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # EOFError: an empty file
         raise SourceError(f"{path} is not a readable npz file ({str(err) or type(err).__name__}); replace it with a "
