@@ -135,6 +135,39 @@ def test_field_settings_edited_in_the_manifest_are_refused(phantom_dir, tmp_path
     assert "changed after the build" in _one_line(err.value)
 
 
+def _rewrite_theta_meta(root, change) -> None:
+    """Rewrite θ's metadata in place and record the new file in the manifest."""
+    tensors, meta = load_tensors(root / MODEL)
+    save_tensors(root / MODEL, tensors, change(dict(meta)))
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["files"][MODEL] = {"sha256": sha256_file(root / MODEL), "size": (root / MODEL).stat().st_size}
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_theta_without_field_settings_is_refused_even_with_an_edited_manifest(phantom_dir, tmp_path):
+    root = _copy(phantom_dir, tmp_path)
+    _rewrite_theta_meta(root, lambda meta: {k: v for k, v in meta.items() if k != "field"})
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["engine"]["field"]["omega_first"] = 40.0
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    ds = mednf.load(root, "test", verify=True)
+    with pytest.raises(FormatError, match="records no field settings") as err:
+        ds.decode([0])
+    _one_line(err.value)
+
+
+def test_field_settings_in_the_first_format_versions_string_form_are_read_and_checked(phantom_dir, tmp_path):
+    root = _copy(phantom_dir, tmp_path)
+    expected = mednf.load(phantom_dir, "test").decode([0])
+    _rewrite_theta_meta(root, lambda meta: {**meta, "field": json.dumps(meta["field"])})
+    np.testing.assert_array_equal(mednf.load(root, "test").decode([0]), expected)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["engine"]["field"]["omega_first"] = 40.0
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match="field.omega_first"):
+        mednf.load(root, "test").decode([0])
+
+
 def test_info_of_a_missing_path_names_the_path(tmp_path):
     from click.testing import CliRunner
 

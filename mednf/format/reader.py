@@ -249,14 +249,31 @@ def check_theta(tensors: dict[str, Any], meta: dict[str, Any], manifest: Manifes
     bad = [name for name, value in tensors.items() if not bool(value.isfinite().all())]
     if bad:
         raise FormatError(f"{where} holds NaN/inf weights (in {bad[:3]}); {_FIX}")
-    recorded = meta.get("field")
-    if isinstance(recorded, dict):
-        described = dataclasses.asdict(field)
-        differ = [k for k in described if k not in EXECUTION_FIELDS and k in recorded and recorded[k] != described[k]]
-        if differ:
-            key = differ[0]
-            raise FormatError(f"{where} was written with field.{key} = {recorded[key]!r}, the manifest says "
-                              f"{described[key]!r}: the manifest was changed after the build; {_FIX}")
+    recorded = _recorded_field(meta.get("field"), where)
+    described = dataclasses.asdict(field)
+    differ = [k for k in described if k not in EXECUTION_FIELDS and recorded.get(k, _MISSING) != described[k]]
+    if differ:
+        key = differ[0]
+        was = repr(recorded[key]) if key in recorded else "nothing"
+        raise FormatError(f"{where} was written with field.{key} = {was}, the manifest says "
+                          f"{described[key]!r}: the manifest was changed after the build; {_FIX}")
+
+
+_MISSING = object()
+
+
+def _recorded_field(value: Any, where: str | Path) -> dict[str, Any]:
+    """The field settings recorded beside θ: a JSON object, or (files of the first format version) that object as
+    a JSON string. θ without them cannot be tied to its manifest, so it is refused."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (json.JSONDecodeError, RecursionError, ValueError):
+            value = None
+    if not isinstance(value, dict):
+        raise FormatError(f"{where} records no field settings beside θ, so it cannot be checked against the "
+                          f"manifest; {_FIX}")
+    return value
 
 
 def split_index(table: Any, manifest: Manifest, split: str, where: str | Path) -> Any:
