@@ -453,3 +453,32 @@ def test_a_malformed_registry_file_is_one_line(tmp_path, monkeypatch, text, reas
         mednf.load("NotBuiltNF")
     one_line(err)
 
+
+
+# ------------------------------------------------------------------------------------------ forged sizes
+
+
+def _forged_manifest(phantom_dir, index_size: int, count: int | None = None) -> bytes:
+    manifest = json.loads((phantom_dir / "mednf.json").read_text())
+    manifest["files"]["index.parquet"]["size"] = index_size
+    if count is not None:
+        manifest["splits"]["train"]["count"] = count
+    return json.dumps(manifest).encode()
+
+
+def test_a_forged_file_size_beyond_the_datasets_shape_is_refused_before_any_read(phantom_dir):
+    with Hostile({"/X/mednf.json": ok(_forged_manifest(phantom_dir, 20 << 30))}) as srv:
+        with pytest.raises(FormatError, match="index.parquet is said to have 21474836480 bytes, more than a "
+                                              "dataset of this shape can need") as err:
+            mednf.load(f"{srv.url}/X")
+        one_line(err)
+        assert srv.requests == ["/X/mednf.json"]
+
+
+def test_a_forged_file_size_beyond_the_memory_is_refused_before_any_read(phantom_dir):
+    forged = _forged_manifest(phantom_dir, 1 << 40, count=10**9)  # a shape that would allow 1 TiB
+    with Hostile({"/X/mednf.json": ok(forged)}) as srv:
+        with pytest.raises(DownloadError, match="more than half the memory available") as err:
+            mednf.load(f"{srv.url}/X")
+        one_line(err)
+        assert srv.requests == ["/X/mednf.json"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -22,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from mednf.engine.config import EngineConfig
+from mednf.engine.field import param_shapes
 from mednf.errors import ConfigError, FormatError
-from mednf.format.layout import DATASET_NAME, FORMAT_VERSION, LATENTS, MANIFEST, MAX_SAMPLES
+from mednf.format.layout import DATASET_NAME, FORMAT_VERSION, INDEX, LATENTS, MANIFEST, MAX_SAMPLES, MODEL
 from mednf.format.records import FitRecord, MetaTraining, Origin
 from mednf.format.splits import check_split
 from mednf.io import jsonsafe
 from mednf.version import __version__
+
+INDEX_BYTES_PER_ROW = 4096  # a row's name, source path, labels and metrics; real ones take 50–300 bytes
 
 
 @dataclass(frozen=True)
@@ -233,8 +237,28 @@ class Manifest:
         big = [s for s, stats in self.splits.items() if not 0 <= stats.count <= MAX_SAMPLES]
         if big:
             problems.append(f"split {big[0]!r} counts {self.splits[big[0]].count} samples, beyond any dataset")
+        if not problems:
+            problems = self._oversized_files(field)
         if problems:
             raise FormatError(f"{where}: {problems[0]}; the manifest is damaged, rebuild or download the dataset again")
+
+    def _oversized_files(self, field: Any) -> list[str]:
+        """Files whose declared size is beyond what a dataset of this shape can hold: a forged manifest must not
+        make a reader buffer gigabytes for θ, the index or a latent chunk (each is read whole into memory)."""
+        slack = 1 << 20  # headers, metadata, compression overhead
+        ceilings = {MODEL: 4 * sum(math.prod(s) for s in param_shapes(field).values()) + slack,
+                    INDEX: INDEX_BYTES_PER_ROW * self.total + 16 * slack}
+        chunk = 4 * self.latent.chunk_rows * self.latent.dim + slack
+        problems = []
+        for rel, entry in self.files.items():
+            if rel.startswith(f"{self.latent.store}/"):
+                ceiling = slack if rel.endswith(".json") else chunk
+            else:
+                ceiling = ceilings.get(rel)
+            if ceiling is not None and entry.size > ceiling:
+                problems.append(f"{rel} is said to have {entry.size} bytes, more than a dataset of this shape can "
+                                f"need ({ceiling})")
+        return problems
 
     @classmethod
     def read(cls, root: str | Path) -> Manifest:

@@ -4,7 +4,9 @@
 user has installed that fsspec filesystem: s3fs, gcsfs, adlfs, huggingface_hub) and a relative path into bytes:
 
 - :meth:`~RemoteFolder.fetch` GETs the **whole file** (no ``Range`` request), at most the manifest's size plus
-  one byte, then checks its size and sha256 against the manifest's entry. Wrong bytes are a one-line
+  one byte, then checks its size and sha256 against the manifest's entry. A file the manifest declares
+  larger than half the available memory is refused before it is asked for (the manifest's own check already
+  refuses sizes beyond what a dataset of its shape can hold). Wrong bytes are a one-line
   FormatError naming the URL; nothing unverified is returned. An HTTP server therefore needs only plain
   ``GET`` of static files (``python -m http.server`` will do); ``Range`` and ``HEAD`` are never required.
 - ``http(s)://`` is read by :func:`mednf.io.http.read_bytes`, the rule of every network read of mednf: the
@@ -37,6 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mednf.engine.memory import available_host_memory, format_bytes
 from mednf.errors import ConfigError, DownloadError, FormatError, NotFoundError
 from mednf.format.layout import MANIFEST, mednf_home
 from mednf.format.manifest import FileEntry, Manifest
@@ -131,6 +134,11 @@ class RemoteFolder:
         cached = self._from_disk(entry)
         if cached is not None:
             return cached
+        room = available_host_memory()
+        if entry.size > room // 2:  # a whole file is held in memory while it is checked
+            raise DownloadError(f"{self.file_url(rel)} has {format_bytes(entry.size)} (the manifest says), more "
+                                f"than half the memory available ({format_bytes(room)}); download the dataset "
+                                "(mednf download) or read it on a machine with more memory")
         try:
             data = self._get(rel, entry.size, expected=entry.size)
         except FileNotFoundError:
