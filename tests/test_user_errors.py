@@ -4,6 +4,7 @@ damaged npz, outputs in missing folders, a full tmpfs, a process memory limit.""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import subprocess
@@ -185,6 +186,30 @@ def test_full_disk_is_one_line_that_says_how_to_resume(small_disk):
                   "--set", "build.val_every=1", "--set", "build.val_samples=4")
     assert "no space left" in line and str(out) in line and "rerun the same command" in line and "resumes" in line
     assert "MiB free" in line and not (out / "mednf.json").exists()
+
+
+def test_full_disk_under_a_report_names_the_report_file(small_disk, phantom_dir):
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh, pytest.raises(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    report = small_disk / "c.json"
+    line = cli("classify", str(phantom_dir), "--model", "knn", "--features", "latents", "--json", str(report))
+    assert f"no space left on the device of {report}" in line and "write elsewhere" in line
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no temporary file left behind
+
+
+def test_a_failed_write_names_the_file_it_was_writing(tmp_path):
+    """A write error carries no file name of its own (here the file-size limit, EFBIG): the file is named."""
+    script = ("import resource, signal, sys; from pathlib import Path; from mednf.io.files import atomic_write_bytes\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))\n"
+              "try:\n    atomic_write_bytes(Path(sys.argv[1]), b'x' * 4096)\n"
+              "except OSError as err:\n    print(err.filename, err.errno)\n")
+    target = tmp_path / "out.bin"
+    result = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [str(target), str(errno.EFBIG)]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_npy_output_is_written_whole(tmp_path, phantom_dir):

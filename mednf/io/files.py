@@ -58,6 +58,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:  # a failed write or fsync (a full disk) names no file: name the one being written
+            err.filename = str(path)
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
