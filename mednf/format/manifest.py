@@ -251,10 +251,8 @@ class Manifest:
         chunk = 4 * self.latent.chunk_rows * self.latent.dim + slack
         problems = []
         for rel, entry in self.files.items():
-            if rel.startswith(f"{self.latent.store}/"):
-                ceiling = slack if rel.endswith(".json") else chunk
-            else:
-                ceiling = ceilings.get(rel)
+            in_store = rel.startswith(f"{self.latent.store}/")
+            ceiling = (slack if rel.endswith(".json") else chunk) if in_store else ceilings.get(rel)
             if ceiling is not None and entry.size > ceiling:
                 problems.append(f"{rel} is said to have {entry.size} bytes, more than a dataset of this shape can "
                                 f"need ({ceiling})")
