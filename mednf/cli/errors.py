@@ -1,8 +1,16 @@
-"""The one place where a command's failure becomes one line ``error: …`` and exit status 2.
+"""The one place where a command's failure becomes one line ``error: …`` and its exit status.
 
 User mistakes (a :class:`~mednf.errors.MednfError`) and environment faults (a missing folder, a full disk,
 too little memory, a truncated file) end in that line, without a traceback; anything else is a bug and
 raises. ``MEDNF_DEBUG=1`` shows the traceback instead of the line.
+
+Exit status (:func:`exit_status`), as in click and most Unix tools:
+
+- **2**: the command line is wrong: click's usage errors (an unknown option, a missing argument, a value
+  outside a closed set) and mednf's checks of a value given there or in a builder file
+  (:class:`~mednf.errors.ConfigError`). Rerunning the same command cannot succeed.
+- **1**: the command ran and failed: a dataset not found or damaged, a download or build that failed, a lock
+  held by another process, a full disk, too little memory. Rerunning may succeed once that is fixed.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ from typing import Any
 
 import click
 
-from mednf.errors import MednfError
+from mednf.errors import ConfigError, MednfError
 from mednf.io.files import open_append
+from mednf.optional import MissingDependencyError
 
 _OS_FIXES = {
     errno.ENOENT: "check that the path and its folder exist",
@@ -110,6 +119,16 @@ def error_line(err: BaseException, ctx: click.Context, build_dir: Path | None) -
     return None
 
 
+USAGE = 2
+FAILURE = 1
+
+
+def exit_status(err: BaseException) -> int:
+    """2 for a wrong command line (:class:`~mednf.errors.ConfigError`), 1 for every other failure (a library
+    that is not installed included: the command was right, the install lacks an extra)."""
+    return USAGE if isinstance(err, ConfigError) and not isinstance(err, MissingDependencyError) else FAILURE
+
+
 def _log_traceback(build_dir: Path | None) -> None:
     """Append the traceback to an existing ``build.log`` (the one line points there)."""
     if build_dir is None or not (build_dir / "build.log").is_file():
@@ -122,7 +141,7 @@ def _log_traceback(build_dir: Path | None) -> None:
 
 
 class GuardedCommand(click.Command):
-    """A command whose user mistakes and environment faults end in one line and exit status 2."""
+    """A command whose user mistakes and environment faults end in one line and :func:`exit_status`."""
 
     def build_dir(self, ctx: click.Context) -> Path | None:
         """The folder of a resumable build this command writes (its ``build.log`` gets the traceback and the
@@ -130,7 +149,7 @@ class GuardedCommand(click.Command):
         return None
 
     def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; a user mistake or environment fault ends in one line and exit status 2."""
+        """Run the command; a user mistake or environment fault ends in one line and :func:`exit_status`."""
         try:
             return super().invoke(ctx)
         except (MednfError, OSError, MemoryError, EOFError, RuntimeError) as err:
@@ -140,7 +159,7 @@ class GuardedCommand(click.Command):
                 raise
             _log_traceback(build_dir)
             click.echo(f"error: {line}", err=True)
-            sys.exit(2)
+            sys.exit(exit_status(err))
 
 
 class GuardedGroup(click.Group):

@@ -81,7 +81,7 @@ def set_threads(threads: int) -> None:
 
 def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--threads N`` for a command that computes: checked and applied (:func:`set_threads`) before the
-    command's own body runs; a bad N is one line and exit status 2 like every other user mistake."""
+    command's own body runs; a bad N is one line and exit status 2 like every other wrong command line."""
 
     @functools.wraps(command)
     def run(*args: Any, threads: str | None = None, **kwargs: Any) -> Any:
