@@ -254,3 +254,17 @@ class EngineConfig:
                 merged[key]["omega_last"] = merged[key]["omega_increment"] = None  # the forms exclude each other
             merged[key].update(values)
         return EngineConfig.from_dict(merged)
+
+
+def param_shapes(cfg: FieldConfig) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor in θ."""
+    L, P = cfg.hidden_dim, cfg.latent_dim
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k in range(cfg.num_sine_layers):
+        shapes[f"layers.{k}.weight"] = (L, cfg.in_dims if k == 0 else L)
+        shapes[f"layers.{k}.bias"] = (L,)
+    shapes["shift.weight"] = (cfg.modulation_dim, P)
+    shapes["shift.bias"] = (cfg.modulation_dim,)
+    shapes["last.weight"] = (cfg.out_dims, L)
+    shapes["last.bias"] = (cfg.out_dims,)
+    return shapes

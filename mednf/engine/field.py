@@ -33,25 +33,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mednf.engine.config import FieldConfig
+from mednf.engine.config import FieldConfig, param_shapes
 from mednf.engine.precision import FP32, Precision
 from mednf.errors import ConfigError
 
 Params = dict[str, Tensor]
-
-
-def param_shapes(cfg: FieldConfig) -> dict[str, tuple[int, ...]]:
-    """Name → shape of every tensor in θ."""
-    L, P = cfg.hidden_dim, cfg.latent_dim
-    shapes: dict[str, tuple[int, ...]] = {}
-    for k in range(cfg.num_sine_layers):
-        shapes[f"layers.{k}.weight"] = (L, cfg.in_dims if k == 0 else L)
-        shapes[f"layers.{k}.bias"] = (L,)
-    shapes["shift.weight"] = (cfg.modulation_dim, P)
-    shapes["shift.bias"] = (cfg.modulation_dim,)
-    shapes["last.weight"] = (cfg.out_dims, L)
-    shapes["last.bias"] = (cfg.out_dims,)
-    return shapes
 
 
 def init_params(

@@ -23,11 +23,12 @@ import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mednf.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 CPU_SHARE = 0.6  # default budget: this share of MemAvailable on the CPU …
 CUDA_SHARE = 0.8  # … and of the free device memory on CUDA
@@ -125,6 +126,8 @@ def _process_memory(key: str) -> int:
 
 def memory_in_use(device: torch.device | str = "cpu") -> int:
     """What the process holds now: resident set (``VmRSS``) on the CPU, allocated tensors on CUDA."""
+    import torch  # here, not at the top: the host probes and sizes load without torch (`mednf cache list`)
+
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
@@ -133,6 +136,8 @@ def memory_in_use(device: torch.device | str = "cpu") -> int:
 
 def peak_memory(device: torch.device | str = "cpu") -> int:
     """The process's peak so far: ``VmHWM`` on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA."""
+    import torch  # here, not at the top: the host probes and sizes load without torch (`mednf cache list`)
+
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -166,6 +171,8 @@ def _local_world() -> int:
 
 def default_budget(device: torch.device | str = "cpu") -> MemoryBudget:
     """A safe share of what is free now, plus what the process already holds (module docstring)."""
+    import torch  # here, not at the top: the host probes and sizes load without torch (`mednf cache list`)
+
     device = torch.device(device)
     ranks = _local_world() if device.type == "cpu" else 1  # on CUDA every rank has its own device
     share = f" / {ranks} ranks" if ranks > 1 else ""

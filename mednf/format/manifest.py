@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mednf.engine.config import EngineConfig
-from mednf.engine.field import param_shapes
+from mednf.engine.config import EngineConfig, param_shapes
 from mednf.errors import ConfigError, FormatError
 from mednf.format.layout import DATASET_NAME, FORMAT_VERSION, INDEX, LATENTS, MANIFEST, MAX_SAMPLES, MODEL
 from mednf.format.records import FitRecord, MetaTraining, Origin

@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mednf.engine.config import FieldConfig
-from mednf.engine.field import param_shapes
+from mednf.engine.config import FieldConfig, param_shapes
 from mednf.errors import OfficialFormatError
 
 SPLITS = ("train", "val", "test")
