@@ -1,7 +1,8 @@
 """Every error mednf raises on purpose. Each message is one line: the value, what was expected and the fix.
 
-The CLI prints any :class:`MednfError` as ``error: <message>`` and exits with status 2, without a
-traceback. The subclasses say which stage failed, so callers can catch one kind.
+The CLI prints any :class:`MednfError` as ``error: <message>`` without a traceback, and exits with status 2
+for a :class:`ConfigError` (the command line or builder file is wrong) and 1 for the others (it ran and
+failed). The subclasses say which stage failed, so callers can catch one kind.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class NotFoundError(MednfError):
 
 class DownloadError(MednfError):
     """A download failed or did not verify; nothing was kept."""
+
+
+class PublishError(MednfError):
+    """An upload cannot start (no token, a bad repository name) or did not complete."""
 
 
 class OfficialFormatError(MednfError):

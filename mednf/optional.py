@@ -21,8 +21,9 @@ EXTRAS: dict[str, str | None] = {
     "fsspec": "remote",
     "tensorboard": "tensorboard",
     "medmnist": "medmnist",
-    "datasets": None,
-    "sklearn": None,
+    "datasets": "hf",
+    "huggingface_hub": "hf",
+    "sklearn": "tasks",
     "matplotlib": None,
 }
 _PACKAGES = {"sklearn": "scikit-learn"}  # the distribution's name where it differs from the module's

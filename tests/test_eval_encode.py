@@ -129,7 +129,7 @@ def test_split_names_and_file_kinds_are_checked(phantom_dir, tmp_path):
 
 def test_classify_cli_prints_the_table_and_writes_json(phantom_dir, tmp_path):
     result = CliRunner().invoke(main, ["classify", str(phantom_dir), "--model", "knn", "--features", "both",
-                                       "--json", str(tmp_path / "c.json")])
+                                       "--out", str(tmp_path / "c.json")])
     assert result.exit_code == 0, result.output
     assert "1-NN" in result.output and "3-NN" in result.output and "pixels" in result.output
     assert "Chance" in result.output or "chance" in result.output

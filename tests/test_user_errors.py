@@ -195,7 +195,7 @@ def test_full_disk_under_a_report_names_the_report_file(small_disk, phantom_dir)
             fh.write(b"\0" * 65536)
             fh.flush()
     report = small_disk / "c.json"
-    line = cli("classify", str(phantom_dir), "--model", "knn", "--features", "latents", "--json", str(report))
+    line = cli("classify", str(phantom_dir), "--model", "knn", "--features", "latents", "--out", str(report))
     assert f"no space left on the device of {report}" in line and "write elsewhere" in line
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no temporary file left behind
 

@@ -1,8 +1,8 @@
 """The ``mednf`` command line (click).
 
 User mistakes and environment faults (a missing folder, a full disk, too little memory) print one line
-``error: …`` and exit with status 2, no traceback (:mod:`mednf.cli.errors`); ``MEDNF_DEBUG=1`` shows the
-traceback instead.
+``error: …``, no traceback, and exit with status 2 when the command line is wrong, 1 when the command ran and
+failed (:mod:`mednf.cli.errors`); ``MEDNF_DEBUG=1`` shows the traceback instead.
 
 Commands load lazily: :data:`COMMANDS` names the module of each, and that module (with the torch, numpy and
 mednf stages it imports at its top) is imported only when its command runs or shows its own ``--help``.
@@ -21,6 +21,7 @@ from mednf.cli.lazy import LazyCommand, LazyGroup
 
 COMMANDS = {
     "build": LazyCommand("mednf.cli.build", "build", "Build the MedNF sub-dataset NAME."),
+    "cache": LazyCommand("mednf.cli.cache", "cache", "List or remove the datasets in the cache ($MEDNF_HOME)."),
     "classify": LazyCommand("mednf.cli.views", "classify", "Classify NAME's latents beside its raw pixels."),
     "decode": LazyCommand("mednf.cli.views", "decode", "Decode latents of NAME to a PNG grid or a .npy array."),
     "demo": LazyCommand("mednf.cli.build", "demo", "Meta-learn and fit generated phantoms (CPU, ~1 minute)."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ from mednf.building.api import build_options
 from mednf.building.pipeline import build as run_build
 from mednf.cli.errors import GuardedCommand
 from mednf.cli.options import gpu_option, medmnist_root_option, threads_option
+from mednf.cli.output import Printer, printing_options
 from mednf.errors import ConfigError, MednfError
 from mednf.format.layout import mednf_home
+from mednf.lookup import info as dataset_info
 from mednf.sources.spec import load_builder
 from mednf.tasks.demo import run_demo
 
@@ -52,11 +55,12 @@ def _parse_set(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--size", default=32, show_default=True, type=click.IntRange(min=4), help="Phantom side length.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the phantoms and of θ's initialisation.")
 @threads_option
-def demo(steps: int, size: int, seed: int) -> None:
+@printing_options
+def demo(steps: int, size: int, seed: int, printer: Printer) -> None:
     """Meta-learn and fit generated phantoms (CPU, ~1 minute).
 
     Nothing is downloaded or written: it prints what it measured."""
-    run_demo(steps=steps, size=size, seed=seed, log=click.echo)
+    printer.result(dataclasses.asdict(run_demo(steps=steps, size=size, seed=seed, log=printer.line)))
 
 
 @click.command(cls=_BuildCommand)
@@ -68,7 +72,8 @@ def demo(steps: int, size: int, seed: int) -> None:
 @click.option("--batch-size", type=int, help="Meta batch size B (meta.batch_size).")
 @click.option("--latent-dim", type=int, help="Latent size P (field.latent_dim).")
 @click.option("--fit-steps", type=int, help="Test-time fit steps H (fit.steps).")
-@click.option("--precision", help="Matrix products in fp32 (default), tf32 (CUDA) or bf16 (field.precision).")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16"]),
+              help="Matrix products in fp32 (default), tf32 (CUDA) or bf16 (field.precision).")
 @click.option("--size", type=int, help="MedMNIST resolution (28, 64, 128, 224); 128/224 use the paper's presets.")
 @click.option("--preset", help="Engine preset instead of the builder's [engine] section (see `mednf presets`).")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -79,7 +84,6 @@ def demo(steps: int, size: int, seed: int) -> None:
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading a missing MedMNIST file.")
 @click.option("--resume", is_flag=True, help="Continue an unfinished build (what a rerun does anyway).")
 @click.option("--restart", is_flag=True, help="Discard an earlier build in the output directory and start over.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--tensorboard", type=click.Path(path_type=Path), metavar="DIR",
               help="Also log the training curves and validation reconstructions to TensorBoard in DIR "
                    "(pip install tensorboard).")
@@ -91,12 +95,12 @@ def demo(steps: int, size: int, seed: int) -> None:
                    "on the CPU, the GPU's memory with --gpu. Meta-iterations run in micro-batches that fit it "
                    "(same result). [default: 60% of available RAM / 80% of free GPU memory]")
 @threads_option
+@printing_options
 def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: int | None,
           batch_size: int | None, latent_dim: int | None, fit_steps: int | None, size: int | None,
           preset: str | None, settings: tuple[str, ...], medmnist_root: Path | None, source_npz: Path | None,
-          max_samples: int | None, no_download: bool, resume: bool, restart: bool, quiet: bool,
-          precision: str | None,
-          memory_budget: str | None, continue_to: int | None, tensorboard: Path | None) -> None:
+          max_samples: int | None, no_download: bool, resume: bool, restart: bool, precision: str | None,
+          memory_budget: str | None, continue_to: int | None, tensorboard: Path | None, printer: Printer) -> None:
     """Build the MedNF sub-dataset NAME.
 
     NAME is a builder name (see `mednf list`) or a builder .toml file.
@@ -112,6 +116,7 @@ def build(name: str, out: Path | None, gpu: int | None, force_cpu: bool, steps: 
                             fit_steps=fit_steps, precision=precision, size=size, preset=preset,
                             overrides=_parse_set(settings), medmnist_root=medmnist_root, source_npz=source_npz,
                             max_samples=max_samples, download=not no_download, restart=restart,
-                            continue_to=continue_to, memory_budget=memory_budget, progress=not quiet,
+                            continue_to=continue_to, memory_budget=memory_budget, progress=printer.progress,
                             tensorboard=tensorboard)
-    run_build(name, options)
+    path = run_build(name, options)
+    printer.result(dataset_info(path))

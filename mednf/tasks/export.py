@@ -194,11 +194,20 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    # the registry pins the manifest (which pins θ and every split's latents) and the uploaded commit
-    atomic_write_bytes(hf_registry_entry(out), (
-        f'[{manifest.name}]\nhf_repo = "<org>/{manifest.name}"\nhf_revision = "<commit after upload>"\n'
-        f'manifest_sha256 = "{sha256_file(out / MANIFEST)}"\n').encode())
+    write_hf_registry_entry(out)
     return out
+
+
+def write_hf_registry_entry(folder: Path, repo: str | None = None, revision: str | None = None) -> Path:
+    """The registry entry of the HF export ``folder`` (:func:`hf_registry_entry`): it pins the manifest (which
+    pins θ and every split's latents) and the uploaded commit (placeholders until ``repo`` and ``revision``
+    are known)."""
+    name = Manifest.read(folder).name
+    entry = hf_registry_entry(folder)
+    atomic_write_bytes(entry, (f'[{name}]\nhf_repo = "{repo or f"<org>/{name}"}"\n'
+                               f'hf_revision = "{revision or "<commit after upload>"}"\n'
+                               f'manifest_sha256 = "{sha256_file(folder / MANIFEST)}"\n').encode())
+    return entry
 
 
 def hf_registry_entry(folder: str | Path) -> Path:

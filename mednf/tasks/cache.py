@@ -1,0 +1,111 @@
+"""What is in the dataset cache (``$MEDNF_HOME`` or ``--root``), and removing one dataset from it.
+
+:func:`cache_entries` lists every folder in the cache with its size on disk and where it stands (complete:
+built, downloaded or imported; an unfinished build; damaged; or not mednf's), plus mednf's own bookkeeping
+(``.remote``: files kept by ``MEDNF_REMOTE_CACHE=disk``; ``.verified``: remembered checksums).
+
+:func:`remove_dataset` deletes one dataset under the same lock a build or download takes, so a running
+build is never removed (``--force`` does not change that). An unfinished build — hours of meta-training
+that a rerun resumes — is kept unless ``force`` is given, and a folder that is not mednf's (no manifest, no
+build state) is never deleted. The folder is first renamed to a hidden name and then deleted, so an
+interrupted removal never leaves a half-deleted folder under the dataset's name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mednf.errors import BuildError, NotFoundError
+from mednf.format.layout import mednf_home
+from mednf.io.lock import dataset_lock
+from mednf.remote.catalogue import availability
+
+BOOKKEEPING = {".remote": "verified files of remote reads (MEDNF_REMOTE_CACHE=disk)",
+               ".verified": "remembered checksums of verified datasets"}
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One folder of the cache: ``state`` is built / downloaded / imported / unfinished / damaged / foreign
+    (not mednf's) / bookkeeping."""
+
+    name: str
+    path: Path
+    state: str
+    size_bytes: int
+
+    @property
+    def complete(self) -> bool:
+        """A finished dataset (built, downloaded or imported)."""
+        return self.state in ("built", "downloaded", "imported")
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (links not followed, each counted as its own size)."""
+    total = 0
+    for folder, _, files in os.walk(path, followlinks=False):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass  # removed while walking
+    return total
+
+
+def _home(root: str | Path | None) -> Path:
+    return Path(root).expanduser() if root else mednf_home()
+
+
+def cache_entries(root: str | Path | None = None) -> list[CacheEntry]:
+    """Every folder in the cache ``root`` (default ``$MEDNF_HOME``), datasets first, by name."""
+    home = _home(root)
+    if not home.is_dir():
+        return []
+    entries = []
+    for path in sorted(home.iterdir(), key=lambda p: p.name.lower()):
+        if path.is_symlink() or not path.is_dir():
+            continue  # lock files, a user's files: not folders of the cache
+        if path.name in BOOKKEEPING:
+            entries.append(CacheEntry(path.name, path, "bookkeeping", folder_size(path)))
+        elif not path.name.startswith("."):  # hidden: scratch folders of downloads and exports in progress
+            where = availability(path.name, home)
+            state = where.state if where.path is not None else "foreign"
+            entries.append(CacheEntry(path.name, path, state, folder_size(path)))
+    return sorted(entries, key=lambda e: (e.state == "bookkeeping", e.name.lower()))
+
+
+def remove_dataset(name: str, root: str | Path | None = None, *, force: bool = False) -> CacheEntry:
+    """Delete the dataset ``name`` (case-insensitive) or a bookkeeping folder from the cache; returns what was
+    removed. NotFoundError when absent; BuildError for an unfinished build without ``force``, a folder that is
+    not mednf's, or a dataset whose lock a live process holds (a build, download or import running)."""
+    entries = cache_entries(root)
+    found = [e for e in entries if e.name.lower() == name.lower()]
+    if not found:
+        names = ", ".join(e.name for e in entries) or "none"
+        raise NotFoundError(f"{name!r} is not in the cache {_home(root)} (there: {names}); see `mednf cache list`")
+    entry = found[0]
+    if entry.state == "foreign":
+        raise BuildError(f"{entry.path} is not a mednf dataset (no manifest and no build state): mednf deletes only "
+                         "its own folders; remove it yourself if you mean to")
+    if entry.state == "unfinished" and not force:
+        raise BuildError(f"{entry.path} holds an unfinished build, which a rerun of `mednf build` resumes: add "
+                         "--force to delete it anyway")
+    if entry.state == "bookkeeping":
+        _delete(entry.path)
+        return entry
+    with dataset_lock(entry.path, "remove"):
+        _delete(entry.path)
+    return entry
+
+
+def _delete(path: Path) -> None:
+    """Rename ``path`` to a hidden name beside it, then delete that, and what an interrupted removal of the
+    same name left."""
+    doomed = path.parent / f".{path.name}.removing-{os.getpid()}"
+    os.rename(path, doomed)
+    for left in path.parent.glob(f".{path.name}.removing-*"):
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left)
