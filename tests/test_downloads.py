@@ -464,3 +464,20 @@ def test_a_failed_build_leaves_nothing_that_blocks_a_download_or_load(zenodo, ex
     ds = mednf.load("PhantomNF", "train")  # not complete locally, registered: downloaded over the failed build
     assert ds.root == target and len(ds) == 4 and not (target / "build.log").exists()
     assert CliRunner().invoke(main, ["download", "PhantomNF"]).output.startswith("PhantomNF is already in")
+
+
+def test_download_all_fetches_every_registered_dataset_and_names_the_ones_that_failed(zenodo, export):
+    zenodo.publish(export)
+    registry = Path(os.environ["MEDNF_REGISTRY"])
+    registry.write_text(registry.read_text() + '\n[OtherNF]\nzenodo_record = "999"\n')  # a record the server lacks
+    result = CliRunner().invoke(main, ["download", "--all", "--json"])
+    assert result.exit_code == 1, result.output
+    done = json.loads(result.stdout)
+    assert [d["name"] for d in done] == ["PhantomNF", "OtherNF"]
+    assert done[0]["downloaded"] is True and "error" in done[1]
+    assert "1 of 2 downloads failed (OtherNF" in result.stderr
+    assert (zenodo.home / "PhantomNF" / "mednf.json").is_file()
+    again = CliRunner().invoke(main, ["download", "PhantomNF", "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["downloaded"] is False
+    both = CliRunner().invoke(main, ["download", "PhantomNF", "--all"])
+    assert both.exit_code == 2 and "expected one of them" in both.output
