@@ -22,7 +22,7 @@ EXTRAS: dict[str, str | None] = {
     "tensorboard": "tensorboard",
     "medmnist": "medmnist",
     "datasets": "hf",
-    "huggingface_hub": "hf",
+    "huggingface_hub": None,
     "sklearn": "tasks",
     "matplotlib": None,
 }

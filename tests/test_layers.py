@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mednf"
 
 # lowest first; a module is in the first layer whose prefix it has
 LAYERS: list[tuple[str, ...]] = [
-    ("mednf.errors", "mednf.version", "mednf.optional", "mednf.arguments", "mednf.shipped"),
+    ("mednf.errors", "mednf.version", "mednf.optional", "mednf.arguments", "mednf.shipped", "mednf.openmp"),
     ("mednf.io",),
     ("mednf.engine",),
     ("mednf.format",),  # self-contained on io/ and the engine's config
