@@ -28,6 +28,19 @@ sha256 and md5 (those given) are checked, then it is renamed. The expected size 
 ``Content-Length`` if sent; without either, at most :data:`MAX_UNSIZED_BYTES` are accepted. A transfer
 that does not fit on the disk is refused before it starts.
 
+**Retries** (:func:`fetch_verified` only): a transfer that breaks (no answer for the stall timeout, a
+connection reset or closed before the announced size, HTTP 5xx, 408 or 429) is tried again up to
+``$MEDNF_HTTP_RETRIES`` more times (default :data:`RETRIES`; 0: never), after waiting :data:`RETRY_DELAY_S`,
+then twice as long each time, or the server's ``Retry-After`` seconds (at most :data:`MAX_RETRY_AFTER_S`).
+A connection refused is retried only after an earlier attempt reached the server. Never retried: other
+4xx answers, URL-policy refusals, a complete body of the wrong size or digest, a full disk, an exceeded
+deadline; the deadline bounds all attempts and waits together. A retry resumes where the ``.part`` file
+ends (``Range: bytes=N-``) when the server answers ``206`` with exactly ``bytes N-(size-1)/size`` and the
+result can still be checked: the caller gave a digest (the digests run over every stored byte, across
+resumes), or the server's strong ``ETag`` is sent as ``If-Range`` and comes back unchanged. Anything else
+(``200``, another range, ``416``, a changed ``ETag``) starts again from byte 0. After the last attempt the
+error is one line: the URL, what happened how many times, and the setting to raise.
+
 Connections are kept alive and reused per host (per process: a forked DataLoader worker starts with none);
 ``$HTTPS_PROXY`` / ``$NO_PROXY`` are honoured for ``https://`` (a CONNECT tunnel).
 """
@@ -41,6 +54,7 @@ import http.client
 import io
 import math
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -65,6 +79,10 @@ CHUNK = 1 << 20
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 MAX_UNSIZED_BYTES = 64 << 30  # no size known at all: larger than any MedMNIST file (pathmnist_224 ≈ 16 GB)
 MAX_JSON_BYTES = 64 << 20  # a Zenodo record listing thousands of files is a few MB
+RETRIES = 3  # attempts after the first of a download unless $MEDNF_HTTP_RETRIES is set (tests set this attribute)
+RETRY_DELAY_S = 1.0  # the wait before the first retry, doubled before each next one (tests set this attribute)
+MAX_RETRY_AFTER_S = 30.0  # the longest wait a server's Retry-After is granted (tests set this attribute)
+MAX_RETRIES = 100  # the most $MEDNF_HTTP_RETRIES may ask for
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _HEADERS = {"User-Agent": "mednf", "Accept-Encoding": "identity"}  # sizes and digests are of the bytes as sent
 _IDLE_PER_HOST = 8
@@ -137,6 +155,17 @@ def _seconds(name: str, default: float) -> float:
     return value
 
 
+def retries() -> int:
+    """Attempts a download makes after its first: ``$MEDNF_HTTP_RETRIES`` (read now), else :data:`RETRIES`."""
+    text = os.environ.get("MEDNF_HTTP_RETRIES", "").strip()
+    if not text:
+        return RETRIES
+    if not (text.isascii() and text.isdigit() and int(text) <= MAX_RETRIES):
+        raise ConfigError(f"MEDNF_HTTP_RETRIES is {shown(text, 40)!r}, expected a whole number from 0 to "
+                          f"{MAX_RETRIES}; fix it or unset it")
+    return int(text)
+
+
 def stall_timeout() -> float:
     """Seconds a read may receive nothing: ``$MEDNF_HTTP_TIMEOUT``, else :data:`TIMEOUT_S`."""
     return _seconds("MEDNF_HTTP_TIMEOUT", TIMEOUT_S)
@@ -156,8 +185,15 @@ class _Clock:
         if size and not self.fixed:
             self.limit = DEADLINE_S + size / DEADLINE_RATE
 
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
     def expired(self) -> bool:
-        return time.monotonic() - self.start >= self.limit
+        return self.elapsed() >= self.limit
+
+    def left(self) -> float:
+        """Seconds until the deadline (0 once it has passed)."""
+        return max(self.limit - self.elapsed(), 0.0)
 
     def timeout(self) -> float:
         """Seconds the next socket operation may wait; TimeoutError once the deadline has passed."""
@@ -172,24 +208,44 @@ class _Clock:
 
 class TransferError(DownloadError):
     """An HTTP read that failed: ``reason`` (short: ``"HTTP 500 Internal Server Error"``, ``"no answer for
-    60 s"``), ``fix`` (what to do), ``status`` (the HTTP status, if one came) and ``too_large`` (the answer
-    passed the caller's limit). Its message is one line; callers often word their own from the parts."""
+    60 s"``), ``fix`` (what to do), ``status`` (the HTTP status, if one came), ``too_large`` (the answer
+    passed the caller's limit), ``transient`` (the same request may well succeed later: a download retries
+    it) and ``retry_after`` (the seconds the server asked to wait, if it did). Its message is one line;
+    callers often word their own from the parts."""
 
-    def __init__(self, url: str, reason: str, fix: str, *, status: int | None = None, too_large: bool = False) -> None:
+    def __init__(self, url: str, reason: str, fix: str, *, status: int | None = None, too_large: bool = False,
+                 transient: bool = False, retry_after: float | None = None) -> None:
         self.url, self.reason, self.fix, self.status, self.too_large = url, reason, fix, status, too_large
+        self.transient, self.retry_after = transient, retry_after
         super().__init__(f"could not read {shown(url)} ({reason}); {fix}")
 
 
-def _status_error(url: str, status: int, phrase: str) -> TransferError:
+class _Truncated(TransferError):
+    """A body that ended (the server closed the connection) before the size it was expected to have."""
+
+
+_REFUSED = "connection refused"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """The seconds of a ``Retry-After: <seconds>`` header (a date or anything else: None)."""
+    text = (value or "").strip()
+    return float(text) if text.isascii() and text.isdigit() and len(text) < 10 else None
+
+
+def _status_error(url: str, status: int, phrase: str, retry_after: str | None = None) -> TransferError:
     if status in (401, 403):
         fix = "the server refused access: check the address and your credentials for it"
     elif status == 404:
         fix = "check the address"
+    elif status == 429:
+        fix = "the server is busy (too many requests): try again later"
     elif status >= 500:
         fix = "the server failed: try again later"
     else:
         fix = "check the address and the network, and try again"
-    return TransferError(url, f"HTTP {status} {shown(phrase, 40)}".strip(), fix, status=status)
+    return TransferError(url, f"HTTP {status} {shown(phrase, 40)}".strip(), fix, status=status,
+                         transient=status in (408, 429) or status >= 500, retry_after=_retry_after(retry_after))
 
 
 def _failure(url: str, err: BaseException, clock: _Clock) -> TransferError:
@@ -199,10 +255,13 @@ def _failure(url: str, err: BaseException, clock: _Clock) -> TransferError:
                              "or raise MEDNF_HTTP_DEADLINE (seconds a transfer may take in all)")
     if isinstance(err, TimeoutError):
         return TransferError(url, f"no answer for {clock.stall:g} s", "the server is slow or unreachable: try again "
-                             "later, or raise MEDNF_HTTP_TIMEOUT (seconds a read may wait for data)")
+                             "later, or raise MEDNF_HTTP_TIMEOUT (seconds a read may wait for data)", transient=True)
     if isinstance(err, ConnectionRefusedError):
-        return TransferError(url, "connection refused", "no server listens at that address: check the URL, or start "
-                             "the server")
+        return TransferError(url, _REFUSED, "no server listens at that address: check the URL, or start the server",
+                             transient=True)
+    if isinstance(err, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):  # the connection closed mid-answer
+        return TransferError(url, f"TLS connection closed ({type(err).__name__})", "the server failed: try again "
+                             "later", transient=True)
     if isinstance(err, ssl.SSLCertVerificationError):
         return TransferError(url, f"TLS certificate not valid: {shown(str(err.verify_message), 80)}",
                              "check the address; the server is not who it claims to be")
@@ -212,10 +271,12 @@ def _failure(url: str, err: BaseException, clock: _Clock) -> TransferError:
         return TransferError(url, f"host not found ({shown(str(err.strerror), 60)})",
                              "check the address and the network")
     if isinstance(err, http.client.HTTPException):
-        return TransferError(url, f"a broken HTTP answer ({type(err).__name__})", "the server failed: try again later")
+        return TransferError(url, f"a broken HTTP answer ({type(err).__name__})", "the server failed: try again later",
+                             transient=True)
     text = getattr(err, "strerror", None) or str(err)
     return TransferError(url, shown(f"{type(err).__name__}: {text}" if text else type(err).__name__, 120),
-                         "check the address and that the server is running and reachable")
+                         "check the address and that the server is running and reachable",
+                         transient=isinstance(err, ConnectionError))  # reset, aborted, broken pipe
 
 
 # ------------------------------------------------------------------------------------------ connections
@@ -308,9 +369,10 @@ def _connection(scheme: str, host: str, port: int, clock: _Clock) -> http.client
     return conn
 
 
-def _exchange(url: str, clock: _Clock) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, tuple]:
-    """Send GET ``url`` and read the status line and headers (a reused connection the server has closed
-    meanwhile is replaced once: GET may be repeated)."""
+def _exchange(url: str, clock: _Clock, headers: dict[str, str]
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, tuple]:
+    """Send GET ``url`` with ``headers`` added and read the status line and headers (a reused connection the
+    server has closed meanwhile is replaced once: GET may be repeated)."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     key = (scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
@@ -323,7 +385,7 @@ def _exchange(url: str, clock: _Clock) -> tuple[http.client.HTTPConnection, http
         try:
             if conn.sock is not None:
                 conn.sock.settimeout(clock.timeout())
-            conn.request("GET", target, headers=_HEADERS)
+            conn.request("GET", target, headers={**_HEADERS, **headers})
             return conn, conn.getresponse(), key
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
             conn.close()
@@ -336,13 +398,20 @@ def _exchange(url: str, clock: _Clock) -> tuple[http.client.HTTPConnection, http
 
 
 class Answer:
-    """The body of a successful GET (status 200): ``url`` (after redirects), ``length`` (the announced
-    ``Content-Length``, or None), read by :meth:`chunks` or :meth:`read` within the transfer's time."""
+    """The body of a successful GET (status 200, or 206 to a ``Range`` request): ``url`` (after redirects),
+    ``status``, ``length`` (the announced ``Content-Length``, or None), read by :meth:`chunks` or :meth:`read`
+    within the transfer's time."""
 
     def __init__(self, url: str, response: http.client.HTTPResponse, clock: _Clock) -> None:
         self.url, self._response, self._clock = url, response, clock
+        self.status = response.status
         self.length = response.length if not response.chunked else None
         self.complete = False
+
+    def header(self, name: str) -> str | None:
+        """The value of the answer's header ``name`` (stripped), or None if it was not sent."""
+        value = self._response.getheader(name)
+        return value.strip() if value is not None else None
 
     def expect(self, size: int | None) -> None:
         """The transfer is expected to carry ``size`` bytes (the default deadline grows with it)."""
@@ -377,12 +446,22 @@ class Answer:
 def open_url(url: str, *, allowed_hosts: Collection[str] | None = None, what: str = "URL") -> Iterator[Answer]:
     """GET ``url`` under the module's rule (policy on every hop, clock, no error body read): the
     :class:`Answer` of status 200; a policy refusal is a DownloadError, any other failure a TransferError."""
-    clock = _Clock()
+    with _open(url, _Clock(), allowed_hosts=allowed_hosts, what=what) as answer:
+        yield answer
+
+
+@contextmanager
+def _open(url: str, clock: _Clock, *, allowed_hosts: Collection[str] | None, what: str = "URL",
+          headers: dict[str, str] | None = None) -> Iterator[Answer]:
+    """:func:`open_url` under a given ``clock`` (one deadline for several requests), with ``headers`` added to
+    each request; a ``Range`` among them makes ``206`` an answer too."""
+    headers = headers or {}
+    accepted = (200, 206) if "Range" in headers else (200,)
     check_url(url, allowed_hosts=allowed_hosts, what=what)
     current = url
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            conn, response, key = _exchange(current, clock)
+            conn, response, key = _exchange(current, clock, headers)
         except (OSError, http.client.HTTPException, ValueError) as err:
             raise _failure(current, err, clock) from None
         location = response.getheader("Location") if response.status in _REDIRECT_CODES else None
@@ -393,9 +472,9 @@ def open_url(url: str, *, allowed_hosts: Collection[str] | None = None, what: st
                       previous=current)
             current = following
             continue
-        if response.status != 200:
+        if response.status not in accepted:
             conn.close()
-            raise _status_error(current, response.status, response.reason or "")
+            raise _status_error(current, response.status, response.reason or "", response.getheader("Retry-After"))
         answer = Answer(current, response, clock)
         try:
             yield answer
@@ -456,62 +535,175 @@ def _check_free(folder: Path, size: int, url: str) -> None:
                             "space or use another --root")
 
 
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20})")
+
+
+def _strong_etag(answer: Answer) -> str | None:
+    """The answer's ``ETag`` if it is a strong one (``"…"``; a weak ``W/"…"`` may not validate a range)."""
+    tag = answer.header("ETag")
+    return tag if tag is not None and len(tag) <= 200 and tag.startswith('"') and tag.endswith('"') else None
+
+
+class _Download:
+    """One verified download across its attempts: the open ``.part`` file ``out``, the bytes stored in it
+    (``written``), the digests of exactly those bytes, the expected size, and the strong ``ETag`` that a
+    resumed request must still find (None: none was sent)."""
+
+    def __init__(self, url: str, target: Path, size: int | None, wanted: dict[str, str], out: io.BufferedWriter,
+                 bar: Any, allowed_hosts: Collection[str] | None) -> None:
+        self.url, self.target, self.name, self.size, self.wanted = url, target, target.name, size, wanted
+        self.out, self.bar, self.allowed_hosts = out, bar, allowed_hosts
+        self.expected, self.written = size, 0
+        self.etag: str | None = None
+        self.digests = {name: hashlib.new(name) for name in wanted}
+        self.resumable = True  # False once the server answered a range wrongly: each later attempt starts at 0
+
+    def attempt(self, clock: _Clock) -> None:
+        """One request: the rest of the file from ``written`` on (when a resume can be trusted) or all of it.
+        A wrong answer to a range is followed at once by a request for the whole file."""
+        while True:
+            headers = self._range()
+            try:
+                with _open(self.url, clock, allowed_hosts=self.allowed_hosts, headers=headers) as answer:
+                    if answer.status == 206 and not self._continues(answer):
+                        self.resumable = False
+                        continue
+                    if answer.status == 200:
+                        self._begin(answer)
+                    self._receive(answer)
+                    return
+            except TransferError as err:
+                if not (headers and err.status == 416):  # 416: the range is not satisfiable, ask for it all
+                    raise
+                self.resumable = False
+
+    def _range(self) -> dict[str, str]:
+        """The headers asking for the bytes after ``written``; none when nothing is stored yet, the size is
+        unknown, the server answered a range wrongly, or nothing could tell a changed file from the old one."""
+        if not (self.written and self.expected is not None and self.resumable and (self.wanted or self.etag)):
+            return {}
+        return {"Range": f"bytes={self.written}-", **({"If-Range": self.etag} if self.etag else {})}
+
+    def _continues(self, answer: Answer) -> bool:
+        """Whether a 206 answer holds exactly the bytes after ``written``, to the end of the same file."""
+        match = _CONTENT_RANGE.fullmatch(answer.header("Content-Range") or "")
+        if match is None:
+            return False
+        first, last, total = (int(group) for group in match.groups())
+        rest = total - first
+        return (first == self.written and total == self.expected and last == total - 1
+                and answer.length in (None, rest) and (self.etag is None or _strong_etag(answer) == self.etag))
+
+    def _begin(self, answer: Answer) -> None:
+        """A whole file (status 200): its size checked against the caller's, the ``.part`` emptied."""
+        announced = answer.length
+        nothing = "nothing was transferred" if not self.written else "nothing was kept"
+        if announced is not None and self.size is not None and announced != self.size:
+            raise DownloadError(f"{self.url} announces {announced} bytes for {self.name}, expected {self.size}; "
+                                f"{nothing} (a changed file or a wrong mirror)")
+        if self.size is None and announced is not None and announced > MAX_UNSIZED_BYTES:
+            raise DownloadError(f"{self.url} announces {announced} bytes for {self.name}, more than the "
+                                f"{_amount(MAX_UNSIZED_BYTES)} mednf accepts without a known size; {nothing}, "
+                                "download it by hand")
+        self.out.seek(0)
+        self.out.truncate()
+        self.written = 0
+        self.expected = self.size if self.size is not None else announced
+        self.etag = _strong_etag(answer)
+        answer.expect(self.expected)
+        if self.expected is not None:
+            _check_free(self.target.parent, self.expected, self.url)
+        self.digests = {name: hashlib.new(name) for name in self.wanted}
+        self.bar.reset(total=self.expected)
+
+    def _receive(self, answer: Answer) -> None:
+        """Append the body to the ``.part`` file; a body that ends before the expected size is a
+        :class:`_Truncated` (a retry may resume it), one that runs past it stops there (never stored)."""
+        limit = self.expected if self.expected is not None else MAX_UNSIZED_BYTES
+        for block in answer.chunks():
+            if self.written + len(block) > limit:
+                self.written += len(block)  # longer than expected: reported by verify(), never stored
+                return
+            self.out.write(block)
+            self.written += len(block)
+            for digest in self.digests.values():
+                digest.update(block)
+            self.bar.update(len(block))
+        if self.expected is not None and self.written < self.expected:
+            raise _Truncated(self.url, f"truncated (size {self.written} bytes, expected {self.expected})",
+                             "the server closes the connection early: try again later", transient=True)
+
+    def problem(self) -> str | None:
+        """What is wrong with the complete file (size, then each digest), or None."""
+        if self.expected is None and self.written > MAX_UNSIZED_BYTES:
+            return f"more than the {_amount(MAX_UNSIZED_BYTES)} mednf accepts without a known size"
+        if self.expected is not None and self.written > self.expected:
+            return f"size more than {self.expected} bytes, expected {self.expected}"
+        if self.expected is not None and self.written < self.expected:  # a _Truncated: never reaches here
+            return f"been truncated (size {self.written} bytes, expected {self.expected})"
+        wrong = [(name, digest.hexdigest()) for name, digest in self.digests.items()
+                 if digest.hexdigest() != self.wanted[name]]
+        return f"{wrong[0][0]} {wrong[0][1]}, expected {self.wanted[wrong[0][0]]}" if wrong else None
+
+    def given_up(self, failures: list[TransferError], allowed: int, clock: _Clock) -> DownloadError:
+        """The one-line error once the last attempt failed: the URL, what happened how many times, the fix."""
+        last = failures[-1]
+        what = last.reason
+        if len(failures) > 1:
+            alike = all(err.reason == last.reason for err in failures)
+            what += (f", {len(failures)} times" if alike else f"; {len(failures)} attempts") + \
+                f" in {clock.elapsed():.0f} s"
+        fix = last.fix
+        if last.transient and len(failures) > allowed:
+            fix += f", or raise MEDNF_HTTP_RETRIES (retries of a download, now {allowed})"
+        if isinstance(last, _Truncated):
+            return DownloadError(f"{self.name} from {shown(self.url)} has been {what}; nothing was kept, {fix}")
+        return DownloadError(f"download of {shown(self.url)} failed after {self.written} of "
+                             f"{self.expected or 'unknown'} bytes ({what}); nothing was kept, {fix}")
+
+
+def _wait(err: TransferError, failures: int, clock: _Clock) -> None:
+    """Sleep before the next attempt: the server's Retry-After (capped), else the doubling backoff; never past
+    the deadline (the next attempt then stops at once with the deadline's message)."""
+    delay = RETRY_DELAY_S * 2.0 ** min(failures - 1, 30)
+    if err.retry_after is not None:
+        delay = min(err.retry_after, MAX_RETRY_AFTER_S)
+    time.sleep(min(delay, clock.left()))
+
+
 def fetch_verified(url: str, target: Path, *, size: int | None, sha256: str | None = None, md5: str | None = None,
                    progress: bool = True, allowed_hosts: Collection[str] | None = None) -> None:
     """Stream ``url`` to ``target`` via a temporary file; size, sha256 and md5 (those given) must match before
     the rename. ``size=None``: the ``Content-Length`` if sent, else at most :data:`MAX_UNSIZED_BYTES`.
-    ``allowed_hosts``: as for :func:`check_url`, on every redirect too."""
+    ``allowed_hosts``: as for :func:`check_url`, on every redirect too. A transfer that breaks is retried
+    and resumed as the module's docstring says (**Retries**)."""
     from tqdm.auto import tqdm
 
+    clock, allowed = _Clock(), retries()  # a wrong setting is refused before anything is created
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     partial.unlink(missing_ok=True)  # left by a killed process that had this pid, or planted: unlink never follows
     wanted = {name: value for name, value in (("sha256", sha256), ("md5", md5)) if value is not None}
-    digests = {name: hashlib.new(name) for name in wanted}
-    expected, written = size, 0
+    failures: list[TransferError] = []
     try:
-        with open_url(url, allowed_hosts=allowed_hosts) as answer:
-            announced = answer.length
-            if announced is not None and size is not None and announced != size:
-                raise DownloadError(f"{url} announces {announced} bytes for {target.name}, expected {size}; nothing "
-                                    "was transferred (a changed file or a wrong mirror)")
-            if size is None and announced is not None and announced > MAX_UNSIZED_BYTES:
-                raise DownloadError(f"{url} announces {announced} bytes for {target.name}, more than the "
-                                    f"{_amount(MAX_UNSIZED_BYTES)} mednf accepts without a known size; nothing was "
-                                    "transferred, download it by hand")
-            expected = size if size is not None else announced
-            answer.expect(expected)
-            if expected is not None:
-                _check_free(target.parent, expected, url)
-            limit = expected if expected is not None else MAX_UNSIZED_BYTES
-            with os.fdopen(create_new(partial), "wb") as out, tqdm(total=expected, unit="B", unit_scale=True,
-                                                                  desc=f"download {target.name}",
-                                                                  disable=not progress) as bar:
-                for block in answer.chunks():
-                    written += len(block)
-                    if written > limit:
-                        break  # longer than expected: reported below, never stored
-                    out.write(block)
-                    for digest in digests.values():
-                        digest.update(block)
-                    bar.update(len(block))
-    except TransferError as err:
-        partial.unlink(missing_ok=True)
-        raise DownloadError(f"download of {shown(url)} failed after {written} of {expected or 'unknown'} bytes "
-                            f"({err.reason}); nothing was kept, {err.fix}") from None
+        with os.fdopen(create_new(partial), "wb") as out, tqdm(total=size, unit="B", unit_scale=True,
+                                                              desc=f"download {target.name}",
+                                                              disable=not progress) as bar:
+            job = _Download(url, target, size, wanted, out, bar, allowed_hosts)
+            while True:
+                try:
+                    job.attempt(clock)
+                    break
+                except TransferError as err:
+                    failures.append(err)
+                    first_refused = err.reason == _REFUSED and len(failures) == 1  # no server there at all
+                    if not err.transient or first_refused or len(failures) > allowed:
+                        raise job.given_up(failures, allowed, clock) from None
+                    _wait(err, len(failures), clock)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    problem = None
-    if expected is None and written > MAX_UNSIZED_BYTES:
-        problem = f"more than the {_amount(MAX_UNSIZED_BYTES)} mednf accepts without a known size"
-    elif expected is not None and written < expected:
-        problem = f"been truncated (size {written} bytes, expected {expected})"
-    elif expected is not None and written > expected:
-        problem = f"size more than {expected} bytes, expected {expected}"
-    else:
-        wrong = [(name, digest.hexdigest()) for name, digest in digests.items() if digest.hexdigest() != wanted[name]]
-        problem = f"{wrong[0][0]} {wrong[0][1]}, expected {wanted[wrong[0][0]]}" if wrong else None
+    problem = job.problem()
     if problem:
         partial.unlink(missing_ok=True)
         raise DownloadError(f"{target.name} from {url} has {problem}; it was discarded, run again")
