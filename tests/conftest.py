@@ -89,6 +89,15 @@ TINY = {"preset": "tiny", "size": 32, "max_samples": 20, "progress": False,
         "build_overrides": {"block_rows": 8, "val_every": 10, "val_samples": 6}}
 
 
+@pytest.fixture(autouse=True)
+def _quick_retries(monkeypatch) -> None:
+    """Downloads retry after 10 ms instead of 1 s, 2 s, 4 s: the tests of flaky servers stay quick (those that
+    test the waits set their own)."""
+    from mednf.io import http
+
+    monkeypatch.setattr(http, "RETRY_DELAY_S", 0.01)
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """A real dataset built by `mednf build` once per test session (read-only for the tests)."""
