@@ -2,18 +2,21 @@
 
 - :class:`MedNFDataset` *is* a ``torch.utils.data.Dataset``: ``ds[i]`` → ``{'latent': [P], 'label',
   'index', 'psnr'}``; slices, lists and index arrays return a batch (stacked tensors). The split's latent
-  matrix is read from Zarr once, on first use, in the process that uses it (``DataLoader`` workers open
-  the store themselves; nothing opened is pickled to spawned workers). A worker that reads it holds its
-  own copy (ChestNF train: 640 MB); read ``ds.latents`` before creating the loader to share the parent's
-  copy with forked workers. A ``DataLoader`` fetches each batch with one gather (``__getitems__``), so
-  workers rarely pay off unless items are decoded to images.
-- A dataset opened by URL (``https://…``, ``s3://…``: :mod:`mednf.remote.lazy`) reads rows by Zarr chunk on
-  demand instead: ``ds.latents`` is then a lazy array-like (:class:`~mednf.remote.lazy.LazyLatents`) that
-  fetches and verifies only the chunks the indexed rows are in.
+  matrix ``ds.latents`` is a lazy array-like (:class:`~mednf.format.lazy.LazyLatents`) that reads Zarr chunks
+  on demand, for a local folder and a URL alike (:mod:`mednf.remote.lazy`: chunks fetched and verified):
+  decoded chunks stay in a bounded cache (``mednf.load(..., cache_bytes=...)``, default 256 MiB, shared by the
+  splits of one load), so a process's memory does not grow with the split (ChestNF train is 640 MB);
+  ``np.asarray(ds.latents)`` materialises it. Every chunk is checked as it is read (files unchanged, rows
+  finite). ``DataLoader`` workers open the store themselves and keep their own cache (a spawned one starts
+  empty, a forked one starts with the parent's); nothing opened is pickled to them. A ``DataLoader`` fetches
+  each batch with one gather (``__getitems__``), so workers rarely pay off unless items are decoded to
+  images. Random access over a split larger than the cache decodes a chunk for most rows: give it a
+  ``cache_bytes`` that holds the split, or index ``np.asarray(ds.latents)``.
 - ``ds.decode(indices, size=...)`` renders latents with θ at any resolution, batched, on CPU or GPU;
   ``ds.with_images(size)`` returns a view whose items also carry ``image``.
-- ``ds.to_hf()`` builds a ``datasets.Dataset`` whose latent column wraps the in-memory matrix without a
-  copy (Arrow ``fixed_size_list<float>[P]`` over the numpy buffer), labels as ``ClassLabel``.
+- ``ds.to_hf()`` builds a ``datasets.Dataset`` whose latent column wraps the materialised matrix without a
+  second copy (Arrow ``fixed_size_list<float>[P]`` over the numpy buffer of ``np.asarray(ds.latents)``: the
+  whole split is read into memory), labels as ``ClassLabel``.
 - ``transform`` (``mednf.load(..., transform=fn)``): every item passes through ``fn(item) -> item``, one
   sample at a time: ``ds[i]``, each sample of a ``DataLoader(ds, batch_size=…)`` batch (before
   collation), and with a batch index (``ds[10:20]``, lists, arrays, masks, :meth:`MedNFDataset.dataloader`)
@@ -42,6 +45,7 @@ from mednf.engine.field import decode as decode_field
 from mednf.engine.field import decode_in_chunks
 from mednf.errors import ConfigError, FormatError, TransformError
 from mednf.figures import dataset_figure
+from mednf.format.lazy import DEFAULT_CACHE_BYTES, LazyLatents
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.format.splits import canonical_split, check_split, hf_split
 from mednf.optional import optional_import
@@ -49,18 +53,20 @@ from mednf.remote.fetch import is_url
 from mednf.remote.lazy import open_remote
 
 if TYPE_CHECKING:
-    from mednf.remote.lazy import LazyLatents, RemoteFiles
+    from mednf.remote.lazy import RemoteFiles
 
 IndexLike = int | slice | Sequence[int] | np.ndarray | Tensor
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def open_files(root: str | Path, *, verify: bool = True) -> DatasetFiles | RemoteFiles:
-    """The files of a dataset: a local folder (verified, :mod:`mednf.format.reader`) or a URL, read lazily
-    (:mod:`mednf.remote.lazy`; every file verified as it arrives, so ``verify`` does not apply)."""
+def open_files(root: str | Path, *, verify: bool = True,
+               cache_bytes: int = DEFAULT_CACHE_BYTES) -> DatasetFiles | RemoteFiles:
+    """The files of a dataset: a local folder (verified, :mod:`mednf.format.reader`) or a URL
+    (:mod:`mednf.remote.lazy`; every file verified as it arrives, so ``verify`` does not apply); both read
+    latents by chunk, keeping at most ``cache_bytes`` of decoded chunks."""
     if is_url(root):
-        return open_remote(str(root))
-    return open_dataset(root, verify=verify)
+        return open_remote(str(root), cache_bytes=cache_bytes)
+    return open_dataset(root, verify=verify, cache_bytes=cache_bytes)
 
 
 class MedNFDataset(torch.utils.data.Dataset):
@@ -87,7 +93,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         self.image_size = image_size
         self.transform = transform
         self._read_index()
-        self._latents: np.ndarray | LazyLatents | None = None
+        self._latents: LazyLatents | None = None
         self._theta: dict[str, Tensor] | None = None
 
     def _read_index(self) -> None:
@@ -118,11 +124,12 @@ class MedNFDataset(torch.utils.data.Dataset):
         return state
 
     @property
-    def latents(self) -> np.ndarray | LazyLatents:
-        """The split's latent matrix ``[N, P]`` float32, read from Zarr on first use (then kept); for a
-        dataset opened by URL a lazy view that fetches the chunks of the rows indexed (``np.asarray`` → all)."""
+    def latents(self) -> LazyLatents:
+        """The split's latent matrix ``[N, P]`` float32 as a lazy array-like that reads the chunks of the rows
+        indexed (``np.asarray`` → all of it, a new array). Opened on first use (files unchanged, shape);
+        each chunk's rows are checked finite as it is read."""
         if self._latents is None:
-            self._latents = self.files.latent_rows(self.split)  # checked: unchanged files, shape, no NaN
+            self._latents = self.files.latent_rows(self.split)
         return self._latents
 
     def __len__(self) -> int:
@@ -277,7 +284,9 @@ class MedNFDataset(torch.utils.data.Dataset):
                             "index": hf.Value("int64"), "psnr": hf.Value("float32"), "ssim": hf.Value("float32")})
 
     def to_hf(self, *, decode: bool = False, size: int | Sequence[int] | None = None) -> Any:
-        """This split as a ``datasets.Dataset`` (latent column shares memory with :attr:`latents`).
+        """This split as a ``datasets.Dataset``. It materialises the split: every chunk of :attr:`latents` is
+        read into one new matrix ``[N, P]`` (ChestNF train: 640 MB), which the latent column wraps without a
+        second copy.
 
         ``decode=True`` adds an on-access transform that decodes an ``image`` column (``size`` as
         :meth:`decode`).
@@ -287,7 +296,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         datasets = _datasets()
         in_memory_table = optional_import("datasets.table", "to_hf()").InMemoryTable
 
-        latents = np.asarray(self.latents)  # the matrix itself (a remote split: every chunk fetched)
+        latents = np.asarray(self.latents)  # [N, P]: every chunk read (a remote split: fetched)
         N, P = latents.shape
         values = pa.Array.from_buffers(pa.float32(), N * P, [None, pa.py_buffer(latents)])
         label = (pa.FixedSizeListArray.from_arrays(pa.array(self.labels.reshape(-1), pa.int8()), self.labels.shape[1])

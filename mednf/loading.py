@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from mednf.arguments import optional_positive_int
 from mednf.dataset import MedNFDataset, MedNFDatasetDict, Transform
 from mednf.errors import ConfigError, NotFoundError
+from mednf.format.lazy import DEFAULT_CACHE_BYTES
 from mednf.format.reader import open_dataset
 from mednf.format.splits import SPLITS, check_split
 from mednf.lookup import find_dataset, info
@@ -29,7 +31,8 @@ __all__ = ["find_dataset", "info", "load"]  # find_dataset and info live in medn
 
 def load(name_or_path: str | Path, split: str | None = "train", *, root: str | Path | None = None,
          source: str = "auto", download: bool = True, device: str | torch.device | None = None,
-         verify: bool = True, transform: Transform | None = None) -> MedNFDataset | MedNFDatasetDict:
+         verify: bool = True, transform: Transform | None = None,
+         cache_bytes: int | None = None) -> MedNFDataset | MedNFDatasetDict:
     """A MedNF dataset: a directory, a name in the cache (``root`` / ``$MEDNF_HOME``), (``download``) a name
     fetched from Zenodo / the HF Hub, or the URL of a published dataset folder, read lazily.
 
@@ -42,17 +45,22 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
     (``https://host/path/DermaNF``; ``s3://``, ``gs://``, … with that fsspec filesystem installed) fetches
     the manifest and index now and latent chunks, θ when first needed, every file checked against the
     manifest's sha256 as it arrives whatever ``verify`` says (:mod:`mednf.remote.lazy`).
+    ``cache_bytes``: the most memory decoded latent chunks may hold, shared by the splits of this load
+    (default 256 MiB; latents are read by chunk on demand, see :mod:`mednf.format.lazy`). Random access over a
+    split larger than it decodes a chunk for most rows: give it the split's size for shuffled training.
     """
     if source not in ("auto", "local", "zenodo", "hf"):
         raise ConfigError(f"source = {source!r} is invalid: expected 'auto', 'local', 'zenodo' or 'hf'")
     if transform is not None and not callable(transform):
         raise ConfigError(f"transform = {transform!r} is invalid: expected a function item -> item")
+    cache = optional_positive_int(cache_bytes, "cache_bytes", "e.g. 1 << 30 for 1 GiB, or None for the default")
+    cache = DEFAULT_CACHE_BYTES if cache is None else cache
     if split is not None:
         split = check_split(split, SPLITS)  # "validation" → "val"
     if is_url(name_or_path):
         if source != "auto":
             raise ConfigError(f"source = {source!r} was given with a URL {name_or_path}; use source='auto'")
-        remote = open_remote(str(name_or_path))
+        remote = open_remote(str(name_or_path), cache_bytes=cache)
         if split is None:
             return MedNFDatasetDict({s: MedNFDataset(remote.root, s, device=device, files=remote, transform=transform)
                                      for s in remote.manifest.splits})
@@ -67,7 +75,7 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
             raise  # nothing to download: the local error (with its "did you mean") is the useful one
         path = download_hf(str(name_or_path), root=root) if source == "hf" else download_zenodo(
             str(name_or_path), root=root)
-    files = open_dataset(path, verify=verify)
+    files = open_dataset(path, verify=verify, cache_bytes=cache)
     if split is None:
         return MedNFDatasetDict({s: MedNFDataset(path, s, device=device, files=files, transform=transform)
                                  for s in files.manifest.splits})

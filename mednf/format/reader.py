@@ -11,6 +11,11 @@
   that the files are still those: a dataset rebuilt (``--restart``), replaced by a download or deleted
   under an open handle is an error at the next read, never rows of another build. Latents holding NaN
   (rows never written) are an error too, and any decoding failure of a damaged file names the file.
+- Latents are read lazily (:meth:`~DatasetFiles.latent_rows`, a :class:`~mednf.format.lazy.LazyLatents`): by
+  Zarr chunk on demand, each chunk's files checked unchanged before and after it is read and its rows checked
+  finite, decoded chunks kept in a bounded cache (``cache_bytes``, default 256 MiB) shared by the splits of
+  one handle. A process's memory therefore does not grow with the split; :meth:`~DatasetFiles.latents` reads
+  the whole matrix.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from mednf.engine.field import param_shapes
+from mednf.engine.config import param_shapes
 from mednf.errors import FormatError
 from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL, content_files, mednf_home
+from mednf.format.lazy import DEFAULT_CACHE_BYTES, READ_AHEAD, ChunkCache, LazyLatents
 from mednf.format.manifest import Manifest
 from mednf.format.tensors import load_tensors
 from mednf.io.files import atomic_write_bytes, sha256_file
@@ -132,8 +138,10 @@ def verify_dataset(root: str | Path, *, checksums: bool = True, use_cache: bool 
     return open_dataset(root, verify=checksums, use_cache=use_cache).manifest
 
 
-def open_dataset(root: str | Path, *, verify: bool = True, use_cache: bool = True) -> DatasetFiles:
-    """A verified handle on dataset directory ``root`` (see the module docstring)."""
+def open_dataset(root: str | Path, *, verify: bool = True, use_cache: bool = True,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> DatasetFiles:
+    """A verified handle on dataset directory ``root`` (see the module docstring); ``cache_bytes`` bounds the
+    decoded latent chunks it keeps in memory."""
     root = Path(root)
     before = _identity(root / MANIFEST) if (root / MANIFEST).is_file() else None
     manifest = Manifest.read(root)
@@ -147,24 +155,38 @@ def open_dataset(root: str | Path, *, verify: bool = True, use_cache: bool = Tru
             raise FormatError(f"{root} changed while it was being verified; load it again")
         if use_cache:
             _remember(root, snapshot)
-    return DatasetFiles(root, manifest, snapshot)
+    return DatasetFiles(root, manifest, snapshot, cache_bytes=cache_bytes)
 
 
 class DatasetFiles:
-    """An open dataset: the manifest and reads that check the files are still the verified ones."""
+    """An open dataset: the manifest and reads that check the files are still the verified ones.
 
-    def __init__(self, root: Path, manifest: Manifest, snapshot: dict[str, Identity]) -> None:
+    It is the :class:`~mednf.format.lazy.LatentSource` of its splits' :class:`~mednf.format.lazy.LazyLatents`
+    (one per split, sharing :attr:`cache`). Pickled (a spawned ``DataLoader`` worker), it carries the manifest
+    and the file identities only: the copy opens the arrays itself and starts with an empty cache.
+    """
+
+    repair = _FIX
+    read_ahead = READ_AHEAD  # a local chunk costs little: read the next ones with it when reads go in order
+
+    def __init__(self, root: Path, manifest: Manifest, snapshot: dict[str, Identity], *,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.root = root
         self.manifest = manifest
         self._snapshot = snapshot
+        self.cache = ChunkCache(cache_bytes)
+        self._views: dict[str, LazyLatents] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # a spawned DataLoader worker makes its own views
+        return {**self.__dict__, "_views": {}}
 
     def check_unchanged(self, files: list[str] | None = None) -> None:
         """FormatError if the manifest or ``files`` (default all) are no longer those that were opened."""
         for rel in [MANIFEST, *(files if files is not None else self.manifest.files)]:
             try:
-                same = _identity(self.root / rel) == self._snapshot[rel]
+                same = _identity(self.root / rel) == self._snapshot.get(rel)
             except OSError:
-                same = False
+                same = rel not in self._snapshot  # a file the manifest does not list must stay absent
             if not same:
                 raise FormatError(f"{self.root} changed on disk since it was opened ({rel} was rebuilt, replaced or "
                                   "deleted); load the dataset again")
@@ -173,28 +195,47 @@ class DatasetFiles:
         prefix = f"{LATENTS}/{split}/"
         return [rel for rel in self.manifest.files if rel.startswith(prefix) or rel == f"{LATENTS}/zarr.json"]
 
-    def latents(self, split: str) -> np.ndarray:
-        """The split's latent matrix ``[N, P]`` float32, checked (shape, dtype, no NaN, files unchanged)."""
+    def latent_array(self, split: str) -> Any:
+        """The split's Zarr array (read-only), files unchanged, shape ``[N, P]`` and dtype float32 checked."""
         import zarr
 
-        files = self._split_files(split)
-        self.check_unchanged(files)
+        self.check_unchanged(self._split_files(split))
         expected = (self.manifest.splits[split].count, self.manifest.latent.dim)
         path = self.root / LATENTS / split
         try:
-            array = zarr.open_array(str(path), mode="r")
-            if array.shape != expected or array.dtype != np.float32:
-                raise FormatError(f"{path} holds {array.dtype} {array.shape}, the manifest says float32 {expected}; "
-                                  f"{_FIX}")
-            data = np.ascontiguousarray(array[:], dtype=np.float32)
-        except FormatError:
-            raise
-        except Exception as err:  # noqa: BLE001 (zarr/numcodecs raise many types for damaged chunks or metadata)
+            array = zarr.open_array(str(path), mode="r", zarr_format=3)
+        except Exception as err:  # noqa: BLE001 (zarr raises many types for damaged metadata)
             raise FormatError(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
                               f"{_FIX}") from None
-        self.check_unchanged(files)  # not replaced while it was being read
-        check_finite(data, path)
-        data.setflags(write=False)  # shared by every view of the split: nobody may change it in place
+        if array.shape != expected or array.dtype != np.float32 or array.ndim != 2:
+            raise FormatError(f"{path} holds {array.dtype} {array.shape}, the manifest says float32 {expected}; {_FIX}")
+        return array
+
+    def latent_file(self, split: str, key: str) -> str:
+        """The path of file ``key`` (e.g. ``c/0/0``) of the split's array; ``""``: the array's folder."""
+        return str(self.root / LATENTS / split / key) if key else str(self.root / LATENTS / split)
+
+    def check_latent_files(self, split: str, keys: list[str]) -> None:
+        """FormatError unless the manifest, the array's metadata and its files ``keys`` are those opened."""
+        self.check_unchanged([f"{LATENTS}/zarr.json", f"{LATENTS}/{split}/zarr.json",
+                              *(f"{LATENTS}/{split}/{key}" for key in keys)])
+
+    def latent_rows(self, split: str) -> LazyLatents:
+        """What :class:`~mednf.dataset.MedNFDataset` indexes rows in: the split's matrix ``[N, P]`` read by chunk
+        on demand (:class:`~mednf.format.lazy.LazyLatents`); opened now, so a folder changed since the dataset
+        was opened, or an array of the wrong shape, is an error here."""
+        split = self.manifest.check_split(split)
+        if split not in self._views:
+            view = LazyLatents(self, split)
+            view._open()
+            self._views[split] = view
+        return self._views[split]
+
+    def latents(self, split: str) -> np.ndarray:
+        """The split's whole latent matrix ``[N, P]`` float32 (a new read-only array), read chunk by chunk and
+        checked (files unchanged, shape, dtype, no NaN)."""
+        data = np.asarray(self.latent_rows(split))
+        data.setflags(write=False)
         return data
 
     def theta(self) -> dict[str, Any]:
@@ -218,21 +259,8 @@ class DatasetFiles:
         self.check_unchanged([INDEX])
         return split_index(table, self.manifest, split, self.root / INDEX)
 
-    def latent_rows(self, split: str) -> np.ndarray:
-        """What :class:`~mednf.dataset.MedNFDataset` indexes rows in: the whole matrix ``[N, P]``, read once
-        (a local disk reads it fastest in one go; the remote reader returns a lazy view instead)."""
-        return self.latents(split)
-
 
 # ---------------------------------------------------------------------- checks shared with the remote reader
-
-
-def check_finite(data: np.ndarray, where: str | Path) -> None:
-    """FormatError if latent rows ``[n, P]`` hold NaN/inf (rows never written, or damaged)."""
-    bad = ~np.isfinite(data).all(axis=1)
-    if bad.any():
-        raise FormatError(f"{where} has {int(bad.sum())} rows of NaN/inf (rows {np.flatnonzero(bad)[:3].tolist()}…: "
-                          f"never written or damaged); {_FIX}")
 
 
 def check_theta(tensors: dict[str, Any], meta: dict[str, Any], manifest: Manifest, where: str | Path) -> None:

@@ -1,0 +1,201 @@
+"""Local latents are read by Zarr chunk on demand: the same values as a whole-array read, a cache that never
+holds more than its byte limit, every chunk checked as it is read (NaN rows, replaced files), and DataLoader
+workers that give the same batches."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import mednf
+from mednf.errors import FormatError
+from mednf.format import reader
+from mednf.format.lazy import ChunkCache, LazyLatents
+from mednf.format.manifest import Manifest
+from mednf.format.writer import DatasetWriter, SplitIndex
+
+P, ROWS, N = 12, 16, 100  # latent size, rows per chunk, rows of the split (7 chunks, the last one short)
+
+
+def write_dataset(root: Path, phantom_dir: Path, latents: np.ndarray) -> Path:
+    """A dataset of one ``train`` split holding ``latents`` ``[N, P]`` (no θ: nothing here decodes), written by
+    mednf's writer with the PhantomNF manifest's settings but P, chunk rows and counts."""
+    n, p = latents.shape
+    base = Manifest.read(phantom_dir)
+    engine = copy.deepcopy(base.engine)
+    engine["field"]["latent_dim"] = p
+    manifest = base.replace(engine=engine, latent=dataclasses.replace(base.latent, dim=p, chunk_rows=ROWS),
+                            splits={}, files={})
+    writer = DatasetWriter(root, latent_dim=p, chunk_rows=ROWS)
+    writer.prepare()
+    writer.create_latents({"train": n})
+    for start in range(0, n, ROWS):
+        writer.write_latents("train", start, latents[start:start + ROWS])
+    index = {"train": SplitIndex(source_index=np.arange(n), labels=(np.arange(n) % 4)[:, None],
+                                 psnr=np.full(n, 30.0), ssim=np.full(n, 0.9))}
+    writer.finish(manifest, index, "synthetic rows for tests")
+    return root
+
+
+@pytest.fixture
+def rows_dir(tmp_path, phantom_dir) -> tuple[Path, np.ndarray]:
+    latents = np.random.default_rng(0).standard_normal((N, P)).astype(np.float32)
+    return write_dataset(tmp_path / "RowsNF", phantom_dir, latents), latents
+
+
+def test_values_equal_a_whole_array_read(phantom_dir):
+    ds = mednf.load(phantom_dir, split="train")
+    reference = zarr.open_array(str(phantom_dir / "latents.zarr" / "train"), mode="r")[:]  # [N, P]
+    lazy = ds.latents
+    assert isinstance(lazy, LazyLatents) and lazy.shape == reference.shape and len(lazy) == len(reference)
+    for key in (slice(None), slice(3, 17), slice(None, None, 3), slice(-5, None), slice(18, 2, -4), slice(7, 7)):
+        np.testing.assert_array_equal(lazy[key], reference[key])
+    for key in ([5, 1, 5, 19], np.array([[0, 19], [8, 9]]), [-1, -20, 0], np.arange(20) % 3 == 0, []):
+        np.testing.assert_array_equal(lazy[key], reference[key])
+    for i in (0, 7, 8, 19, -1, -20):
+        np.testing.assert_array_equal(lazy[i], reference[i])
+        np.testing.assert_array_equal(ds[i]["latent"].numpy(), reference[i])
+    np.testing.assert_array_equal(lazy[2:9, 4:6], reference[2:9, 4:6])
+    np.testing.assert_array_equal(lazy[..., 1], reference[..., 1])
+    np.testing.assert_array_equal(np.asarray(lazy), reference)
+    np.testing.assert_array_equal(ds[[3, -2]]["latent"].numpy(), reference[[3, -2]])
+    with pytest.raises(IndexError):
+        lazy[20]
+    with pytest.raises(IndexError):
+        lazy[[0, -21]]
+    with pytest.raises(ValueError, match="read-only"):
+        lazy[0] = 1
+    assert not lazy[0].flags.writeable
+
+
+def test_the_cache_never_holds_more_than_its_limit(rows_dir):
+    root, latents = rows_dir
+    chunk = ROWS * P * 4
+    ds = mednf.load(root, split="train", cache_bytes=2 * chunk)  # room for two chunks of seven
+    cache = ds.files.cache
+    assert isinstance(cache, ChunkCache) and cache.max_bytes == 2 * chunk
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        i = int(rng.integers(N))
+        np.testing.assert_array_equal(ds[i]["latent"].numpy(), latents[i])
+        assert cache.nbytes <= cache.max_bytes and len(cache) <= 2
+    batch = rng.permutation(N)[:40]  # rows of every chunk in one gather
+    np.testing.assert_array_equal(ds.latents[batch], latents[batch])
+    assert cache.nbytes <= cache.max_bytes
+    np.testing.assert_array_equal(np.asarray(ds.latents), latents)  # materialised in groups that fit the cache
+    assert cache.nbytes <= cache.max_bytes
+
+
+def test_a_nan_in_one_chunk_is_refused_when_that_chunk_is_read(rows_dir):
+    root, latents = rows_dir
+    array = zarr.open_array(str(root / "latents.zarr" / "train"), mode="r+")
+    block = array[2 * ROWS:3 * ROWS]
+    block[5] = np.nan
+    array[2 * ROWS:3 * ROWS] = block
+    manifest = json.loads((root / "mednf.json").read_text())
+    for rel, entry in manifest["files"].items():  # a manifest that agrees with the damaged files
+        entry["size"] = (root / rel).stat().st_size
+        entry["sha256"] = reader.sha256_file(root / rel)
+    (root / "mednf.json").write_text(json.dumps(manifest))
+    with pytest.raises(FormatError, match=rf"NaN.*rows \[{2 * ROWS + 5}\]"):
+        mednf.load(root, split="train")[0]  # a split within half the cache is read in one go: all checked
+    ds = mednf.load(root, split="train", cache_bytes=2 * ROWS * P * 4)  # by chunk
+    np.testing.assert_array_equal(ds[0]["latent"].numpy(), latents[0])  # other chunks read fine
+    np.testing.assert_array_equal(ds.latents[3 * ROWS:], latents[3 * ROWS:])
+    for call in (lambda: ds[2 * ROWS], lambda: ds[[0, 2 * ROWS + 1]], lambda: np.asarray(ds.latents)):
+        with pytest.raises(FormatError) as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message and "NaN" in message and f"rows [{2 * ROWS + 5}]" in message, message
+        assert "c/2/0" in message, message
+    assert ("train", 2) not in ds.files.cache._items  # nothing of the bad chunk was kept
+
+
+def test_a_replaced_chunk_file_is_detected(rows_dir):
+    root, _ = rows_dir
+    ds = mednf.load(root, split="train", cache_bytes=2 * ROWS * P * 4)  # read by chunk
+    ds[0]  # opened and chunk 0 read
+    chunk = root / "latents.zarr" / "train" / "c" / "3" / "0"
+    data = chunk.read_bytes()
+    chunk.unlink()
+    chunk.write_bytes(data)  # the same bytes in a new file: another inode, another identity
+    with pytest.raises(FormatError, match="changed on disk since it was opened .*c/3/0"):
+        ds[3 * ROWS]
+    ds[1]  # a cached chunk is still served: it was checked when it was read
+
+
+def test_a_replaced_file_is_detected_before_a_read_of_a_new_handle_too(rows_dir):
+    root, _ = rows_dir
+    ds = mednf.load(root, split="train")  # verified; nothing of the latents read yet
+    meta = root / "latents.zarr" / "train" / "zarr.json"
+    text = meta.read_text()
+    os.replace(meta, meta.with_suffix(".old"))
+    meta.write_text(text)
+    with pytest.raises(FormatError, match="changed on disk since it was opened"):
+        ds.latents
+
+
+def test_verification_is_remembered_by_identity(rows_dir, monkeypatch):
+    root, latents = rows_dir
+    mednf.load(root, split="train")  # hashed and remembered
+    hashed: list[Path] = []
+    original = reader.sha256_file
+    monkeypatch.setattr(reader, "sha256_file", lambda p: hashed.append(p) or original(p))
+    np.testing.assert_array_equal(mednf.load(root, split="train")[4]["latent"].numpy(), latents[4])
+    assert hashed == []  # unchanged: not hashed again
+    chunk = root / "latents.zarr" / "train" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="sha256"):
+        mednf.load(root, split="train")
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_give_the_same_batches(rows_dir, context):
+    root, latents = rows_dir
+    ds = mednf.load(root, split="train", cache_bytes=3 * ROWS * P * 4)
+    ds[0]  # the parent has opened the array and cached a chunk
+    plain = list(ds.dataloader(24, shuffle=True, generator=torch.Generator().manual_seed(3)))
+    workers = list(ds.dataloader(24, shuffle=True, generator=torch.Generator().manual_seed(3), num_workers=2,
+                                 multiprocessing_context=context))
+    assert len(plain) == len(workers) == 5
+    for a, b in zip(plain, workers):
+        assert torch.equal(a["latent"], b["latent"]) and a["index"].tolist() == b["index"].tolist()
+        np.testing.assert_array_equal(b["latent"].numpy(), latents[b["index"].numpy()])
+    per_sample = torch.cat([b["latent"] for b in torch.utils.data.DataLoader(ds, batch_size=10, num_workers=2,
+                                                                             multiprocessing_context=context)])
+    np.testing.assert_array_equal(per_sample.numpy(), latents)
+
+
+def test_pickled_handles_carry_no_rows(rows_dir):
+    import pickle
+
+    root, latents = rows_dir
+    ds = mednf.load(root, split="train")
+    np.asarray(ds.latents)  # every chunk cached in this process
+    blob = pickle.dumps(ds)
+    assert not any(latents[k].tobytes() in blob for k in range(0, N, ROWS))  # the manifest and index, no rows
+    clone = pickle.loads(blob)
+    assert clone.files.cache.nbytes == 0
+    np.testing.assert_array_equal(clone.latents[[7, 99]], latents[[7, 99]])
+
+
+def test_to_hf_materialises_the_split(rows_dir):
+    pytest.importorskip("datasets")
+    root, latents = rows_dir
+    hf = mednf.load(root, split="train").to_hf()
+    np.testing.assert_array_equal(np.asarray(hf["latent"], dtype=np.float32), latents)
+
+
+def test_cache_bytes_is_checked():
+    with pytest.raises(mednf.errors.ConfigError, match="cache_bytes"):
+        mednf.load("anything", cache_bytes=0)
