@@ -150,7 +150,7 @@ def sample_contexts(
     if meta.context_ratio >= 1.0:
         return [None] * meta.inner_steps
     if positions is None:
-        positions = torch.arange(batch, dtype=torch.int64)
+        positions = torch.arange(batch, dtype=torch.int64, device=device)
     slots = positions.to(device, torch.int64) + iteration * (global_batch or batch)
     return [
         random_context(slots, num_points, meta.context_ratio, seed=seed, step=g) for g in range(meta.inner_steps)
@@ -196,7 +196,7 @@ def accumulate_meta_gradient(
     """
     B, N = targets.shape[:2]
     if positions is None:
-        positions = torch.arange(B, dtype=torch.int64)
+        positions = torch.arange(B, dtype=torch.int64, device=targets.device)  # made where it is used: no upload
     total = B if global_batch is None else global_batch
     size = B if micro_batch is None else max(1, min(int(micro_batch), B))
     loss = targets.new_zeros(())
