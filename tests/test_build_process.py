@@ -112,7 +112,7 @@ def test_second_build_into_a_running_directory_is_refused(tmp_path):
     try:
         wait_for(lambda: (out / "build.log").is_file(), proc)
         result = run_build(out, steps=100000)
-        assert result.returncode == 2
+        assert result.returncode == 1
         assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "another process" in result.stderr
         assert f"pid {proc.pid}" in result.stderr
     finally:
@@ -169,7 +169,7 @@ def test_unwritable_output_directory(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     code, output = _cli("build", "phantomnf", "--out", str(blocker / "sub"))
-    assert code == 2 and "is not writable" in output and output.count("\n") == 1
+    assert code == 1 and "is not writable" in output and output.count("\n") == 1
 
 
 @pytest.mark.parametrize("kind", ["wrong-md5", "corrupt", "missing-keys", "wrong-shape", "nan"])
@@ -195,7 +195,7 @@ def test_bad_source_files_from_the_cli(tmp_path, kind):
         args += ["--source-npz", str(tmp_path / "x.npz")]
     code, output = _cli(*args)
     lines = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(lines) == 1, output
+    assert code == 1 and len(lines) == 1, output
     assert not (tmp_path / "out" / "mednf.json").exists()
 
 

@@ -72,7 +72,7 @@ def test_download_of_a_built_name_downloads_nothing(home, tmp_path, monkeypatch)
     result = CliRunner().invoke(main, ["download", "PhantomNF"])  # not registered, but built: still fine
     assert result.exit_code == 0 and "nothing downloaded" in result.output
     result = CliRunner().invoke(main, ["download", "BreastNF"])
-    assert result.exit_code == 2 and "no published copy of 'BreastNF' is registered" in result.output
+    assert result.exit_code == 1 and "no published copy of 'BreastNF' is registered" in result.output
 
 
 def test_export_hint_is_the_hf_upload_command(phantom_dir, tmp_path):
@@ -100,12 +100,12 @@ def test_offline_messages_name_the_file_and_what_to_do(tmp_path, monkeypatch):
         f"SomeNF.tar?download=1 (sha256 {sha}) and unpack it into {cache} (`tar -xf SomeNF.tar -C {cache}`), or "
         "unset MEDNF_OFFLINE")
     result = CliRunner().invoke(main, ["download", "OfficialNF", "--root", str(cache)])
-    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert result.exit_code == 1 and result.output.count("\n") == 1
     assert ("download the zip/tar archive(s) named like OfficialNF from https://zenodo.org/records/14898708, unpack "
             f"it and run `mednf import-official <unpacked folder> --name OfficialNF --out {cache / 'OfficialNF'}`"
             in result.output)
     result = CliRunner().invoke(main, ["download", "HubNF", "--source", "hf", "--root", str(cache)])
-    assert result.exit_code == 2 and "run `mednf download HubNF --source hf --root DIR` and copy DIR/HubNF to" in (
+    assert result.exit_code == 1 and "run `mednf download HubNF --source hf --root DIR` and copy DIR/HubNF to" in (
         result.output)
     assert not cache.exists() or not any(cache.glob("*NF"))  # nothing left behind
 

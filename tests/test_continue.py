@@ -93,7 +93,7 @@ def test_bad_continuations_are_one_line_errors(tmp_path, phantom_dir):
         build("phantomnf", BuildOptions(out=imported, continue_to=30))
     shutil.rmtree(out / ".continue")
     result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(out), "--continue-to", "30"])
-    assert result.exit_code == 2 and "meta-last.safetensors is missing" in result.output
+    assert result.exit_code == 1 and "meta-last.safetensors is missing" in result.output
     assert "Traceback" not in result.output and (out / "mednf.json").is_file()
 
 
@@ -262,8 +262,8 @@ def test_python_build_errors_name_keywords_and_the_cli_names_flags(tmp_path):
         mednf.build("phantomnf", out=imported, continue_to=9)
     result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(out), "--preset", "tiny", "--size", "32",
                                        "--max-samples", "20", "--steps", "6"])
-    assert result.exit_code == 2 and "pass --restart to rebuild it, or choose another --out" in result.output
-    with pytest.raises(BuildError) as err:  # the source kinds' messages too
+    assert result.exit_code == 1 and "pass --restart to rebuild it, or choose another --out" in result.output
+    with pytest.raises(ConfigError) as err:  # the source kinds' messages too, their class kept
         mednf.build("phantomnf", out=tmp_path / "other", source_npz="x.npz", progress=False)
     assert "source_npz='x.npz' is invalid for PhantomNF" in str(err.value) and "drop source_npz=" in str(err.value)
     result = CliRunner().invoke(main, ["build", "phantomnf", "--out", str(tmp_path / "other"), "--source-npz", "x.npz"])

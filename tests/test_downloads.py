@@ -220,7 +220,7 @@ def test_malformed_records_are_one_line_at_the_command_line(zenodo, export, docu
     zenodo.publish(export)
     zenodo.files[API] = document if isinstance(document, bytes) else json.dumps(document).encode()
     result = CliRunner().invoke(main, ["download", "phantomnf"])
-    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
     assert re.search(message, result.output), result.output
     assert zenodo.requests == [API]

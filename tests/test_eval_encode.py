@@ -113,7 +113,7 @@ def test_encode_cli(phantom_dir, tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((1, 32, 32)), b=np.zeros((1, 32, 32)))
     result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "two.npz"),
                                        "--out", str(tmp_path / "x.npz")])
-    assert result.exit_code == 2 and "say which with --key" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "say which with --key" in result.output and "Traceback" not in result.output
 
 
 def test_split_names_and_file_kinds_are_checked(phantom_dir, tmp_path):
@@ -124,7 +124,7 @@ def test_split_names_and_file_kinds_are_checked(phantom_dir, tmp_path):
     np.save(tmp_path / "imgs.npy", np.zeros((2, 32, 32), np.float32))
     result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(tmp_path / "imgs.npy"),
                                        "--out", str(tmp_path / "x.npz")])
-    assert result.exit_code == 2 and "not an .npz archive (a .npy file?)" in result.output
+    assert result.exit_code == 1 and "not an .npz archive (a .npy file?)" in result.output
 
 
 def test_classify_cli_prints_the_table_and_writes_json(phantom_dir, tmp_path):

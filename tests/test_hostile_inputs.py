@@ -174,7 +174,7 @@ def test_info_of_a_missing_path_names_the_path(tmp_path):
     from mednf.cli import main
 
     result = CliRunner().invoke(main, ["info", str(tmp_path / "missing" / "path")])
-    assert result.exit_code == 2 and "does not exist ('path' is not in" in result.output
+    assert result.exit_code == 1 and "does not exist ('path' is not in" in result.output
     assert "mednf build" not in result.output
 
 
@@ -224,7 +224,7 @@ def test_the_encode_command_refuses_a_string_array(phantom_dir, tmp_path):
     images = tmp_path / "img_str.npz"
     np.savez(images, images=np.full((2, 32, 32), "x"))
     result = CliRunner().invoke(main, ["encode", str(phantom_dir), str(images), "--out", str(tmp_path / "e.npz")])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     assert "is not numeric" in result.output and "Traceback" not in result.output
 
 

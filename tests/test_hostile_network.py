@@ -137,11 +137,12 @@ def one_line(err: pytest.ExceptionInfo) -> str:
     return message
 
 
-def cli(*args: str, env: dict[str, str] | None = None, after_output: bool = False) -> str:
-    """The error line of ``mednf ARGS``, which must fail with exit status 2 and one line (``after_output``: after
-    what the command printed before, e.g. a download's progress bar), no traceback."""
+def cli(*args: str, env: dict[str, str] | None = None, after_output: bool = False, status: int = 1) -> str:
+    """The error line of ``mednf ARGS``, which must fail with exit ``status`` (1: the transfer failed; 2: the
+    command line or a setting is wrong) and one line (``after_output``: after what the command printed before,
+    e.g. a download's progress bar), no traceback."""
     result = CliRunner().invoke(main, list(args), env=env)
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert result.exit_code == status, (result.exit_code, result.output, result.exception)
     lines = result.output.splitlines() if after_output else [result.output.removesuffix("\n")]
     assert lines[-1].startswith("error: ") and "\n" not in lines[-1] and len(lines[-1]) < 600, result.output
     assert "Traceback" not in result.output, result.output
@@ -221,7 +222,7 @@ def test_other_schemes_and_plain_http_elsewhere_are_refused_before_any_transfer(
     with pytest.raises(ConfigError, match="is refused: mednf reads") as err:
         mednf.load(url)
     one_line(err)
-    assert "is refused" in cli("info", url)
+    assert "is refused" in cli("info", url, status=2)
     with pytest.raises(DownloadError, match="is refused: mednf fetches only https://") as err:
         read_bytes(url, limit=10)
     one_line(err)
@@ -447,7 +448,7 @@ def test_a_malformed_registry_file_is_one_line(tmp_path, monkeypatch, text, reas
     monkeypatch.setenv("MEDNF_REGISTRY", str(registry))
     monkeypatch.setenv("MEDNF_HOME", str(tmp_path / "home"))
     for args in (["download", "PhantomNF"], ["list"]):
-        out = cli(*args, after_output=args == ["list"])  # `mednf list` has printed its first rows by then
+        out = cli(*args, after_output=args == ["list"], status=2)  # `mednf list` has printed its first rows by then
         assert reason in out and "MEDNF_REGISTRY" in out, out
     with pytest.raises(MednfError, match=reason) as err:
         mednf.load("NotBuiltNF")

@@ -154,7 +154,7 @@ def test_cli_export_and_download(zenodo, phantom_dir, tmp_path):
     result = runner.invoke(main, ["download", "phantomnf", "--root", str(zenodo.cache)])
     assert "already in" in result.output
     result = runner.invoke(main, ["download", "chestnf", "--root", str(zenodo.cache)])
-    assert result.exit_code == 2 and "no published copy of 'chestnf'" in result.output
+    assert result.exit_code == 1 and "no published copy of 'chestnf'" in result.output
 
 
 def test_download_never_replaces_an_unfinished_build(zenodo, archive):

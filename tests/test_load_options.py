@@ -91,7 +91,7 @@ def test_a_failing_transform_is_one_line_naming_the_sample(phantom_dir):
         click.echo(ds[position])
 
     result = CliRunner().invoke(app, ["first"])
-    assert result.exit_code == 2 and result.output == f"error: {message}\n"
+    assert result.exit_code == 1 and result.output == f"error: {message}\n"
 
 
 COMPUTING = ("demo", "decode", "eval", "classify", "encode", "inpaint", "import-official")

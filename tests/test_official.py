@@ -129,7 +129,7 @@ def test_malicious_model_pt_is_refused_without_running_it(tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
     result = CliRunner().invoke(main, ["import-official", str(tmp_path / "release"), "--name", "PhantomNF",
                                        "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "builtins.exec" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "builtins.exec" in result.output and "Traceback" not in result.output
     assert not marker.exists()
 
 
@@ -249,7 +249,7 @@ def test_official_record_with_a_malicious_pickle_is_refused_without_running_it(o
     torch.save(Payload(marker), tmp_path / "release" / "model.pt")
     official_zenodo.publish({"PhantomNF.zip": _zip(tmp_path / "release", "PhantomNF")})
     result = CliRunner().invoke(main, ["download", "PhantomNF", "--root", str(official_zenodo.cache)])
-    assert result.exit_code == 2 and "builtins.exec" in result.output and "refused" in result.output
+    assert result.exit_code == 1 and "builtins.exec" in result.output and "refused" in result.output
     assert not marker.exists() and not (official_zenodo.cache / "PhantomNF").exists()
     assert [p.name for p in official_zenodo.cache.iterdir()
             if p.name != ".downloads" and not p.name.endswith(".lock")] == []
@@ -321,7 +321,7 @@ def test_a_datapoint_index_beyond_any_split_is_one_line(tmp_path):
                 tmp_path / "release" / "train" / "datapoint_99999999999999999999.pt")
     result = CliRunner().invoke(main, ["import-official", str(tmp_path / "release"), "--name", "PhantomNF",
                                        "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "larger than any split" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "larger than any split" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
 
 

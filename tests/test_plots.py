@@ -125,7 +125,7 @@ def test_without_matplotlib_plotting_is_one_line(phantom_dir, tmp_path, monkeypa
         ds.plot([0])
     assert str(err.value) == "plotting needs matplotlib, which is not installed: pip install matplotlib"
     result = CliRunner().invoke(main, ["decode", str(phantom_dir), "--out", str(tmp_path / "g.png")])
-    assert result.exit_code == 2 and result.output == f"error: {err.value}\n"
+    assert result.exit_code == 1 and result.output == f"error: {err.value}\n"
     assert not (tmp_path / "g.png").exists()
 
 

@@ -211,7 +211,8 @@ def test_cli_precision_option_is_checked_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["build", "phantomnf", "--precision", "fp16", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: precision = 'fp16' is invalid")
+    assert lines == ["error: Invalid value for '--precision': 'fp16' is not one of 'fp32', 'tf32', 'bf16'; see "
+                     "`mednf build --help`"]
     assert not (tmp_path / "x").exists()
 
 

@@ -158,7 +158,7 @@ def test_cli_info_and_decode_read_a_url(phantom_dir, url, server, tmp_path):
     np.testing.assert_array_equal(np.load(out), mednf.load(phantom_dir, split="test").decode([0, 1, 2]).numpy())
     server.status["/PhantomNF/model.safetensors"] = 503
     result = runner.invoke(main, ["decode", url, "--out", str(tmp_path / "y.npy")])
-    assert result.exit_code == 2 and result.output.startswith("error: could not read http://127.0.0.1:")
+    assert result.exit_code == 1 and result.output.startswith("error: could not read http://127.0.0.1:")
 
 
 def test_a_plain_static_server_without_range_is_enough(phantom_dir):

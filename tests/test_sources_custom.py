@@ -70,10 +70,11 @@ def png_folder(tmp_path: Path, count: int = 12, side: int = 20, mode: str = "L")
     return folder
 
 
-def cli_error(*args: str) -> str:
-    """The one ``error:`` line of a failed in-process command (exit 2, no traceback)."""
+def cli_error(*args: str, status: int = 2) -> str:
+    """The one ``error:`` line of a failed in-process command (exit ``status``: 2 for a wrong builder file, 1 for
+    source data that cannot be built; no traceback)."""
     result = CliRunner().invoke(main, list(args))
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert result.exit_code == status, (result.exit_code, result.output, result.exception)
     assert "Traceback" not in result.output, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, result.output
@@ -457,7 +458,7 @@ IMAGE_CASES = ["corrupt", "mixed sizes", "missing file", "label id outside", "la
 def test_bad_images_are_one_line(tmp_path, case):
     extra, words = _bad_images(tmp_path, case)
     path = write_builder(tmp_path, "images", size=16, splits=(1, 1, 1), path="data", **extra)
-    line = cli_error("build", str(path), "--out", str(tmp_path / "out"), "--quiet")
+    line = cli_error("build", str(path), "--out", str(tmp_path / "out"), "--quiet", status=1)
     for word in words:
         assert word in line, line
     assert not (tmp_path / "out" / "mednf.json").exists()
@@ -482,7 +483,7 @@ def test_bad_volumes_are_one_line(tmp_path, case):
     names = list(files)
     _folder_with(tmp_path, files, _three(names), "path,label,split")
     path = write_builder(tmp_path, "nifti", size=8, dims=3, splits=(1, 1, 1), path="data")
-    line = cli_error("build", str(path), "--out", str(tmp_path / "out"), "--quiet")
+    line = cli_error("build", str(path), "--out", str(tmp_path / "out"), "--quiet", status=1)
     for word in words:
         assert word in line, line
 
@@ -534,7 +535,7 @@ def test_bad_signals_are_one_line(tmp_path, case):
     path = write_builder(tmp_path, "table1d", size=10 if case == "object npz" else size, dims=1,
                          channels=1 if case == "object npz" else channels, splits=(2, 2, 2), path=name,
                          label_column="label", **extra)
-    line = cli_error("build", str(path), "--out", str(tmp_path / "out"), "--quiet")
+    line = cli_error("build", str(path), "--out", str(tmp_path / "out"), "--quiet", status=1)
     for word in words:
         assert word in line, line
 

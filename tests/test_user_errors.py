@@ -28,23 +28,24 @@ def run(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.C
                           env={**os.environ, **(env or {})}, **kwargs)
 
 
-def error_line(code: int, output: str) -> str:
-    """The one ``error:`` line of a failed command (exit 2, no traceback, no click "Aborted!")."""
-    assert code == 2, (code, output)
+def error_line(code: int, output: str, status: int = 2) -> str:
+    """The one ``error:`` line of a failed command (exit ``status``: 2 for a wrong command line, 1 for a failure;
+    no traceback, no click "Aborted!")."""
+    assert code == status, (code, output)
     assert "Traceback" not in output and "Aborted!" not in output, output
     lines = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, output
     return lines[0]
 
 
-def failed(*args: str, **kwargs) -> str:
+def failed(*args: str, status: int = 2, **kwargs) -> str:
     result = run(*args, **kwargs)
-    return error_line(result.returncode, result.stdout + result.stderr)
+    return error_line(result.returncode, result.stdout + result.stderr, status)
 
 
-def cli(*args: str) -> str:
+def cli(*args: str, status: int = 2) -> str:
     result = CliRunner().invoke(main, list(args))
-    return error_line(result.exit_code, result.output)
+    return error_line(result.exit_code, result.output, status)
 
 
 def phantom_builder(tmp_path: Path, old: str, new: str) -> Path:
@@ -75,7 +76,7 @@ def test_label_names_must_cover_the_labels_found(tmp_path):
         load_source(load_builder(str(path)), progress=False)
     message = str(err.value)
     assert "values [0, 1, 2, 3]" in message and "outside the 2 label names" in message and "\n" not in message
-    line = cli("build", str(path), "--out", str(tmp_path / "out"), "--preset", "tiny", "--quiet")
+    line = cli("build", str(path), "--out", str(tmp_path / "out"), "--preset", "tiny", "--quiet", status=1)
     assert "values [0, 1, 2, 3]" in line and not (tmp_path / "out" / "mednf.json").exists()
     multi = phantom_builder(tmp_path, 'task = "multi-class"', 'task = "multi-label"')
     with pytest.raises(SourceError, match=r"labels have shape \(8, 1\), expected \(8, 4\)"):
@@ -107,9 +108,10 @@ def test_empty_npz_is_one_line_not_aborted(tmp_path, phantom_dir):
     empty = tmp_path / "empty.npz"
     empty.write_bytes(b"")
     out = tmp_path / "out"
-    line = failed("build", "breastnf", "--source-npz", str(empty), "--out", str(out), "--preset", "tiny", "--quiet")
+    line = failed("build", "breastnf", "--source-npz", str(empty), "--out", str(out), "--preset", "tiny", "--quiet",
+                  status=1)
     assert str(empty) in line and "not a readable npz" in line and not (out / "mednf.json").exists()
-    line = failed("encode", str(phantom_dir), str(empty), "--out", str(tmp_path / "z.npz"))
+    line = failed("encode", str(phantom_dir), str(empty), "--out", str(tmp_path / "z.npz"), status=1)
     assert str(empty) in line and not (tmp_path / "z.npz").exists()
 
 
@@ -118,7 +120,7 @@ def test_encode_damaged_npz_and_missing_out_folder(tmp_path, phantom_dir):
     body[120:320] = b"\xff" * 200  # inside the compressed member: the zip directory still reads
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(bytes(body))
-    line = cli("encode", str(phantom_dir), str(damaged), "--out", str(tmp_path / "z.npz"))
+    line = cli("encode", str(phantom_dir), str(damaged), "--out", str(tmp_path / "z.npz"), status=1)
     assert str(damaged) in line and "not a readable .npz" in line and not (tmp_path / "z.npz").exists()
     line = cli("encode", str(phantom_dir), str(tmp_path / "good.npz"), "--out", str(tmp_path / "nowhere" / "z.npz"))
     assert f"its folder {tmp_path / 'nowhere'} does not exist" in line
@@ -138,7 +140,7 @@ def test_decode_checks_its_output_before_decoding(tmp_path, phantom_dir):
 
 def test_os_error_is_one_line_and_mednf_debug_shows_the_traceback(tmp_path, phantom_dir):
     too_long = tmp_path / ("x" * 300 + ".npy")  # no check knows this: the OSError reaches the guard
-    line = failed("decode", str(phantom_dir), "--out", str(too_long))
+    line = failed("decode", str(phantom_dir), "--out", str(too_long), status=1)
     assert line.startswith("error: mednf decode failed on ") and str(too_long) in line
     assert "File name too long [ENAMETOOLONG]" in line and "use a shorter one" in line
     result = run("decode", str(phantom_dir), "--out", str(too_long), env={"MEDNF_DEBUG": "1"})
@@ -156,7 +158,7 @@ def test_out_of_memory_is_one_line(tmp_path, phantom_dir):
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
     line = failed("decode", str(phantom_dir), "--size", "16384", "--indices", "0:4", "--out", str(tmp_path / "x.npy"),
-                  preexec_fn=limit)
+                  preexec_fn=limit, status=1)
     assert "ran out of memory" in line or "available" in line, line  # the allocation, or decode's own check
     assert not (tmp_path / "x.npy").exists()
 
@@ -183,7 +185,7 @@ def test_full_disk_is_one_line_that_says_how_to_resume(small_disk):
     # θ alone (a 64 × 16384 modulation matrix, 4 MiB) does not fit: the first checkpoint fills the disk
     line = failed("build", "phantomnf", "--out", str(out), "--preset", "tiny", "--size", "32", "--max-samples", "8",
                   "--steps", "2", "--latent-dim", "16384", "--quiet", "--set", "build.block_rows=8",
-                  "--set", "build.val_every=1", "--set", "build.val_samples=4")
+                  "--set", "build.val_every=1", "--set", "build.val_samples=4", status=1)
     assert "no space left" in line and str(out) in line and "rerun the same command" in line and "resumes" in line
     assert "MiB free" in line and not (out / "mednf.json").exists()
 
@@ -195,7 +197,7 @@ def test_full_disk_under_a_report_names_the_report_file(small_disk, phantom_dir)
             fh.write(b"\0" * 65536)
             fh.flush()
     report = small_disk / "c.json"
-    line = cli("classify", str(phantom_dir), "--model", "knn", "--features", "latents", "--out", str(report))
+    line = cli("classify", str(phantom_dir), "--model", "knn", "--features", "latents", "--out", str(report), status=1)
     assert f"no space left on the device of {report}" in line and "write elsewhere" in line
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no temporary file left behind
 

@@ -73,16 +73,19 @@ class Dist:
 def on_every_rank(dist: Dist, attempt: Callable[[], T], catch: type[Exception], fail: Callable[[str], Exception],
                   elsewhere: str, *, main_first: bool = False) -> T:
     """``attempt()`` on every rank (with ``main_first``: rank 0 first, then the others); when it raises ``catch``
-    on any rank, every rank raises ``fail(message)``: that rank's own message, or ``elsewhere``."""
-    result, error = None, ""
+    on any rank, every rank raises: the rank where it happened its own error (its class kept, so the command
+    line's exit status still tells a wrong setting from a failure), the others ``fail(elsewhere)``."""
+    result, caught = None, None
     for turn in ("main", "others") if main_first else ("all",):
         if turn == "all" or (turn == "main") == dist.is_main:
             try:
                 result = attempt()
             except catch as err:
-                error = str(err)
-        if not dist.agree(not error):
-            raise fail(error or elsewhere)
+                caught = err
+        if not dist.agree(caught is None):
+            if caught is not None:
+                raise caught
+            raise fail(elsewhere)
     return result  # type: ignore[return-value]  # set on every rank that got here
 
 

@@ -38,7 +38,7 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS)
+@click.group(name="mednf", cls=LazyGroup, lazy=COMMANDS)
 @click.version_option(package_name="mednf")
 def main() -> None:
     """mednf: medical datasets as neural fields (MedFuncta)."""

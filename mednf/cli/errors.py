@@ -162,7 +162,27 @@ class GuardedCommand(click.Command):
             sys.exit(exit_status(err))
 
 
+class _OneLineUsageError(click.UsageError):
+    """click's usage error (an unknown option, a missing argument, a value outside its set) shown as one line
+    ``error: …`` with the command to ask for help, instead of click's usage block."""
+
+    def show(self, file: Any = None) -> None:
+        """Print the one line on standard error."""
+        hint = f"; see `{self.ctx.command_path} --help`" if self.ctx is not None else ""
+        click.echo(f"error: {self.format_message().rstrip('.')}{hint}", err=True)
+
+
 class GuardedGroup(click.Group):
-    """A group whose commands (``@group.command()``) end their errors in one line (:class:`GuardedCommand`)."""
+    """A group whose commands (``@group.command()``) end their errors in one line (:class:`GuardedCommand`), click's
+    usage errors included (exit status 2)."""
 
     command_class = GuardedCommand
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the chosen command; a usage error of it (or an unknown command) becomes one line."""
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            if isinstance(err, _OneLineUsageError):
+                raise
+            raise _OneLineUsageError(err.format_message(), err.ctx) from None
