@@ -86,3 +86,17 @@ def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""`` when none is close."""
     close = closest(word, choices, cutoff)
     return f"; did you mean {close!r}?" if close else ""
+
+
+def match_name(name: str, choices: Iterable[str], where: str) -> str | None:
+    """The choice that ``name`` names: the one spelled exactly so, else the one equal to it in any case (None when
+    there is none). Two that differ only in case and neither spelled exactly so are a ConfigError naming both:
+    which one a case-insensitive lookup would pick would depend on a directory's order."""
+    choices = list(choices)
+    if name in choices:
+        return name
+    folded = [c for c in choices if c.lower() == name.lower()]
+    if len(folded) > 1:
+        raise ConfigError(f"{name!r} matches {', '.join(sorted(folded))} in {where}, which differ only in case: "
+                          "give the exact name (or the folder's path)")
+    return folded[0] if folded else None

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mednf.errors import NotFoundError, did_you_mean
+from mednf.errors import NotFoundError, did_you_mean, match_name
 from mednf.format.layout import INDEX, MANIFEST, mednf_home
 from mednf.format.manifest import Manifest
 from mednf.remote.fetch import RemoteFolder, is_url, remote_manifest
@@ -33,9 +33,9 @@ def find_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Pa
         raise NotFoundError(f"{path} does not exist ({path.name!r} is not in {path.parent}): expected a dataset "
                             f"folder; check the path, or give the name of a dataset in {home}")
     candidates = [p for p in home.iterdir() if (p / MANIFEST).is_file()] if home.is_dir() else []
-    for candidate in candidates:
-        if candidate.name.lower() == name.lower():
-            return candidate
+    found = match_name(name, [p.name for p in candidates], str(home))
+    if found is not None:
+        return home / found
     known = sorted(p.name for p in candidates)
     hint = did_you_mean(name, known)
     raise NotFoundError(f"dataset {name!r} is not in {home} (found: {', '.join(known) or 'none'}){hint}; "

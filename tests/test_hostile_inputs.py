@@ -459,3 +459,35 @@ def test_a_source_npz_that_is_no_archive_never_suggests_pickle(tmp_path):
     with pytest.raises(SourceError, match="not a zip archive") as err:
         read_npz(tmp_path / "x.npz", load_builder("breastnf"))
     assert "pickle" not in _one_line(err.value)
+
+
+def test_names_that_differ_only_in_case_are_never_picked_by_listing_order(phantom_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+    from mednf.errors import ConfigError
+
+    home = tmp_path / "cache"
+    shutil.copytree(phantom_dir, home / "PhantomNF")
+    shutil.copytree(phantom_dir, home / "phantomnf")
+    assert mednf.load("PhantomNF", "test", root=home).root == home / "PhantomNF"  # the exact spelling wins
+    assert mednf.load("phantomnf", "test", root=home).root == home / "phantomnf"
+    with pytest.raises(ConfigError, match="differ only in case: give the exact name") as err:
+        mednf.load("PHANTOMNF", "test", root=home)
+    _one_line(err.value)
+    result = CliRunner().invoke(main, ["cache", "rm", "phantomnf", "--root", str(home)])
+    assert result.exit_code == 0 and (home / "PhantomNF" / "mednf.json").is_file()
+    assert not (home / "phantomnf").exists()
+
+
+@pytest.mark.parametrize("args", [["decode", "X", "--out", "~nosuchuser-mednf/x.npy"],
+                                  ["build", "phantomnf", "--out", "~nosuchuser-mednf/x"],
+                                  ["info", "~nosuchuser-mednf/X"]])
+def test_a_path_of_an_unknown_user_is_one_line(args):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "names a user this machine does not know" in result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1, result.output

@@ -26,11 +26,11 @@ class _BuildCommand(GuardedCommand):
 
     def build_dir(self, ctx: click.Context) -> Path | None:
         """The output directory (its --out, else $MEDNF_HOME/<Name>), if it can be told."""
-        if ctx.params.get("out") is not None:
-            return Path(ctx.params["out"]).expanduser()
         try:
+            if ctx.params.get("out") is not None:
+                return Path(ctx.params["out"]).expanduser()
             return mednf_home() / load_builder(ctx.params["name"]).name
-        except (MednfError, OSError):
+        except (MednfError, OSError, RuntimeError):  # RuntimeError: "~nosuchuser/…" does not expand
             return None
 
 

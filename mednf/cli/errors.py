@@ -113,6 +113,9 @@ def error_line(err: BaseException, ctx: click.Context, build_dir: Path | None) -
         amount = f"it tried to allocate {_mib(int(tried.group(1)))}" if tried else "not enough memory"
         fix = _MEMORY_FIXES.get(ctx.info_name or "", "use a machine with more memory")
         return f"mednf {ctx.info_name} ran out of memory ({amount}); {fix}"
+    if isinstance(err, RuntimeError) and "home directory" in str(err):  # pathlib's expanduser of "~nosuchuser/…"
+        return (f"mednf {ctx.info_name}: a path starting with ~ names a user this machine does not know "
+                f"({str(err).rstrip('.')}); write the path in full")
     if isinstance(err, EOFError):
         return (f"mednf {ctx.info_name} read a file that ends too early ({str(err) or 'EOFError'}); check that the "
                 "files you gave are complete")
@@ -126,6 +129,8 @@ FAILURE = 1
 def exit_status(err: BaseException) -> int:
     """2 for a wrong command line (:class:`~mednf.errors.ConfigError`), 1 for every other failure (a library
     that is not installed included: the command was right, the install lacks an extra)."""
+    if isinstance(err, RuntimeError) and "home directory" in str(err):
+        return USAGE  # "~nosuchuser/x" given on the command line
     return USAGE if isinstance(err, ConfigError) and not isinstance(err, MissingDependencyError) else FAILURE
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mednf.errors import MednfError
+from mednf.errors import MednfError, match_name
 from mednf.format.layout import MANIFEST, mednf_home, unfinished_build
 from mednf.format.manifest import Manifest
 from mednf.remote.registry import registry
@@ -66,11 +66,12 @@ def published_copies(name: str) -> tuple[str, ...]:
 def availability(name: str, root: str | Path | None = None) -> Availability:
     """Where ``name`` stands in the cache ``root`` (default ``$MEDNF_HOME``) and in the registry."""
     home = Path(root).expanduser() if root else mednf_home()
-    folders = [p for p in home.iterdir() if p.is_dir() and p.name.lower() == name.lower()] if home.is_dir() else []
+    folders = [p.name for p in home.iterdir() if p.is_dir()] if home.is_dir() else []
+    found = match_name(name, folders, str(home))
     published = published_copies(name)
-    if not folders:
+    if found is None:
         return Availability(name, published=published)
-    path = folders[0]
+    path = home / found
     if not (path / MANIFEST).is_file():
         state = "unfinished" if unfinished_build(path) else "buildable"
         return Availability(name, path if state == "unfinished" else None, state, published=published)

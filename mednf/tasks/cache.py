@@ -18,13 +18,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mednf.errors import BuildError, NotFoundError
+from mednf.errors import BuildError, NotFoundError, match_name
 from mednf.format.layout import mednf_home
 from mednf.io.lock import dataset_lock
 from mednf.remote.catalogue import availability
 
 BOOKKEEPING = {".remote": "verified files of remote reads (MEDNF_REMOTE_CACHE=disk)",
-               ".verified": "remembered checksums of verified datasets"}
+               ".verified": "remembered checksums of verified datasets",
+               ".unpacked": "uncompressed latents of local datasets, memory-mapped (re-created on demand)"}
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,11 @@ def remove_dataset(name: str, root: str | Path | None = None, *, force: bool = F
     removed. NotFoundError when absent; BuildError for an unfinished build without ``force``, a folder that is
     not mednf's, or a dataset whose lock a live process holds (a build, download or import running)."""
     entries = cache_entries(root)
-    found = [e for e in entries if e.name.lower() == name.lower()]
-    if not found:
+    found = match_name(name, [e.name for e in entries], str(_home(root)))
+    if found is None:
         names = ", ".join(e.name for e in entries) or "none"
         raise NotFoundError(f"{name!r} is not in the cache {_home(root)} (there: {names}); see `mednf cache list`")
-    entry = found[0]
+    entry = next(e for e in entries if e.name == found)
     if entry.state == "foreign":
         raise BuildError(f"{entry.path} is not a mednf dataset (no manifest and no build state): mednf deletes only "
                          "its own folders; remove it yourself if you mean to")
