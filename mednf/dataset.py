@@ -2,21 +2,25 @@
 
 - :class:`MedNFDataset` *is* a ``torch.utils.data.Dataset``: ``ds[i]`` → ``{'latent': [P], 'label',
   'index', 'psnr'}``; slices, lists and index arrays return a batch (stacked tensors). The split's latent
-  matrix ``ds.latents`` is a lazy array-like (:class:`~mednf.format.lazy.LazyLatents`) that reads Zarr chunks
-  on demand, for a local folder and a URL alike (:mod:`mednf.remote.lazy`: chunks fetched and verified):
-  decoded chunks stay in a bounded cache (``mednf.load(..., cache_bytes=...)``, default 256 MiB, shared by the
-  splits of one load), so a process's memory does not grow with the split (ChestNF train is 640 MB);
-  ``np.asarray(ds.latents)`` materialises it. Every chunk is checked as it is read (files unchanged, rows
-  finite). ``DataLoader`` workers open the store themselves and keep their own cache (a spawned one starts
-  empty, a forked one starts with the parent's); nothing opened is pickled to them. A ``DataLoader`` fetches
-  each batch with one gather (``__getitems__``), so workers rarely pay off unless items are decoded to
-  images. Random access over a split larger than the cache decodes a chunk for most rows: give it a
-  ``cache_bytes`` that holds the split, or index ``np.asarray(ds.latents)``.
+  matrix ``ds.latents`` ``[N, P]`` float32 of a local dataset is a read-only ``np.memmap``: on first use the
+  split is unpacked once, chunk by chunk, into an uncompressed file in ``$MEDNF_HOME/.unpacked/`` (never
+  into the dataset's folder) and mapped, so sequential, random and shuffled reads run at memory speed and
+  ``DataLoader`` workers and other processes share its pages through the OS page cache
+  (:mod:`mednf.format.lazy`; ChestNF train at P = 2048 takes 640 MB of disk there). For a URL, or a local
+  split not unpacked (``MEDNF_UNPACK=0``, or no room on the cache's disk: one warning), it is a lazy
+  array-like (:class:`~mednf.format.lazy.LazyLatents`) that reads Zarr chunks on demand (a URL's chunks
+  fetched and verified, :mod:`mednf.remote.lazy`), decoded chunks kept in a bounded cache
+  (``mednf.load(..., cache_bytes=...)``, default 256 MiB, shared by the splits of one load);
+  ``np.asarray(ds.latents)`` materialises it. Every chunk is checked as it is read or unpacked (files
+  unchanged, rows finite). ``DataLoader`` workers map the unpacked file or open the store themselves (a
+  spawned one with an empty cache, a forked one with the parent's); nothing opened is pickled to them. A
+  ``DataLoader`` fetches each batch with one gather (``__getitems__``), so workers rarely pay off unless
+  items are decoded to images.
 - ``ds.decode(indices, size=...)`` renders latents with θ at any resolution, batched, on CPU or GPU;
   ``ds.with_images(size)`` returns a view whose items also carry ``image``.
-- ``ds.to_hf()`` builds a ``datasets.Dataset`` whose latent column wraps the materialised matrix without a
-  second copy (Arrow ``fixed_size_list<float>[P]`` over the numpy buffer of ``np.asarray(ds.latents)``: the
-  whole split is read into memory), labels as ``ClassLabel``.
+- ``ds.to_hf()`` builds a ``datasets.Dataset`` whose latent column wraps ``np.asarray(ds.latents)`` without
+  a copy (Arrow ``fixed_size_list<float>[P]`` over its buffer: the memory map of an unpacked split, else the
+  whole split read into memory), labels as ``ClassLabel``.
 - ``transform`` (``mednf.load(..., transform=fn)``): every item passes through ``fn(item) -> item``, one
   sample at a time: ``ds[i]``, each sample of a ``DataLoader(ds, batch_size=…)`` batch (before
   collation), and with a batch index (``ds[10:20]``, lists, arrays, masks, :meth:`MedNFDataset.dataloader`)
@@ -93,7 +97,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         self.image_size = image_size
         self.transform = transform
         self._read_index()
-        self._latents: LazyLatents | None = None
+        self._latents: np.ndarray | LazyLatents | None = None
         self._theta: dict[str, Tensor] | None = None
 
     def _read_index(self) -> None:
@@ -124,10 +128,11 @@ class MedNFDataset(torch.utils.data.Dataset):
         return state
 
     @property
-    def latents(self) -> LazyLatents:
-        """The split's latent matrix ``[N, P]`` float32 as a lazy array-like that reads the chunks of the rows
-        indexed (``np.asarray`` → all of it, a new array). Opened on first use (files unchanged, shape);
-        each chunk's rows are checked finite as it is read."""
+    def latents(self) -> np.ndarray | LazyLatents:
+        """The split's latent matrix ``[N, P]`` float32, read-only: the memory map of its unpacked file (a local
+        split, unpacked on first use), else a lazy array-like that reads the chunks of the rows indexed
+        (``np.asarray`` → all of it, a new array). Opened on first use (files unchanged, shape); each chunk's
+        rows are checked finite as it is read or unpacked."""
         if self._latents is None:
             self._latents = self.files.latent_rows(self.split)
         return self._latents
@@ -284,9 +289,9 @@ class MedNFDataset(torch.utils.data.Dataset):
                             "index": hf.Value("int64"), "psnr": hf.Value("float32"), "ssim": hf.Value("float32")})
 
     def to_hf(self, *, decode: bool = False, size: int | Sequence[int] | None = None) -> Any:
-        """This split as a ``datasets.Dataset``. It materialises the split: every chunk of :attr:`latents` is
-        read into one new matrix ``[N, P]`` (ChestNF train: 640 MB), which the latent column wraps without a
-        second copy.
+        """This split as a ``datasets.Dataset`` whose latent column wraps ``np.asarray(self.latents)`` ``[N, P]``
+        without a copy: the memory map of an unpacked local split, else every chunk read into one new matrix
+        (ChestNF train: 640 MB).
 
         ``decode=True`` adds an on-access transform that decodes an ``image`` column (``size`` as
         :meth:`decode`).
@@ -296,7 +301,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         datasets = _datasets()
         in_memory_table = optional_import("datasets.table", "to_hf()").InMemoryTable
 
-        latents = np.asarray(self.latents)  # [N, P]: every chunk read (a remote split: fetched)
+        latents = np.asarray(self.latents)  # [N, P]: the memory map, or every chunk read (a URL's: fetched)
         N, P = latents.shape
         values = pa.Array.from_buffers(pa.float32(), N * P, [None, pa.py_buffer(latents)])
         label = (pa.FixedSizeListArray.from_arrays(pa.array(self.labels.reshape(-1), pa.int8()), self.labels.shape[1])

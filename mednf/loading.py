@@ -45,9 +45,10 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
     (``https://host/path/DermaNF``; ``s3://``, ``gs://``, … with that fsspec filesystem installed) fetches
     the manifest and index now and latent chunks, θ when first needed, every file checked against the
     manifest's sha256 as it arrives whatever ``verify`` says (:mod:`mednf.remote.lazy`).
-    ``cache_bytes``: the most memory decoded latent chunks may hold, shared by the splits of this load
-    (default 256 MiB; latents are read by chunk on demand, see :mod:`mednf.format.lazy`). Random access over a
-    split larger than it decodes a chunk for most rows: give it the split's size for shuffled training.
+    ``cache_bytes``: the most memory decoded latent chunks may hold, shared by the splits of this load (default
+    256 MiB), where latents are read by chunk on demand: a URL, or a local split that is not unpacked. A local
+    split is unpacked once into ``$MEDNF_HOME/.unpacked/`` and memory-mapped (``MEDNF_UNPACK=0`` turns that
+    off; see :mod:`mednf.format.lazy`).
     """
     if source not in ("auto", "local", "zenodo", "hf"):
         raise ConfigError(f"source = {source!r} is invalid: expected 'auto', 'local', 'zenodo' or 'hf'")

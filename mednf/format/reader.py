@@ -11,11 +11,12 @@
   that the files are still those: a dataset rebuilt (``--restart``), replaced by a download or deleted
   under an open handle is an error at the next read, never rows of another build. Latents holding NaN
   (rows never written) are an error too, and any decoding failure of a damaged file names the file.
-- Latents are read lazily (:meth:`~DatasetFiles.latent_rows`, a :class:`~mednf.format.lazy.LazyLatents`): by
-  Zarr chunk on demand, each chunk's files checked unchanged before and after it is read and its rows checked
-  finite, decoded chunks kept in a bounded cache (``cache_bytes``, default 256 MiB) shared by the splits of
-  one handle. A process's memory therefore does not grow with the split; :meth:`~DatasetFiles.latents` reads
-  the whole matrix.
+- Latents (:meth:`~DatasetFiles.latent_rows`, see :mod:`mednf.format.lazy`): on first use a split is unpacked
+  chunk by chunk into an uncompressed file in ``$MEDNF_HOME/.unpacked/`` (never into the dataset's folder),
+  each chunk's files checked unchanged before and after it is read and its rows checked finite, and is then
+  a read-only memory map of that file. With ``MEDNF_UNPACK=0``, or no room for the file, it is read by Zarr
+  chunk on demand instead (a :class:`~mednf.format.lazy.LazyLatents`, same checks), decoded chunks kept in a
+  bounded cache (``cache_bytes``, default 256 MiB) shared by the splits of one handle.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from mednf.engine.config import param_shapes
 from mednf.errors import FormatError
 from mednf.format.layout import INDEX, LATENTS, MANIFEST, MODEL, content_files, mednf_home
-from mednf.format.lazy import DEFAULT_CACHE_BYTES, READ_AHEAD, ChunkCache, LazyLatents
+from mednf.format.lazy import DEFAULT_CACHE_BYTES, READ_AHEAD, ChunkCache, LazyLatents, open_unpacked, unpack_key
 from mednf.format.manifest import Manifest
 from mednf.format.tensors import load_tensors
 from mednf.io.files import atomic_write_bytes, sha256_file
@@ -141,7 +142,7 @@ def verify_dataset(root: str | Path, *, checksums: bool = True, use_cache: bool 
 def open_dataset(root: str | Path, *, verify: bool = True, use_cache: bool = True,
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> DatasetFiles:
     """A verified handle on dataset directory ``root`` (see the module docstring); ``cache_bytes`` bounds the
-    decoded latent chunks it keeps in memory."""
+    decoded latent chunks it keeps in memory when a split is read by chunk."""
     root = Path(root)
     before = _identity(root / MANIFEST) if (root / MANIFEST).is_file() else None
     manifest = Manifest.read(root)
@@ -149,33 +150,39 @@ def open_dataset(root: str | Path, *, verify: bool = True, use_cache: bool = Tru
     snapshot = _snapshot(root, manifest)
     if snapshot[MANIFEST] != before:
         raise FormatError(f"{root} changed while it was being opened; load it again")
-    if verify and not (use_cache and _remembered(root, snapshot)):
+    verified = use_cache and _remembered(root, snapshot)
+    if verify and not verified:
         check_checksums(root, manifest)
         if _snapshot(root, manifest) != snapshot:
             raise FormatError(f"{root} changed while it was being verified; load it again")
         if use_cache:
             _remember(root, snapshot)
-    return DatasetFiles(root, manifest, snapshot, cache_bytes=cache_bytes)
+        verified = True
+    return DatasetFiles(root, manifest, snapshot, cache_bytes=cache_bytes, verified=verified)
 
 
 class DatasetFiles:
     """An open dataset: the manifest and reads that check the files are still the verified ones.
 
     It is the :class:`~mednf.format.lazy.LatentSource` of its splits' :class:`~mednf.format.lazy.LazyLatents`
-    (one per split, sharing :attr:`cache`). Pickled (a spawned ``DataLoader`` worker), it carries the manifest
-    and the file identities only: the copy opens the arrays itself and starts with an empty cache.
+    (one per split, sharing :attr:`cache`), which are unpacked and memory-mapped on first use where they can be.
+    ``verified``: every file's sha256 was checked against the manifest (now or remembered), so the unpacked copy
+    of a split may be shared with every verified copy of the same files. Pickled (a spawned ``DataLoader``
+    worker), it carries the manifest and the file identities only: the copy maps or opens the arrays itself and
+    starts with an empty cache.
     """
 
     repair = _FIX
     read_ahead = READ_AHEAD  # a local chunk costs little: read the next ones with it when reads go in order
 
     def __init__(self, root: Path, manifest: Manifest, snapshot: dict[str, Identity], *,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, verified: bool = False) -> None:
         self.root = root
         self.manifest = manifest
+        self.verified = verified
         self._snapshot = snapshot
         self.cache = ChunkCache(cache_bytes)
-        self._views: dict[str, LazyLatents] = {}
+        self._views: dict[str, np.ndarray | LazyLatents] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # a spawned DataLoader worker makes its own views
         return {**self.__dict__, "_views": {}}
@@ -220,20 +227,24 @@ class DatasetFiles:
         self.check_unchanged([f"{LATENTS}/zarr.json", f"{LATENTS}/{split}/zarr.json",
                               *(f"{LATENTS}/{split}/{key}" for key in keys)])
 
-    def latent_rows(self, split: str) -> LazyLatents:
-        """What :class:`~mednf.dataset.MedNFDataset` indexes rows in: the split's matrix ``[N, P]`` read by chunk
-        on demand (:class:`~mednf.format.lazy.LazyLatents`); opened now, so a folder changed since the dataset
-        was opened, or an array of the wrong shape, is an error here."""
+    def latent_rows(self, split: str) -> np.ndarray | LazyLatents:
+        """What :class:`~mednf.dataset.MedNFDataset` indexes rows in: the split's matrix ``[N, P]`` float32, a
+        read-only ``np.memmap`` of its unpacked file (unpacked now on first use), or where it is not unpacked
+        (:func:`~mednf.format.lazy.open_unpacked`) read by chunk on demand
+        (:class:`~mednf.format.lazy.LazyLatents`). Opened now, so a folder changed since the dataset was opened,
+        an array of the wrong shape or (unpacking) a damaged chunk is an error here."""
         split = self.manifest.check_split(split)
         if split not in self._views:
             view = LazyLatents(self, split)
             view._open()
-            self._views[split] = view
+            identities = None if self.verified else {rel: self._snapshot[rel] for rel in self._split_files(split)}
+            mapped = open_unpacked(view, unpack_key(self.manifest, split, identities))
+            self._views[split] = view if mapped is None else mapped
         return self._views[split]
 
     def latents(self, split: str) -> np.ndarray:
-        """The split's whole latent matrix ``[N, P]`` float32 (a new read-only array), read chunk by chunk and
-        checked (files unchanged, shape, dtype, no NaN)."""
+        """The split's whole latent matrix ``[N, P]`` float32, read-only: the memory map itself for an unpacked
+        split, else a new array read chunk by chunk (files unchanged, shape, dtype, no NaN checked)."""
         data = np.asarray(self.latent_rows(split))
         data.setflags(write=False)
         return data

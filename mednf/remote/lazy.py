@@ -17,8 +17,9 @@ size and sha256 as it arrives, see :mod:`mednf.remote.fetch`):
 Wrong bytes are a one-line FormatError naming the file's URL: no row of an unverified chunk is returned.
 ``verify=False`` of ``mednf.load`` does not apply here: hashing a file costs far less than transferring it.
 DataLoader workers (fork or spawn) open their own connections and keep their own chunk cache.
-The array-like and its cache are those of a local folder (:mod:`mednf.format.lazy`); what is remote is
-:class:`RemoteFiles`, the source they read chunks from.
+The array-like and its cache are those of a local split read by chunk (:mod:`mednf.format.lazy`; a local split
+is unpacked and memory-mapped instead, a URL's never is); what is remote is :class:`RemoteFiles`, the source they
+read chunks from.
 """
 
 from __future__ import annotations
