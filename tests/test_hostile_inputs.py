@@ -491,3 +491,17 @@ def test_a_path_of_an_unknown_user_is_one_line(args):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "names a user this machine does not know" in result.output
     assert "Traceback" not in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_building_another_dataset_into_a_dataset_folder_says_it_holds_another_dataset(phantom_dir, tmp_path):
+    from mednf.building.api import build as build_api
+    
+    builder = tmp_path / "mine.toml"
+    builder.write_text((Path(__file__).resolve().parents[1] / "builders" / "phantomnf.toml").read_text()
+                       .replace('name = "PhantomNF"', 'name = "OtherNF"', 1))
+    target = tmp_path / "PhantomNF"
+    shutil.copytree(phantom_dir, target)
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    with pytest.raises(BuildError, match=r"holds another dataset, PhantomNF \(this build is OtherNF\)"):
+        build_api(builder, out=target, preset="tiny", size=32, max_samples=20, progress=False)
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before

@@ -136,6 +136,9 @@ def already_complete(run: BuildRun) -> bool:
     wanted = build_identity(run.spec.to_dict(), run.cfg, max_samples=run.options.max_samples)
     differ = differences(done, wanted)
     restart, out = run.options.wording.option("restart", True), run.options.wording.option("out")
+    if manifest.name != run.spec.name:
+        raise BuildError(f"{run.out} holds another dataset, {manifest.name} (this build is {run.spec.name}): choose "
+                         f"another {out}, or pass {restart} to delete it and build {run.spec.name} there")
     if differ:
         raise BuildError(f"{run.out} holds a complete {manifest.name} built with other settings "
                          f"({'; '.join(differ[:3])}); pass {restart} to rebuild it, or choose another {out}")
