@@ -2,9 +2,10 @@
 
 - :class:`MedNFDataset` *is* a ``torch.utils.data.Dataset``: ``ds[i]`` → ``{'latent': [P], 'label',
   'index', 'psnr'}``; slices, lists and index arrays return a batch (stacked tensors). The split's latent
-  matrix ``ds.latents`` ``[N, P]`` float32 of a local dataset is a read-only ``np.memmap``: on first use the
-  split is unpacked once, chunk by chunk, into an uncompressed file in ``$MEDNF_HOME/.unpacked/`` (never
-  into the dataset's folder) and mapped, so sequential, random and shuffled reads run at memory speed and
+  matrix ``ds.latents`` ``[N, P]`` float32 of a local dataset is a read-only memory-mapped array (its
+  ``base`` is the ``np.memmap``): on first use the split is unpacked once, chunk by chunk, into an
+  uncompressed file in ``$MEDNF_HOME/.unpacked/`` (never into the dataset's folder) and mapped, so
+  sequential, random and shuffled reads run at memory speed and
   ``DataLoader`` workers and other processes share its pages through the OS page cache
   (:mod:`mednf.format.lazy`; ChestNF train at P = 2048 takes 640 MB of disk there). For a URL, or a local
   split not unpacked (``MEDNF_UNPACK=0``, or no room on the cache's disk: one warning), it is a lazy

@@ -72,7 +72,7 @@ def test_values_equal_a_whole_array_read(phantom_dir, monkeypatch, unpack):
     ds = mednf.load(phantom_dir, split="train")
     reference = zarr.open_array(str(phantom_dir / "latents.zarr" / "train"), mode="r")[:]  # [N, P]
     lazy = ds.latents
-    assert isinstance(lazy, np.memmap if unpack == "1" else LazyLatents)
+    assert isinstance(lazy.base if unpack == "1" else lazy, np.memmap if unpack == "1" else LazyLatents)
     assert lazy.shape == reference.shape and len(lazy) == len(reference)
     for key in (slice(None), slice(3, 17), slice(None, None, 3), slice(-5, None), slice(18, 2, -4), slice(7, 7)):
         np.testing.assert_array_equal(lazy[key], reference[key])
@@ -264,8 +264,8 @@ def test_a_split_is_unpacked_once_and_reused(rows_dir, own_home, monkeypatch):
     assert made == []  # nothing before the first row access
     np.testing.assert_array_equal(ds[5]["latent"].numpy(), latents[5])
     mapped = ds.latents
-    path = Path(mapped.filename)
-    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable and made == [path]
+    path = Path(mapped.base.filename)
+    assert isinstance(mapped.base, np.memmap) and not mapped.flags.writeable and made == [path]
     key = unpack_key(Manifest.read(root), "train")
     assert path == own_home / ".unpacked" / key / "train.npy" and path.stat().st_size == latents.nbytes + 128
     record = json.loads(path.with_suffix(".json").read_text())
@@ -278,7 +278,7 @@ def test_a_split_is_unpacked_once_and_reused(rows_dir, own_home, monkeypatch):
     again = mednf.load(root, split="train")
     order = np.random.default_rng(2).permutation(N)
     np.testing.assert_array_equal(again.latents[order], latents[order])
-    assert Path(again.latents.filename) == path and path.stat().st_mtime_ns == mtime and made == [path]
+    assert Path(again.latents.base.filename) == path and path.stat().st_mtime_ns == mtime and made == [path]
 
 
 def test_a_changed_dataset_gets_a_new_unpacked_file(rows_dir, tmp_path, phantom_dir):
@@ -288,23 +288,23 @@ def test_a_changed_dataset_gets_a_new_unpacked_file(rows_dir, tmp_path, phantom_
     changed[3 * ROWS + 1] += 1  # one chunk differs
     other = write_dataset(tmp_path / "OtherNF", phantom_dir, changed)
     second = mednf.load(other, split="train").latents
-    assert Path(second.filename).parent != Path(first.filename).parent
+    assert Path(second.base.filename).parent != Path(first.base.filename).parent
     np.testing.assert_array_equal(second, changed)
     np.testing.assert_array_equal(first, latents)
 
 
 def test_unverified_files_get_their_own_unpacked_file(rows_dir):
     root, latents = rows_dir
-    unverified = Path(mednf.load(root, split="train", verify=False).latents.filename)
-    verified = Path(mednf.load(root, split="train").latents.filename)  # hashed now, and remembered
+    unverified = Path(mednf.load(root, split="train", verify=False).latents.base.filename)
+    verified = Path(mednf.load(root, split="train").latents.base.filename)  # hashed now, and remembered
     assert unverified.parent != verified.parent
-    assert Path(mednf.load(root, split="train", verify=False).latents.filename) == verified
+    assert Path(mednf.load(root, split="train", verify=False).latents.base.filename) == verified
 
 
 @pytest.mark.parametrize("how", ["replaced", "edited in place"])
 def test_a_changed_unpacked_file_is_unpacked_again(rows_dir, monkeypatch, how):
     root, latents = rows_dir
-    path = Path(mednf.load(root, split="train").latents.filename)
+    path = Path(mednf.load(root, split="train").latents.base.filename)
     record = json.loads(path.with_suffix(".json").read_text())
     data = bytearray(path.read_bytes())
     data[128 + 7 * P * 4:128 + 8 * P * 4] = bytes(P * 4)  # row 7 → zeros
@@ -326,7 +326,7 @@ def test_a_changed_unpacked_file_is_unpacked_again(rows_dir, monkeypatch, how):
 
 def test_a_copied_unpacked_file_is_hashed_not_unpacked_again(rows_dir, monkeypatch):
     root, latents = rows_dir
-    path = Path(mednf.load(root, split="train").latents.filename)
+    path = Path(mednf.load(root, split="train").latents.base.filename)
     tmp = path.with_name("copy")
     tmp.write_bytes(path.read_bytes())
     os.replace(tmp, path)  # the same bytes, another identity (a backup restored)

@@ -3,12 +3,14 @@
 **Local splits: unpacked once, then memory-mapped.** The first row access of a local split decompresses its
 latents chunk by chunk (one chunk in memory at a time, each checked as below) into one uncompressed ``.npy``
 file in mednf's cache, ``$MEDNF_HOME/.unpacked/<key>/<split>.npy`` (:func:`open_unpacked`), and rows are then
-served from ``np.memmap`` of it (read-only): sequential, random and shuffled reads at memory speed, and the
-pages are shared through the OS page cache by ``DataLoader`` workers and other processes (they are not
-anonymous memory of a process). ``<key>`` is derived from the sha256 the manifest records for the split's
-chunk files and Zarr metadata, so a changed dataset gets a new file and never reads a stale one; a dataset
-whose files were not verified (``verify=False`` and not remembered as verified) gets a key that also holds
-those files' identities. Nothing is ever written into the dataset's folder (it may be read-only).
+served from a memory map of it: a read-only ``np.ndarray`` whose ``base`` is the ``np.memmap`` (``.filename``;
+a plain array indexes a row ~9x faster than ``np.memmap``, whose indexing runs Python code). Sequential,
+random and shuffled reads run at memory speed, and the pages are shared through the OS page cache by
+``DataLoader`` workers and other processes (they are not anonymous memory of a process). ``<key>`` is
+derived from the sha256 the manifest records for the split's chunk files and Zarr metadata, so a changed
+dataset gets a new file and never reads a stale one; a dataset whose files were not verified
+(``verify=False`` and not remembered as verified) gets a key that also holds those files' identities.
+Nothing is ever written into the dataset's folder (it may be read-only).
 
 - The file is written under a temporary name beside it (``.<split>.npy.<pid>.tmp``, never through a link),
   fsynced and renamed whole; ``<split>.json`` beside it records its size, the sha256 of its bytes (computed
@@ -431,7 +433,7 @@ def disk_space(folder: Path) -> Any:
     return shutil.disk_usage(folder)
 
 
-def open_unpacked(latents: LazyLatents, key: str) -> np.memmap | None:
+def open_unpacked(latents: LazyLatents, key: str) -> np.ndarray | None:
     """The split of ``latents`` (a local source) memory-mapped read-only ``[N, P]`` from its unpacked file
     ``$MEDNF_HOME/.unpacked/<key>/<split>.npy``, unpacked now if there is none (or a changed one); None when
     unpacking is off (``MEDNF_UNPACK=0``) or cannot be done here (no room, cache not writable: one
@@ -461,7 +463,7 @@ def open_unpacked(latents: LazyLatents, key: str) -> np.memmap | None:
             return None
     if mapped is None:
         raise FormatError(f"{path} was changed while it was being unpacked; load the dataset again")
-    return mapped
+    return mapped.view(np.ndarray)  # the map is its base
 
 
 def _warn(kind: str, message: str) -> None:

@@ -229,7 +229,7 @@ class DatasetFiles:
 
     def latent_rows(self, split: str) -> np.ndarray | LazyLatents:
         """What :class:`~mednf.dataset.MedNFDataset` indexes rows in: the split's matrix ``[N, P]`` float32, a
-        read-only ``np.memmap`` of its unpacked file (unpacked now on first use), or where it is not unpacked
+        read-only memory map of its unpacked file (unpacked now on first use), or where it is not unpacked
         (:func:`~mednf.format.lazy.open_unpacked`) read by chunk on demand
         (:class:`~mednf.format.lazy.LazyLatents`). Opened now, so a folder changed since the dataset was opened,
         an array of the wrong shape or (unpacking) a damaged chunk is an error here."""
