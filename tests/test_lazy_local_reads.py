@@ -278,6 +278,7 @@ def test_a_split_is_unpacked_once_and_reused(rows_dir, own_home, monkeypatch):
     again = mednf.load(root, split="train")
     order = np.random.default_rng(2).permutation(N)
     np.testing.assert_array_equal(again.latents[order], latents[order])
+    assert type(again.latents) is np.ndarray and type(mapped) is np.ndarray  # plain arrays over the maps
     assert Path(again.latents.base.filename) == path and path.stat().st_mtime_ns == mtime and made == [path]
 
 

@@ -463,7 +463,7 @@ def open_unpacked(latents: LazyLatents, key: str) -> np.ndarray | None:
             return None
     if mapped is None:
         raise FormatError(f"{path} was changed while it was being unpacked; load the dataset again")
-    return mapped.view(np.ndarray)  # the map is its base
+    return mapped
 
 
 def _warn(kind: str, message: str) -> None:
@@ -545,9 +545,10 @@ def _unpack(latents: LazyLatents, path: Path) -> None:
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(record).encode())
 
 
-def _map(path: Path, shape: tuple[int, int]) -> np.memmap | None:
-    """``path`` memory-mapped read-only ``shape`` float32 if it is the file its record describes (same identity,
-    or else the same sha256 of its bytes, then the record is updated); None if absent, a link, or another file."""
+def _map(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """``path`` memory-mapped read-only ``shape`` float32 (a plain array over the ``np.memmap``, its ``base``) if
+    it is the file its record describes (same identity, or else the same sha256 of its bytes, then the record is
+    updated); None if absent, a link, or another file."""
     try:
         record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         fh = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW))
@@ -578,4 +579,4 @@ def _map(path: Path, shape: tuple[int, int]) -> np.memmap | None:
             return None
         if tuple(stored) != tuple(shape) or fortran or dtype != np.dtype("<f4"):
             return None
-        return np.memmap(fh, dtype=np.float32, mode="r", offset=fh.tell(), shape=shape)
+        return np.memmap(fh, dtype=np.float32, mode="r", offset=fh.tell(), shape=shape).view(np.ndarray)
