@@ -8,7 +8,8 @@ step below is mednf's own code, not a library default.
 ``localhost``: the test servers). ``ftp://``, ``file://``, ``gopher://``, ``data:`` and every other scheme
 are refused, and so is a redirect from ``https://`` to ``http://`` (never downgraded, loopback included).
 With ``allowed_hosts`` (Zenodo: the API's host and the mirror in ``$MEDNF_ZENODO_URL``) every hop must also
-be on one of those hosts.
+be on one of those hosts. A URL with a space or a control character is refused before anything is sent (a
+ConfigError naming the variable it came from, e.g. ``$MEDNF_MEDMNIST_URL``), never tried again.
 
 **Time**: a read that receives nothing for ``$MEDNF_HTTP_TIMEOUT`` seconds (default :data:`TIMEOUT_S`) stops,
 and so does a transfer (connection, redirects, headers and body together) still running after
@@ -18,7 +19,8 @@ transfer starts. Each socket read waits at most the stall timeout and never past
 that drips one byte at a time is stopped too. The error is one line naming the URL and the setting to raise.
 
 **Size**: an answer is read in pieces and stops at the caller's limit (a ``Content-Length`` above it is
-refused before the body is read), so an endless body costs at most the limit in memory. An error answer's
+refused before the body is read), so an endless body costs at most the limit in memory; a body that ends
+before its ``Content-Length`` is a transfer that ended early, never handed on short. An error answer's
 body is never read, and nothing from a server reaches a message but its status code and a short, cleaned
 reason phrase.
 
@@ -28,18 +30,18 @@ sha256 and md5 (those given) are checked, then it is renamed. The expected size 
 ``Content-Length`` if sent; without either, at most :data:`MAX_UNSIZED_BYTES` are accepted. A transfer
 that does not fit on the disk is refused before it starts.
 
-**Retries** (:func:`fetch_verified` only): a transfer that breaks (no answer for the stall timeout, a
-connection reset or closed before the announced size, HTTP 5xx, 408 or 429) is tried again up to
-``$MEDNF_HTTP_RETRIES`` more times (default :data:`RETRIES`; 0: never), after waiting :data:`RETRY_DELAY_S`,
-then twice as long each time, or the server's ``Retry-After`` seconds (at most :data:`MAX_RETRY_AFTER_S`).
-A connection refused is retried only after an earlier attempt reached the server. Never retried: other
-4xx answers, URL-policy refusals, a complete body of the wrong size or digest, a full disk, an exceeded
-deadline; the deadline bounds all attempts and waits together. A retry resumes where the ``.part`` file
-ends (``Range: bytes=N-``) when the server answers ``206`` with exactly ``bytes N-(size-1)/size`` and the
-result can still be checked: the caller gave a digest (the digests run over every stored byte, across
-resumes), or the server's strong ``ETag`` is sent as ``If-Range`` and comes back unchanged. Anything else
-(``200``, another range, ``416``, a changed ``ETag``) starts again from byte 0. After the last attempt the
-error is one line: the URL, what happened how many times, and the setting to raise.
+**Retries** (:func:`fetch_verified` only): a transfer that breaks (no answer for the stall timeout, a connection
+reset or closed before the announced size, HTTP 5xx, 408 or 429) is tried again up to ``$MEDNF_HTTP_RETRIES``
+more times (default :data:`RETRIES`; 0: never), after waiting :data:`RETRY_DELAY_S`, then twice as long each
+time, or the server's ``Retry-After`` seconds (at most :data:`MAX_RETRY_AFTER_S`). A connection refused is
+retried only after an earlier attempt reached the server. Never retried: other 4xx answers, URL-policy refusals,
+a URL that cannot be sent (``InvalidURL``), a complete body of the wrong size or digest, a full disk, an exceeded
+deadline; the deadline bounds all attempts and waits together. A retry resumes where the ``.part`` file ends
+(``Range: bytes=N-``) when the server answers ``206`` with exactly ``bytes N-(size-1)/size`` and the result can
+still be checked: the caller gave a digest (the digests run over every stored byte, across resumes), or the
+server's strong ``ETag`` is sent as ``If-Range`` and comes back unchanged. Anything else (``200``, another range,
+``416``, a changed ``ETag``) starts again from byte 0. After the last attempt the error is one line: the URL,
+what happened how many times, and the setting to raise.
 
 Connections are kept alive and reused per host (per process: a forked DataLoader worker starts with none);
 ``$HTTPS_PROXY`` / ``$NO_PROXY`` are honoured for ``https://`` (a CONNECT tunnel).
@@ -111,6 +113,19 @@ def shown(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+URL_SETTINGS = ("MEDNF_ZENODO_URL", "MEDNF_MEDMNIST_URL", "MEDNF_HF_ENDPOINT", "HF_ENDPOINT")
+
+
+def url_setting(url: str) -> str | None:
+    """The environment variable of :data:`URL_SETTINGS` whose value ``url`` starts with (up to a template's
+    first ``{``), or None: where a wrong URL came from, for a message."""
+    for name in URL_SETTINGS:
+        stem = os.environ.get(name, "").split("{", 1)[0].rstrip("/")
+        if stem and url.startswith(stem):
+            return name
+    return None
+
+
 def check_url(url: str, *, allowed_hosts: Collection[str] | None, what: str = "URL",
               previous: str | None = None) -> str:
     """``url`` if mednf may fetch it, else a one-line :class:`DownloadError`.
@@ -118,7 +133,18 @@ def check_url(url: str, *, allowed_hosts: Collection[str] | None, what: str = "U
     Allowed: ``https://``, or ``http://`` to 127.0.0.1 / ``::1`` / ``localhost``. ``allowed_hosts``
     (values of :func:`url_host`, e.g. ``{"zenodo.org"}``) limits the host too; ``None`` checks the
     scheme only. ``previous``: the URL that redirected here (``https://`` may not lead to ``http://``).
-    ``what`` names the URL in the message (e.g. ``"Zenodo record 1's link for X.tar"``)."""
+    ``what`` names the URL in the message (e.g. ``"Zenodo record 1's link for X.tar"``). A URL with a space
+    or a control character is a :class:`ConfigError` naming the variable it came from (a redirect to one: a
+    DownloadError)."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        setting = url_setting(url)
+        source = f" (from {setting})" if setting else ""
+        if previous is not None:
+            raise DownloadError(f"{what} {shown(url)!r} is refused: it contains a space or a control character; "
+                                "the server redirects where mednf does not follow: tell its owner")
+        raise ConfigError(f"{what} {shown(url)!r}{source} is refused: it contains a space or a control character, "
+                          "which no URL may hold; write a space as %20 and fix "
+                          + (setting if setting else "the address"))
     parts = urllib.parse.urlsplit(url)
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     redirected = "the server redirects where mednf does not follow: use another address or copy, or tell its owner"
@@ -171,19 +197,26 @@ def stall_timeout() -> float:
     return _seconds("MEDNF_HTTP_TIMEOUT", TIMEOUT_S)
 
 
+def deadline(size: int | None = None) -> float:
+    """Seconds a transfer of ``size`` bytes (None: unknown) may take in all: ``$MEDNF_HTTP_DEADLINE`` (read
+    now), else :data:`DEADLINE_S` plus one second per :data:`DEADLINE_RATE` bytes."""
+    if os.environ.get("MEDNF_HTTP_DEADLINE", "").strip():
+        return _seconds("MEDNF_HTTP_DEADLINE", DEADLINE_S)
+    return DEADLINE_S + (size or 0) / DEADLINE_RATE
+
+
 class _Clock:
     """The time budget of one transfer: each socket wait is the stall timeout, cut at the deadline."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
         self.stall = stall_timeout()
-        self.fixed = bool(os.environ.get("MEDNF_HTTP_DEADLINE", "").strip())
-        self.limit = _seconds("MEDNF_HTTP_DEADLINE", DEADLINE_S)
+        self.limit = deadline()
 
     def expect(self, size: int | None) -> None:
         """A transfer of ``size`` bytes: the default deadline grows by ``size / DEADLINE_RATE`` seconds."""
-        if size and not self.fixed:
-            self.limit = DEADLINE_S + size / DEADLINE_RATE
+        if size:
+            self.limit = deadline(size)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -270,6 +303,8 @@ def _failure(url: str, err: BaseException, clock: _Clock) -> TransferError:
     if isinstance(err, socket.gaierror):
         return TransferError(url, f"host not found ({shown(str(err.strerror), 60)})",
                              "check the address and the network")
+    if isinstance(err, http.client.InvalidURL):  # nothing was sent: the same URL can never succeed
+        return TransferError(url, f"not a valid URL: {shown(str(err), 80)}", "check the address")
     if isinstance(err, http.client.HTTPException):
         return TransferError(url, f"a broken HTTP answer ({type(err).__name__})", "the server failed: try again later",
                              transient=True)
@@ -439,6 +474,9 @@ class Answer:
             if len(data) > limit:
                 raise TransferError(self.url, f"it sends more than the {limit} bytes expected", "check the address",
                                     too_large=True)
+        if self.length is not None and len(data) < self.length:
+            raise _Truncated(self.url, f"the transfer ended early: {len(data)} of the {self.length} bytes announced "
+                             "arrived", "the server closed the connection too soon: try again later", transient=True)
         return bytes(data)
 
 
@@ -679,7 +717,8 @@ def fetch_verified(url: str, target: Path, *, size: int | None, sha256: str | No
     and resumed as the module's docstring says (**Retries**)."""
     from tqdm.auto import tqdm
 
-    clock, allowed = _Clock(), retries()  # a wrong setting is refused before anything is created
+    check_url(url, allowed_hosts=allowed_hosts)  # a refused URL, or a wrong setting, before anything is created
+    clock, allowed = _Clock(), retries()
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     partial.unlink(missing_ok=True)  # left by a killed process that had this pid, or planted: unlink never follows

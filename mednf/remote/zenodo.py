@@ -73,6 +73,8 @@ class Record:
             raise self.malformed(f"the links of {key}", links, 'an object with a "self" URL')
         md5 = checksum.removeprefix("md5:") if checksum.startswith("md5:") else ""
         url = links.get("self") or f"{self.base}/records/{self.id}/files/{urllib.parse.quote(key)}?download=1"
+        if any(c.isspace() or not c.isprintable() for c in url):  # the record's fault, not a setting's
+            raise self.malformed(f"the link of {key}", url, "a URL (no space or control character)")
         check_url(url, allowed_hosts=zenodo_hosts(self.base), what=f"Zenodo record {self.id}'s link for {key}")
         return RecordFile(key, size, md5 if _MD5.fullmatch(md5) else None, url)
 
