@@ -9,7 +9,8 @@ Where a file is looked for: ``--medmnist-root`` / ``root=``, else ``$MEDMNIST_RO
 default ``~/.medmnist``. A missing file is downloaded (``urllib``, timeout, progress bar) to a temporary
 name beside the target, its md5 checked while streaming, then renamed: a half-downloaded or corrupt file
 never sits under the real name; ``$MEDNF_OFFLINE=1`` forbids it (the error names the file and where it
-goes). ``$MEDNF_MEDMNIST_URL`` replaces the URL template (mirrors, tests).
+goes). ``$MEDNF_MEDMNIST_URL`` replaces the URL template (mirrors, tests); it must hold exactly one
+``{file}`` field (checked where it is read: a one-line ConfigError otherwise).
 
 Images are returned channels first, ``[N, D, *spatial]``, as stored (uint8 0..255, or float in [0, 1]);
 the engine converts each batch to float32.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import string
 import zipfile
 import zlib
 from pathlib import Path
@@ -26,9 +28,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mednf.errors import DownloadError, SourceError
+from mednf.errors import ConfigError, DownloadError, SourceError
 from mednf.format.splits import SPLITS
-from mednf.io.http import fetch_verified
+from mednf.io.http import fetch_verified, shown
 from mednf.sources.base import SplitData
 
 if TYPE_CHECKING:
@@ -54,9 +56,37 @@ def file_md5(path: Path) -> str:
 
 
 def source_url(spec: BuilderSpec) -> str:
-    """The download URL of the spec's file (``$MEDNF_MEDMNIST_URL`` replaces the template)."""
-    template = os.environ.get("MEDNF_MEDMNIST_URL") or spec.source.url
+    """The download URL of the spec's file (``$MEDNF_MEDMNIST_URL`` replaces the template); a template that
+    is not a URL with exactly one ``{file}`` field is a one-line :class:`ConfigError` (:func:`check_template`)."""
+    template = os.environ.get("MEDNF_MEDMNIST_URL")
+    if template:
+        check_template(template, "MEDNF_MEDMNIST_URL")  # the builder file's url is checked when it is loaded
+    else:
+        template = spec.source.url
     return template.format(file=spec.source.file_name)
+
+
+def check_template(template: str, origin: str) -> None:
+    """A URL template must hold exactly one field, ``{file}`` (no conversion, no format spec; a literal
+    brace is written ``{{`` or ``}}``) and no space or control character; else a ConfigError naming
+    ``origin`` (the variable or builder file it came from), its value (shortened) and the expected form."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as err:  # a lone "{" or "}"
+        problem = f"it is not a valid template ({err})"
+    else:
+        problem = ""
+        if fields != [("file", "", None)]:
+            found = ", ".join("{" + shown(name, 20) + (f"!{conversion}" if conversion else "")
+                              + (f":{shown(spec, 20)}" if spec else "") + "}" for name, spec, conversion in fields)
+            problem = f"it has the field(s) {found}" if fields else "it has no {file} field"
+        elif any(c.isspace() or not c.isprintable() for c in template):
+            problem = "it contains a space or a control character (write a space as %20)"
+    if problem:
+        raise ConfigError(f"{origin} is {shown(template, 80)!r}: {problem}; expected a URL with exactly one "
+                          "{file} field where the file name goes, e.g. https://mirror.example/medmnist/{file} "
+                          "(a literal brace is written {{ or }})")
 
 
 def download(url: str, target: Path, md5: str, *, progress: bool = True) -> None:
