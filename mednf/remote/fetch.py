@@ -1,7 +1,7 @@
 """Whole-file reads of a published dataset folder by URL, each verified against the manifest as it arrives.
 
-:class:`RemoteFolder` turns ``https://host/path/DermaNF`` (or ``s3://``, ``gs://``, ``az://``, ``hf://`` where the
-user has installed that fsspec filesystem: s3fs, gcsfs, adlfs, huggingface_hub) and a relative path into bytes:
+:class:`RemoteFolder` turns ``https://host/path/DermaNF`` (or ``hf://datasets/ORG/NAME``, or ``s3://``, ``gs://``,
+``az://`` where the user has installed that fsspec filesystem: s3fs, gcsfs, adlfs) and a relative path into bytes:
 
 - :meth:`~RemoteFolder.fetch` GETs the **whole file** (no ``Range`` request), at most the manifest's size plus
   one byte, then checks its size and sha256 against the manifest's entry. A file the manifest declares
@@ -13,6 +13,10 @@ user has installed that fsspec filesystem: s3fs, gcsfs, adlfs, huggingface_hub) 
   URL policy on the address and on every redirect (``https://`` anywhere, ``http://`` only to loopback hosts,
   never from ``https://`` to ``http://``), the stall timeout and total deadline (``$MEDNF_HTTP_TIMEOUT``,
   ``$MEDNF_HTTP_DEADLINE``), and a size limit read incrementally (``mednf.json``: :data:`MAX_MANIFEST_BYTES`).
+- ``hf://datasets/ORG/NAME[@REVISION][/path]`` is read the same way, from the Hub's file URLs
+  ``{endpoint}/datasets/ORG/NAME/resolve/{REVISION or main}/path`` (:func:`hf_resolve_url`; the endpoint is
+  ``$MEDNF_HF_ENDPOINT``, else ``$HF_ENDPOINT``, else https://huggingface.co: :func:`hf_endpoint`). No token
+  is sent: only public repositories are read this way (a 401/403 says how to read a private one).
 - Object stores (:data:`OBJECT_STORES`) are read through fsspec, by a byte range that ends at the same limit;
   their SDKs' own timeouts apply. Every other scheme (``ftp://``, ``file://``, ``gopher://``, …) is refused
   before anything is fetched.
@@ -36,6 +40,7 @@ import hashlib
 import os
 import re
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +54,12 @@ from mednf.optional import optional_import
 MAX_MANIFEST_BYTES = 64 << 20  # the manifest of the largest MedNF set (ChestNF: ~1,300 files) is ~300 KB
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 OBJECT_STORES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
-                 "abfss": "adlfs", "hf": "huggingface_hub"}  # scheme → the package of its fsspec filesystem
+                 "abfss": "adlfs"}  # scheme → the package of its fsspec filesystem
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+HF_ENDPOINT_SETTINGS = ("MEDNF_HF_ENDPOINT", "HF_ENDPOINT")  # the first one set is the Hub mednf talks to
+_HF_URL = re.compile(r"hf://datasets/(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<rev>refs/(?:pr|convert)/[^/]+|[^/]+))?"
+                     r"(?P<path>/.*)?", re.IGNORECASE)
+_HF_FORM = "hf://datasets/ORG/NAME[@REVISION][/folder]"
 
 
 def is_url(name_or_path: Any) -> bool:
@@ -57,10 +67,49 @@ def is_url(name_or_path: Any) -> bool:
     return isinstance(name_or_path, str) and bool(_URL.match(name_or_path))
 
 
+def hf_endpoint() -> str:
+    """The Hugging Face Hub mednf talks to (no trailing ``/``): ``$MEDNF_HF_ENDPOINT``, else ``$HF_ENDPOINT``,
+    else :data:`DEFAULT_HF_ENDPOINT`."""
+    for name in HF_ENDPOINT_SETTINGS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value.rstrip("/")
+    return DEFAULT_HF_ENDPOINT
+
+
+def check_hf_endpoint(endpoint: str, purpose: str) -> str:
+    """``endpoint`` if mednf may talk to it (:func:`mednf.io.http.check_url`'s policy: https://, or http:// to
+    a loopback host), else a one-line ConfigError naming the variable it came from; ``purpose``: what it is for
+    (e.g. ``"reading hf:// URLs"``)."""
+    try:
+        http.check_url(endpoint, allowed_hosts=None, what="the Hub endpoint")
+    except DownloadError:
+        setting = next((name for name in HF_ENDPOINT_SETTINGS if os.environ.get(name, "").strip()), None)
+        raise ConfigError(f"the Hub endpoint {http.shown(endpoint)!r}" + (f" ({setting})" if setting else "")
+                          + f" is refused for {purpose}: mednf talks only to https:// (http:// only to 127.0.0.1, "
+                          f"::1 or localhost); fix {setting or 'it'}") from None
+    return endpoint
+
+
+def hf_resolve_url(url: str) -> str:
+    """The Hub URL that serves the folder ``hf://datasets/ORG/NAME[@REVISION][/path]``:
+    ``{endpoint}/datasets/ORG/NAME/resolve/{REVISION or main}[/path]`` (a ConfigError for any other ``hf://``
+    form, or an endpoint the URL policy refuses)."""
+    match = _HF_URL.fullmatch(url)
+    if match is None or ".." in match["repo"].split("/"):
+        raise ConfigError(f"dataset URL {http.shown(url)!r} is not one mednf reads: expected {_HF_FORM} (a dataset "
+                          "repository of the Hugging Face Hub)")
+    revision = urllib.parse.quote(urllib.parse.unquote(match["rev"] or "main"), safe="")
+    endpoint = check_hf_endpoint(hf_endpoint(), "reading hf:// URLs")
+    return f"{endpoint}/datasets/{match['repo']}/resolve/{revision}{(match['path'] or '').rstrip('/')}"
+
+
 def check_folder_url(url: str) -> str:
     """The scheme of dataset URL ``url`` if mednf reads it (see the module docstring), else a ConfigError."""
     protocol = url.split("://", 1)[0].lower()
-    if protocol in ("http", "https"):
+    if protocol == "hf":
+        url = hf_resolve_url(url)
+    if protocol in ("http", "https", "hf"):
         try:
             http.check_url(url, allowed_hosts=None, what="dataset URL")
         except DownloadError:
@@ -70,7 +119,7 @@ def check_folder_url(url: str) -> str:
     elif protocol not in OBJECT_STORES:
         stores = ", ".join(f"{scheme}://" for scheme in OBJECT_STORES)
         raise ConfigError(f"dataset URL {http.shown(url)!r} is refused: mednf reads https:// (http:// only from "
-                          f"127.0.0.1, ::1 or localhost) and the object stores {stores}; use one of those")
+                          f"127.0.0.1, ::1 or localhost), {_HF_FORM} and the object stores {stores}; use one of those")
     return protocol
 
 
@@ -84,6 +133,9 @@ class RemoteFolder:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.protocol = check_folder_url(self.url)
+        # the http(s) address its files are read from (None: an object store, read through fsspec)
+        self.http_base = hf_resolve_url(self.url) if self.protocol == "hf" else (
+            self.url if self.protocol in ("http", "https") else None)
         self._fs: Any = None
         self._path = ""
         self._pid = -1
@@ -165,15 +217,23 @@ class RemoteFolder:
         beyond), at most ``limit + 1`` from an object store; FileNotFoundError passes through, every other
         failure is a DownloadError."""
         url = self.file_url(rel)
-        if self.protocol in ("http", "https"):
+        if self.http_base is not None:
+            address = f"{self.http_base}/{rel}"
             try:
-                return http.read_bytes(url, limit=limit, expected=expected)
+                return http.read_bytes(address, limit=limit, expected=expected)
             except http.TransferError as err:
                 if err.status == 404:
                     raise FileNotFoundError(url) from None
                 if err.too_large:
                     raise _TooLarge from None
-                raise DownloadError(f"could not read {http.shown(url)} ({err.reason}); {err.fix}") from None
+                if self.protocol == "hf" and err.status in (401, 403):
+                    raise DownloadError(f"could not read {http.shown(url)} ({err.reason} from {http.shown(address)}): "
+                                        "the repository is private or does not exist, and private repositories are "
+                                        "not read through hf:// (no token is sent); check the name, or download a "
+                                        "copy (`hf download ORG/NAME --repo-type dataset --local-dir DIR`, or "
+                                        "`mednf download NAME --source hf` for a registered dataset) and open "
+                                        "that") from None
+                raise DownloadError(f"could not read {http.shown(address)} ({err.reason}); {err.fix}") from None
         fs, root = self.filesystem()
         try:
             return fs.cat_file(f"{root}/{rel}", start=0, end=limit + 1)  # a range: a larger object is not read

@@ -11,7 +11,6 @@ the registered copies are public.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import urllib.parse
@@ -26,7 +25,7 @@ from mednf.format.writer import DatasetWriter, SplitIndex, index_digest, latent_
 from mednf.io import jsonsafe
 from mednf.io.files import sha256_file
 from mednf.io.http import fetch_verified, get_json, read_bytes
-from mednf.remote.fetch import MAX_MANIFEST_BYTES
+from mednf.remote.fetch import MAX_MANIFEST_BYTES, hf_endpoint
 from mednf.remote.install import fetch_folder, install
 from mednf.remote.registry import offline_check, registry_entry
 from mednf.sources.kinds import source_card_line
@@ -48,7 +47,7 @@ def download_hf(name: str, *, root: str | Path | None = None, endpoint: str | No
         raise DownloadError(f"{key} has no HF Hub repository in the registry; try --source zenodo or build it")
     home = Path(root).expanduser() if root else mednf_home()
     target = home / key
-    endpoint = endpoint or os.environ.get("MEDNF_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    endpoint = endpoint or hf_endpoint()
 
     def produce(tmp: Path) -> None:
         offline_check(key, f"on a machine that reaches {endpoint}, run `mednf download {key} --source hf --root DIR` "
