@@ -495,7 +495,7 @@ def test_a_path_of_an_unknown_user_is_one_line(args):
 
 def test_building_another_dataset_into_a_dataset_folder_says_it_holds_another_dataset(phantom_dir, tmp_path):
     from mednf.building.api import build as build_api
-    
+
     builder = tmp_path / "mine.toml"
     builder.write_text((Path(__file__).resolve().parents[1] / "builders" / "phantomnf.toml").read_text()
                        .replace('name = "PhantomNF"', 'name = "OtherNF"', 1))
