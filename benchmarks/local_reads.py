@@ -5,6 +5,7 @@ Usage::
     git worktree add /tmp/base <commit>                    # the code to compare with
     python benchmarks/local_reads.py --old /tmp/base       # N=100000 rows, P=64, chunks of 1024 rows
     python benchmarks/local_reads.py --old /tmp/base --rows 20000 --latent-dim 2048   # the paper's P
+    python benchmarks/local_reads.py --old /tmp/base --chunk-reads    # also this checkout with MEDNF_UNPACK=0
 
 A dataset is written into a temporary folder with mednf's own writer (a tiny real PhantomNF build supplies
 the manifest; its train split is replaced by ``--rows`` random latents of size ``--latent-dim`` in chunks of
@@ -16,10 +17,17 @@ did the sha256 verification (remembered), so each one pays what a user pays on a
 - **random ds[i]**: ``--random-items`` uniformly random ``ds[i]``;
 - **dataloader**: ``ds.dataloader(256)`` over the split, in order (one gather per batch);
 - **shuffled batches**: ``DataLoader(ds, batch_size=256, shuffle=True)`` (``__getitems__``);
-- **whole split**: ``np.asarray(ds.latents)``.
+- **whole split**: ``np.asarray(ds.latents)`` and a sum over every value (a memory map is only read when its
+  pages are touched);
+- **first access**: seconds of the first ``ds[0]`` of a fresh load, with ``$MEDNF_HOME/.unpacked`` removed
+  first: what unpacks a split (this code) or reads it whole (eager code). It runs first, so the other modes
+  of an unpacking code map the file it left, as every load after a split's first one does.
 
-Each process reports its peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and its RSS after the
-imports, so the growth is what the reads cost in memory.
+Each process reports its peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, which counts the pages of
+a memory map it touched) and its RSS after the imports, and at the end of the mode (dataset still open) Rss,
+Private (Private_Clean + Private_Dirty) and Anonymous of ``/proc/self/smaps_rollup``: pages of a mapped
+file are Rss, and Private while no other process maps them, but never Anonymous; the OS can drop them at
+any time (they are its page cache), which it cannot do for anonymous memory.
 """
 
 from __future__ import annotations
@@ -27,13 +35,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-MODES = ("seq ds[i]", "random ds[i]", "dataloader", "shuffled batches", "whole split")
+MODES = ("first access", "seq ds[i]", "random ds[i]", "dataloader", "shuffled batches", "whole split")
+SPEED = MODES[1:]  # reported in rows/s; first access in seconds
+
+
+def smaps() -> dict[str, int]:
+    """Rss, Private and Anonymous of this process now (MiB), from ``/proc/self/smaps_rollup`` (empty if absent)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            kib = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[-1:] == ["kB"]}
+    except OSError:
+        return {}
+    return {"rss": kib["Rss"] // 1024, "private": (kib["Private_Clean"] + kib["Private_Dirty"]) // 1024,
+            "anonymous": kib["Anonymous"] // 1024}
 
 
 def make_dataset(out: Path, rows: int, latent_dim: int, chunk_rows: int, scratch: Path) -> None:
@@ -84,7 +105,10 @@ def measure(root: str, mode: str, random_items: int) -> dict[str, object]:
     ds = mednf.load(root, split="train")
     n = len(ds)
     start = time.perf_counter()
-    if mode == "seq ds[i]":
+    if mode == "first access":
+        ds[0]
+        count = 1
+    elif mode == "seq ds[i]":
         for i in range(n):
             ds[i]
         count = n
@@ -100,16 +124,23 @@ def measure(root: str, mode: str, random_items: int) -> dict[str, object]:
                                              generator=torch.Generator().manual_seed(0))
         count = sum(len(b["latent"]) for b in loader)
     else:
-        count = len(np.asarray(ds.latents))
+        whole = np.asarray(ds.latents)
+        float(whole.sum(dtype=np.float64))  # every value read
+        count = len(whole)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux → MiB (the parent is small)
-    return {"rows_per_s": count / seconds, "peak_rss_mib": peak, "rss_after_imports_mib": rss_before,
+    return {"rows_per_s": count / seconds, "seconds": seconds, "peak_rss_mib": peak,
+            "rss_after_imports_mib": rss_before, "now": smaps(), "latents": type(ds.latents).__name__,
+            "unpacked_bytes": sum(f.stat().st_size for f in Path(os.environ["MEDNF_HOME"], ".unpacked").rglob("*.npy")),
             "mednf": str(Path(mednf.__file__).parent)}
 
 
-def run_child(code: Path, root: Path, mode: str, random_items: int, home: str) -> dict[str, object]:
-    """:func:`measure` in a fresh process importing mednf from ``code``."""
-    env = {**os.environ, "PYTHONPATH": str(code), "MEDNF_HOME": home, "OMP_NUM_THREADS": "1"}
+def run_child(code: Path, root: Path, mode: str, random_items: int, home: str,
+              unpack: str = "1") -> dict[str, object]:
+    """:func:`measure` in a fresh process importing mednf from ``code`` (``unpack``: ``MEDNF_UNPACK``)."""
+    if mode == "first access":
+        shutil.rmtree(Path(home) / ".unpacked", ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(code), "MEDNF_HOME": home, "OMP_NUM_THREADS": "1", "MEDNF_UNPACK": unpack}
     out = subprocess.run([sys.executable, __file__, "--child", str(root), mode, str(random_items)], env=env,
                          check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
@@ -137,7 +168,11 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int, default=64)
     parser.add_argument("--chunk-rows", type=int, default=1024)
     parser.add_argument("--random-items", type=int, default=20_000)
+    parser.add_argument("--chunk-reads", action="store_true", help="also measure the new code with MEDNF_UNPACK=0")
     args = parser.parse_args()
+    variants = [("old", args.old.resolve(), "1"), ("new", args.new.resolve(), "1")]
+    if args.chunk_reads:
+        variants.append(("new, MEDNF_UNPACK=0", args.new.resolve(), "0"))
     with tempfile.TemporaryDirectory() as tmp:
         home = str(Path(tmp) / "home")
         os.environ["MEDNF_HOME"] = home  # remembered verifications stay in the temporary folder
@@ -150,20 +185,30 @@ def main() -> None:
                        check=True, capture_output=True)
         made = time.perf_counter() - started
         stored = sum(f.stat().st_size for f in (root / "latents.zarr" / "train").rglob("*") if f.is_file())
-        results = {name: {mode: run_child(code, root, mode, args.random_items, home) for mode in MODES}
-                   for name, code in (("old", args.old.resolve()), ("new", args.new.resolve()))}
+        results = {name: {mode: run_child(code, root, mode, args.random_items, home, unpack) for mode in MODES}
+                   for name, code, unpack in variants}
+        unpacked = max(int(str(r["first access"]["unpacked_bytes"])) for r in results.values())
     print(f"train split {args.rows} × P={args.latent_dim} float32 ({args.rows * args.latent_dim * 4 / 2**20:.1f} MiB "
-          f"in memory, {stored / 2**20:.1f} MiB stored), chunks of {args.chunk_rows} rows; written in {made:.0f} s\n")
-    print("| code | " + " | ".join(MODES) + " |")
+          f"in memory, {stored / 2**20:.1f} MiB stored, {unpacked / 2**20:.1f} MiB unpacked), chunks of "
+          f"{args.chunk_rows} rows; written in {made:.0f} s\n")
+    print("| code | first access | " + " | ".join(SPEED) + " |")
     print("|---|" + "---:|" * len(MODES))
     for name, by_mode in results.items():
-        cells = [f"{r['rows_per_s']:,.0f} rows/s" for r in by_mode.values()]
+        cells = [f"{by_mode['first access']['seconds']:.2f} s"]
+        cells += [f"{by_mode[mode]['rows_per_s']:,.0f} rows/s" for mode in SPEED]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\npeak RSS of each process (MiB), after imports → peak:\n")
+    kinds = [f"{name}: {by_mode[SPEED[0]]['latents']}" for name, by_mode in results.items()]
+    print(f"\nds.latents is a {', '.join(kinds)}")
+    print("\nmemory of each process (MiB): RSS after imports → peak RSS; at the end Rss / Private / Anonymous:\n")
     print("| code | " + " | ".join(MODES) + " |")
     print("|---|" + "---:|" * len(MODES))
     for name, by_mode in results.items():
-        cells = [f"{r['rss_after_imports_mib']} → {r['peak_rss_mib']}" for r in by_mode.values()]
+        cells = []
+        for r in by_mode.values():
+            now = r["now"]
+            assert isinstance(now, dict)
+            end = f"; {now['rss']} / {now['private']} / {now['anonymous']}" if now else ""
+            cells.append(f"{r['rss_after_imports_mib']} → {r['peak_rss_mib']}{end}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
