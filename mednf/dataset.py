@@ -52,7 +52,7 @@ from mednf.errors import ConfigError, FormatError, TransformError
 from mednf.figures import dataset_figure
 from mednf.format.lazy import DEFAULT_CACHE_BYTES, LazyLatents
 from mednf.format.reader import DatasetFiles, open_dataset
-from mednf.format.splits import canonical_split, check_split, hf_split
+from mednf.format.splits import SplitPart, canonical_split, check_split, hf_split
 from mednf.optional import optional_import
 from mednf.remote.fetch import is_url
 from mednf.remote.lazy import open_remote
@@ -79,11 +79,14 @@ class MedNFDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, split: str, *, device: str | torch.device | None = None,
                  image_size: int | Sequence[int] | None = None, verify: bool = True,
-                 files: DatasetFiles | RemoteFiles | None = None, transform: Transform | None = None) -> None:
+                 files: DatasetFiles | RemoteFiles | None = None, transform: Transform | None = None,
+                 window: SplitPart | None = None) -> None:
         """``root``: a dataset folder or a URL (:func:`open_files`). ``verify``: check every file's sha256
         against the manifest first (remembered while the files are unchanged, see :mod:`mednf.format.reader`);
         ``files``: an already opened handle (shared by splits); ``transform``: applied to every item (see the
-        module docstring). ``split`` may be ``"validation"`` for ``"val"``."""
+        module docstring). ``split`` may be ``"validation"`` for ``"val"``. ``window``: only the rows
+        ``[window.start, window.stop)`` of the split (Hugging Face's ``"train[:10%]"``, see :func:`mednf.load`),
+        indexed from 0 as a split of their own."""
         if transform is not None and not callable(transform):
             raise ConfigError(f"transform = {transform!r} is invalid: expected a function item -> item")
         self.files = files or open_files(root, verify=verify)
@@ -97,6 +100,10 @@ class MedNFDataset(torch.utils.data.Dataset):
         self.device = torch.device(device) if device is not None else None
         self.image_size = image_size
         self.transform = transform
+        self._window = window if window is not None and (window.start, window.stop) != (0, self.manifest.splits[
+            self.split].count) else None
+        self.split_spec = (f"{self.split}[{self._window.start}:{self._window.stop}]" if self._window is not None
+                           else self.split)  # what this view holds, in Hugging Face's split syntax
         self._read_index()
         self._latents: np.ndarray | LazyLatents | None = None
         self._theta: dict[str, Tensor] | None = None
@@ -120,6 +127,11 @@ class MedNFDataset(torch.utils.data.Dataset):
                                   f"{self.labels.max()}, the manifest names {len(self.label_names)} classes; "
                                   "rebuild it or download it again")
         self._index_table = table
+        if self._window is not None:  # views of the split's arrays, no copies
+            rows = slice(self._window.start, self._window.stop)
+            self.rows, self.source_index, self.psnr, self.ssim, self.labels = (
+                self.rows[rows], self.source_index[rows], self.psnr[rows], self.ssim[rows], self.labels[rows])
+            self._index_table = table.slice(self._window.start, len(self.rows))
 
     # ----------------------------------------------------------------- latents
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers (spawn) reopen what they need
@@ -135,7 +147,8 @@ class MedNFDataset(torch.utils.data.Dataset):
         (``np.asarray`` → all of it, a new array). Opened on first use (files unchanged, shape); each chunk's
         rows are checked finite as it is read or unpacked."""
         if self._latents is None:
-            self._latents = self.files.latent_rows(self.split)
+            latents = self.files.latent_rows(self.split)
+            self._latents = latents if self._window is None else row_window(latents, self._window)
         return self._latents
 
     def __len__(self) -> int:
@@ -146,7 +159,7 @@ class MedNFDataset(torch.utils.data.Dataset):
         return positions(idx, len(self.rows), self._describe)
 
     def _describe(self) -> str:
-        return f"{self.name} {self.split}"
+        return f"{self.name} {self.split_spec}"
 
     def __getitem__(self, idx: IndexLike) -> dict[str, Any]:
         pos = self._positions(idx)
@@ -162,7 +175,7 @@ class MedNFDataset(torch.utils.data.Dataset):
 
             items = self.__getitems__(pos.tolist())
             if not items:
-                raise IndexError(f"an empty batch index of {self.name} {self.split}: nothing to transform")
+                raise IndexError(f"an empty batch index of {self.name} {self.split_spec}: nothing to transform")
             return default_collate(items)
         batch = {"latent": torch.from_numpy(self.latents[pos]), "label": torch.from_numpy(self.labels[pos]),
                  "index": torch.from_numpy(self.source_index[pos]), "psnr": torch.from_numpy(self.psnr[pos])}
@@ -196,11 +209,11 @@ class MedNFDataset(torch.utils.data.Dataset):
             out = self.transform(item)
         except Exception as err:
             reason = (str(err).splitlines() or [""])[0]
-            raise TransformError(f"transform {name} failed on sample {pos} of {self.name} {self.split} (source "
+            raise TransformError(f"transform {name} failed on sample {pos} of {self.name} {self.split_spec} (source "
                                  f"index {int(self.source_index[pos])}): {type(err).__name__}"
                                  + (f": {reason}" if reason else "") + "; fix the transform") from err
         if out is None:
-            raise TransformError(f"transform {name} returned None for sample {pos} of {self.name} {self.split}: "
+            raise TransformError(f"transform {name} returned None for sample {pos} of {self.name} {self.split_spec}: "
                                  "expected the item; return it (e.g. `return item` after changing it)")
         return out
 
@@ -252,8 +265,8 @@ class MedNFDataset(torch.utils.data.Dataset):
         bad = ~torch.isfinite(images.flatten(1)).all(dim=1)  # [n]: a finite but absurd latent overflows
         if bool(bad.any()):
             rows = pos[bad.numpy()][:3].tolist()
-            raise FormatError(f"decoding rows {rows} of {self.name} {self.split} gives NaN/inf: their latents are out "
-                              "of any trained range (damaged or edited); rebuild it or download it again")
+            raise FormatError(f"decoding rows {rows} of {self.name} {self.split_spec} gives NaN/inf: their latents are "
+                              "out of any trained range (damaged or edited); rebuild it or download it again")
         return images
 
     def _spatial(self, size: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -310,12 +323,13 @@ class MedNFDataset(torch.utils.data.Dataset):
         table = pa.table({"latent": pa.FixedSizeListArray.from_arrays(values, P), "label": label,
                           "index": pa.array(self.source_index, pa.int64()), "psnr": pa.array(self.psnr, pa.float32()),
                           "ssim": pa.array(self.ssim, pa.float32())})
-        info = datasets.DatasetInfo(features=self.hf_features(), description=f"{self.name} ({self.split})")
+        info = datasets.DatasetInfo(features=self.hf_features(), description=f"{self.name} ({self.split_spec})")
         # datasets would otherwise fingerprint the table by serialising all of it (7 s for 100k × 2048);
         # the manifest's checksums already identify the content
-        files = json.dumps({k: v.sha256 for k, v in self.manifest.files.items()}, sort_keys=True) + self.split
+        files = json.dumps({k: v.sha256 for k, v in self.manifest.files.items()}, sort_keys=True) + self.split_spec
         fingerprint = hashlib.sha256(files.encode()).hexdigest()[:16]
-        hf = datasets.Dataset(in_memory_table(table), info=info, split=datasets.NamedSplit(hf_split(self.split)),
+        named = hf_split(self.split) + self.split_spec[len(self.split):]  # "validation[0:10]"
+        hf = datasets.Dataset(in_memory_table(table), info=info, split=datasets.NamedSplit(named),
                               fingerprint=fingerprint)
         if decode:
             spatial, field_cfg, theta = self._spatial(size), self.config.field, self.theta()
@@ -330,7 +344,109 @@ class MedNFDataset(torch.utils.data.Dataset):
         return hf
 
     def __repr__(self) -> str:
-        return (f"MedNFDataset({self.name!r}, split={self.split!r}, samples={len(self)}, "
+        return (f"MedNFDataset({self.name!r}, split={self.split_spec!r}, samples={len(self)}, "
+                f"latent_dim={self.config.field.latent_dim}, root='{self.root}')")
+
+
+class _RowWindow:
+    """Rows ``[start, stop)`` of a lazy latent matrix, indexed as a matrix ``[stop - start, P]`` of its own (no row
+    is read until indexed)."""
+
+    def __init__(self, base: LazyLatents, start: int, stop: int) -> None:
+        self.base, self.start, self.stop = base, start, stop
+        self.shape = (stop - start, base.shape[1])
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.base[np.arange(self.start, self.stop)[key]]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        rows = self.base[self.start:self.stop]
+        return rows if dtype is None else rows.astype(dtype)
+
+
+def row_window(latents: np.ndarray | LazyLatents, part: SplitPart) -> np.ndarray | LazyLatents:
+    """The rows of ``part`` of a split's latent matrix: a view of an array (the memory map), else a lazy window."""
+    if isinstance(latents, np.ndarray):
+        return latents[part.start:part.stop]
+    return _RowWindow(latents, part.start, part.stop)  # type: ignore[return-value]  # the same indexing surface
+
+
+class MedNFConcat(torch.utils.data.ConcatDataset):
+    """Several splits or slices of one dataset read as one (``mednf.load(name, split="train+validation")``):
+    items, batches, :meth:`dataloader`, :meth:`decode` and :meth:`to_hf` as on :class:`MedNFDataset`, in the order
+    of the parts; each batch is gathered per part."""
+
+    def __init__(self, parts: list[MedNFDataset], spec: str) -> None:
+        super().__init__(parts)
+        self.parts = parts
+        self.split_spec = spec
+        first = parts[0]
+        self.name, self.root, self.manifest, self.config = first.name, first.root, first.manifest, first.config
+        self.label_names, self.multi_label = first.label_names, first.multi_label
+
+    def _locate(self, pos: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``(part, where in pos, rows of that part)`` for the global positions ``pos`` ``[n]``."""
+        part = np.searchsorted(np.asarray(self.cumulative_sizes), pos, side="right")  # [n]
+        starts = np.concatenate([[0], self.cumulative_sizes[:-1]])
+        return [(k, np.flatnonzero(part == k), pos[part == k] - starts[k]) for k in np.unique(part)]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """One gather per part for a batch (what a ``DataLoader`` calls)."""
+        pos = np.atleast_1d(positions(indices, len(self), f"{self.name} {self.split_spec}"))
+        items: list[dict[str, Any]] = [{} for _ in pos]
+        for k, where, rows in self._locate(pos):
+            for i, item in zip(where, self.parts[k].__getitems__(rows.tolist())):
+                items[i] = item
+        return items
+
+    def __getitem__(self, idx: IndexLike) -> dict[str, Any]:  # type: ignore[override]
+        pos = positions(idx, len(self), f"{self.name} {self.split_spec}")
+        if isinstance(pos, int):
+            return super().__getitem__(pos)
+        from torch.utils.data import default_collate
+
+        return default_collate(self.__getitems__(pos.tolist()))
+
+    def dataloader(self, batch_size: int = 256, *, shuffle: bool = False, drop_last: bool = False,
+                   generator: torch.Generator | None = None, **kwargs: Any) -> torch.utils.data.DataLoader:
+        """As :meth:`MedNFDataset.dataloader`."""
+        from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+        order = RandomSampler(self, generator=generator) if shuffle else SequentialSampler(self)
+        return DataLoader(self, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None, **kwargs)
+
+    @property
+    def latents(self) -> np.ndarray:
+        """The parts' latent matrices one after the other ``[N, P]`` (a new array)."""
+        return np.concatenate([np.asarray(part.latents) for part in self.parts])
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The parts' labels one after the other ``[N]`` (``[N, L]`` multi-label)."""
+        return np.concatenate([part.labels for part in self.parts])
+
+    def decode(self, indices: IndexLike | None = None, **kwargs: Any) -> Tensor:
+        """Images ``[n, D, *size]`` of the samples at ``indices`` (default all); keywords as
+        :meth:`MedNFDataset.decode`."""
+        pos = np.arange(len(self)) if indices is None else np.atleast_1d(
+            positions(indices, len(self), f"{self.name} {self.split_spec}"))
+        pieces = [(where, self.parts[k].decode(rows, **kwargs)) for k, where, rows in self._locate(pos)]
+        out = torch.empty((len(pos), *pieces[0][1].shape[1:]), dtype=pieces[0][1].dtype)
+        for where, images in pieces:
+            out[torch.from_numpy(where)] = images
+        return out
+
+    def to_hf(self, **kwargs: Any) -> Any:
+        """One ``datasets.Dataset`` of all parts (``datasets.concatenate_datasets``); keywords as
+        :meth:`MedNFDataset.to_hf`."""
+        return _datasets().concatenate_datasets([part.to_hf(**kwargs) for part in self.parts])
+
+    def __repr__(self) -> str:
+        return (f"MedNFConcat({self.name!r}, split={self.split_spec!r}, samples={len(self)}, "
                 f"latent_dim={self.config.field.latent_dim}, root='{self.root}')")
 
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 
 from mednf.arguments import optional_positive_int
-from mednf.dataset import MedNFDataset, MedNFDatasetDict, Transform
+from mednf.dataset import MedNFConcat, MedNFDataset, MedNFDatasetDict, Transform
 from mednf.errors import ConfigError, NotFoundError
 from mednf.format.lazy import DEFAULT_CACHE_BYTES
-from mednf.format.reader import open_dataset
-from mednf.format.splits import SPLITS, check_split
+from mednf.format.reader import DatasetFiles, open_dataset
+from mednf.format.splits import SPLITS, check_split, parse_split_spec
 from mednf.lookup import find_dataset, info
 from mednf.remote.fetch import is_url
 from mednf.remote.hf import download_hf
-from mednf.remote.lazy import open_remote
+from mednf.remote.lazy import RemoteFiles, open_remote
 from mednf.remote.registry import is_registered
 from mednf.remote.zenodo import download_zenodo
 
@@ -32,14 +32,18 @@ __all__ = ["find_dataset", "info", "load"]  # find_dataset and info live in medn
 def load(name_or_path: str | Path, split: str | None = "train", *, root: str | Path | None = None,
          source: str = "auto", download: bool = True, device: str | torch.device | None = None,
          verify: bool = True, transform: Transform | None = None,
-         cache_bytes: int | None = None) -> MedNFDataset | MedNFDatasetDict:
+         cache_bytes: int | None = None) -> MedNFDataset | MedNFConcat | MedNFDatasetDict:
     """A MedNF dataset: a directory, a name in the cache (``root`` / ``$MEDNF_HOME``), (``download``) a name
     fetched from Zenodo / the HF Hub, or the URL of a published dataset folder, read lazily.
 
     ``split`` is ``"train"``, ``"val"`` (or its Hugging Face name ``"validation"``), ``"test"``, or None for
-    all three (:class:`MedNFDatasetDict`). ``transform``: ``fn(item) -> item`` applied to every item, one
-    sample at a time (``ds[i]``, DataLoader samples, and each sample of a batch index before stacking; see
-    :mod:`mednf.dataset`); its failure is a one-line :class:`~mednf.errors.TransformError`.
+    all three (:class:`MedNFDatasetDict`); Hugging Face's split syntax selects rows too: ``"train[:1000]"``,
+    ``"train[:10%]"``, ``"test[-50:]"`` (a :class:`MedNFDataset` of those rows, indexed from 0) and
+    ``"train+validation"``, ``"train[:10%]+test"`` (a :class:`~mednf.dataset.MedNFConcat`), with the rows
+    ``datasets`` would take (percentages rounded to the closest row).
+    ``transform``: ``fn(item) -> item`` applied to every item, one sample at a time (``ds[i]``, DataLoader samples,
+    and each sample of a batch index before stacking; see :mod:`mednf.dataset`); its failure is a one-line
+    :class:`~mednf.errors.TransformError`.
     ``verify``: check the sha256 of every file against the manifest before the first read (remembered
     while the files are unchanged; see :mod:`mednf.format.reader`); False skips it. A URL
     (``https://host/path/DermaNF``; ``s3://``, ``gs://``, … with that fsspec filesystem installed) fetches
@@ -56,16 +60,28 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
         raise ConfigError(f"transform = {transform!r} is invalid: expected a function item -> item")
     cache = optional_positive_int(cache_bytes, "cache_bytes", "e.g. 1 << 30 for 1 GiB, or None for the default")
     cache = DEFAULT_CACHE_BYTES if cache is None else cache
-    if split is not None:
+    spec = split if isinstance(split, str) and ("[" in split or "+" in split) else None
+    if split is not None and spec is None:
         split = check_split(split, SPLITS)  # "validation" → "val"
+    files: DatasetFiles | RemoteFiles
     if is_url(name_or_path):
         if source != "auto":
             raise ConfigError(f"source = {source!r} was given with a URL {name_or_path}; use source='auto'")
-        remote = open_remote(str(name_or_path), cache_bytes=cache)
-        if split is None:
-            return MedNFDatasetDict({s: MedNFDataset(remote.root, s, device=device, files=remote, transform=transform)
-                                     for s in remote.manifest.splits})
-        return MedNFDataset(remote.root, split, device=device, files=remote, transform=transform)
+        files = open_remote(str(name_or_path), cache_bytes=cache)
+    else:
+        files = open_dataset(_local(name_or_path, root, source, download), verify=verify, cache_bytes=cache)
+    if split is None:
+        return MedNFDatasetDict({s: MedNFDataset(files.root, s, device=device, files=files, transform=transform)
+                                 for s in files.manifest.splits})
+    if spec is None:
+        return MedNFDataset(files.root, split, device=device, files=files, transform=transform)
+    parts = [MedNFDataset(files.root, part.split, device=device, files=files, transform=transform, window=part)
+             for part in parse_split_spec(spec, {s: v.count for s, v in files.manifest.splits.items()})]
+    return parts[0] if len(parts) == 1 else MedNFConcat(parts, spec)
+
+
+def _local(name_or_path: str | Path, root: str | Path | None, source: str, download: bool) -> Path:
+    """The folder of a local dataset, or of a registered one downloaded now (see :func:`load`)."""
     try:
         path = find_dataset(name_or_path, root)
         if source in ("zenodo", "hf") and Path(name_or_path).expanduser().is_dir():
@@ -76,8 +92,4 @@ def load(name_or_path: str | Path, split: str | None = "train", *, root: str | P
             raise  # nothing to download: the local error (with its "did you mean") is the useful one
         path = download_hf(str(name_or_path), root=root) if source == "hf" else download_zenodo(
             str(name_or_path), root=root)
-    files = open_dataset(path, verify=verify, cache_bytes=cache)
-    if split is None:
-        return MedNFDatasetDict({s: MedNFDataset(path, s, device=device, files=files, transform=transform)
-                                 for s in files.manifest.splits})
-    return MedNFDataset(path, split, device=device, files=files, transform=transform)
+    return path

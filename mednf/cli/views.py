@@ -65,7 +65,8 @@ def _parse_indices(text: str, n: int, printer: Printer) -> list[int]:
 
 @click.command(cls=GuardedCommand)
 @click.argument("name")
-@click.option("--split", default="test", show_default=True, help="train, val (validation) or test.")
+@click.option("--split", default="test", show_default=True,
+              help="train, val (validation) or test; rows of one as in Hugging Face: test[:10%], test[-50:].")
 @click.option("--indices", default="0:16", show_default=True, help="START:STOP, N, or a comma list.")
 @click.option("--size", type=int, help="Decode at this side length (default: the training resolution).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="grid.png, or x.npy for the raw array.")
