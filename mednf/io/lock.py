@@ -6,7 +6,8 @@ dies (even on SIGKILL), so a stale lock file never blocks anyone: only a live ho
 one line, ``<role> <pid>``, written by the holder, so that a refused writer can say who holds it.
 
 Roles: ``build`` (long; others refuse at once rather than wait hours), ``download`` and ``import``
-(a second download of the same name waits for the first, then reuses its result).
+(a second download of the same name waits for the first, then reuses its result), ``export`` (on an
+export's ``--out``: a second export into the same folder is refused at once) and ``remove`` (``mednf cache rm``).
 """
 
 from __future__ import annotations
