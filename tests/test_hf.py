@@ -83,7 +83,7 @@ def test_the_export_config_is_named_by_its_content_and_is_the_default(exported, 
     import datasets
 
     stale = tmp_path / "again" / "PhantomNF" / "data" / "train-00001-of-00002.parquet"  # an earlier export's shard
-    stale.parent.mkdir(parents=True)
+    shutil.copytree(exported, stale.parent.parent)
     shutil.copyfile(exported / "data" / "train-00000-of-00001.parquet", stale)
     again = export_hf(phantom_dir, tmp_path / "again" / "PhantomNF")
     assert not stale.exists()  # it would match data/train-*.parquet: 40 train rows

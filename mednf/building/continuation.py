@@ -19,6 +19,10 @@ in ``<out>/.continue/`` (not content: never exported or checksummed). Continuing
    continuation refused with a one-line error (other source data, say) removes the scratch folder it made
    (:func:`scratch_attempt`).
 
+The scratch folder and the old dataset during the swap (``<parent>/.<Name>.replaced/``) are build folders
+that carry mednf's mark (:func:`mednf.io.files.write_owner_mark`): mednf moves or removes them only then. A
+folder of someone else's at one of those names is a one-line error, never removed, moved or written into.
+
 The settings are the finished build's (its manifest), not the builder file's: a change of settings is a
 new build (``--restart``).
 """
@@ -26,6 +30,7 @@ new build (``--restart``).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -40,9 +45,10 @@ from mednf.building.trainer import BEST, CURVES, LAST
 from mednf.engine.config import EngineConfig
 from mednf.engine.meta import lr_factor
 from mednf.errors import BuildError, ConfigError, MednfError
-from mednf.format.layout import CONTINUE, LOG, MANIFEST, TRAINING_CSV, WORK
+from mednf.format.layout import CONTINUE, LOG, MANIFEST, OWNER_MARK, TRAINING_CSV, WORK, earlier_build
 from mednf.format.manifest import Manifest
 from mednf.format.tensors import load_tensors, save_tensors
+from mednf.io.files import make_scratch, owner_mark, sweep_dead_scratch, write_owner_mark
 from mednf.sources.kinds import outdated_source
 from mednf.sources.spec import BuilderSpec
 
@@ -125,21 +131,43 @@ def replaced_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.replaced"
 
 
+def is_build_folder(folder: Path) -> bool:
+    """``folder`` is a real folder that mednf marked as a build's, or a build of a mednf that did not mark its
+    folders yet (:func:`~mednf.format.layout.earlier_build`): the only kind mednf moves or removes here."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    mark = owner_mark(folder)
+    return mark[0] == "build" if mark is not None else earlier_build(folder)
+
+
+def check_scratch_names(out: Path) -> None:
+    """A one-line BuildError if something that is not mednf's sits where the continuation of ``out`` works
+    (its scratch folder, the old dataset's place during the swap): it is never removed, moved or written into."""
+    for path in (scratch_folder(out), replaced_folder(out)):
+        if (path.exists() or path.is_symlink()) and not is_build_folder(path):
+            raise BuildError(f"{path} is in the way of the continuation of {out} and is not a build folder of "
+                             "mednf's: mednf never writes into, moves or removes it; move it away and run the "
+                             "command again")
+
+
 def recover_swap(out: Path) -> bool:
     """Finish or undo a swap that was killed between its two renames (call it holding the lock): without
     ``out``, a complete continuation takes its place, else the old dataset goes back; a leftover old copy
-    beside a present ``out`` is removed. True if a complete continuation was put in place."""
+    beside a present ``out`` is removed. Only folders of mednf's (:func:`is_build_folder`) are moved or
+    removed. True if a complete continuation was put in place."""
     scratch, old = scratch_folder(out), replaced_folder(out)
-    if (scratch.exists() or old.exists()) and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()  # made empty by a build's writability probe before it took the lock
+    scratch_ours, old_ours = is_build_folder(scratch), is_build_folder(old)
+    if ((scratch_ours or old_ours) and out.is_dir() and not out.is_symlink()
+            and {p.name for p in out.iterdir()} <= {OWNER_MARK}):
+        shutil.rmtree(out)  # made and marked by a build (before it took the lock) that holds nothing yet
     finished = False
-    if not out.exists():
-        if (scratch / MANIFEST).is_file():
+    if not out.exists() and not out.is_symlink():
+        if scratch_ours and (scratch / MANIFEST).is_file():
             os.replace(scratch, out)
             finished = True
-        elif old.is_dir():
+        elif old_ours:
             os.replace(old, out)
-    if out.exists() and old.exists():
+    if out.exists() and old_ours and old.exists():
         shutil.rmtree(old, ignore_errors=True)
     return finished
 
@@ -159,15 +187,32 @@ def _scratch_target(scratch: Path) -> int | None:
 
 def prepare_scratch(out: Path, manifest: Manifest, cfg: EngineConfig) -> Path:
     """The scratch build folder of the continuation, seeded with the re-planned checkpoints, the training log
-    and the build log. A scratch folder working towards the same target (a continuation killed earlier,
-    finished or not) is kept and resumes; one with another target is discarded."""
+    and the build log, and marked as a build of mednf's. A scratch folder working towards the same target (a
+    continuation killed earlier, finished or not) is kept and resumes; one with another target is discarded.
+    The seed is put together in a staging folder of its own (:func:`mednf.io.files.make_scratch`, removed
+    whatever happens) and moved in by one rename: complete or absent."""
+    check_scratch_names(out)
     scratch = scratch_folder(out)
     if scratch.exists() and _scratch_target(scratch) == cfg.meta.steps:
         return scratch
-    staging = scratch.parent / f"{scratch.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(scratch, ignore_errors=True)  # another target, or a leftover without state
+    sweep_dead_scratch(scratch.parent.glob(f"{glob.escape(scratch.name)}.staging-*"))  # of killed continuations
+    box = make_scratch(scratch.parent, f"{scratch.name}.staging-{os.getpid()}")
+    try:
+        staging = box / out.name
+        _seed(staging, out, manifest, cfg)
+        if scratch.exists():
+            shutil.rmtree(scratch)  # mednf's (checked above): another target, or a leftover without state
+        os.replace(staging, scratch)  # complete or absent
+    finally:
+        shutil.rmtree(box, ignore_errors=True)
+    return scratch
+
+
+def _seed(staging: Path, out: Path, manifest: Manifest, cfg: EngineConfig) -> None:
+    """A new build folder ``staging`` marked as mednf's, holding the finished build's checkpoints re-planned to
+    ``cfg`` (:func:`prepare_scratch`), its training log and its build log."""
     (staging / WORK).mkdir(parents=True)
+    write_owner_mark(staging, "build", manifest.name)
     (staging / WORK / _TARGET).write_text(str(cfg.meta.steps), encoding="utf-8")
     done = int(manifest.meta_training.steps)
     for name in (LAST, BEST):
@@ -186,8 +231,6 @@ def prepare_scratch(out: Path, manifest: Manifest, cfg: EngineConfig) -> Path:
     for source, target in ((out / TRAINING_CSV, staging / WORK / CURVES), (out / LOG, staging / LOG)):
         if source.is_file():
             shutil.copyfile(source, target)
-    os.replace(staging, scratch)  # complete or absent
-    return scratch
 
 
 @contextmanager
@@ -196,6 +239,7 @@ def scratch_attempt(out: Path, manifest: Manifest, cfg: EngineConfig, dist: Dist
     builds in it. A one-line error (:class:`~mednf.errors.MednfError`, e.g. other source data) removes a scratch
     folder this attempt made, so a refused continuation leaves nothing behind; a kill or an interrupt keeps it
     (the same command resumes), as does an error in a scratch folder an earlier attempt left to resume."""
+    check_scratch_names(out)  # on every rank: all of them stop
     scratch = scratch_folder(out)
     made_now = _scratch_target(scratch) != cfg.meta.steps
     if dist.is_main:
@@ -211,11 +255,16 @@ def scratch_attempt(out: Path, manifest: Manifest, cfg: EngineConfig, dist: Dist
 
 def swap_in(scratch: Path, out: Path) -> None:
     """Replace the dataset ``out`` by the finished continuation ``scratch`` (the caller holds the lock; a kill
-    between the two renames is finished by :func:`recover_swap` at the next build)."""
+    between the two renames is finished by :func:`recover_swap` at the next build). ``out`` gets mednf's mark
+    first (a build of an earlier mednf has none), so its place during the swap is recognisably mednf's."""
     if not (scratch / MANIFEST).is_file():
         raise BuildError(f"{scratch} is not complete; rerun the same command to finish the continuation")
+    check_scratch_names(out)
     old = replaced_folder(out)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        shutil.rmtree(old)  # mednf's (checked above): left by a swap whose out was put back
+    if owner_mark(out) is None:
+        write_owner_mark(out, "build", Manifest.read(scratch).name)
     os.replace(out, old)
     os.replace(scratch, out)
     shutil.rmtree(old, ignore_errors=True)

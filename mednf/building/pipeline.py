@@ -72,13 +72,13 @@ def build(name_or_path: str | Path, options: BuildOptions | None = None) -> Path
     budget = resolve_budget(options.memory_budget, device)
     prepare.plan_rank(spec, cfg, budget, device, (spec.source.size,) * spec.source.dims, env_rank())  # refuse now
     out = check_build_folder(output_folder(spec, options), options.wording.option("out"))
-    prepare.make_writable(out, options.wording)
+    created = prepare.make_writable(out, options.wording, spec.name)
     with build_frame(out, device) as frame:
         if frame.dist.is_main:
             recover_swap(out)  # a continuation killed in the middle of replacing this dataset
         frame.dist.barrier()
         frame.log_into(out)
-        with prepare.removed_if_only_log(out, frame):  # failed before writing anything: no folder left
+        with prepare.removed_if_only_log(out, frame, created):  # failed before writing anything: no folder left
             return _build_locked(BuildRun(out, spec, cfg, options, device, frame.dist, budget))
 
 

@@ -5,7 +5,6 @@ plan and the execution (device and precision). Each is one function of :mod:`med
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,7 +41,7 @@ from mednf.format.layout import (
 )
 from mednf.format.reader import verify_dataset
 from mednf.format.writer import DatasetWriter
-from mednf.io.files import atomic_write_json
+from mednf.io.files import OWNER_MARK, atomic_write_json, owner_mark, write_owner_mark
 from mednf.sources.base import SourceData
 from mednf.sources.kinds import outdated_source, provide_again
 from mednf.sources.read import load_source
@@ -70,35 +69,45 @@ def refuse_linked_state(out: Path) -> None:
                              "folder of its own; remove the link and run the build again")
 
 
-def make_writable(out: Path, wording: Wording = CLI) -> None:
-    """Create ``out``; a one-line BuildError if it cannot be written (``wording``: how the caller names
-    ``out``) or its build state is a link (:func:`refuse_linked_state`)."""
+def make_writable(out: Path, wording: Wording = CLI, name: str | None = None) -> bool:
+    """Create ``out`` (or take the empty folder or build folder :func:`~mednf.format.layout.check_build_folder`
+    accepted) and mark it as the build folder of ``name`` (default: the folder's name): the mark is written
+    atomically, never through a link, so it is also the check that ``out`` can be written. A one-line
+    BuildError if it cannot be (``wording``: how the caller names ``out``) or its build state is a link
+    (:func:`refuse_linked_state`). True if this call created the folder."""
     refuse_linked_state(out)
     try:
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        mark = owner_mark(out)
+        write_owner_mark(out, "build", mark[1] if mark else name or out.name)  # written each time: the probe
     except OSError as err:
         raise BuildError(f"output directory {out} is not writable ({err.strerror}); choose another "
                          f"{wording.option('out')}") from None
+    return created
 
 
 @contextmanager
-def removed_if_only_log(out: Path, frame: BuildFrame) -> Iterator[None]:
+def removed_if_only_log(out: Path, frame: BuildFrame, created: bool) -> Iterator[None]:
     """Around a build in ``out``: if it fails (an error, an interrupt) before writing anything but its log,
-    the folder goes: a folder holding only ``build.log`` is no dataset and no build to resume. Every line of
-    that log was also on the console (:func:`mednf.building.buildlog.say`); the last one says the folder was
-    removed. The lock is still held (the caller's frame), so no other build can have started there."""
+    what it wrote goes: a folder holding only ``build.log`` and mednf's mark is no dataset and no build to
+    resume. The folder itself goes only if this build ``created`` it; an empty folder it was given stays,
+    empty again. Every line of that log was also on the console (:func:`mednf.building.buildlog.say`); the
+    last one says what was removed. The lock is still held (the caller's frame), so no other build can have
+    started there."""
     try:
         yield
     except BaseException:
-        if frame.dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} == {LOG}:
+        if frame.dist.is_main and out.is_dir() and {p.name for p in out.iterdir()} <= {LOG, OWNER_MARK}:
             stop_log(frame.handler)
             frame.handler = None
-            shutil.rmtree(out, ignore_errors=True)
-            say(f"removed {out}: the build failed before writing anything but build.log, whose lines are above",
-                frame.dist)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for name in (LOG, OWNER_MARK):
+                    (out / name).unlink(missing_ok=True)
+            say(f"removed {out if created else f'build.log from {out}'}: the build failed before writing anything "
+                "but build.log, whose lines are above", frame.dist)
         raise
 
 

@@ -14,19 +14,21 @@
       build.log           log of the build (not content: not checksummed)
       .partial/           state of a build in progress (checkpoints, finished blocks); removed at the end
       .continue/          the finished build's last and best checkpoints, for `mednf build --continue-to`
+      .mednf-owner        mednf's mark: this folder is a build's (mednf.io.files.write_owner_mark)
 
 Every other file in the directory is content and must be listed in the manifest.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
-from mednf.errors import ConfigError
-from mednf.io.files import is_temporary
+from mednf.errors import ConfigError, MednfError
+from mednf.io.files import OWNER_MARK, is_temporary, owner_mark
 
 FORMAT_VERSION = 1
 DATASET_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # a dataset's name is a folder name under $MEDNF_HOME
@@ -97,51 +99,83 @@ def check_outside_datasets(path: Path, option: str) -> Path:
     return path
 
 
-def foreign_entries(folder: Path, ours: Callable[[Path], bool]) -> list[str]:
-    """The names in ``folder`` (absent: none) that ``ours`` does not recognise as mednf's own, sorted."""
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if not ours(p))
+# the kinds of mednf's output folders (an HF export is never marked: its folder is uploaded as it is)
+KINDS = {"build": "a MedNF build", "zenodo-export": "a Zenodo export", "hf-export": "a Hugging Face export"}
 
 
-def check_empty_or_ours(folder: Path, option: str, ours: Callable[[Path], bool], what: str,
-                        markers: Iterable[str] = ()) -> Path:
-    """``folder`` (expanded) if it is absent, empty, or an earlier ``what``: it holds one of ``markers`` (the
-    files that only such an output has) and nothing that ``ours`` does not accept. Else a one-line
-    ConfigError: mednf never writes into, or adopts files of, a folder that holds anything else. Names alone
-    never make a folder mednf's, and a symbolic link (the folder itself or an entry) is never mednf's."""
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+
+
+def check_output_folder(folder: Path, option: str, *, kind: str, name: str | None, ours: Callable[[Path], bool],
+                        earlier: Callable[[Path], bool] = lambda _: False) -> Path:
+    """``folder`` (expanded) if mednf may write its ``kind`` output (see :data:`KINDS`) of the dataset ``name`` there:
+    it is absent, empty, or mednf's own: it carries mednf's mark of that kind (and, with ``name``, of that
+    dataset), or (``earlier``) it is such an output of a mednf that did not mark its folders yet. In a folder
+    of mednf's, every entry must be one that ``ours`` accepts (its own files), the mark or a temporary file of
+    mednf's. Anything else is a one-line ConfigError and nothing there changes: names alone (a ``build.log``,
+    a ``.tar``) never make a folder mednf's, and a symbolic link (the folder itself or an entry) never is."""
     folder = Path(folder).expanduser()
+    what = f"{KINDS[kind]} of {name}" if name else KINDS[kind]
     if folder.is_symlink():
         raise ConfigError(f"{option} {folder} is a symbolic link: mednf writes only into a real folder; give the "
                           "folder it points to")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{option} {folder} is a file: expected a folder (new or empty); choose another path")
-    entries = [p for p in folder.iterdir() if not is_temporary(p)] if folder.is_dir() else []  # leftovers of a kill
-    marked = any((folder / m).exists() and not (folder / m).is_symlink() and ours(folder / m) for m in markers)
-    if entries and markers and not marked:
-        shown = ", ".join(sorted(p.name for p in entries)[:3]) + (", …" if len(entries) > 3 else "")
-        raise ConfigError(f"{option} {folder} already holds {shown}, which is not {what}: mednf writes only into a "
-                          "new or empty folder; choose another one or empty it")
-    foreign = foreign_entries(folder, lambda p: not p.is_symlink() and ours(p))
+    # the mark being written by another rank of the same build (``.mednf-owner.<pid>.tmp``) is no one else's
+    entries = sorted((p for p in folder.iterdir() if not (is_temporary(p) and p.name.startswith(OWNER_MARK + ".")))
+                     if folder.is_dir() else [], key=lambda p: p.name)
+    if not entries:
+        return folder
+    mark = owner_mark(folder)
+    if mark is not None and (mark[0] != kind or (name is not None and mark[1] != name)):
+        other = f"{KINDS.get(mark[0], 'the output of another mednf command')} of {mark[1]}"
+        raise ConfigError(f"{option} {folder} holds {other}, not {what}: writing there would replace it; choose "
+                          "another folder")
+    if mark is None and not earlier(folder):
+        raise ConfigError(f"{option} {folder} already holds {_shown([p.name for p in entries])}, which is not {what}: "
+                          "mednf writes only into a new or empty folder; choose another one or empty it")
+    foreign = [p.name for p in entries if p.name != OWNER_MARK and not is_temporary(p)
+               and (p.is_symlink() or not ours(p))]
     if foreign:
-        shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
-        raise ConfigError(f"{option} {folder} already holds {shown}, which is not {what}: mednf writes only into a "
-                          "new or empty folder; choose another one or empty it")
+        raise ConfigError(f"{option} {folder} already holds {_shown(foreign)}, which is not {what}: mednf writes only "
+                          "into a new or empty folder; choose another one or empty it")
     return folder
 
 
 BUILD_NAMES = frozenset({MANIFEST, MODEL, LATENTS, INDEX, CARD, *FIGURES, LOG, WORK, CONTINUE})
 
 
+def earlier_build(folder: Path) -> bool:
+    """``folder`` holds a build of a mednf that did not mark its folders yet: a manifest that reads, or an
+    unfinished build's recorded identity (``.partial/build.json``). A ``build.log`` or a card alone is not one."""
+    from mednf.format.manifest import Manifest  # it reads this module's names
+
+    if (folder / MANIFEST).is_file() and not (folder / MANIFEST).is_symlink():
+        try:
+            Manifest.read(folder)
+            return True
+        except (MednfError, OSError):
+            return False
+    identity = folder / WORK / "build.json"
+    if identity.is_file() and not identity.is_symlink() and not (folder / WORK).is_symlink():
+        try:
+            return isinstance(json.loads(identity.read_bytes()), dict)
+        except (OSError, ValueError, RecursionError):
+            return False
+    return False
+
+
 def check_build_folder(out: Path, option: str = "--out") -> Path:
-    """The output folder of a build (expanded): not inside another dataset, and absent, empty or holding only
-    a build's own files (an earlier run to resume or confirm; a build with other settings is refused later by
-    its identity). Files of anyone else there are refused, never adopted as content. ``option`` names the
-    folder in errors as the caller gave it (``--out``, or ``out=`` from Python)."""
+    """The output folder of a build (expanded): not inside another dataset, and absent, empty, or a build's
+    folder (marked by mednf, or an earlier mednf's build: :func:`earlier_build`) holding only a build's own
+    files (an earlier run to resume or confirm; a build with other settings is refused later by its identity).
+    Files of anyone else there are refused, never adopted as content or deleted. ``option`` names the folder in
+    errors as the caller gave it (``--out``, or ``out=`` from Python)."""
     out = Path(out).expanduser()
     around = dataset_around(out.parent)
     if around is not None:
         raise ConfigError(f"{option} {out} is inside the dataset {around}: a build there would damage it; choose a "
                           "folder outside it")
-    return check_empty_or_ours(out, option, lambda p: p.name in BUILD_NAMES or is_temporary(p),
-                               "a MedNF build", markers=(MANIFEST, LOG, WORK))
+    return check_output_folder(out, option, kind="build", name=None, ours=lambda p: p.name in BUILD_NAMES,
+                               earlier=earlier_build)

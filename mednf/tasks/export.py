@@ -5,68 +5,92 @@ dataset folder (Parquet shards with features, card with ``configs``, manifest an
 Both publish the manifest and card without the absolute paths of the machine that built the dataset
 (:func:`public_copy`): where the source files and the builder file were is the builder's business, and a
 path such as ``/home/<user>/patients/…`` says more than a dataset should.
+
+Where an export writes: ``--out`` is locked for the export (:func:`mednf.io.lock.dataset_lock`, role
+``export``: a second export into the same folder is refused at once) and must be new, empty, or an earlier
+export of the same dataset by mednf (:func:`mednf.format.layout.check_output_folder`). A Zenodo export
+folder carries mednf's mark (``.mednf-owner``, never archived). An HF export folder is uploaded as it is, so
+it carries no mark of mednf's: its own ``mednf.json``, which names the dataset, is what makes it an earlier
+export; a folder with Parquet shards and a card but no such manifest is someone else's.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import io
 import json
 import os
 import shlex
 import shutil
+import stat
 import tarfile
-import tempfile
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePath, PureWindowsPath
 from typing import Any
 
 from mednf.dataset import MedNFDataset
-from mednf.errors import ConfigError
+from mednf.errors import ConfigError, MednfError
 from mednf.format.card import render_card
-from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL, check_empty_or_ours, check_outside_datasets
+from mednf.format.layout import CARD, FIGURES, MANIFEST, MODEL, check_output_folder, check_outside_datasets
 from mednf.format.manifest import FileEntry, Manifest
 from mednf.format.reader import DatasetFiles, open_dataset
 from mednf.format.splits import hf_split
-from mednf.io.files import atomic_write_bytes, sha256_file, temporary_name
+from mednf.io.files import (
+    atomic_write_bytes,
+    create_new,
+    make_scratch,
+    sha256_file,
+    sweep_dead_scratch,
+    temporary_name,
+    write_owner_mark,
+)
+from mednf.io.lock import dataset_lock
 from mednf.sources.kinds import source_card_line
 
-_HF_FILES = {"data", CARD, MANIFEST, MODEL, *FIGURES}  # what an HF export folder holds
+_HF_FILES = {CARD, MANIFEST, MODEL, *FIGURES}  # the files of an HF export folder, beside data/
 
 
-def _open_for_export(dataset: str | Path, out: str | Path, ours: Callable[[str], set[str]],
-                     markers: Callable[[str], tuple[str, ...]], what: str) -> tuple[DatasetFiles, Path]:
-    """The verified dataset and the output folder: outside every dataset, and new, empty or an earlier export of
-    the same dataset: it holds one of ``markers(name)`` and nothing but the files ``ours(name)`` (``what`` names
-    it in the error); an HF export's ``data/`` holds Parquet shards only."""
+@contextmanager
+def _export_folder(dataset: str | Path, out: str | Path) -> Iterator[tuple[DatasetFiles, Path]]:
+    """The verified dataset and the output folder (outside every dataset), whose lock (role ``export``) is held
+    for the ``with`` block: a second export into the same folder is refused at once."""
     files = open_dataset(dataset, verify=True)
-    name = files.manifest.name
-    names = ours(name)
-    out = check_outside_datasets(Path(out), "--out")
+    folder = check_outside_datasets(Path(out), "--out")
+    with dataset_lock(folder, "export"):
+        yield files, folder
 
-    def earlier(path: Path) -> bool:
-        if path.name == "data":  # an HF export's shards, nothing else (a dataset called "data" is not ours)
-            return path.is_dir() and all(c.is_file() and not c.is_symlink() and c.suffix == ".parquet"
-                                         for c in path.iterdir())
-        return path.name in names and not path.is_dir()
 
-    out = check_empty_or_ours(out, "--out", earlier, f"an earlier {what} of {name}", markers=markers(name))
-    earlier = _exported_name(out)
-    if earlier not in (None, name):
-        raise ConfigError(f"--out {out} holds the export of {earlier}, not of {name}: exporting there would replace "
-                          "it; choose another folder")
-    return files, out
+def _hf_entry(path: Path) -> bool:
+    """An entry of an HF export folder: its files, and ``data/`` holding Parquet shards only (a dataset called
+    ``data`` is not one)."""
+    if path.name == "data":
+        return path.is_dir() and all(c.is_file() and not c.is_symlink() and c.suffix == ".parquet"
+                                     for c in path.iterdir())
+    return path.name in _HF_FILES and path.is_file()
 
 
 def _exported_name(folder: Path) -> str | None:
-    """The dataset name an earlier HF export in ``folder`` records (None: no manifest there)."""
+    """The dataset name the ``mednf.json`` in ``folder`` records, read leniently (None: none there, or none
+    that names one), so that another dataset's export is named in the refusal."""
     try:
-        return str(json.loads((folder / MANIFEST).read_bytes()).get("name"))
-    except FileNotFoundError:
-        return None
+        name = json.loads((folder / MANIFEST).read_bytes()).get("name")
     except (OSError, ValueError, AttributeError, RecursionError):
-        return "an unreadable dataset"
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def _has_manifest(folder: Path) -> bool:
+    """``folder`` holds a manifest that reads: an HF export's own mark (which dataset is checked after)."""
+    if (folder / MANIFEST).is_symlink():
+        return False
+    try:
+        Manifest.read(folder)
+    except (MednfError, OSError):
+        return False
+    return True
 
 
 def _without_local_paths(value: Any) -> Any:
@@ -125,31 +149,36 @@ def export_zenodo(dataset: str | Path, out: str | Path) -> Path:
     """Write ``<out>/<Name>.tar`` (+ ``SHA256SUMS``, ``registry-entry.toml``) from a verified dataset.
 
     The archive's bytes depend only on the dataset's files: the same dataset always gives the same sha256."""
-    files, out = _open_for_export(dataset, out, lambda name: {f"{name}.tar", "SHA256SUMS", "registry-entry.toml"},
-                                  lambda name: (f"{name}.tar",), "Zenodo export")
-    manifest, dataset = files.manifest, files.root
-    name = manifest.name
-    out.mkdir(parents=True, exist_ok=True)
-    archive = out / f"{name}.tar"
-    partial = temporary_name(archive)
-    try:
-        public_manifest, public_card = public_copy(files)
-        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
-            for rel in [*sorted(manifest.files), MANIFEST]:
-                if rel in (CARD, MANIFEST):  # as published: without the machine's paths
-                    _add_bytes(tar, f"{name}/{rel}", public_card if rel == CARD else public_manifest)
-                else:
-                    tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False, filter=_tar_entry)
-        files.check_unchanged()  # not rebuilt while it was being archived
-        os.replace(partial, archive)
-    finally:
-        partial.unlink(missing_ok=True)
-    digest = sha256_file(archive)
-    size = archive.stat().st_size
-    atomic_write_bytes(out / "SHA256SUMS", f"{digest}  {archive.name}\n".encode())
-    atomic_write_bytes(out / "registry-entry.toml", (
-        f'[{name}]\nzenodo_record = "<record id after publishing>"\n'
-        f'files = {{ "{archive.name}" = {{ sha256 = "{digest}", size = {size} }} }}\n').encode())
+    with _export_folder(dataset, out) as (files, out):
+        manifest, dataset = files.manifest, files.root
+        name = manifest.name
+        names = {f"{name}.tar", "SHA256SUMS", "registry-entry.toml"}
+        out = check_output_folder(out, "--out", kind="zenodo-export", name=name,
+                                  ours=lambda p: p.name in names and p.is_file())
+        out.mkdir(parents=True, exist_ok=True)
+        write_owner_mark(out, "zenodo-export", name)  # new or empty: now mednf's; else marked already
+        archive = out / f"{name}.tar"
+        partial = temporary_name(archive)
+        partial.unlink(missing_ok=True)  # left by a killed export that had this pid (or planted): never followed
+        try:
+            public_manifest, public_card = public_copy(files)
+            with (os.fdopen(create_new(partial), "wb") as fh,
+                  tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar):
+                for rel in [*sorted(manifest.files), MANIFEST]:
+                    if rel in (CARD, MANIFEST):  # as published: without the machine's paths
+                        _add_bytes(tar, f"{name}/{rel}", public_card if rel == CARD else public_manifest)
+                    else:
+                        tar.add(dataset / rel, arcname=f"{name}/{rel}", recursive=False, filter=_tar_entry)
+            files.check_unchanged()  # not rebuilt while it was being archived
+            os.replace(partial, archive)
+        finally:
+            partial.unlink(missing_ok=True)
+        digest = sha256_file(archive)
+        size = archive.stat().st_size
+        atomic_write_bytes(out / "SHA256SUMS", f"{digest}  {archive.name}\n".encode())
+        atomic_write_bytes(out / "registry-entry.toml", (
+            f'[{name}]\nzenodo_record = "<record id after publishing>"\n'
+            f'files = {{ "{archive.name}" = {{ sha256 = "{digest}", size = {size} }} }}\n').encode())
     return archive
 
 
@@ -173,28 +202,34 @@ def export_hf(dataset: str | Path, out: str | Path) -> Path:
     splits, plus ``mednf.json`` and ``model.safetensors`` so that ``mednf`` can rebuild and verify its own
     format from the repository, and the build's curves and reconstruction grid that the card shows. The
     registry entry goes beside the folder (:func:`hf_registry_entry`), so the folder uploads as it is."""
-    files, out = _open_for_export(dataset, out, lambda name: _HF_FILES, lambda name: (MANIFEST, "data"),
-                                  "Hugging Face export")
-    manifest = files.manifest
-    entry = hf_registry_entry(out)
-    ours = entry.is_file() and entry.read_text(errors="replace").startswith(f"[{manifest.name}]")
-    if entry.is_symlink() or (entry.exists() and not ours):
-        raise ConfigError(f"{entry} exists and is not the registry entry of an earlier export of {manifest.name}: "
-                          "the export writes its entry there; move that file or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # a new folder of a fresh name (never an existing one or a planted link), swapped in whole: a killed export
-    # leaves the earlier one as it was
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", suffix=".tmp", dir=out.parent))
-    try:
-        _write_hf_export(files, scratch)
-        _swap_in(scratch, out)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk of the export, not of the file being copied
-            raise OSError(err.errno, err.strerror, str(out)) from None
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    write_hf_registry_entry(out)
+    with _export_folder(dataset, out) as (files, out):
+        name = files.manifest.name
+        earlier = _exported_name(out)
+        if earlier not in (None, name):
+            raise ConfigError(f"--out {out} holds the export of {earlier}, not of {name}: exporting there would "
+                              "replace it; choose another folder")
+        out = check_output_folder(out, "--out", kind="hf-export", name=name, ours=_hf_entry,
+                                  earlier=lambda folder: _has_manifest(folder) and earlier == name)
+        entry = hf_registry_entry(out)
+        ours = entry.is_file() and entry.read_text(errors="replace").startswith(f"[{name}]")
+        if entry.is_symlink() or (entry.exists() and not ours):
+            raise ConfigError(f"{entry} exists and is not the registry entry of an earlier export of {name}: "
+                              "the export writes its entry there; move that file or choose another --out")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sweep_dead_scratch(out.parent.glob(f".{glob.escape(out.name)}.export-*"))  # of killed exports
+        # written in a scratch folder of mednf's and swapped in whole: a killed export leaves the earlier one
+        box = make_scratch(out.parent, f".{out.name}.export-{os.getpid()}")
+        try:
+            new = box / out.name
+            _write_hf_export(files, new)
+            _swap_in(new, out, box)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk of the export, not of the file being copied
+                raise OSError(err.errno, err.strerror, str(out)) from None
+            raise
+        finally:
+            shutil.rmtree(box, ignore_errors=True)
+        write_hf_registry_entry(out)
     return out
 
 
@@ -235,15 +270,14 @@ def _write_hf_export(files: DatasetFiles, folder: Path) -> None:
     files.check_unchanged()  # not rebuilt while it was being exported
 
 
-def _swap_in(scratch: Path, out: Path) -> None:
-    """Put the finished folder ``scratch`` at ``out``, replacing an earlier export there only now."""
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", suffix=".tmp", dir=out.parent))  # fresh: no link
-    try:
-        if out.exists():
-            os.replace(out, old)  # onto the empty new folder
-        os.replace(scratch, out)
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+def _swap_in(new: Path, out: Path, box: Path) -> None:
+    """Put the finished folder ``new`` at ``out``, replacing an earlier export there only now; the earlier one
+    (or the empty folder given) goes into the scratch folder ``box`` to be removed with it. ``new`` takes the
+    permissions of the folder it replaces."""
+    if out.exists():
+        new.chmod(stat.S_IMODE(out.stat().st_mode))
+        os.replace(out, box / f"{out.name}.replaced")
+    os.replace(new, out)
 
 
 def upload_hint(folder: str | Path, repo: str | None = None) -> str:
