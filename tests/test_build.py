@@ -38,8 +38,8 @@ def test_manifest_and_checksums(phantom_dir):
     assert any(name.startswith("latents.zarr/") for name in manifest["files"])
     assert not (phantom_dir / ".partial").exists()
     assert sorted(p.name for p in phantom_dir.iterdir()) == [
-        ".continue", ".mednf-owner", "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json", "model.safetensors",
-        "reconstructions.png", "training.csv", "training.png"]
+        ".continue", ".mednf-owner", "README.md", "build.log", "index.parquet", "latents.zarr", "mednf.json",
+        "model.safetensors", "reconstructions.png", "training.csv", "training.png"]
     assert {"training.csv", "training.png", "reconstructions.png"} <= set(manifest["files"])
     assert (phantom_dir.parent / ".PhantomNF.lock").is_file()  # the dataset lock lives beside the folder
 
