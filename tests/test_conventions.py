@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from mednf.cli import COMMANDS, main
+from mednf.io.files import SCRATCH_MARK
 from mednf.io.lock import dataset_lock
 from mednf.tasks.cache import cache_entries, remove_dataset
 
@@ -156,7 +157,11 @@ def test_cache_rm_keeps_unfinished_builds_and_foreign_folders(cache):
     assert "not in the cache" in error(invoke("cache", "rm", "NoSuchNF", "--root", str(cache)), 1)
     removed = json.loads(invoke("cache", "rm", "chestnf", "--root", str(cache), "--force", "--json").stdout)
     assert removed["state"] == "unfinished" and removed["freed_bytes"] == 1000
-    for name in ("PhantomNF", "DermaNF", ".remote"):
+    line = error(invoke("cache", "rm", "DermaNF", "--root", str(cache)), 1)  # damaged: whose files are those?
+    assert "mednf.json that does not read" in line and "--force" in line
+    assert (cache / "DermaNF" / "mednf.json").read_text() == "{"
+    assert invoke("cache", "rm", "DermaNF", "--root", str(cache), "--force", "--quiet").exit_code == 0
+    for name in ("PhantomNF", ".remote"):
         assert invoke("cache", "rm", name, "--root", str(cache), "--quiet").exit_code == 0
     assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == ["photos"]
 
@@ -169,8 +174,11 @@ def test_cache_rm_never_removes_a_dataset_a_live_process_writes(cache):
 
 
 def test_an_interrupted_removal_is_swept_by_the_next(cache):
-    left = cache / f".PhantomNF.removing-{os.getpid() + 1}"
-    shutil.copytree(cache / "PhantomNF", left)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    left = cache / f".PhantomNF.removing-{gone.stdout.strip()}"  # what a removal killed mid-way leaves
+    shutil.copytree(cache / "PhantomNF", left / "PhantomNF")
+    (left / SCRATCH_MARK).write_text(json.dumps({"pid": int(gone.stdout)}))
     assert "PhantomNF" not in {e.name for e in cache_entries(cache) if e.name.startswith(".")}  # hidden, not listed
     remove_dataset("PhantomNF", cache)
     assert not left.exists() and not (cache / "PhantomNF").exists()

@@ -25,6 +25,8 @@ from typing import TextIO
 
 from mednf.errors import BuildError, LockedError
 
+_UNNAMED_TRIES = 50  # a holder writes its line right after it takes the lock: 0.5 s is ample to see it
+
 
 def lock_path(target: Path) -> Path:
     """Where the lock of dataset directory ``target`` lives: ``<parent>/.<name>.lock`` of the resolved path,
@@ -51,13 +53,17 @@ def dataset_lock(target: Path, role: str, *, wait: bool = False, poll_s: float =
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = _open_lock_file(path)
     try:
-        announced = False
+        announced, unnamed = False, 0
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 other_role, pid = _holder(handle)
+                if other_role == "?" and unnamed < _UNNAMED_TRIES:  # taken a moment ago: its line is not written yet
+                    unnamed += 1
+                    time.sleep(0.01)
+                    continue
                 if not wait:
                     raise LockedError(f"{target} is being written by another process ({other_role}, pid {pid}); "
                                       f"wait for it to finish, or use another folder", other_role, pid) from None

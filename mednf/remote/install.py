@@ -7,57 +7,45 @@
 2. If ``target`` now holds a complete, verified dataset (the other download's result), it is returned as
    it is: nothing is transferred twice. A damaged copy is downloaded again.
 3. A ``target`` holding an unfinished build (``.partial/``) is refused, never deleted; so is one holding
-   files that are not a mednf dataset.
-4. Folders left by dead processes (``<home>/.<Name>.<stage>-<pid>/`` and ``<home>/.downloads/<Name>-<pid>/``
-   whose pid is not alive, their ``.part`` files included) are removed. Then ``produce(tmp)`` writes a
-   complete dataset to ``tmp = <home>/.<Name>.download-<pid>/<Name>`` (absent when called; ``tmp.parent``
-   is its private scratch space for unpacking, :func:`fetch_folder` the one for fetched files). ``tmp`` is
-   verified (sha256 of every file) and only then replaces ``target``, by one rename. Both scratch folders
-   are removed whatever happens.
+   files that are not a mednf dataset, and a ``<home>`` that is (or is inside) a dataset folder.
+4. Scratch folders of ``<Name>`` left by dead processes (``<home>/.<Name>.<stage>-<pid>/`` and
+   ``<home>/.downloads/<Name>-<pid>/``, their ``.part`` files included) are removed: only those that carry
+   mednf's scratch mark (:func:`mednf.io.files.make_scratch`) with a pid that is not alive, never a folder
+   for its name. Then ``produce(tmp)`` writes a complete dataset to ``tmp = <home>/.<Name>.download-<pid>/<Name>``
+   (absent when called; ``tmp.parent`` is its private scratch space for unpacking, :func:`fetch_folder` the
+   one for fetched files; both made and marked here). ``tmp`` is verified (sha256 of every file) and only then
+   replaces ``target``, by one rename. Both scratch folders are removed whatever happens.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import re
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from mednf.errors import DownloadError, MednfError
-from mednf.format.layout import CONTINUE, LOG, MANIFEST
+from mednf.format.layout import CONTINUE, LOG, MANIFEST, check_outside_datasets
 from mednf.format.manifest import Manifest
 from mednf.format.reader import mark_verified, verify_dataset
+from mednf.io.files import OWNER_MARK, make_scratch, pid_alive, sweep_dead_scratch
 from mednf.io.lock import LockedError, dataset_lock
 from mednf.remote.registry import check_target
 
+__all__ = ["fetch_folder", "install", "pid_alive", "remove_dead_scratch"]
 POLL_S = 0.2
-_SCRATCH = re.compile(r"\.(?P<name>.+)\.[a-z]+-(?P<pid>\d+)")
-_FETCHED = re.compile(r"(?P<name>.+)-(?P<pid>\d+)")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (ours counts as alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
+DOWNLOADS = ".downloads"  # <home>/.downloads/<Name>-<pid>/: what one download fetched
 
 
 def fetch_folder(target: Path) -> Path:
     """Where this process keeps the files it fetches for ``target`` (archives, snapshots):
     ``<home>/.downloads/<Name>-<pid>/``, removed by :func:`install` when it is done."""
     target = Path(target).expanduser().absolute()
-    return target.parent / ".downloads" / f"{target.name}-{os.getpid()}"
+    return target.parent / DOWNLOADS / f"{target.name}-{os.getpid()}"
 
 
 def install(target: Path, produce: Callable[[Path], None], *, what: str) -> Path:
@@ -65,6 +53,7 @@ def install(target: Path, produce: Callable[[Path], None], *, what: str) -> Path
     lock; returns ``target``. ``what`` names the download in messages (e.g. ``"PhantomNF (Zenodo record 1)"``).
     See the module docstring for the steps."""
     target = Path(target).expanduser().absolute()
+    check_outside_datasets(target.parent, "--root")  # the dataset would be a stray folder in another one
     with ExitStack() as stack:
         _lock(target, what, stack)
         if _complete(target):
@@ -72,22 +61,31 @@ def install(target: Path, produce: Callable[[Path], None], *, what: str) -> Path
         check_target(target)
         _check_replaceable(target)
         remove_dead_scratch(target)
-        scratch = target.parent / f".{target.name}.download-{os.getpid()}"
-        for folder in (scratch, fetch_folder(target)):
-            shutil.rmtree(folder, ignore_errors=True)  # we hold the lock: no live owner
-        scratch.mkdir(parents=True)
-        try:
-            tmp = scratch / target.name
-            produce(tmp)
-            verify_dataset(tmp, checksums=True, use_cache=False)
-            if target.exists():
-                shutil.rmtree(target)  # an incomplete earlier copy (checked above: no build, only mednf files)
-            os.replace(tmp, target)
-            mark_verified(target)  # just hashed as tmp: the first load need not hash it again
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-            shutil.rmtree(fetch_folder(target), ignore_errors=True)
+        downloads = target.parent / DOWNLOADS
+        if downloads.is_symlink() or (downloads.exists() and not downloads.is_dir()):
+            raise DownloadError(f"{downloads} is not a folder of mednf's (a link or a file), where a download keeps "
+                                "what it fetches; move it away")
+        for folder in (target.parent / f".{target.name}.download-{os.getpid()}", fetch_folder(target)):
+            stack.enter_context(_scratch(folder))
+        tmp = target.parent / f".{target.name}.download-{os.getpid()}" / target.name
+        produce(tmp)
+        verify_dataset(tmp, checksums=True, use_cache=False)
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete earlier copy (checked above: no build, only mednf files)
+        os.replace(tmp, target)
+        mark_verified(target)  # just hashed as tmp: the first load need not hash it again
     return target
+
+
+@contextmanager
+def _scratch(path: Path) -> Iterator[Path]:
+    """A scratch folder made (and marked) at ``path`` for the ``with`` block, removed after it whatever happens;
+    something else in its place is a one-line error and is left as it is."""
+    made = make_scratch(path.parent, path.name)
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _lock(target: Path, what: str, stack: ExitStack) -> None:
@@ -127,7 +125,7 @@ def _check_replaceable(target: Path) -> None:
         raise DownloadError(f"{target} exists and is not a folder; move it away or download into another --root")
     if not target.is_dir():
         return
-    ours = {MANIFEST, LOG}
+    ours = {MANIFEST, LOG, OWNER_MARK}
     try:
         ours |= set(Manifest.read(target).files)
     except MednfError:
@@ -141,14 +139,9 @@ def _check_replaceable(target: Path) -> None:
 
 
 def remove_dead_scratch(target: Path) -> list[Path]:
-    """Remove the ``<home>/.<Name>.<stage>-<pid>/`` and ``<home>/.downloads/<Name>-<pid>/`` folders of
-    ``target`` whose process is dead (call it while holding the dataset lock); returns them."""
-    name, removed = glob.escape(target.name), []
-    for path, pattern in [*((p, _SCRATCH) for p in target.parent.glob(f".{name}.*-*")),
-                          *((p, _FETCHED) for p in (target.parent / ".downloads").glob(f"{name}-*"))]:
-        match = pattern.fullmatch(path.name)
-        if (match and match["name"] == target.name and path.is_dir() and not path.is_symlink()
-                and not pid_alive(int(match["pid"]))):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+    """Remove the scratch folders of ``target`` left by dead processes: ``<home>/.<Name>.<stage>-<pid>/`` (a
+    download's, an import's, an export's, a removal's) and ``<home>/.downloads/<Name>-<pid>/``, each only if it
+    carries mednf's scratch mark with a pid that is not alive (:func:`mednf.io.files.sweep_dead_scratch`); a
+    folder of that name without the mark is never touched. Call it holding the dataset lock; returns them."""
+    name = glob.escape(target.name)
+    return sweep_dead_scratch([*target.parent.glob(f".{name}.*-*"), *(target.parent / DOWNLOADS).glob(f"{name}-*")])

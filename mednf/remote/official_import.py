@@ -36,6 +36,7 @@ from mednf.format.manifest import new_manifest
 from mednf.format.records import MetaTraining, Origin
 from mednf.format.splits import SPLITS
 from mednf.format.writer import DatasetWriter, SplitIndex, row_blocks
+from mednf.io.files import make_scratch
 from mednf.io.lock import dataset_lock
 from mednf.remote.install import remove_dead_scratch
 from mednf.remote.official import OfficialModel, OfficialSplit, missing_indices, read_official_model, read_split
@@ -85,20 +86,19 @@ def import_official(directory: str | Path, name: str, out: str | Path, *, medmni
     source = _check_against_source(spec, splits, medmnist_root, measure)
     release = Release(model, splits, missing, source, measure, device, progress)
     records = _records(spec, directory, release, origin)
-    work = out.parent / f".{out.name}.import-{os.getpid()}"
     with dataset_lock(out, "import"):
         if out.exists() and (not out.is_dir() or any(out.iterdir())):  # again, now that no one else writes it
             raise OfficialImportError(f"--out {out} exists and is not empty; remove it or choose another folder")
-        remove_dead_scratch(out)  # .<Name>.import-<pid>/ of killed imports
-        shutil.rmtree(work, ignore_errors=True)
+        remove_dead_scratch(out)  # .<Name>.import-<pid>/ of killed imports (marked as mednf's scratch)
+        box = make_scratch(out.parent, f".{out.name}.import-{os.getpid()}")
         try:
+            work = box / out.name
             _write(work, spec, release, records, time.perf_counter() - started)
             if out.exists():
                 out.rmdir()  # empty (checked above)
-            out.parent.mkdir(parents=True, exist_ok=True)
             os.replace(work, out)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(box, ignore_errors=True)
     return out
 
 

@@ -6,20 +6,23 @@ built, downloaded or imported; an unfinished build; damaged; or not mednf's), pl
 
 :func:`remove_dataset` deletes one dataset under the same lock a build or download takes, so a running
 build is never removed (``--force`` does not change that). An unfinished build — hours of meta-training
-that a rerun resumes — is kept unless ``force`` is given, and a folder that is not mednf's (no manifest, no
-build state) is never deleted. The folder is first renamed to a hidden name and then deleted, so an
-interrupted removal never leaves a half-deleted folder under the dataset's name.
+that a rerun resumes — is kept unless ``force`` is given, and so is a damaged folder (a ``mednf.json`` that
+does not read: mednf cannot tell whose files sit beside it); a folder that is not mednf's (no manifest, no
+build state) is never deleted. The folder is first moved into a marked scratch folder of mednf's and then
+deleted, so an interrupted removal never leaves a half-deleted folder under the dataset's name.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from mednf.errors import BuildError, NotFoundError, match_name
-from mednf.format.layout import mednf_home
+from mednf.format.layout import MANIFEST, mednf_home
+from mednf.io.files import make_scratch, sweep_dead_scratch
 from mednf.io.lock import dataset_lock
 from mednf.remote.catalogue import availability
 
@@ -94,6 +97,9 @@ def remove_dataset(name: str, root: str | Path | None = None, *, force: bool = F
     if entry.state == "unfinished" and not force:
         raise BuildError(f"{entry.path} holds an unfinished build, which a rerun of `mednf build` resumes: add "
                          "--force to delete it anyway")
+    if entry.state == "damaged" and not force:
+        raise BuildError(f"{entry.path} holds a mednf.json that does not read{_beside(entry.path)}, so mednf cannot "
+                         "tell whose files those are: add --force to delete the folder anyway")
     if entry.state == "bookkeeping":
         _delete(entry.path)
         return entry
@@ -102,11 +108,23 @@ def remove_dataset(name: str, root: str | Path | None = None, *, force: bool = F
     return entry
 
 
+def _beside(folder: Path) -> str:
+    """``, beside <n> other entries (a, b, c, …)`` for the entries of ``folder`` other than its manifest."""
+    others = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST)
+    if not others:
+        return ""
+    return f", beside {len(others)} other entr{'y' if len(others) == 1 else 'ies'} ({', '.join(others[:3])}" + (
+        ", …)" if len(others) > 3 else ")")
+
+
 def _delete(path: Path) -> None:
-    """Rename ``path`` to a hidden name beside it, then delete that, and what an interrupted removal of the
-    same name left."""
-    doomed = path.parent / f".{path.name}.removing-{os.getpid()}"
-    os.rename(path, doomed)
-    for left in path.parent.glob(f".{path.name}.removing-*"):
-        if left.is_dir() and not left.is_symlink():
-            shutil.rmtree(left)
+    """Move ``path`` into a scratch folder of mednf's beside it (``.<name>.removing-<pid>/``, marked: one rename,
+    so an interrupted removal never leaves a half-deleted folder under the dataset's name), then delete that,
+    and the removal folders of ``path`` that killed removals left (marked, their process dead; never a folder
+    for its name alone)."""
+    sweep_dead_scratch(path.parent.glob(f".{glob.escape(path.name)}.removing-*"))
+    box = make_scratch(path.parent, f".{path.name}.removing-{os.getpid()}")
+    try:
+        os.rename(path, box / path.name)
+    finally:
+        shutil.rmtree(box)
