@@ -46,6 +46,9 @@ def _sandbox() -> Path:
         "TORCHINDUCTOR_CACHE_DIR": str(root / "torchinductor"),
     })
     os.environ.pop("MEDMNIST_ROOT", None)  # → ~/.medmnist, i.e. inside the sandbox
+    # torch's default thread count, stated: the commands run in-process would otherwise each pick the cores other
+    # test processes leave free (mednf.openmp.free_cores), and change the thread count of the whole test run
+    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     return root
 
 

@@ -216,3 +216,22 @@ def test_a_resumed_build_records_the_exact_gradient_norms(tmp_path):
     assert len(last["grad_norms"]) == 60
     exact = diagnose_no_learning(last["grad_norms"], None).as_dict()
     assert (check["grad_norm_early"], check["grad_norm_late"]) == (exact["grad_norm_early"], exact["grad_norm_late"])
+
+
+def test_a_resume_runs_with_the_threads_the_build_began_with(tmp_path):
+    """Another thread count changes the last bits of torch's reductions: a build begun with one thread and resumed
+    with two still gives the bytes of an uninterrupted one-thread build."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: no other thread count to resume with")
+    reference = tmp_path / "ref" / "PhantomNF"
+    assert run_build(reference, "--threads", "1", steps=30).returncode == 0
+    out = tmp_path / "PhantomNF"
+    proc = start_build(out, 30, "--threads", "1")
+    wait_for(lambda: (out / ".partial" / "meta-last.safetensors").is_file(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = run_build(out, "--threads", "2", steps=30)
+    assert result.returncode == 0, result.stderr
+    for split, rows in latents(out).items():
+        np.testing.assert_array_equal(rows, latents(reference)[split])
+    assert "resuming with the 1 CPU thread(s) this build began with, not 2" in result.stderr

@@ -125,6 +125,7 @@ def _build_locked(run: BuildRun, continued_from: dict[str, Any] | None = None) -
     if continued_from is not None:
         prepare.check_continued_source(run, source, continued_from)
     prepare.store_identity(run, source)
+    prepare.keep_threads(run)
     plan = prepare.plan_with_source(run, source)
     execution = prepare.resolve_execution(run)
     prepare.describe(run, source)

@@ -48,6 +48,7 @@ from mednf.sources.read import load_source
 from mednf.sources.spec import BuilderSpec
 
 IDENTITY = "build.json"  # in .partial: the identity of the unfinished build
+THREADS = "threads.json"  # in .partial: the CPU threads the build began with
 
 
 def plan_rank(spec: BuilderSpec, cfg: EngineConfig, budget: MemoryBudget, device: torch.device,
@@ -203,6 +204,28 @@ def store_identity(run: BuildRun, source: SourceData) -> None:
                              "discard it")
     elif run.dist.is_main:
         atomic_write_json(path, identity)
+
+
+def keep_threads(run: BuildRun) -> None:
+    """On the CPU, a resumed build runs with the thread count it began with: torch's reductions split their work
+    by thread, so another count changes the last bits of the result, and a resume must give the bytes an
+    uninterrupted build would. The count of a first start (``--threads``, or the cores free then) is recorded."""
+    if run.device.type != "cpu":
+        return
+    path = run.work / THREADS
+    now = torch.get_num_threads()
+    if not path.is_file():
+        if run.dist.is_main:
+            atomic_write_json(path, {"threads": now})
+        return
+    try:
+        began = json.loads(path.read_text(encoding="utf-8"))["threads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # unreadable: the count of this start goes on, as for a build begun before it was recorded
+    if type(began) is int and began >= 1 and began != now:
+        torch.set_num_threads(began)
+        run.say(f"resuming with the {began} CPU thread(s) this build began with, not {now}: another count changes "
+                "the last bits of the result")
 
 
 def plan_with_source(run: BuildRun, source: SourceData) -> MemoryPlan:

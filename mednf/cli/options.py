@@ -16,6 +16,7 @@ import click
 
 from mednf.errors import ConfigError
 from mednf.format.layout import check_outside_datasets
+from mednf.openmp import free_cores
 
 F = TypeVar("F", bound=Callable[..., Any])
 DATASET_FOLDER = "The folder that holds the datasets, where NAME is looked up [default: $MEDNF_HOME]."
@@ -81,14 +82,20 @@ def set_threads(threads: int) -> None:
 
 def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--threads N`` for a command that computes: checked and applied (:func:`set_threads`) before the
-    command's own body runs; a bad N is one line and exit status 2 like every other wrong command line."""
+    command's own body runs; a bad N is one line and exit status 2 like every other wrong command line.
+    Without it (and without ``$OMP_NUM_THREADS``) the command takes the cores other processes leave free
+    (:func:`mednf.openmp.free_cores`, sampled for 0.1 s), at least one: threads that wait at every parallel
+    region for a core another job holds made a build 7–10× slower (``benchmarks/RESULTS.md``, "Under load")."""
 
     @functools.wraps(command)
     def run(*args: Any, threads: str | None = None, **kwargs: Any) -> Any:
         count = parse_threads(threads)
+        if count is None and "OMP_NUM_THREADS" not in os.environ:
+            count = free_cores()
         if count is not None:
             set_threads(count)
         return command(*args, **kwargs)
 
     return click.option("--threads", metavar="N", default=None,
-                        help="CPU threads for torch (torch.set_num_threads) [default: torch's, all cores].")(run)
+                        help="CPU threads for torch (torch.set_num_threads) [default: the cores other processes "
+                             "leave free, at least one].")(run)
