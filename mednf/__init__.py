@@ -16,10 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mednf.openmp import bound_spinning
 from mednf.version import __version__
-
-bound_spinning()  # before anything imports torch (see mednf.openmp)
 
 if TYPE_CHECKING:  # for editors and type checkers; at run time they are imported on first use
     from mednf.building.api import build

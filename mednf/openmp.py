@@ -1,37 +1,24 @@
-"""How long idle OpenMP threads spin before they sleep: bounded, so a build stays fast beside other jobs.
+"""How many CPU threads a command should use: the cores other processes leave free.
 
-torch's CPU kernels run on an OpenMP thread pool (libgomp in the Linux wheels). Between parallel regions its
-threads spin, waiting for the next one: 300,000 spins by default, and at a barrier a thread waits for every
-other. On an idle machine that spin is what makes short regions cheap; beside another CPU-bound process the
-spinning threads take the cores that the descheduled ones need, and a build ran 7–10× slower
-(``benchmarks/RESULTS.md``, "Under load"). ``OMP_WAIT_POLICY=PASSIVE`` (no spin) removes that but costs 2×
-on an idle machine. A bounded spin of :data:`SPINCOUNT` keeps most of the idle speed and yields the core
-soon enough under load (measured in the same section).
+torch's CPU kernels run on an OpenMP thread pool (libgomp in the Linux wheels), one thread per core by default.
+At every parallel region each thread waits for the others; beside another CPU-bound process one of them is
+often descheduled, and the rest spin (libgomp: 300,000 spins) or sleep until it runs again: the README's
+first build took 61 minutes instead of 4 beside one other job. :func:`free_cores` samples ``/proc/stat`` for
+0.1 s and counts the cores the rest of the machine leaves free (at least one); the computing commands take
+that many threads unless ``--threads`` or ``$OMP_NUM_THREADS`` says otherwise (:mod:`mednf.cli.options`).
+On an idle machine that is every core, so nothing changes there.
 
-libgomp reads ``GOMP_SPINCOUNT`` once, when torch loads it, so :func:`bound_spinning` must run before
-``import torch``: ``import mednf`` calls it. It leaves alone a user's own ``GOMP_SPINCOUNT`` or
-``OMP_WAIT_POLICY``, and a process that imported torch first (then it is too late: nothing is set, so
-nothing claims an effect it cannot have). Other OpenMP runtimes (Intel's and LLVM's ``KMP_BLOCKTIME``) are
-not touched: their builds were not measured here.
+Measured against the alternatives (``benchmarks/under_load.py``, ``benchmarks/RESULTS.md`` "Under load"):
+``OMP_WAIT_POLICY=PASSIVE`` halves the fit's speed on an idle machine, and a bounded spin
+(``GOMP_SPINCOUNT`` 1,000 or 10,000) costs 17–28 % idle and helps less under load than one thread fewer; so
+mednf sets neither. Load that starts after a command began is not followed: a build keeps its thread count
+for its whole life, resumes included (another count changes the last bits of the result).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-
-SPINCOUNT = "10000"
-"""Spins of an idle libgomp thread before it sleeps (libgomp's default: 300000; ``PASSIVE``: 0)."""
-
-
-def bound_spinning() -> bool:
-    """Set ``GOMP_SPINCOUNT`` to :data:`SPINCOUNT` unless the user chose a waiting policy or torch is already
-    loaded; whether it was set."""
-    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
-        return False
-    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
-    return True
 
 
 def cpu_count() -> int:

@@ -1,10 +1,8 @@
-"""What keeps a command fast beside other jobs: the bounded OpenMP spin set by ``import mednf`` and the thread
-count taken from the cores other processes leave free (:mod:`mednf.openmp`). Speed itself is measured in
-``benchmarks/under_load.py``, not here."""
+"""What keeps a command fast beside other jobs: the thread count taken from the cores other processes leave
+free (:mod:`mednf.openmp`). Speed itself is measured in ``benchmarks/under_load.py``, not here."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -13,22 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from mednf.cli import main
-from mednf.openmp import SPINCOUNT, cpu_count, free_cores
-
-SPIN = "import os, sys; sys.argv = ['x']; {before}import mednf; print(os.environ.get('GOMP_SPINCOUNT'))"
-
-
-def _spincount(env_extra: dict[str, str], before: str = "") -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")} | env_extra
-    return subprocess.run([sys.executable, "-c", SPIN.format(before=before)], env=env, capture_output=True,
-                          text=True, check=True).stdout.strip()
-
-
-def test_import_bounds_the_spin_unless_the_user_chose_or_torch_came_first():
-    assert _spincount({}) == SPINCOUNT
-    assert _spincount({"GOMP_SPINCOUNT": "123"}) == "123"
-    assert _spincount({"OMP_WAIT_POLICY": "ACTIVE"}) == "None"
-    assert _spincount({}, before="import torch; ") == "None"  # too late to matter: nothing claimed
+from mednf.openmp import cpu_count, free_cores
 
 
 @pytest.fixture

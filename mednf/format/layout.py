@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mednf.errors import ConfigError, MednfError
+from mednf.io import jsonsafe
 from mednf.io.files import OWNER_MARK, is_temporary, owner_mark
 
 FORMAT_VERSION = 1
@@ -147,16 +148,15 @@ BUILD_NAMES = frozenset({MANIFEST, MODEL, LATENTS, INDEX, CARD, *FIGURES, LOG, W
 
 
 def earlier_build(folder: Path) -> bool:
-    """``folder`` holds a build of a mednf that did not mark its folders yet: a manifest that reads, or an
-    unfinished build's recorded identity (``.partial/build.json``). A ``build.log`` or a card alone is not one."""
-    from mednf.format.manifest import Manifest  # it reads this module's names
-
+    """``folder`` holds a build of a mednf that did not mark its folders yet: a manifest (a JSON object with a
+    manifest's sections; the full check is the reader's), or an unfinished build's recorded identity
+    (``.partial/build.json``). A ``build.log`` or a card alone is not one."""
     if (folder / MANIFEST).is_file() and not (folder / MANIFEST).is_symlink():
         try:
-            Manifest.read(folder)
-            return True
+            data = jsonsafe.loads((folder / MANIFEST).read_bytes(), str(folder / MANIFEST), "")
         except (MednfError, OSError):
             return False
+        return isinstance(data, dict) and {"name", "builder", "engine", "files"} <= set(data)
     identity = folder / WORK / "build.json"
     if identity.is_file() and not identity.is_symlink() and not (folder / WORK).is_symlink():
         try:
