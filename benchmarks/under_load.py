@@ -26,25 +26,34 @@ import time
 from pathlib import Path
 
 ENGINE = Path(__file__).with_name("engine.py")
-VARIANTS: dict[str, dict[str, str]] = {
-    "libgomp default (300k spins)": {"GOMP_SPINCOUNT": "300000"},
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "spin 100k": {"GOMP_SPINCOUNT": "100000"},
-    "spin 10k": {"GOMP_SPINCOUNT": "10000"},
-    "spin 1k": {"GOMP_SPINCOUNT": "1000"},
-    "mednf default": {},
+VARIANTS: dict[str, dict[str, str]] = {  # "threads": "free" = the cores other processes leave free, as the CLI
+    "before: libgomp default (300k spins), all cores": {"GOMP_SPINCOUNT": "300000"},
+    "passive, all cores": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin 1k, all cores": {"GOMP_SPINCOUNT": "1000"},
+    "spin 10k, all cores": {"GOMP_SPINCOUNT": "10000"},
+    "libgomp default, 1 thread": {"GOMP_SPINCOUNT": "300000", "threads": "1"},
+    "spin 1k, free cores": {"GOMP_SPINCOUNT": "1000", "threads": "free"},
+    "mednf default (free cores)": {"threads": "free"},
 }
 
 
-def run_engine(env_extra: dict[str, str], args: list[str]) -> dict:
-    """One engine benchmark in a fresh process; its JSON numbers."""
+def run_engine(variant: dict[str, str], args: list[str]) -> dict:
+    """One engine benchmark in a fresh process; its JSON numbers (and the thread count it ran with)."""
+    from mednf.openmp import free_cores
+
+    env_extra = {k: v for k, v in variant.items() if k != "threads"}
+    threads = variant.get("threads")
+    if threads == "free":
+        threads = str(free_cores())  # sampled now, as `mednf build` does when it starts
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+        env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
         env.update(env_extra)
-        subprocess.run([sys.executable, str(ENGINE), *args, "--json", str(out)], env=env, check=True,
-                       capture_output=True, text=True)
-        return json.loads(out.read_text())
+        subprocess.run([sys.executable, str(ENGINE), *args, *(["--threads", threads] if threads else []),
+                        "--json", str(out)], env=env, check=True, capture_output=True, text=True)
+        numbers = json.loads(out.read_text())
+        numbers["threads"] = threads or "all"
+        return numbers
 
 
 def main() -> None:
@@ -70,8 +79,9 @@ def main() -> None:
                     numbers = run_engine(VARIANTS[name], args)
                     numbers["wall_s"] = time.perf_counter() - t0
                     results[condition][name].append(numbers)
-                    print(f"round {r + 1} {condition:6s} {name:30s} meta {numbers['meta']['median_s']:.3f} s/it  "
-                          f"fit {numbers['fit']['signals_per_s']:.1f}/s  ({numbers['wall_s']:.0f} s)", flush=True)
+                    print(f"round {r + 1} {condition:6s} {name:45s} meta {numbers['meta']['median_s']:.3f} s/it  "
+                          f"fit {numbers['fit']['signals_per_s']:.1f}/s  threads {numbers['threads']}  "
+                          f"({numbers['wall_s']:.0f} s)", flush=True)
             finally:
                 if spinner is not None:
                     spinner.kill()
