@@ -1,12 +1,14 @@
-"""The engine's speed on an idle machine and beside a competing CPU job, for OpenMP waiting settings.
+"""The engine's speed on an idle machine and beside a competing CPU job, for OpenMP waiting settings and
+thread counts.
 
 Usage::
 
     python benchmarks/under_load.py --rounds 2 --json out.json
 
 Each variant runs ``benchmarks/engine.py`` (``--preset cpu-small --size 28``) in a fresh process, whose
-environment sets how OpenMP threads wait (read by libgomp when torch loads it; mednf's own default is what
-``import mednf`` sets when the variable is unset). "loaded" runs the same command while one other process
+environment sets how OpenMP threads wait (read by libgomp when torch loads it) and with ``--threads``: "free"
+is what a mednf command takes without ``--threads`` (:func:`mednf.openmp.free_cores`, sampled just before
+the process starts, the competing job already running). "loaded" runs the same command while one other process
 spins on one core (``python -c "while True: pass"``), as a notebook or a DataLoader worker would. Variants
 run interleaved, round after round, so drifts of the shared machine touch all of them alike; the table
 gives the median seconds per meta-iteration and fit signals per second of each, and their ratios to the
