@@ -42,7 +42,8 @@ class BuildRun:
         """The device as build.log and the manifest name it."""
         if self.device.type == "cuda":
             return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
-        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
 
     def say(self, message: str) -> None:
         """To build.log and, on rank 0, the console (:func:`mednf.building.buildlog.say`)."""
