@@ -125,13 +125,19 @@ def cache(tmp_path, phantom_dir) -> Path:
     home = tmp_path / "cache"
     shutil.copytree(phantom_dir, home / "PhantomNF")
     (home / "ChestNF" / ".partial").mkdir(parents=True)
-    (home / "ChestNF" / ".partial" / "checkpoint.safetensors").write_bytes(b"x" * 1000)
+    (home / "ChestNF" / ".partial" / "build.json").write_text("{}")  # an unfinished build's recorded identity
+    (home / "ChestNF" / ".partial" / "checkpoint.safetensors").write_bytes(b"x" * 998)
     (home / "DermaNF").mkdir()
     (home / "DermaNF" / "mednf.json").write_text("{")
     (home / "photos").mkdir()
     (home / "photos" / "cat.jpg").write_bytes(b"y" * 10)
     (home / ".remote" / "ab").mkdir(parents=True)
-    (home / ".remote" / "ab" / "abcd").write_bytes(b"z" * 100)
+    (home / ".remote" / "ab" / ("ab" + "0" * 62)).write_bytes(b"z" * 100)
+    (home / "Look").mkdir()  # an empty .partial/ alone does not make a folder mednf's
+    (home / "Look" / ".partial").mkdir()
+    (home / "Look" / "data.csv").write_text("mine")
+    (home / ".verified").mkdir()  # a user's folder under a bookkeeping name
+    (home / ".verified" / "notes.txt").write_text("mine")
     return home
 
 
@@ -139,12 +145,13 @@ def test_cache_list_names_every_folder_with_its_state_and_size(cache):
     entries = {e.name: e for e in cache_entries(cache)}
     assert {n: e.state for n, e in entries.items()} == {
         "ChestNF": "unfinished", "DermaNF": "damaged", "PhantomNF": "built", "photos": "foreign",
-        ".remote": "bookkeeping"}
+        "Look": "foreign", ".remote": "bookkeeping", ".verified": "foreign"}
     assert entries["ChestNF"].size_bytes == 1000 and entries[".remote"].size_bytes == 100
     assert entries["PhantomNF"].complete and not entries["ChestNF"].complete
     listed = json.loads(invoke("cache", "list", "--root", str(cache), "--json").stdout)
     assert listed["total_bytes"] == sum(e.size_bytes for e in entries.values())
-    assert [e["name"] for e in listed["entries"]] == ["ChestNF", "DermaNF", "PhantomNF", "photos", ".remote"]
+    assert [e["name"] for e in listed["entries"]] == ["ChestNF", "DermaNF", "Look", "PhantomNF", "photos", ".remote",
+                                                      ".verified"]
     text = invoke("cache", "list", "--root", str(cache)).output
     assert "unfinished" in text and "foreign" in text and "total" in text
 
@@ -152,8 +159,10 @@ def test_cache_list_names_every_folder_with_its_state_and_size(cache):
 def test_cache_rm_keeps_unfinished_builds_and_foreign_folders(cache):
     assert "--force" in error(invoke("cache", "rm", "chestnf", "--root", str(cache)), 1)
     assert (cache / "ChestNF" / ".partial" / "checkpoint.safetensors").is_file()
-    assert "not a mednf dataset" in error(invoke("cache", "rm", "photos", "--root", str(cache), "--force"), 1)
+    for name in ("photos", "Look", ".verified"):  # not mednf's: never deleted, --force or not
+        assert "is not mednf's" in error(invoke("cache", "rm", name, "--root", str(cache), "--force"), 1)
     assert (cache / "photos" / "cat.jpg").read_bytes() == b"y" * 10
+    assert (cache / "Look" / "data.csv").read_text() == (cache / ".verified" / "notes.txt").read_text() == "mine"
     assert "not in the cache" in error(invoke("cache", "rm", "NoSuchNF", "--root", str(cache)), 1)
     removed = json.loads(invoke("cache", "rm", "chestnf", "--root", str(cache), "--force", "--json").stdout)
     assert removed["state"] == "unfinished" and removed["freed_bytes"] == 1000
@@ -163,7 +172,7 @@ def test_cache_rm_keeps_unfinished_builds_and_foreign_folders(cache):
     assert invoke("cache", "rm", "DermaNF", "--root", str(cache), "--force", "--quiet").exit_code == 0
     for name in ("PhantomNF", ".remote"):
         assert invoke("cache", "rm", name, "--root", str(cache), "--quiet").exit_code == 0
-    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == ["photos"]
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [".verified", "Look", "photos"]
 
 
 def test_cache_rm_never_removes_a_dataset_a_live_process_writes(cache):

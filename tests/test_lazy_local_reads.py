@@ -403,3 +403,29 @@ def test_the_dataset_folder_is_never_written(rows_dir):
         for p, mode in modes.items():
             p.chmod(mode)
     assert listing(root) == before
+
+
+@pytest.mark.parametrize("where", ["key", "cache"])
+def test_a_link_planted_in_the_unpacked_cache_is_never_written_through(rows_dir, own_home, tmp_path, monkeypatch,
+                                                                       where):
+    """A link at ``.unpacked/<key>`` (or at ``.unpacked``) pointing at a user's folder: the split is read by chunk
+    with one warning, and nothing in that folder changes (its ``train.npy`` and hidden ``.tmp`` files included)."""
+    root, latents = rows_dir
+    user = tmp_path / "user"
+    user.mkdir()
+    for name, data in {"train.npy": b"precious", ".train.notes.tmp": b"a", ".train.123.tmp": b"b"}.items():
+        (user / name).write_bytes(data)
+    key = unpack_key(Manifest.read(root), "train")
+    if where == "key":
+        (own_home / ".unpacked").mkdir(parents=True)
+        (own_home / ".unpacked" / key).symlink_to(user)
+    else:
+        own_home.mkdir(parents=True)
+        (own_home / ".unpacked").symlink_to(user)
+    monkeypatch.setattr(lazy, "_WARNED", set())
+    with pytest.warns(UnpackWarning, match="symbolic link"):
+        ds = mednf.load(root, split="train")
+        np.testing.assert_array_equal(np.asarray(ds.latents), latents)
+    assert isinstance(ds.latents, LazyLatents)
+    assert {p.name: p.read_bytes() for p in user.iterdir()} == {
+        "train.npy": b"precious", ".train.notes.tmp": b"a", ".train.123.tmp": b"b"}

@@ -70,7 +70,7 @@ import numpy as np
 from mednf.errors import FormatError, MednfError
 from mednf.format.layout import LATENTS, mednf_home
 from mednf.format.manifest import Manifest
-from mednf.io.files import atomic_write_bytes, create_new, temporary_name
+from mednf.io.files import atomic_write_bytes, create_new, is_temporary, temporary_name
 
 DEFAULT_CACHE_BYTES = 256 << 20
 READ_AHEAD = 8  # chunks read in one go once reads go in order (zarr's cost per call is paid once for them)
@@ -447,7 +447,12 @@ def open_unpacked(latents: LazyLatents, key: str) -> np.ndarray | None:
         if mapped is not None:
             return mapped
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not _own_folders(path.parent):
+                _warn("link", f"{path.parent} or a folder above it in {mednf_home()} is a symbolic link or not a "
+                              f"folder: mednf writes its unpacked latents only into real folders of its own, so the "
+                              f"{latents.split} latents are read by chunk instead (remove it; {UNPACK_ENV}=0 reads "
+                              "by chunk without trying)")
+                return None
             with _process_lock(path):
                 mapped = _map(path, latents.shape)  # unpacked by another process while this one waited
                 if mapped is None:
@@ -464,6 +469,21 @@ def open_unpacked(latents: LazyLatents, key: str) -> np.ndarray | None:
     if mapped is None:
         raise FormatError(f"{path} was changed while it was being unpacked; load the dataset again")
     return mapped
+
+
+def _own_folders(folder: Path) -> bool:
+    """Create ``folder`` (``$MEDNF_HOME/.unpacked/<key>``) and the folders above it inside ``$MEDNF_HOME`` that are
+    missing; False if any of them is a symbolic link or not a folder (never followed, never written through)."""
+    home = mednf_home()
+    home.mkdir(parents=True, exist_ok=True)
+    for part in (folder.parent, folder):  # .unpacked, then <key>
+        try:
+            os.mkdir(part)
+        except FileExistsError:
+            pass
+        if part.is_symlink() or not part.is_dir():
+            return False
+    return True
 
 
 def _warn(kind: str, message: str) -> None:
@@ -506,9 +526,10 @@ def _process_lock(path: Path) -> Iterator[None]:
             locked = True
         except OSError:
             locked = False
-        if locked:  # any temporary file of this split now belongs to a process that died before renaming it
-            for stale in path.parent.glob(f".{path.stem}.*.tmp"):
-                stale.unlink(missing_ok=True)
+        if locked:  # mednf's temporary files of this split now belong to processes that died before renaming them
+            for stale in path.parent.glob(f".{path.stem}.*.tmp"):  # the .npy and its .json record
+                if is_temporary(stale):
+                    stale.unlink(missing_ok=True)
         yield
     finally:
         os.close(fd)

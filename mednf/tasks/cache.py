@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from mednf.errors import BuildError, NotFoundError, match_name
-from mednf.format.layout import MANIFEST, mednf_home
-from mednf.io.files import make_scratch, sweep_dead_scratch
+from mednf.format.layout import MANIFEST, earlier_build, mednf_home
+from mednf.io.files import make_scratch, owner_mark, sweep_dead_scratch
 from mednf.io.lock import dataset_lock
 from mednf.remote.catalogue import availability
 
@@ -73,12 +74,44 @@ def cache_entries(root: str | Path | None = None) -> list[CacheEntry]:
         if path.is_symlink() or not path.is_dir():
             continue  # lock files, a user's files: not folders of the cache
         if path.name in BOOKKEEPING:
-            entries.append(CacheEntry(path.name, path, "bookkeeping", folder_size(path)))
+            state = "bookkeeping" if _bookkeeping(path) else "foreign"
+            entries.append(CacheEntry(path.name, path, state, folder_size(path)))
         elif not path.name.startswith("."):  # hidden: scratch folders of downloads and exports in progress
             where = availability(path.name, home)
             state = where.state if where.path is not None else "foreign"
+            if state == "unfinished" and not _build_state(path):
+                state = "foreign"  # an empty .partial/ does not make a folder mednf's
             entries.append(CacheEntry(path.name, path, state, folder_size(path)))
-    return sorted(entries, key=lambda e: (e.state == "bookkeeping", e.name.lower()))
+    return sorted(entries, key=lambda e: (e.name.startswith("."), e.name.lower()))  # mednf's own folders last
+
+
+# the files mednf writes in each bookkeeping folder: .remote/<2 hex>/<sha256>, .verified/<key>.json,
+# .unpacked/<key>/<split>.npy|.json|.lock, and the temporary files of those writes
+_BOOKKEEPING_FILES = {
+    ".remote": re.compile(r"[0-9a-f]{2}/(?:[0-9a-f]{64}|\.[0-9a-f]{64}\..+\.tmp)"),
+    ".verified": re.compile(r"[^/]+\.json|\.[^/]+\.json\.[0-9]+\.tmp"),
+    ".unpacked": re.compile(r"[0-9a-f]+/(?:\w+\.(?:npy|json)|\.\w+\.lock|\.\w+\.(?:npy|json)\.[0-9]+\.tmp)"),
+}
+
+
+def _bookkeeping(folder: Path) -> bool:
+    """Whether ``folder`` holds only what mednf writes there (no link, no file of another name): only then is it
+    listed as mednf's bookkeeping and removable."""
+    pattern = _BOOKKEEPING_FILES[folder.name]
+    for parent, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(parent) / name
+            if path.is_symlink():
+                return False
+            if name in files and not pattern.fullmatch(path.relative_to(folder).as_posix()):
+                return False
+    return True
+
+
+def _build_state(folder: Path) -> bool:
+    """``folder`` is a build of mednf's: it carries mednf's build mark, or an earlier mednf's recorded build."""
+    mark = owner_mark(folder)
+    return (mark is not None and mark[0] == "build") or earlier_build(folder)
 
 
 def remove_dataset(name: str, root: str | Path | None = None, *, force: bool = False) -> CacheEntry:
@@ -92,8 +125,8 @@ def remove_dataset(name: str, root: str | Path | None = None, *, force: bool = F
         raise NotFoundError(f"{name!r} is not in the cache {_home(root)} (there: {names}); see `mednf cache list`")
     entry = next(e for e in entries if e.name == found)
     if entry.state == "foreign":
-        raise BuildError(f"{entry.path} is not a mednf dataset (no manifest and no build state): mednf deletes only "
-                         "its own folders; remove it yourself if you mean to")
+        raise BuildError(f"{entry.path} is not mednf's (no manifest, no build state of mednf's, or files mednf does "
+                         "not write): mednf deletes only its own folders; remove it yourself if you mean to")
     if entry.state == "unfinished" and not force:
         raise BuildError(f"{entry.path} holds an unfinished build, which a rerun of `mednf build` resumes: add "
                          "--force to delete it anyway")
