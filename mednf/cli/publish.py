@@ -17,6 +17,7 @@ from mednf.format.layout import mednf_home
 from mednf.format.manifest import Manifest
 from mednf.format.reader import verify_dataset
 from mednf.loading import find_dataset
+from mednf.optional import optional_import
 from mednf.remote.hf import download_hf
 from mednf.remote.official_import import import_official as run_import
 from mednf.remote.registry import is_registered, registry, registry_entry
@@ -105,6 +106,8 @@ def export(name: str, fmt: str, out: Path, push_to: str | None, root: Path | Non
         raise ConfigError(f"--push {push_to} is invalid with --format {fmt}: the Hub takes the hf export; "
                           "add --format hf")
     if fmt == "hf":
+        if not printer.progress:  # datasets draws its own bars while it writes the Parquet shards
+            optional_import("datasets", "mednf export --format hf").disable_progress_bars()
         folder = export_hf(find_dataset(name, root), out)
         entry = hf_registry_entry(folder)
         printer.line(f"wrote {folder}: data/*.parquet, README.md, mednf.json, model.safetensors")
