@@ -191,3 +191,13 @@ def test_an_interrupted_removal_is_swept_by_the_next(cache):
     assert "PhantomNF" not in {e.name for e in cache_entries(cache) if e.name.startswith(".")}  # hidden, not listed
     remove_dataset("PhantomNF", cache)
     assert not left.exists() and not (cache / "PhantomNF").exists()
+
+
+def test_cache_rm_of_a_dataset_holding_a_file_of_someone_else_names_it_and_needs_force(cache):
+    (cache / "PhantomNF" / "thesis.tex").write_text("mine")
+    (cache / "PhantomNF" / "latents.zarr" / ".notes").write_text("mine too")
+    line = error(invoke("cache", "rm", "PhantomNF", "--root", str(cache)), 1)
+    assert "2 file(s) its manifest does not list (latents.zarr/.notes, thesis.tex)" in line and "--force" in line
+    assert (cache / "PhantomNF" / "thesis.tex").read_text() == "mine"
+    assert invoke("cache", "rm", "PhantomNF", "--root", str(cache), "--force", "--quiet").exit_code == 0
+    assert not (cache / "PhantomNF").exists()

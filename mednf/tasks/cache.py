@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mednf.errors import BuildError, NotFoundError, match_name
-from mednf.format.layout import MANIFEST, earlier_build, mednf_home
-from mednf.io.files import make_scratch, owner_mark, sweep_dead_scratch
+from mednf.format.layout import CONTINUE, LOG, MANIFEST, WORK, earlier_build, mednf_home
+from mednf.format.manifest import Manifest
+from mednf.io.files import OWNER_MARK, is_temporary, make_scratch, owner_mark, sweep_dead_scratch
 from mednf.io.lock import dataset_lock
 from mednf.remote.catalogue import availability
 
@@ -133,12 +134,34 @@ def remove_dataset(name: str, root: str | Path | None = None, *, force: bool = F
     if entry.state == "damaged" and not force:
         raise BuildError(f"{entry.path} holds a mednf.json that does not read{_beside(entry.path)}, so mednf cannot "
                          "tell whose files those are: add --force to delete the folder anyway")
+    if entry.complete and not force:
+        foreign = _not_listed(entry.path)
+        if foreign:
+            raise BuildError(f"{entry.path} holds {len(foreign)} file(s) its manifest does not list "
+                             f"({', '.join(foreign[:5])}{', …' if len(foreign) > 5 else ''}), which are not mednf's: "
+                             "move them out, or add --force to delete them with the dataset")
     if entry.state == "bookkeeping":
         _delete(entry.path)
         return entry
     with dataset_lock(entry.path, "remove"):
         _delete(entry.path)
     return entry
+
+
+def _not_listed(folder: Path) -> list[str]:
+    """The files in the complete dataset ``folder`` that are neither listed by its manifest nor mednf's own (its
+    manifest, log, build state, mark, temporaries), hidden ones included: someone else's, sorted."""
+    manifest = Manifest.read(folder)
+    own = {MANIFEST, LOG, OWNER_MARK}
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        for name in files:
+            rel = (Path(parent) / name).relative_to(folder)
+            if (rel.as_posix() in manifest.files or rel.as_posix() in own or rel.parts[0] in (WORK, CONTINUE)
+                    or is_temporary(Path(parent) / name)):
+                continue
+            found.append(rel.as_posix())
+    return sorted(found)
 
 
 def _beside(folder: Path) -> str:
