@@ -123,8 +123,8 @@ def check_output_folder(folder: Path, option: str, *, kind: str, name: str | Non
                           "folder it points to")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{option} {folder} is a file: expected a folder (new or empty); choose another path")
-    # the mark being written by another rank of the same build (``.mednf-owner.<pid>.tmp``) is no one else's
-    entries = sorted((p for p in folder.iterdir() if not (is_temporary(p) and p.name.startswith(OWNER_MARK + ".")))
+    # the mark being written by another rank of the same build (``..mednf-owner.<pid>.tmp``) is no one else's
+    entries = sorted((p for p in folder.iterdir() if not (is_temporary(p) and p.name.startswith(f".{OWNER_MARK}.")))
                      if folder.is_dir() else [], key=lambda p: p.name)
     if not entries:
         return folder
