@@ -10,6 +10,7 @@ to wait after the first half of the body (a transfer in progress, for concurrenc
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -112,3 +113,49 @@ class Loopback(ServedThread):
                 raise AssertionError(f"{path} was not requested within {timeout} s (requests: {self.requests})")
             time.sleep(0.01)
 
+
+
+class RawSocketServer:
+    """A server on 127.0.0.1 (a free port) below HTTP: each accepted connection is handed, as a raw socket, to
+    :meth:`handle` in a thread of its own, for answers no well-behaved server gives (drips, drops, forged
+    headers). ``stopped`` is set when the ``with`` block ends; every connection thread is joined then."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def handle(self, sock: socket.socket) -> None:
+        """Answer one connection (the subclass's protocol); the socket is closed afterwards."""
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            worker = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            worker.start()
+            self.threads.append(worker)
+
+    def _serve(self, sock: socket.socket) -> None:
+        with sock:
+            self.handle(sock)
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.listener.close()
+        for worker in self.threads:
+            worker.join(timeout=5)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from loopback import RawSocketServer
 from official_fixture import make_model, write_release
 
 from mednf.errors import ConfigError, DownloadError, SourceError
@@ -98,57 +99,28 @@ class Request:
 Handler = Callable[[Request, int], None]
 
 
-class Flaky:
+class Flaky(RawSocketServer):
     """A server on 127.0.0.1 calling ``handler(request, n)`` for the n-th request (from 0), one thread per
     connection, each connection closed after its answer; ``requests`` lists ``(path, Range header)``."""
 
     def __init__(self, handler: Handler) -> None:
+        super().__init__()
         self.handler = handler
         self.requests: list[tuple[str, str | None]] = []
         self.if_range: list[str | None] = []
-        self.stopped = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            worker = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            worker.start()
-            self.threads.append(worker)
-
-    def _serve(self, sock: socket.socket) -> None:
-        with sock:
-            try:
-                request = Request(sock, self.stopped)
-            except OSError:
-                return
-            with self.lock:
-                n = len(self.requests)
-                self.requests.append((request.path, request.range))
-                self.if_range.append(request.headers.get("if-range"))
-            self.handler(request, n)
-
-    def __enter__(self) -> Flaky:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        self.listener.close()
-        for worker in self.threads:
-            worker.join(timeout=5)
+    def handle(self, sock: socket.socket) -> None:
+        """Read the request, record it, and let the handler answer it."""
+        try:
+            request = Request(sock, self.stopped)
+        except OSError:
+            return
+        with self.lock:
+            n = len(self.requests)
+            self.requests.append((request.path, request.range))
+            self.if_range.append(request.headers.get("if-range"))
+        self.handler(request, n)
 
     def starts(self) -> list[int | None]:
         """The N of each request's ``Range: bytes=N-`` (None: no Range)."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
+from loopback import RawSocketServer
 
 import mednf
 from mednf.cli import main
@@ -70,57 +70,28 @@ class Client:
                 return
 
 
-class Hostile:
+class Hostile(RawSocketServer):
     """A server on 127.0.0.1 answering each path with its handler (404 for others), one thread per connection;
     ``requests`` lists the paths asked for, ``sent`` counts the bytes written."""
 
     def __init__(self, routes: dict[str, Handler]) -> None:
+        super().__init__()
         self.routes = routes
         self.requests: list[str] = []
         self.sent = 0
-        self.stopped = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.threads: list[threading.Thread] = []
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            worker = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            worker.start()
-            self.threads.append(worker)
-
-    def _serve(self, sock: socket.socket) -> None:
-        with sock:
-            try:
-                client = Client(sock, self)
-            except OSError:
-                return
-            self.requests.append(client.path)
-            handler = self.routes.get(client.path.split("?", 1)[0])
-            if handler is None:
-                client.answer("404 Not Found")
-            else:
-                handler(client)
-
-    def __enter__(self) -> Hostile:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        self.listener.close()
-        for worker in self.threads:
-            worker.join(timeout=5)
+    def handle(self, sock: socket.socket) -> None:
+        """Read the request line, then answer with the path's handler."""
+        try:
+            client = Client(sock, self)
+        except OSError:
+            return
+        self.requests.append(client.path)
+        handler = self.routes.get(client.path.split("?", 1)[0])
+        if handler is None:
+            client.answer("404 Not Found")
+        else:
+            handler(client)
 
 
 def ok(body: bytes, headers: dict[str, str] | None = None) -> Handler:

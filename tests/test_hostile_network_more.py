@@ -33,17 +33,16 @@ class Dripping(Hostile):
         super().__init__({})
         self.every, self.count = every, count
 
-    def _serve(self, sock) -> None:  # type: ignore[no-untyped-def]
-        with sock:
-            try:
-                client = Client(sock, self)
-            except OSError:
+    def handle(self, sock) -> None:  # type: ignore[no-untyped-def]
+        try:
+            client = Client(sock, self)
+        except OSError:
+            return
+        self.requests.append(client.path)
+        client.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(self.count):
+            if not client.send(b"1\r\n \r\n") or self.stopped.wait(self.every):
                 return
-            self.requests.append(client.path)
-            client.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for _ in range(self.count):
-                if not client.send(b"1\r\n \r\n") or self.stopped.wait(self.every):
-                    return
 
 
 @pytest.fixture(autouse=True)
