@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mednf.engine.context import context_size, random_context
+from mednf.engine.context import context_size, random_context, random_contexts
 
 
 def test_subsets_are_valid_distinct_and_deterministic():
@@ -28,3 +28,27 @@ def test_every_coordinate_is_chosen_about_equally_often():
     counts.index_add_(0, draws.flatten(), torch.ones(draws.numel()))
     expected = 4000 * 16 / 64
     assert (counts - expected).abs().max() < 5 * expected ** 0.5  # within 5 σ of a fair draw
+
+
+def _mix32(x: int) -> int:
+    """The 32-bit finaliser of mednf.engine.context, on Python integers."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _reference_subset(signal: int, num_points: int, ratio: float, seed: int, step: int) -> list[int]:
+    """One signal's subset from the hash written out point by point: the n smallest keys, ties by index."""
+    h = _mix32(_mix32(_mix32(seed) ^ signal) ^ step)
+    keys = [_mix32((h + p * 0x9E3779B1) & 0xFFFFFFFF) for p in range(num_points)]
+    return sorted(range(num_points), key=lambda p: (keys[p], p))[: context_size(num_points, ratio)]
+
+
+def test_all_steps_at_once_equal_the_point_by_point_reference():
+    ids = torch.tensor([0, 3, 17, 2**31 + 5])
+    together = random_contexts(ids, 50, 0.3, seed=11, steps=4)  # [steps, B, n]
+    assert together.shape == (4, 4, 15)
+    for step in range(4):
+        torch.testing.assert_close(together[step], random_context(ids, 50, 0.3, seed=11, step=step), rtol=0, atol=0)
+        for row, signal in enumerate(ids.tolist()):
+            assert together[step, row].tolist() == _reference_subset(signal, 50, 0.3, 11, step)

@@ -32,6 +32,7 @@ Wraps :class:`mednf.engine.meta.MetaLearner` with what a long run needs:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -58,8 +59,10 @@ from mednf.engine.config import EngineConfig
 from mednf.engine.execution import Execution
 from mednf.engine.fit import as_float_signals, fit_latents
 from mednf.engine.memory import release_free_memory
-from mednf.engine.meta import MetaLearner
+from mednf.engine.meta import MetaLearner, MetaStats, read_stats
+from mednf.engine.metrics import check_signals
 from mednf.engine.planner import MemoryPlan, fit_batch_now
+from mednf.engine.transfer import upload
 from mednf.errors import BuildError
 from mednf.format.tensors import load_tensors, save_tensors
 from mednf.sources.spec import BuildSettings
@@ -69,6 +72,7 @@ BEST = "meta-best.safetensors"
 CURVES = "training.csv"
 PREVIEW = 8  # validation reconstructions shown in TensorBoard
 STALLED_DB = 0.1  # a validation gaining less than this over the previous one has stalled
+STATS_EVERY = 25  # on a GPU, the iterations' statistics are read every this many iterations (one wait each)
 
 
 @dataclass
@@ -94,10 +98,58 @@ def batch_positions(seed: int, iteration: int, batch: int, num_samples: int) -> 
     epochs, offsets = np.divmod(stream, num_samples)
     out = np.empty(batch, dtype=np.int64)
     for epoch in np.unique(epochs):
-        perm = np.random.default_rng([seed, int(epoch)]).permutation(num_samples)
         mask = epochs == epoch
-        out[mask] = perm[offsets[mask]]
+        out[mask] = epoch_permutation(seed, int(epoch), num_samples)[offsets[mask]]
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, num_samples: int) -> np.ndarray:
+    """The order of the training set in ``epoch`` (read-only; drawn once, not once per iteration)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    perm.flags.writeable = False
+    return perm
+
+
+def stats_interval(device: torch.device) -> int:
+    """Iterations whose statistics are read together: every one on the CPU (reading waits for nothing there),
+    :data:`STATS_EVERY` on a GPU."""
+    return 1 if device.type == "cpu" else STATS_EVERY
+
+
+class BatchFeeder:
+    """This rank's signals of every meta-iteration, on the learner's device.
+
+    The rows of :func:`batch_positions` are gathered from the training images in host memory; uint8 images
+    travel as bytes (the learner scales them on the device), float ones are checked for NaN/Inf here, in
+    host memory. On CUDA the next iteration's batch is gathered and its upload queued (pinned memory,
+    :mod:`mednf.engine.transfer`) as soon as the current one is handed out, so the copy overlaps the current
+    iteration's kernels.
+    """
+
+    def __init__(self, images: np.ndarray, seed: int, batch: int, mine: np.ndarray, device: torch.device, *,
+                 ahead: bool | None = None) -> None:
+        """``ahead``: prepare the next batch when one is handed out (default: on CUDA)."""
+        self.images, self.seed, self.batch, self.mine, self.device = images, seed, batch, mine, device
+        self.ahead = device.type == "cuda" if ahead is None else ahead
+        self._next: tuple[int, torch.Tensor] | None = None
+
+    def __call__(self, iteration: int) -> torch.Tensor:
+        """The signals ``[b, D, *spatial]`` (uint8 or float32) of meta-iteration ``iteration`` on the device."""
+        if self._next is not None and self._next[0] == iteration:
+            ready = self._next[1]
+        else:
+            ready = self._load(iteration)
+        self._next = (iteration + 1, self._load(iteration + 1)) if self.ahead else None
+        return ready
+
+    def _load(self, iteration: int) -> torch.Tensor:
+        rows = batch_positions(self.seed, iteration, self.batch, len(self.images))[self.mine]
+        signals = torch.from_numpy(np.ascontiguousarray(self.images[rows]))
+        if signals.dtype != torch.uint8:
+            signals = as_float_signals(signals)
+            check_signals(signals, f"the training images of meta-iteration {iteration + 1}")
+        return upload(signals, self.device)
 
 
 def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -147,6 +199,7 @@ class MetaTrainer:
         self.schedule = [{"from": 1, "length": cfg.meta.steps}]
         self.grad_norms: list[float] = []  # meta-gradient norm of every iteration so far (kept in checkpoints)
         self.last_shift_rms = float("nan")  # of the last validation (see validate)
+        self.last_train_psnr = float("nan")  # of the last iteration whose statistics were read
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, path: Path, *, with_optimizer: bool) -> None:
@@ -227,7 +280,7 @@ class MetaTrainer:
         meta, dist = self.cfg.meta, self.dist
         steps, batch = meta.steps, meta.batch_size
         mine = np.arange(dist.rank, batch, dist.world)  # this rank's positions in every global batch
-        positions = torch.from_numpy(mine)
+        positions = torch.from_numpy(mine).to(self.device)  # uploaded once
         bar = tqdm(total=steps, initial=self.learner.iteration, desc="meta-training", unit="it",
                    disable=not (progress and dist.is_main), dynamic_ncols=True)
         reduce = dist.sum_ if dist.enabled else None
@@ -238,32 +291,32 @@ class MetaTrainer:
                 self.grad_norms = [float(row["grad_norm"] or "nan") for row in read_training(curves.path)
                                    if row["kind"] == "train"]
         board = TensorBoardLog(self.tensorboard) if dist.is_main and self.tensorboard is not None else None
-        stats: dict[str, float] = {}
+        feed = BatchFeeder(self.train_images, self.seed, batch, mine, self.device)
+        pending: list[tuple[int, MetaStats]] = []  # iterations whose statistics are still on the device
+        stats_every = stats_interval(self.device)
+        block_started = 0.0
         warned = False
         while self.learner.iteration < steps:
             started = time.perf_counter()
-            it = self.learner.iteration
-            idx = batch_positions(self.seed, it, batch, len(self.train_images))[mine]
-            signals = as_float_signals(np.ascontiguousarray(self.train_images[idx]))
-            stats = self.learner.step(signals, positions=positions, global_batch=batch, reduce_grads=reduce,
-                                      micro_batch=self.micro_batch)
+            if not pending:
+                block_started = started
+            signals = feed(self.learner.iteration)
+            pending.append((self.learner.iteration + 1, self.learner.step(
+                signals, positions=positions, global_batch=batch, reduce_grads=reduce, micro_batch=self.micro_batch)))
             done = self.learner.iteration
-            self.grad_norms.append(stats["grad_norm"])
-            if curves is not None:
-                curves.train(done, stats, time.perf_counter() - started)
-            if board is not None:
-                board.train(done, stats)
             validated = done % self.settings.val_every == 0 or done == steps
+            checkpoint = validated or done % self.settings.checkpoint_every == 0
+            if checkpoint or len(pending) >= stats_every:  # the rows, the norms and the bar, read in one transfer
+                self._record(pending, (time.perf_counter() - block_started) / len(pending), curves, board, bar)
             if validated:
-                self._validation(done, stats["psnr"], curves, board)
+                self._validation(done, self.last_train_psnr, curves, board)
                 if done == steps or (not warned and len(self.history) >= 2
                                      and self.history[-1]["val_psnr"] - self.history[-2]["val_psnr"] < STALLED_DB):
                     warned = self._check_baseline(done) or warned
             self.seconds += time.perf_counter() - started
             # with every validation too, so a newer meta-best never outlives the run it came from
-            if dist.is_main and (validated or done % self.settings.checkpoint_every == 0):
+            if dist.is_main and checkpoint:
                 self._save(self.work / LAST, with_optimizer=True)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", refresh=False)
             bar.update(1)
         bar.close()
         for log in (curves, board):
@@ -275,6 +328,21 @@ class MetaTrainer:
         diagnosis = self._diagnosis() if learns is False else None
         return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from,
                             learns, diagnosis, self.schedule)
+
+    def _record(self, pending: list[tuple[int, MetaStats]], seconds: float, curves: TrainingLog | None,
+                board: TensorBoardLog | None, bar: tqdm) -> None:
+        """Read the statistics of the ``pending`` iterations (one transfer) into the gradient norms, the curves,
+        TensorBoard and the progress bar; ``seconds`` per iteration (the block's wall time, shared: on a GPU an
+        iteration's own time is not known without waiting for it)."""
+        for (done, _), stats in zip(pending, read_stats([stats for _, stats in pending])):
+            self.grad_norms.append(stats["grad_norm"])
+            if curves is not None:
+                curves.train(done, stats, seconds)
+            if board is not None:
+                board.train(done, stats)
+            self.last_train_psnr = stats["psnr"]
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.2f}", refresh=False)
+        pending.clear()
 
     def _validation(self, done: int, train_psnr: float, curves: TrainingLog | None,
                     board: TensorBoardLog | None) -> None:

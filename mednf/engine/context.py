@@ -51,13 +51,32 @@ def random_context(
     return torch.argsort(keys, dim=1, stable=True)[:, :n]
 
 
-def _point_keys(signal_ids: Tensor, num_points: int, *, seed: int, step: int) -> Tensor:
-    """``[B, N]`` int64 key in [0, 2^32) of every coordinate of every signal at this step."""
+def random_contexts(
+    signal_ids: Tensor, num_points: int, ratio: float, *, seed: int, steps: int
+) -> Tensor:
+    """:func:`random_context` of steps ``0 … steps-1`` at once: one hash and one sort for all of them.
+
+    Returns:
+        ``[steps, B, n]`` int64; entry ``t`` equals ``random_context(signal_ids, …, step=t)``.
+    """
+    step_ids = torch.arange(steps, device=signal_ids.device, dtype=torch.int64)
+    keys = _point_keys(signal_ids, num_points, seed=seed, step=step_ids)  # [steps, B, N]
+    n = context_size(num_points, ratio)
+    return torch.argsort(keys, dim=-1, stable=True)[..., :n]
+
+
+def _point_keys(signal_ids: Tensor, num_points: int, *, seed: int, step: int | Tensor) -> Tensor:
+    """``[B, N]`` int64 key in [0, 2^32) of every coordinate of every signal at this step; ``[T, B, N]`` for
+    ``step`` a ``[T]`` tensor of steps."""
     base = torch.full_like(signal_ids, seed & _MASK32, dtype=torch.int64)
-    h = _mix32(_mix32(base) ^ (signal_ids.to(torch.int64) & _MASK32))
-    h = _mix32(h ^ (step & _MASK32))  # [B]
+    h = _mix32(_mix32(base) ^ (signal_ids.to(torch.int64) & _MASK32))  # [B]
+    if isinstance(step, Tensor):
+        h = h[None, :] ^ (step[:, None] & _MASK32)  # [T, B]
+    else:
+        h = h ^ (step & _MASK32)
+    h = _mix32(h)
     points = torch.arange(num_points, device=signal_ids.device, dtype=torch.int64) * _GOLDEN  # [N]
-    return _mix32((h[:, None] + points[None, :]) & _MASK32)
+    return _mix32((h[..., None] + points) & _MASK32)
 
 
 def observed_context_weights(

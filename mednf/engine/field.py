@@ -26,6 +26,7 @@ exactness tests — every operation is the fp32/fp64 one of the formulas above.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,9 +77,15 @@ def init_params(
 
 
 def _omega_column(cfg: FieldConfig, like: Tensor) -> Tensor:
-    """ω_k repeated over each layer's L shift rows: [(K-1)·L]."""
-    omegas = torch.tensor(cfg.omegas, dtype=like.dtype, device=like.device)
-    return omegas.repeat_interleave(cfg.hidden_dim)
+    """ω_k repeated over each layer's L shift rows: [(K-1)·L], on ``like``'s device (made there once per
+    process and configuration: no host → device copy per :func:`prepare`)."""
+    return _omega_column_on(tuple(cfg.omegas), cfg.hidden_dim, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _omega_column_on(omegas: tuple[float, ...], hidden_dim: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    column = torch.tensor(omegas, dtype=dtype).repeat_interleave(hidden_dim)  # on the host, then one upload
+    return column.to(device)
 
 
 def convert_shift_mode(params: Params, cfg: FieldConfig, source: str, target: str) -> Params:

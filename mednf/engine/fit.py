@@ -33,6 +33,7 @@ from mednf.engine.memory import MemoryBudget, resolve_budget
 from mednf.engine.metrics import SSIM_WINDOW, check_signals, mse_to_psnr, signal_mse, ssim
 from mednf.engine.planner import CPU_CHUNK_ROWS, fit_chunk_rows, fit_signal_bytes, plan_fit_batch
 from mednf.engine.precision import FP32, Precision, matmul_switches
+from mednf.engine.transfer import download_into, host_buffer, upload, wait
 from mednf.errors import ConfigError
 
 _CPU_CHUNK_ROWS = CPU_CHUNK_ROWS  # (signal, point) rows per chunk of the latent gradient on the CPU
@@ -209,11 +210,16 @@ def fit_latents(
     ssim_defined = with_ssim and mask is None and cfg.in_dims >= 2 and min(spatial) >= SSIM_WINDOW
 
     def batch(start: int, stop: int) -> _Batch:
-        chunk = as_float_signals(signals[start:stop])
-        if mask is not None:  # what is not observed is ignored, even NaN
-            chunk = chunk.masked_fill(~mask[start:stop, None].to(chunk.device), 0.0)
-        check_signals(chunk, f"signals[{start}:{stop}]")  # before the transfer: no device sync for it
-        chunk = chunk.to(device)
+        raw = torch.as_tensor(signals[start:stop])
+        if raw.dtype == torch.uint8 and mask is None:  # uploaded as bytes, scaled there as as_float_signals does
+            chunk = as_float_signals(upload(raw, device))
+        else:
+            chunk = as_float_signals(raw)
+            if mask is not None:  # what is not observed is ignored, even NaN
+                chunk = chunk.masked_fill(~mask[start:stop, None].to(chunk.device), 0.0)
+            if chunk.device.type == "cpu":
+                check_signals(chunk, f"signals[{start}:{stop}]")  # before the transfer: no device sync for it
+            chunk = upload(chunk, device)
         if mask is None:
             return _Batch(coords, nf.to_points(chunk), None, chunk if ssim_defined else None)
         seen = mask[start:stop].reshape(stop - start, -1).to(device)  # [b, N]
@@ -353,9 +359,9 @@ def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Cal
     theta = {k: v.detach().to(device) for k, v in params.items()}
     budget = None if memory_budget is None else resolve_budget(memory_budget, device)
     size = auto_batch_size(cfg, num_points, fit, device, budget=budget, rows_out=total)
-    latents = torch.empty(total, cfg.latent_dim)
-    mses = torch.empty(total)
-    ssims = torch.full((total,), float("nan")) if with_ssim else None
+    latents = host_buffer((total, cfg.latent_dim), torch.float32, device)  # filled by queued copies …
+    mses = host_buffer((total,), torch.float32, device)
+    ssims = host_buffer((total,), torch.float32, device, fill=float("nan")) if with_ssim else None
     for start in range(0, total, size):
         stop = min(start + size, total)
         part = make_batch(start, stop)
@@ -365,10 +371,11 @@ def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Cal
             phi, mse, recon = fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed,
                                         observed=part.observed, precision=precision)
         if ssims is not None and part.signals is not None:
-            ssims[start:stop] = ssim(nf.from_points(recon, part.signals.shape[2:]), part.signals).cpu()
-        latents[start:stop] = phi.cpu()
-        mses[start:stop] = mse.cpu()
+            download_into(ssims[start:stop], ssim(nf.from_points(recon, part.signals.shape[2:]), part.signals))
+        download_into(latents[start:stop], phi)
+        download_into(mses[start:stop], mse)
         if on_batch is not None:
             on_batch(stop, total)
+    wait(device)  # … read from here on: one wait per fit, not one per batch
     kernel = "eager" if total == 0 else fit_kernel(precision, device)  # after: a failed compile shows
     return FitResult(latents, mses, mse_to_psnr(mses), ssims, kernel)

@@ -102,7 +102,7 @@ class InnerGradient(torch.autograd.Function):
         for k in range(layers - 1, -1, -1):
             adjoints.append(a)
             d = a * cosines[k]
-            sums[:, k] = d.sum(dim=1)
+            torch.sum(d, dim=1, out=sums[:, k])  # into its slice: no copy
             if k > 0:
                 d = d.to(hidden[k].dtype)
                 a = _times_into(a, d, hidden[k])
@@ -157,7 +157,7 @@ class InnerGradient(torch.autograd.Function):
         grad_beta = phi.new_empty(B, K1, L)
         for k in range(K1 - 1, -1, -1):
             z_bar = torch.addcmul(cosine_parts[k].neg_(), h_bar, cosines[k])
-            grad_beta[:, k] = z_bar.sum(dim=1)
+            torch.sum(z_bar, dim=1, out=grad_beta[:, k])
             if k > 0:
                 z_low = z_bar.to(hidden[k].dtype)
                 grad_weights[k] = grad_weights[k] + _times(_flat(z_low).t(), _flat(inputs[k - 1]))

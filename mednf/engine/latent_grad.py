@@ -98,10 +98,10 @@ def latent_gradient(
         grad_h = torch.matmul(error.mul_(scale), field.last_weight)  # [B, n, L]
         for k in range(layers - 1, -1, -1):
             grad_z = cosines[k].mul_(grad_h)
-            if subset_weights is None:
-                bias_grad[:, 0, k] += grad_z.sum(dim=1)
+            if subset_weights is None:  # add_ on the view (``+=`` on an indexed view copies it back too)
+                bias_grad[:, 0, k].add_(grad_z.sum(dim=1))
             else:
-                bias_grad[:, :, k] += torch.bmm(weights, grad_z)  # [B, 2, L]
+                bias_grad[:, :, k].add_(torch.bmm(weights, grad_z))  # [B, 2, L]
             if k > 0:
                 grad_h.add_(input_gradient(field, k, grad_z))
     bias_grad = bias_grad.view(B, sums, -1)

@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.optim.optimizer as torch_optimizer
 from torch import Tensor
 
 from mednf.engine import field as nf
 from mednf.engine.allocator import graph_memory
 from mednf.engine.config import FieldConfig, MetaConfig
-from mednf.engine.context import gather_context, random_context
+from mednf.engine.context import gather_context, random_contexts
 from mednf.engine.execution import Execution, given_or_resolved
 from mednf.engine.inner_grad import inner_gradient
 from mednf.engine.metrics import check_signals, mse_to_psnr, signal_mse
@@ -152,9 +153,7 @@ def sample_contexts(
     if positions is None:
         positions = torch.arange(batch, dtype=torch.int64, device=device)
     slots = positions.to(device, torch.int64) + iteration * (global_batch or batch)
-    return [
-        random_context(slots, num_points, meta.context_ratio, seed=seed, step=g) for g in range(meta.inner_steps)
-    ]
+    return list(random_contexts(slots, num_points, meta.context_ratio, seed=seed, steps=meta.inner_steps))
 
 
 def accumulate_meta_gradient(
@@ -215,6 +214,53 @@ def accumulate_meta_gradient(
     return MetaOutput(loss, torch.cat(outer), torch.cat(inner), torch.cat(latents))
 
 
+def _fused_adamw(device: torch.device) -> bool | None:
+    """AdamW's fused kernel on an accelerator: its step counters live on the device, where the other
+    implementations keep them on the host. The CPU keeps torch's default (the numbers of earlier builds)."""
+    supported = torch_optimizer._get_fused_kernels_supported_devices()  # torch's own list
+    return True if device.type != "cpu" and device.type in supported else None
+
+
+STAT_NAMES = ("loss", "psnr", "psnr_inner", "grad_norm")
+
+
+class MetaStats(Mapping[str, float]):
+    """One meta-iteration's statistics (:data:`STAT_NAMES` and ``"lr"``), a mapping of floats.
+
+    The values stay on the device until one is looked at; then all four are read at once (on CUDA: one
+    transfer that waits for the iteration). :func:`read_stats` reads the values of many iterations together.
+    """
+
+    def __init__(self, values: Tensor, lr: float) -> None:
+        self.tensor = values  # [4] on the learner's device, in STAT_NAMES order
+        self.lr = lr
+        self._read: dict[str, float] | None = None
+
+    def _fill(self, numbers: list[float]) -> None:
+        self._read = dict(zip(STAT_NAMES, numbers)) | {"lr": self.lr}
+
+    def __getitem__(self, key: str) -> float:
+        if self._read is None:
+            self._fill(self.tensor.tolist())
+        assert self._read is not None  # for mypy: _fill set it
+        return self._read[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((*STAT_NAMES, "lr"))
+
+    def __len__(self) -> int:
+        return len(STAT_NAMES) + 1
+
+
+def read_stats(stats: Sequence[MetaStats]) -> list[dict[str, float]]:
+    """The values of several iterations' :class:`MetaStats`, read from the device in one transfer."""
+    if not stats:
+        return []
+    for row, numbers in zip(stats, torch.stack([s.tensor for s in stats]).tolist()):
+        row._fill(numbers)
+    return [dict(row) for row in stats]
+
+
 def lr_factor(meta_cfg: MetaConfig, iteration: int) -> float:
     """Learning rate of meta-iteration ``iteration`` (0-based) as a fraction of β: cosine annealing over
     ``meta.steps`` iterations, or constant."""
@@ -251,8 +297,9 @@ class MetaLearner:
             gen = torch.Generator().manual_seed(seed)
             params = nf.init_params(field_cfg, generator=gen, device=self.device)
         self.params = {k: v.detach().to(self.device).clone().requires_grad_(True) for k, v in params.items()}
+        fused = _fused_adamw(self.device)
         self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=meta_cfg.meta_lr, weight_decay=meta_cfg.weight_decay
+            list(self.params.values()), lr=meta_cfg.meta_lr, weight_decay=meta_cfg.weight_decay, fused=fused
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(meta_cfg, i))
         self.iteration = 0
@@ -273,7 +320,7 @@ class MetaLearner:
         global_batch: int | None = None,
         reduce_grads: Callable[[list[Tensor]], None] | None = None,
         micro_batch: int | None = None,
-    ) -> dict[str, float]:
+    ) -> MetaStats:
         """One meta-iteration on channels-first signals ``[B, D, *spatial]`` in [0, 1].
 
         Data-parallel use (one call per rank, same iteration): ``positions`` ``[B]`` are the signals'
@@ -285,8 +332,13 @@ class MetaLearner:
         accumulated before the all-reduce, clipping and AdamW (:func:`accumulate_meta_gradient`): the same
         step up to float rounding, with the memory of one micro-batch (:mod:`mednf.engine.planner`).
 
-        Returns the (local) meta-loss, mean PSNR on the full context after G steps, mean PSNR of the last
-        inner context, the gradient norm before clipping and the learning rate used.
+        ``signals`` may be uint8 (0..255, scaled on the device: a quarter of the bytes to upload) or float in
+        [0, 1]; a float batch in host memory is checked for NaN/Inf here, one already on the device is not.
+
+        Returns :class:`MetaStats`: the (local) meta-loss, mean PSNR on the full context after G steps, mean
+        PSNR of the last inner context, the gradient norm before clipping and the learning rate used — left
+        on the device until read, so that an iteration waits for nothing (:func:`read_stats` reads many at
+        once).
         """
         cfg = self.field_cfg
         if signals.dim() != cfg.in_dims + 2 or signals.shape[1] != cfg.out_dims:
@@ -296,8 +348,12 @@ class MetaLearner:
                 "check the channel count and dimensionality of the data"
             )
         dtype = self.params["last.bias"].dtype  # float32, or float64 for exactness tests
-        check_signals(signals)  # where the batch comes from (host memory in a build): no device sync
-        signals = signals.to(self.device, dtype)
+        if signals.is_floating_point() and signals.device.type == "cpu":
+            check_signals(signals)  # in host memory: no device sync (a batch on the device is its maker's to check)
+        signals = signals.to(self.device, non_blocking=True)
+        if signals.dtype == torch.uint8:  # uploaded as bytes (4× fewer), scaled on the device as as_float_signals does
+            signals = signals.to(torch.float32) / 255.0
+        signals = signals.to(dtype)
         spatial = tuple(signals.shape[2:])
         coords = self.grid(spatial, dtype)
         targets = nf.to_points(signals)  # [B, N, D]
@@ -317,9 +373,9 @@ class MetaLearner:
         self.optimizer.step()
         self.scheduler.step()
         self.iteration += 1
-        stats = torch.stack([out.loss.detach(), mse_to_psnr(out.outer_mse).mean(), mse_to_psnr(out.inner_mse).mean(),
-                             grad_norm.to(out.loss.dtype)]).tolist()  # one device → host transfer per iteration
-        return dict(zip(("loss", "psnr", "psnr_inner", "grad_norm"), stats)) | {"lr": float(lr)}
+        values = torch.stack([out.loss.detach(), mse_to_psnr(out.outer_mse).mean(), mse_to_psnr(out.inner_mse).mean(),
+                              grad_norm.to(out.loss.dtype)])  # [4] on the device: read when first looked at
+        return MetaStats(values, float(lr))
 
     def detached_params(self) -> nf.Params:
         """θ without autograd history (for fitting and saving)."""
