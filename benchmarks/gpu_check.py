@@ -1,51 +1,90 @@
-"""One-call GPU check of the mednf engine: exactness on CUDA, speed and memory at the paper 2D config,
-decode throughput and a short BreastMNIST 64² build — one command, one results file, ≤ 9 minutes.
+"""One-call GPU check of the mednf engine: exactness on CUDA (the paper config too), speed, memory and PSNR
+per precision and per arm, the memory planner under a budget, run-to-run determinism, a roofline and a
+profile, decode throughput — one command, one results file, ≤ 9 minutes.
 
 Command (GPU machine, repository root; copy ``breastmnist_64.npz`` into a git-ignored folder of the checkout
-and name it in ``carry`` if part 4 should run there, since ``../shared`` does not travel)::
+and name it in ``carry``, since ``../shared`` does not travel; benchmarks/gpu/run.sh does all of this)::
 
     python benchmarks/gpu_check.py --medmnist-root ../shared/data/medmnist --out $OUT
 
-Smoke run on a CPU (tiny config, same code path, < 30 s; the test runs it)::
+Smoke run on a CPU (tiny config, same code path, well under a minute; the test runs it)::
 
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_check
 
-What it measures (each part, and each check / precision inside it, is timed and guarded: an exception is
-recorded with its text and the next one runs):
+"The paper config" is ``get_preset("2d-64")`` (K15 L256 P2048, ω 20→400, G10, γ .25, B 24, H 20, 64²); the dry
+run shrinks it to K4 L16 P8, B 4, 8² ("the run config" below is whichever of the two runs). "Real images" are
+BreastMNIST 64² (``--medmnist-root``; area-downsampled to 8² in the dry run, fabricated smooth images there when
+the file is absent; on the GPU without the file the timings use random images and the PSNRs are skipped).
 
-1. **exactness** (small configs, independent of the paper config)
+What it measures, most important first (each part, and each check / precision / arm inside it, is timed and
+guarded: an exception is recorded with its text and the next one runs):
+
+1. **exactness**
    a. ``meta_gradient``: ∂θ of :func:`mednf.engine.meta.meta_objective` (second order, float64, on the device)
-      against a per-signal reference written here (one signal at a time, per-layer official-style forward,
-      autograd, the same contexts): relative error ≤ 1e-6;
+      against a per-signal reference written here (small config K5 L32 G3, one signal at a time, per-layer
+      official-style forward, autograd, the same contexts): relative error ≤ 1e-6;
       ``micro_batch``: :func:`~mednf.engine.meta.accumulate_meta_gradient` with ``micro_batch=2`` for B = 5
       against the whole batch and against the reference: ≤ 1e-6.
    b. ``fit_batch_independence``: :func:`mednf.engine.fit.fit_latents` (grad_rescale on) with batch size 1 vs 7
       on 9 signals, float32: relative latent difference ≤ 1e-5.
    c. ``cpu_gpu``: 20 meta-iterations of a tiny :class:`~mednf.engine.meta.MetaLearner` on CPU and on the device
       (float32, same seed, same images): relative θ difference ≤ 1e-4, and the test PSNR of a fit with
-      each θ on its own device: |Δ| ≤ 0.05 dB. (In ``--dry-run`` both sides are the CPU.)
-2. **engine** at ``get_preset("2d-64")`` (K15 L256 P2048, 64², B = 24, G = 10, γ = 0.25), for each of
-   ``field.precision`` fp32 / tf32 / bf16: s per meta-iteration (median after warm-up, device synchronised
-   around each), peak memory (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; on the
-   CPU the process peak RSS, cumulative), the memory planner's plan and estimate, fit images/s at H = 20
-   (``fit_latents`` with the preset's fit config on random 64² images), achieved TFLOP/s from the FLOP model
-   of benchmarks/engine.py, and the same format's peak measured here with an n×n GEMM (achieved / peak).
-3. **decode**: :func:`mednf.engine.field.decode` of a batch of latents at 64², images/s (always fp32).
-4. **breastmnist**: the paper config on ``breastmnist_64.npz`` (``--medmnist-root``): test split fitted at
-   θ₀ (baseline), then MetaLearner on the train split for as many meta-iterations as ``--time-budget``
-   leaves, then the test split fitted again (H = 20): test PSNR mean. Skipped with a note when the file is
-   absent (``--dry-run`` fabricates smooth random images instead). ``meta.steps`` stays the preset's
-   100 000 (the cosine schedule's length), so the short run uses lr ≈ β = 3e-6 throughout.
-5. Results: ``gpu_check.json`` (every number, the configs, the environment) and ``gpu_check.md`` (a short
-   table) in ``--out`` (default ``$OUT``, else benchmarks/gpu_check_results/), rewritten after every part so
-   that a run cut short still leaves what it measured.
+      each θ on its own device: |Δ| ≤ 0.05 dB.
+   d. ``paper_cpu_gpu``: the run config in float64 on B = 2 real images: the meta-gradient
+      (:func:`~mednf.engine.meta.accumulate_meta_gradient`, θ₀, whole batch) and the latents of a 3-step fit
+      (:func:`~mednf.engine.fit.fit_batch`, grad_rescale as the preset) on the CPU and on the device: relative
+      error of each ≤ 1e-9 (measured on the CPU at the paper config 2026-12-07: another summation order
+      (micro-batches of 1) moves the meta-gradient by 4.5e-14, float32 instead of float64 by 4.5e-5; the fitted
+      latents 1.5e-14 and 2.6e-5).
+   In ``--dry-run`` the "device" side is the CPU too.
+2. **memory_budget**: a budget (:class:`~mednf.engine.memory.MemoryBudget`) below the unsplit plan's peak, with
+   room for about a quarter of B = 24: the micro-batch :func:`~mednf.engine.planner.plan_memory` chooses, one
+   meta-iteration (fp32, θ₀, real images) at that micro-batch and one unsplit, each with its peak allocated and
+   reserved against the budget and the plan's estimate, and the meta-gradient (``.grad`` after the step, clipped)
+   split vs unsplit: relative difference ≤ 1e-3 (float32: 3.5e-5 measured on the CPU at the paper config,
+   B = 4, parts of 1 vs whole, 2026-12-07), plus the difference of the two AdamW updates.
+3. **determinism**: the same short run twice (fp32, θ₀, seed 0, the same real batches: 5 meta-iterations, then a
+   fit of 32 test images): θ and the latents compared byte for byte (``identical``, the count of differing
+   values, the largest absolute difference). Nothing is forced: on CUDA some backward kernels of index
+   operations accumulate with atomics; ``torch.are_deterministic_algorithms_enabled()`` and
+   ``CUBLAS_WORKSPACE_CONFIG`` are recorded as they were.
+4. **engine**, for each arm (``eager``: ``MEDNF_COMPILE=off``, then ``compiled``: ``MEDNF_COMPILE=on``, set while
+   the arm creates and runs its learner and fits, restored after; the learner's ``compile_report`` and the fit's
+   are recorded when they have one) and each ``field.precision`` (fp32 / tf32 / bf16; first the precision's plan,
+   its n×n GEMM peak and the test PSNR at θ₀), from the same θ₀ on the same real batches:
+   ``meta_iters`` meta-iterations at B = 24 (micro-batch from the planner at the device's default budget; s per
+   iteration as the median after ``meta_warmup``, the first iteration's seconds apart: it holds any compiling),
+   peak allocated and reserved against the planner's meta estimate, achieved TFLOP/s (FLOP model of
+   benchmarks/engine.py) and the fraction of the format's n×n GEMM peak; fit images/s at the planner's fit batch
+   (``plan_memory(...).fit_batch``: one full batch of random images, after a warm-up fit), peak against the fit
+   estimate (should that batch run out of device memory, that is recorded and half of it is measured); the test
+   split's PSNR after those meta-iterations. ``meta.steps`` stays the preset's 100 000 (the cosine schedule's
+   length), so lr ≈ β = 3e-6 throughout.
+5. **roofline**: engine-shaped GEMMs in fp32 / tf32 / bf16 (the meta-iteration's context and full-grid products
+   ``[B·n, L] × [L, L]`` and ``[B·N, L] × [L, L]``, the fit's ``[b·N, L] × [L, L]`` at the planner's fit batch b,
+   rows capped at 2²²), the device's copy bandwidth (``copy_`` of a large buffer, read + write bytes), and a
+   ``torch.profiler`` summary of one steady-state meta-iteration and one fit step (fp32, eager arm): events of the
+   device (CUDA kernels and copies; on the CPU the CPU ops), their busy time (union of intervals) against the
+   wall time (idle share; the profiler's own host overhead is inside the wall time), the top kernels.
+6. **decode**: :func:`mednf.engine.field.decode` of a batch of latents at 64², images/s (always fp32).
 
-Time: ``--time-budget`` (default 480 s from the start of ``main``, 25 s in the dry run) bounds the whole run:
-part 2 skips a precision with < 90 s left and caps each precision's timed iterations at 45 s; part 4 stops
-meta-learning when the next iteration would eat into the time its final fit needs (1.5 × the θ₀ fit + 10 s).
+Results: ``gpu_check.json`` (every number, the configs, the environment) and ``gpu_check.md`` (one table) in
+``--out`` (default ``$OUT``, else benchmarks/gpu_check_results/), rewritten after every part, so that a run cut
+short still leaves what it measured.
 
-Exit code: 0 every part ran and every exactness check passed; 1 an exactness check failed; 2 a part or a
-check raised (its error is in the results); 3 the device cannot be used (one line on stderr).
+Every part but the engine's compiled arms runs with ``MEDNF_COMPILE=off`` (the eager engine; ``auto``, the
+default, would compile on CUDA in every new learner).
+
+Time: ``--time-budget`` (default 480 s from the start of ``main``, 40 s in the dry run) bounds the whole run: a
+part does not start once it is spent; the engine part starts a precision's setup or an arm only while the time
+left covers the longest step of that kind so far (before the first, the longest of any kind, at first
+``arm_guess_s``) plus ``reserve_s`` for the parts after it, and stops an arm's meta-iterations once those after
+the first (which holds any compiling) pass ``cap_s`` (``truncated`` then says so); the other parts are short.
+The dry run compiles only the first precision's compiled arm (on a 2-core CPU compiling takes seconds per
+configuration: 17 s for fp32's meta-gradient on 2026-12-07).
+
+Exit code: 0 every part ran and every check passed; 1 an exactness check or the split meta-gradient failed; 2
+a part, a check or an arm raised (its error is in the results); 3 the device cannot be used (one line on stderr).
 
 Imports only the standard library, numpy, torch and ``mednf.engine.*`` (the GPU machine has no zarr,
 numcodecs, datasets or medmnist); the BreastMNIST file is read with numpy.
@@ -54,7 +93,9 @@ numcodecs, datasets or medmnist); the BreastMNIST file is read with numpy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
 import importlib.util
 import json
 import math
@@ -67,8 +108,8 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -80,10 +121,10 @@ from torch import Tensor
 from mednf.engine import field as nf
 from mednf.engine.config import EngineConfig, FieldConfig, FitConfig, MetaConfig
 from mednf.engine.context import context_size
-from mednf.engine.fit import auto_batch_size, fit_latents
-from mednf.engine.memory import resolve_budget
+from mednf.engine.fit import fit_batch, fit_latents
+from mednf.engine.memory import MemoryBudget, memory_in_use, resolve_budget
 from mednf.engine.meta import MetaLearner, accumulate_meta_gradient, meta_objective, sample_contexts
-from mednf.engine.planner import plan_memory
+from mednf.engine.planner import MemoryPlan, plan_memory
 from mednf.engine.precision import PrecisionWarning, matmul_switches, resolve_precision
 from mednf.engine.presets import get_preset
 
@@ -97,6 +138,11 @@ META_GRAD_TOL = 1e-6  # relative, float64
 FIT_BATCH_TOL = 1e-5  # relative, float32
 CPU_GPU_THETA_TOL = 1e-4  # relative, float32 after 20 AdamW steps
 CPU_GPU_PSNR_TOL = 0.05  # dB
+PAPER_F64_TOL = 1e-9  # relative, float64, the run config (module docstring, 1d)
+SPLIT_GRAD_TOL = 1e-3  # relative, float32, micro-batches vs the whole batch (module docstring, 2)
+COMPILE_ENV = "MEDNF_COMPILE"  # read when a MetaLearner or a fit is created: on, off, auto
+ARMS = {"eager": "off", "compiled": "on"}  # arm → the value of MEDNF_COMPILE it runs with
+ENGINE_ENVIRONMENT = (COMPILE_ENV, "MEDNF_FIT_KERNEL", "MEDNF_MALLOC")  # recorded as the run found them
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -106,17 +152,24 @@ CPU_GPU_PSNR_TOL = 0.05  # dB
 class Settings:
     """Sizes of one run: the paper config on a GPU, or a tiny one for ``--dry-run``."""
 
-    engine: EngineConfig  # parts 2 and 4
-    size: int  # image side of parts 2-4
-    meta_warmup: int
-    meta_iters: int  # timed meta-iterations per precision (fewer when one precision passes cap_s)
-    cap_s: float  # time cap of one precision's timed meta-iterations
-    fit_signals: int
+    engine: EngineConfig  # every part but the small exactness checks
+    size: int  # image side
+    meta_warmup: int  # meta-iterations of an arm left out of its median
+    meta_iters: int  # meta-iterations per precision and arm (fewer when the arm passes cap_s)
+    cap_s: float  # time cap of one arm's meta-iterations
+    arm_guess_s: float  # what the first precision × arm is assumed to take (time planning)
+    reserve_s: float  # time kept for the parts after the engine
+    compiled_precisions: int | None  # precisions whose compiled arm runs (None: all)
+    paper_batch: int  # 1d: signals of the float64 CPU-vs-device check
+    paper_fit_steps: int  # 1d: steps of its fit
+    determinism_iters: int  # 3: meta-iterations of each run
+    determinism_fit: int  # 3: test images fitted in each run
     decode_batch: int
     decode_reps: int
-    gemm_size: int
+    gemm_size: int  # n of the n×n GEMM peak
     gemm_reps: int
-    build_max_iters: int | None  # None: until the time budget is spent
+    gemm_rows_max: int  # roofline: rows of the fit-shaped GEMM at most
+    copy_bytes: int  # roofline: size of the copied buffer
     fabricate: bool  # fabricate BreastMNIST when the file is absent
 
 
@@ -124,13 +177,15 @@ def settings_for(args: argparse.Namespace) -> Settings:
     """GPU mode: the paper's 2D preset. Dry run: the same preset shrunk to K4 L16 P8, 8², B4."""
     paper = get_preset("2d-64")
     if not args.dry_run:
-        return Settings(paper, 64, meta_warmup=2, meta_iters=args.meta_iters or 5, cap_s=45.0,
-                        fit_signals=args.fit_signals or 256, decode_batch=256, decode_reps=5, gemm_size=8192,
-                        gemm_reps=20, build_max_iters=None, fabricate=False)
+        return Settings(paper, 64, meta_warmup=2, meta_iters=args.meta_iters or 50, cap_s=40.0, arm_guess_s=45.0,
+                        reserve_s=45.0, compiled_precisions=None, paper_batch=2, paper_fit_steps=3,
+                        determinism_iters=5, determinism_fit=32, decode_batch=256, decode_reps=5, gemm_size=8192,
+                        gemm_reps=20, gemm_rows_max=2**22, copy_bytes=2**30, fabricate=False)
     tiny = paper.replace(field={"num_layers": 4, "hidden_dim": 16, "latent_dim": 8}, meta={"batch_size": 4})
-    return Settings(tiny, 8, meta_warmup=1, meta_iters=args.meta_iters or 3, cap_s=5.0,
-                    fit_signals=args.fit_signals or 16, decode_batch=64, decode_reps=3, gemm_size=256,
-                    gemm_reps=3, build_max_iters=10, fabricate=True)
+    return Settings(tiny, 8, meta_warmup=1, meta_iters=args.meta_iters or 4, cap_s=5.0, arm_guess_s=3.0,
+                    reserve_s=3.0, compiled_precisions=1, paper_batch=2, paper_fit_steps=3, determinism_iters=5,
+                    determinism_fit=8, decode_batch=64, decode_reps=3, gemm_size=256, gemm_reps=3,
+                    gemm_rows_max=2**16, copy_bytes=16 * MIB, fabricate=True)
 
 
 # ---------------------------------------------------------------------------------------------- device helpers
@@ -158,10 +213,23 @@ def peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def peak_record(device: torch.device, estimate_bytes: int | None = None) -> Result:
+    """The peak since :func:`reset_peak`: allocated (:func:`peak_mib`), reserved by the caching allocator
+    (``max_memory_reserved``; None on the CPU) and, with an estimate, the estimate and allocated / estimate."""
+    out: Result = {"peak_allocated_mib": peak_mib(device),
+                   "peak_reserved_mib": (torch.cuda.max_memory_reserved(device) / MIB
+                                         if device.type == "cuda" else None)}
+    if estimate_bytes is not None:
+        out["estimated_peak_mib"] = estimate_bytes / MIB
+        out["allocated_over_estimate"] = out["peak_allocated_mib"] * MIB / estimate_bytes
+    return out
+
+
 def memory_kind(device: torch.device) -> str:
     if device.type == "cuda":
-        return "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
-    return "process peak RSS (ru_maxrss), cumulative since the process started"
+        return ("torch.cuda.max_memory_allocated / max_memory_reserved after reset_peak_memory_stats; "
+                "estimates: the memory planner's (its CPU calibration)")
+    return "process peak RSS (ru_maxrss), cumulative since the process started; no reserved figure"
 
 
 def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -205,6 +273,34 @@ def guarded(fn: Callable[[], Result], device: torch.device) -> Result:
         torch.cuda.empty_cache()
     out["seconds"] = round(time.perf_counter() - start, 3)
     return out
+
+
+@contextlib.contextmanager
+def compile_mode(value: str | None) -> Iterator[None]:
+    """``MEDNF_COMPILE`` set to ``value`` (None: unset) inside, restored after."""
+    def put(setting: str | None) -> None:
+        if setting is None:
+            os.environ.pop(COMPILE_ENV, None)
+        else:
+            os.environ[COMPILE_ENV] = setting
+
+    before = os.environ.get(COMPILE_ENV)
+    put(value)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+def compile_report(obj: object) -> Any:
+    """``obj.compile_report`` when it has one (a dict from the engine), else None."""
+    report = getattr(obj, "compile_report", None)
+    return dict(report) if isinstance(report, dict) else report
+
+
+def default_plan(cfg: EngineConfig, size: int, device: torch.device) -> MemoryPlan:
+    """The memory plan a build makes at the device's default budget (80 % of free GPU memory)."""
+    return plan_memory(cfg, (size, size), budget=resolve_budget(None, device), device=device)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -258,9 +354,44 @@ def breastmnist_data(root: Path, size: int, fabricate: bool) -> tuple[Tensor, Te
     return train, test, f"fabricated (smooth random images; {path} is absent)"
 
 
+@dataclass(frozen=True)
+class Images:
+    """The images of the run: ``train`` / ``test`` ``[N, 1, S, S]`` uint8 on the CPU; ``test`` None when there
+    are no real images (random ``train`` for the timings, no PSNR)."""
+
+    train: Tensor
+    test: Tensor | None
+    source: str
+
+
+def load_images(s: Settings, root: Path) -> Images:
+    """BreastMNIST at ``s.size`` (or fabricated in the dry run), else random images for the timings."""
+    data = breastmnist_data(root, s.size, s.fabricate)
+    if isinstance(data, str):
+        gen = torch.Generator().manual_seed(12)
+        train = (torch.rand(96, 1, s.size, s.size, generator=gen) * 255).round().to(torch.uint8)
+        return Images(train, None, f"random images ({data}); PSNRs skipped")
+    return Images(*data)
+
+
+def batch_order(count: int, batch: int, iters: int, seed: int = 0) -> list[Tensor]:
+    """The indices ``[batch]`` of ``iters`` batches drawn from ``count`` images in shuffled epochs."""
+    gen = torch.Generator().manual_seed(seed)
+    order, batches = torch.empty(0, dtype=torch.int64), []
+    for _ in range(iters):
+        while len(order) < batch:  # a new epoch: a fresh permutation
+            order = torch.cat([order, torch.randperm(count, generator=gen)])
+        batches.append(order[:batch])
+        order = order[batch:]
+    return batches
+
+
+def as_unit(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 images → ``dtype`` in [0, 1], in host memory (where a build's loader gives a meta-iteration its batch)."""
+    return images.to(dtype) / 255.0
+
+
 # ---------------------------------------------------------------------------------------------- FLOP model
-
-
 def _load_flop_model() -> tuple[Callable[[EngineConfig, int], int], Callable[[EngineConfig, int], int], str]:
     """``(meta_flops_per_signal, fit_flops_per_signal, origin)``: benchmarks/engine.py's model, or the same
     formulas here when that file cannot be imported."""
@@ -409,6 +540,39 @@ def check_cpu_gpu(device: torch.device) -> Result:
     return out
 
 
+def initial_theta(cfg: EngineConfig, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """θ₀ as :class:`MetaLearner` draws it with ``seed=0`` (on the CPU)."""
+    return nf.init_params(cfg.field, generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+
+def _paper_side(params: dict[str, Tensor], images: Tensor, cfg: EngineConfig, fit: FitConfig,
+                device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
+    """1d on one device: the float64 meta-gradient of ``images`` ``[B, 1, S, S]`` at θ₀ and the latents
+    ``[B, P]`` of a fit from θ₀, both back on the CPU."""
+    theta = {k: v.to(device).requires_grad_(True) for k, v in params.items()}
+    targets = nf.to_points(as_unit(images, torch.float64).to(device))  # [B, N, 1]
+    coords = nf.coordinate_grid(tuple(images.shape[2:]), device=device, dtype=torch.float64)
+    accumulate_meta_gradient(theta, targets, coords, cfg.field, cfg.meta, seed=0, iteration=0)
+    grads = {k: v.grad.cpu() for k, v in theta.items() if v.grad is not None}
+    ids = torch.arange(len(images), device=device)
+    latents = fit_batch({k: v.detach() for k, v in theta.items()}, targets, coords, cfg.field, fit, ids).latents
+    return grads, latents.cpu()
+
+
+def check_paper_cpu_gpu(s: Settings, images: Callable[[], Images], device: torch.device) -> Result:
+    """1d: the run config in float64 on ``s.paper_batch`` real images, CPU vs device: meta-gradient and latents."""
+    cfg, batch = s.engine, images().train[: s.paper_batch]
+    params = initial_theta(cfg, torch.float64)
+    fit = replace(cfg.fit, steps=s.paper_fit_steps)
+    cpu_s, (grads_cpu, latents_cpu) = timed(torch.device("cpu"), partial(_paper_side, params, batch, cfg, fit,
+                                                                         torch.device("cpu")))
+    dev_s, (grads_dev, latents_dev) = timed(device, partial(_paper_side, params, batch, cfg, fit, device))
+    grad_err, latent_err = relative(grads_dev, grads_cpu), relative(latents_dev, latents_cpu)
+    return verdict(max(grad_err, latent_err), PAPER_F64_TOL, meta_gradient=grad_err, latents=latent_err,
+                   dtype="float64", batch=len(batch), fit_steps=fit.steps, config=_field_text(cfg.field, cfg.meta),
+                   size=s.size, seconds_cpu=cpu_s, seconds_device=dev_s)
+
+
 EXACTNESS: dict[str, Callable[[torch.device], Result]] = {
     "meta_gradient": check_meta_gradient,
     "micro_batch": check_micro_batch,
@@ -417,104 +581,379 @@ EXACTNESS: dict[str, Callable[[torch.device], Result]] = {
 }
 
 
-def part_exactness(device: torch.device) -> Result:
-    """Part 1: every check guarded; status ``failed`` if one failed, ``error`` if one raised."""
-    checks = {name: guarded(lambda fn=fn: fn(device), device) for name, fn in EXACTNESS.items()}
-    status = "ok"
-    if any(c["status"] == "error" for c in checks.values()):
-        status = "error"
+def part_exactness(device: torch.device, extra: dict[str, Callable[[torch.device], Result]] | None = None) -> Result:
+    """Part 1: every check (those of :data:`EXACTNESS`, then ``extra``) guarded; status ``failed`` if one failed,
+    ``error`` if one raised."""
+    checks = {name: guarded(lambda fn=fn: fn(device), device) for name, fn in {**EXACTNESS, **(extra or {})}.items()}
+    return {"status": checks_status(checks), "checks": checks}
+
+
+def checks_status(checks: Result) -> str:
+    """``failed`` when a check that ran did not pass, else ``error`` when one raised, else ``ok``."""
     if any(c["status"] == "ok" and not c["passed"] for c in checks.values()):
-        status = "failed"
-    return {"status": status, "checks": checks}
+        return "failed"
+    return "error" if any(c["status"] == "error" for c in checks.values()) else "ok"
 
 
-# ---------------------------------------------------------------------------------------------- 2. engine
+# ---------------------------------------------------------------------------------------------- 2. memory budget
+
+
+def _grads(learner: MetaLearner) -> dict[str, Tensor] | None:
+    """The learner's ``.grad`` after a step (on the CPU), or None when the step did not leave them."""
+    grads = {k: p.grad for k, p in learner.params.items()}
+    if any(g is None for g in grads.values()):
+        return None
+    return {k: g.detach().cpu() for k, g in grads.items() if g is not None}
+
+
+def part_memory_budget(s: Settings, images: Callable[[], Images], device: torch.device) -> Result:
+    """Part 2: a budget that makes the planner split B into micro-batches; one step split and one unsplit."""
+    cfg, spatial = s.engine, (s.size, s.size)
+    B = cfg.meta.batch_size
+    in_use = memory_in_use(device)
+    whole = plan_memory(cfg, spatial, budget=MemoryBudget(2**60, "unbounded"), device=device, in_use=in_use,
+                        small_parts=False)
+    target = max(1, B // 4)  # room for target + ½ signals (and for one fit signal)
+    room = max(whole.meta_fixed + (target + 0.5) * whole.meta_signal, whole.fit_fixed + 1.5 * whole.fit_signal)
+    budget = MemoryBudget(int((1 + whole.margin) * (in_use + room)), f"gpu_check: room for ≈ {target}.5 of {B} signals")
+    plan = plan_memory(cfg, spatial, budget=budget, device=device, in_use=in_use)
+    batch = as_unit(images().train[:B])
+    theta0 = initial_theta(cfg)
+    runs: Result = {}
+    grads: dict[str, dict[str, Tensor] | None] = {}
+    updates: dict[str, dict[str, Tensor]] = {}
+    for label, micro, estimate in (("split", plan.micro_batch, plan.meta_peak), ("whole", B, whole.meta_peak)):
+        learner = MetaLearner(cfg.field, cfg.meta, params=theta0, seed=0, device=device)
+        reset_peak(device)
+        seconds, stats = timed(device, partial(learner.step, batch, micro_batch=micro))
+        runs[label] = {"micro_batch": micro, "parts": -(-B // micro), "seconds": seconds, "loss": float(stats["loss"]),
+                       **peak_record(device, estimate)}
+        grads[label] = _grads(learner)
+        updates[label] = {k: v.cpu() - theta0[k] for k, v in learner.detached_params().items()}
+        del learner
+    split_grads, whole_grads = grads["split"], grads["whole"]
+    update_err = relative(updates["split"], updates["whole"])
+    grad_err = relative(split_grads, whole_grads) if split_grads is not None and whole_grads is not None else None
+    check = verdict(grad_err if grad_err is not None else update_err, SPLIT_GRAD_TOL,
+                    compared="meta-gradient (.grad after the step)" if grad_err is not None else
+                    "AdamW update (the step left no .grad)", meta_gradient=grad_err, update=update_err,
+                    dtype="float32")
+    split_peak = runs["split"]["peak_allocated_mib"] * MIB
+    return {"status": "ok" if check["passed"] and plan.micro_batch < B else "failed", "split": plan.micro_batch < B,
+            "budget_mib": budget.bytes / MIB, "budget": budget.origin, "in_use_mib": in_use / MIB,
+            "plan": plan.to_dict(), "micro_batch": plan.micro_batch, "parts": plan.parts, "batch": B,
+            "unsplit_estimated_peak_mib": whole.meta_peak / MIB, "within_budget": bool(split_peak <= budget.bytes),
+            "runs": runs, "check": check, "memory": memory_kind(device)}
+
+
+# ---------------------------------------------------------------------------------------------- 3. determinism
+
+
+def _bytes_equal(a: Tensor, b: Tensor) -> Result:
+    """Byte-for-byte comparison of two tensors of one shape and dtype: identical, differing values, max |a − b|."""
+    a, b = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
+    same_bytes = a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    differing = int((a != b).sum()) if a.shape == b.shape else a.numel()
+    return {"identical": bool(same_bytes), "differing_values": differing, "numel": a.numel(),
+            "max_abs_diff": float((a.double() - b.double()).abs().max()) if a.numel() else 0.0}
+
+
+def _short_run(s: Settings, images: Images, device: torch.device, micro: int, fit: FitConfig) -> tuple[Tensor, Tensor]:
+    """Part 3's run: θ₀ (seed 0), ``s.determinism_iters`` meta-iterations on fixed batches, a fit of test images:
+    ``(θ flattened, latents)`` on the CPU."""
+    cfg = s.engine
+    learner = MetaLearner(cfg.field, cfg.meta, seed=0, device=device)
+    for index in batch_order(len(images.train), cfg.meta.batch_size, s.determinism_iters):
+        learner.step(as_unit(images.train[index]), micro_batch=micro)
+    theta = learner.detached_params()
+    held_out = images.test if images.test is not None else images.train
+    fitted = fit_latents(theta, held_out[: s.determinism_fit], cfg.field, fit, device=device)
+    flat = torch.cat([v.reshape(-1).cpu() for _, v in sorted(theta.items())])
+    return flat, fitted.latents
+
+
+def part_determinism(s: Settings, images: Callable[[], Images], device: torch.device) -> Result:
+    """Part 3: the same short run twice, compared byte for byte (nothing forced to be deterministic)."""
+    plan = default_plan(s.engine, s.size, device)
+    fit = replace(s.engine.fit, batch_size=min(plan.fit_batch, s.determinism_fit))
+    first = _short_run(s, images(), device, plan.micro_batch, fit)
+    second = _short_run(s, images(), device, plan.micro_batch, fit)
+    theta, latents = _bytes_equal(first[0], second[0]), _bytes_equal(first[1], second[1])
+    return {"identical": theta["identical"] and latents["identical"], "theta": theta, "latents": latents,
+            "meta_iterations": s.determinism_iters, "fit_images": len(first[1]), "micro_batch": plan.micro_batch,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic}
+
+
+# ---------------------------------------------------------------------------------------------- 4. engine
+
+
+def gemm_rate(rows: int, inner: int, cols: int, precision: str, device: torch.device, min_s: float,
+              max_reps: int = 50) -> Result:
+    """TFLOP/s of ``[rows, inner] × [inner, cols]`` in ``precision`` as the engine runs it (inside
+    ``matmul_switches``), repeated for about ``min_s`` seconds; its arithmetic intensity (FLOP per byte moved)."""
+    policy = resolve_precision(precision, device, warn=False)
+    with matmul_switches(policy):
+        dtype = torch.bfloat16 if policy.bf16 else torch.float32
+        a, b = (torch.randn(shape, device=device, dtype=dtype) for shape in ((rows, inner), (inner, cols)))
+        out = torch.empty(rows, cols, device=device, dtype=dtype)
+        gemm = partial(torch.matmul, a, b, out=out)
+        first, _ = timed(device, gemm)  # warm-up (and the first call's cost: kernel selection)
+        once, _ = timed(device, gemm)
+        reps = max(1, min(max_reps, math.ceil(min_s / max(once, 1e-6))))
+        seconds, _ = timed(device, partial(_repeat, gemm, reps))
+    flops, moved = 2 * rows * inner * cols, (rows * inner + inner * cols + rows * cols) * a.element_size()
+    return {"shape": [rows, inner, cols], "dtype": str(dtype).removeprefix("torch."), "effective": policy.effective,
+            "reps": reps, "seconds_per_gemm": seconds / reps, "tflops": flops * reps / seconds / 1e12,
+            "intensity_flop_per_byte": flops / moved}
 
 
 def gemm_peak(precision: str, device: torch.device, n: int, reps: int) -> Result:
-    """TFLOP/s of an n×n GEMM in ``precision`` as the engine runs it (inside ``matmul_switches``)."""
-    policy = resolve_precision(precision, device)
-    with matmul_switches(policy):
-        dtype = torch.bfloat16 if policy.bf16 else torch.float32
-        gen = torch.Generator().manual_seed(0)
-        a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
-        for _ in range(2):
-            torch.matmul(a, b)
-        seconds, _ = timed(device, partial(_repeat, partial(torch.matmul, a, b), reps))
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "effective": policy.effective,
-            "tflops": 2 * n**3 * reps / seconds / 1e12}
+    """TFLOP/s of an n×n GEMM in ``precision`` (the format's peak as measured here)."""
+    return {"n": n, **gemm_rate(n, n, n, precision, device, min_s=0.0, max_reps=reps)}
 
 
-def bench_meta(cfg: EngineConfig, s: Settings, device: torch.device) -> tuple[Result, dict[str, Tensor]]:
-    """Warm-up and timed meta-iterations at ``cfg`` (micro-batch from the planner): numbers and θ."""
-    spatial = (s.size, s.size)
-    plan = plan_memory(cfg, spatial, budget=resolve_budget(None, device), device=device)
-    learner = MetaLearner(cfg.field, cfg.meta, seed=0, device=device)
-    gen, B = torch.Generator().manual_seed(0), cfg.meta.batch_size
-    reset_peak(device)
-    for _ in range(s.meta_warmup):
-        learner.step(random_signals(B, cfg, s.size, gen).to(device), micro_batch=plan.micro_batch)
-    seconds: list[float] = []
-    while len(seconds) < s.meta_iters and (not seconds or sum(seconds) < s.cap_s):
-        batch = random_signals(B, cfg, s.size, gen).to(device)
-        dt, stats = timed(device, partial(learner.step, batch, micro_batch=plan.micro_batch))
-        seconds.append(dt)
-    median = statistics.median(seconds)
-    flops = B * META_FLOPS(cfg, s.size**2)
-    out = {"s_per_iter": median, "s_per_iter_min": min(seconds), "seconds": seconds, "peak_mib": peak_mib(device),
-           "planned_micro_batch": plan.micro_batch, "planned_peak_mib": plan.meta_peak / MIB,
-           "plan": plan.to_dict(), "flops_per_iter": flops, "tflops": flops / median / 1e12,
-           "last_psnr": stats["psnr"]}
-    params = learner.detached_params()
-    del learner
-    return out, params
+@dataclass
+class Clock:
+    """Whether the engine part may start a step of a kind (``setup`` of a precision, or an arm): the time left
+    must cover the longest step of that kind so far (before the first: the longest of any kind, else ``guess``)
+    and the time reserved for the parts after it."""
+
+    deadline: float
+    guess: float
+    reserve: float
+    taken: dict[str, list[float]] = field(default_factory=dict)
+
+    def allows(self, kind: str) -> bool:
+        seen = self.taken.get(kind) or [t for times in self.taken.values() for t in times] or [self.guess]
+        return self.deadline - time.perf_counter() >= max(seen) + self.reserve
+
+    def record(self, kind: str, seconds: float) -> None:
+        self.taken.setdefault(kind, []).append(seconds)
 
 
-def bench_fit(cfg: EngineConfig, params: dict[str, Tensor], s: Settings, device: torch.device) -> Result:
-    """``fit_latents`` with the preset's fit config on ``s.fit_signals`` random images (after a warm-up)."""
-    gen = torch.Generator().manual_seed(1)
-    reset_peak(device)
-    fit_latents(params, random_signals(min(8, s.fit_signals), cfg, s.size, gen).to(device), cfg.field, cfg.fit,
-                device=device)
-    signals = random_signals(s.fit_signals, cfg, s.size, gen).to(device)
-    batch = auto_batch_size(cfg.field, s.size**2, cfg.fit, device, rows_out=s.fit_signals)
-    seconds, _ = timed(device, lambda: fit_latents(params, signals, cfg.field, cfg.fit, device=device))
-    flops = s.fit_signals * FIT_FLOPS(cfg, s.size**2)
-    return {"images_per_s": s.fit_signals / seconds, "seconds": seconds, "signals": s.fit_signals,
-            "steps": cfg.fit.steps, "batch_size": batch, "peak_mib": peak_mib(device), "tflops": flops / seconds / 1e12}
+def fit_split(params: dict[str, Tensor], images: Tensor, cfg: EngineConfig, batch: int, device: torch.device) -> Result:
+    """Fit every image of a split (H = ``cfg.fit.steps``, batches of ``batch``): PSNR mean / std, time."""
+    fit = replace(cfg.fit, batch_size=batch)
+    seconds, result = timed(device, lambda: fit_latents(params, images, cfg.field, fit, device=device))
+    return {"psnr_mean": float(result.psnr.mean()), "psnr_std": float(result.psnr.std()), "seconds": seconds,
+            "images": len(images), "batch_size": batch}
 
 
-def bench_precision(base: EngineConfig, precision: str, s: Settings, device: torch.device) -> Result:
-    """Part 2 for one precision: meta-iteration, fit, the format's GEMM peak and achieved / peak."""
-    cfg = base.replace(field={"precision": precision})
-    out: Result = {"precision": resolve_precision(precision, device, warn=False).to_dict()}
-    out["meta"], params = bench_meta(cfg, s, device)
-    out["fit"] = bench_fit(cfg, params, s, device)
-    out["gemm_peak"] = gemm_peak(precision, device, s.gemm_size, s.gemm_reps)
-    peak = out["gemm_peak"]["tflops"]
-    out["meta"]["fraction_of_peak"] = out["meta"]["tflops"] / peak
-    out["fit"]["fraction_of_peak"] = out["fit"]["tflops"] / peak
+def fit_throughput(cfg: EngineConfig, theta: dict[str, Tensor], plan: MemoryPlan, s: Settings,
+                   device: torch.device) -> Result:
+    """Fit images/s of one full planned fit batch of random images (after a warm-up fit of a few), its peak
+    against the plan's fit estimate. Should the planned batch run out of device memory, that is recorded and
+    half of it is measured instead."""
+    gen, batch = torch.Generator().manual_seed(1), plan.fit_batch
+    out: Result = {"planned_batch": batch}
+    fit_latents(theta, random_signals(min(8, batch), cfg, s.size, gen).to(device), cfg.field,
+                replace(cfg.fit, batch_size=batch), device=device)
+    while True:
+        fit = replace(cfg.fit, batch_size=batch)
+        signals = random_signals(batch, cfg, s.size, gen).to(device)
+        reset_peak(device)
+        try:
+            seconds, result = timed(device, lambda: fit_latents(theta, signals, cfg.field, fit, device=device))
+            break
+        except torch.cuda.OutOfMemoryError as err:
+            if batch == 1 or "out_of_memory" in out:
+                raise
+            out["out_of_memory"] = {"batch": batch, **peak_record(device, plan.fit_peak), "error": str(err)[:500]}
+            del signals
+            batch //= 2
+    flops = batch * FIT_FLOPS(cfg, s.size**2)
+    return {**out, "images_per_s": batch / seconds, "seconds": seconds, "signals": batch, "batch_size": batch,
+            "steps": cfg.fit.steps, "tflops": flops / seconds / 1e12, "kernel": result.kernel,
+            "compile_report": compile_report(result), **peak_record(device, plan.fit_peak)}
+
+
+def bench_arm(cfg: EngineConfig, arm: str, plan: MemoryPlan, s: Settings, data: Images, device: torch.device) -> Result:
+    """One precision × arm: meta-iterations from θ₀ on the real batches, the fit throughput, the test PSNR."""
+    B = cfg.meta.batch_size
+    with compile_mode(ARMS[arm]):
+        learner = MetaLearner(cfg.field, cfg.meta, params=initial_theta(cfg), seed=0, device=device)
+        out: Result = {"compile_env": ARMS[arm], "compile_report_at_creation": compile_report(learner)}
+        seconds: list[float] = []
+        psnr: list[float] = []
+        reset_peak(device)
+        for index in batch_order(len(data.train), B, s.meta_iters):
+            if sum(seconds[1:]) >= s.cap_s:  # the first iteration holds any compiling: not capped
+                break
+            batch = as_unit(data.train[index])
+            dt, stats = timed(device, partial(learner.step, batch, micro_batch=plan.micro_batch))
+            seconds.append(dt)
+            psnr.append(float(stats["psnr"]))
+        steady = seconds[s.meta_warmup:] or seconds
+        flops = B * META_FLOPS(cfg, s.size**2)
+        out["meta"] = {"iterations": len(seconds), "planned_iterations": s.meta_iters,
+                       "truncated": len(seconds) < s.meta_iters, "first_s": seconds[0],
+                       "s_per_iter": statistics.median(steady), "s_per_iter_min": min(steady),
+                       "seconds": [round(x, 5) for x in seconds], "micro_batch": plan.micro_batch,
+                       "train_psnr_first": psnr[0], "train_psnr_last": psnr[-1], "flops_per_iter": flops,
+                       "tflops": flops / statistics.median(steady) / 1e12, **peak_record(device, plan.meta_peak)}
+        out["compile_report"] = compile_report(learner)
+        theta = learner.detached_params()
+        del learner
+        out["fit"] = fit_throughput(cfg, theta, plan, s, device)
+        if data.test is None:
+            out["test"] = {"status": "skipped", "note": data.source}
+        else:
+            out["test"] = fit_split(theta, data.test, cfg, plan.fit_batch, device)
+            out["test_psnr_mean"] = out["test"]["psnr_mean"]
     return out
 
 
-def part_engine(s: Settings, device: torch.device, precisions: Sequence[str], deadline: float) -> Result:
-    """Part 2: every precision guarded; one is skipped when less than 90 s of the budget is left."""
+def setup_precision(cfg: EngineConfig, s: Settings, data: Images, device: torch.device,
+                    plans: dict[str, MemoryPlan]) -> Result:
+    """Part 4 for one precision, before its arms: the plan (kept in ``plans``), the format's GEMM peak, the test
+    PSNR at θ₀."""
+    precision = cfg.field.precision
+    plans[precision] = plan = default_plan(cfg, s.size, device)
+    out: Result = {"precision": resolve_precision(precision, device, warn=False).to_dict(), "plan": plan.to_dict(),
+                   "gemm_peak": gemm_peak(precision, device, s.gemm_size, s.gemm_reps), "arms": {}}
+    if data.test is not None:
+        out["test_theta0"] = fit_split(initial_theta(cfg), data.test, cfg, plan.fit_batch, device)
+    return out
+
+
+def part_engine(s: Settings, device: torch.device, precisions: Sequence[str], arms: Sequence[str],
+                images: Callable[[], Images], clock: Clock) -> Result:
+    """Part 4: arm by arm (every precision eager first, then compiled), each precision's setup and each arm
+    guarded; a step is skipped when the clock does not allow it."""
+    data = images()
     results: Result = {}
-    for precision in precisions:
-        if deadline - time.perf_counter() < 90 and device.type == "cuda":
-            results[precision] = {"status": "skipped", "note": "time budget spent"}
-            continue
-        results[precision] = guarded(lambda p=precision: bench_precision(s.engine, p, s, device), device)
-    errors = any(r["status"] == "error" for r in results.values())
-    return {"status": "error" if errors else "ok", "config": s.engine.to_dict(), "size": s.size,
-            "flop_model": FLOP_MODEL, "memory": memory_kind(device), "precisions": results}
+    plans: dict[str, MemoryPlan] = {}
+    for arm in arms:
+        for index, precision in enumerate(precisions):
+            cfg = s.engine.replace(field={"precision": precision})
+            if precision not in results:
+                if not clock.allows("setup"):
+                    results[precision] = {"status": "skipped", "note": "time budget spent"}
+                    continue
+                results[precision] = guarded(partial(setup_precision, cfg, s, data, device, plans), device)
+                clock.record("setup", results[precision]["seconds"])
+            bench = results[precision]
+            if bench["status"] != "ok":
+                continue
+            if arm == "compiled" and s.compiled_precisions is not None and index >= s.compiled_precisions:
+                bench["arms"][arm] = {"status": "skipped", "note": "dry run: the compiled arm runs for the first "
+                                      "precision only (compiling costs seconds per configuration on a small CPU)"}
+                continue
+            if not clock.allows(arm):
+                bench["arms"][arm] = {"status": "skipped", "note": "time budget spent"}
+                continue
+            result = guarded(partial(bench_arm, cfg, arm, plans[precision], s, data, device), device)
+            clock.record(arm, result["seconds"])
+            if result["status"] == "ok":
+                for what in ("meta", "fit"):
+                    result[what]["fraction_of_peak"] = result[what]["tflops"] / bench["gemm_peak"]["tflops"]
+            bench["arms"][arm] = result
+    return {"status": worst_status(results), "config": s.engine.to_dict(), "size": s.size, "images": data.source,
+            "flop_model": FLOP_MODEL, "memory": memory_kind(device), "arms": {a: ARMS[a] for a in arms},
+            "precisions": results}
 
 
-# ---------------------------------------------------------------------------------------------- 3. decode
+# ---------------------------------------------------------------------------------------------- 5. roofline
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, min_s: float) -> Result:
+    """GB/s of ``dst.copy_(src)`` on the device for a buffer of ``nbytes`` (read + write, and the copy rate)."""
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    copy = partial(dst.copy_, src)
+    timed(device, copy)
+    once, _ = timed(device, copy)
+    reps = max(1, min(100, math.ceil(min_s / max(once, 1e-6))))
+    seconds, _ = timed(device, partial(_repeat, copy, reps))
+    return {"bytes": src.numel() * 4, "reps": reps, "read_write_gb_per_s": 2 * src.numel() * 4 * reps / seconds / 1e9,
+            "copy_gb_per_s": src.numel() * 4 * reps / seconds / 1e9}
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def profile_summary(fn: Callable[[], Any], device: torch.device, top: int = 8) -> Result:
+    """``torch.profiler`` over one call of ``fn``: the device's events (CUDA kernels, copies, sets; on the CPU
+    the CPU ops, nested ones counted too), their busy time against the wall time, the top events by time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        wall = time.perf_counter() - start
+    events = list(prof.events())
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU
+    mine = [e for e in events if e.device_type == kind]
+    busy = _union_us([(e.time_range.start, e.time_range.end) for e in mine]) / 1e6
+    totals: dict[str, list[float]] = {}
+    for e in mine:
+        entry = totals.setdefault(e.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += (e.time_range.end - e.time_range.start) / 1e3
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"events": "CUDA kernels, copies and sets" if cuda else "CPU ops (an op and the ops it calls each count)",
+            "count": len(mine), "host_ops": sum(e.device_type == DeviceType.CPU for e in events),
+            "busy_s": busy, "wall_s": wall, "idle_share": max(0.0, 1 - busy / wall) if wall > 0 else None,
+            "top": [{"name": name[:120], "count": int(c), "ms": round(ms, 3)} for name, (c, ms) in ranked]}
+
+
+def _profiled_runs(s: Settings, device: torch.device, images: Images) -> Result:
+    """One steady-state meta-iteration (after two) and one fit call of one step on a full planned fit batch
+    (after one), fp32, the eager arm, each profiled."""
+    cfg = s.engine
+    plan = default_plan(cfg, s.size, device)
+    out: Result = {"micro_batch": plan.micro_batch, "fit_batch": plan.fit_batch}
+    with compile_mode(ARMS["eager"]):
+        learner = MetaLearner(cfg.field, cfg.meta, seed=0, device=device)
+        batches = [as_unit(images.train[i]) for i in batch_order(len(images.train), cfg.meta.batch_size, 3)]
+        for batch in batches[:2]:
+            learner.step(batch, micro_batch=plan.micro_batch)
+        out["meta_iteration"] = profile_summary(partial(learner.step, batches[2], micro_batch=plan.micro_batch),
+                                                device)
+        theta = learner.detached_params()
+        del learner
+        fit = replace(cfg.fit, steps=1, batch_size=plan.fit_batch)
+        signals = random_signals(plan.fit_batch, cfg, s.size, torch.Generator().manual_seed(3)).to(device)
+        fit_latents(theta, signals, cfg.field, fit, device=device)
+        out["fit_step"] = profile_summary(partial(fit_latents, theta, signals, cfg.field, fit, device=device), device)
+    return out
+
+
+def part_roofline(s: Settings, device: torch.device, precisions: Sequence[str], images: Callable[[], Images]) -> Result:
+    """Part 5: engine-shaped GEMMs per precision, the copy bandwidth, the profiles (each guarded)."""
+    cfg, N = s.engine, s.size**2
+    B, L = cfg.meta.batch_size, cfg.field.hidden_dim
+    plan = default_plan(cfg, s.size, device)
+    n = N if cfg.meta.context_ratio >= 1.0 else context_size(N, cfg.meta.context_ratio)
+    shapes = {"meta_context": B * n, "meta_full_grid": B * N, "fit": min(plan.fit_batch * N, s.gemm_rows_max)}
+    min_s = 0.2 if device.type == "cuda" else 0.01
+    gemms = {p: {name: guarded(partial(gemm_rate, rows, L, L, p, device, min_s), device)
+                 for name, rows in shapes.items()} for p in precisions}
+    copy = guarded(partial(copy_bandwidth, device, s.copy_bytes, min_s), device)
+    profiles = guarded(partial(_profiled_runs, s, device, images()), device)
+    parts = {"gemms": gemms, "copy": copy, "profile": profiles}
+    return {"status": worst_status(parts), "fit_batch": plan.fit_batch, **parts}
+
+
+# ---------------------------------------------------------------------------------------------- 6. decode
 
 
 def part_decode(s: Settings, device: torch.device) -> Result:
-    """Part 3: ``decode`` of ``s.decode_batch`` latents ``[B, P]`` at ``size²`` (fp32), images/s."""
+    """Part 6: ``decode`` of ``s.decode_batch`` latents ``[B, P]`` at ``size²`` (fp32), images/s."""
     cfg = s.engine.field
     gen = torch.Generator().manual_seed(2)
     params = nf.init_params(cfg, generator=gen, device=device)
@@ -527,63 +966,23 @@ def part_decode(s: Settings, device: torch.device) -> Result:
             "size": s.size, "output_shape": list(images.shape), "peak_mib": peak_mib(device)}
 
 
-# ---------------------------------------------------------------------------------------------- 4. BreastMNIST
-
-
-def fit_split(params: dict[str, Tensor], images: Tensor, cfg: EngineConfig, device: torch.device) -> Result:
-    """Fit every image of a split (H = ``cfg.fit.steps``): PSNR mean / std and the time taken."""
-    seconds, result = timed(device, lambda: fit_latents(params, images, cfg.field, cfg.fit, device=device))
-    return {"psnr_mean": float(result.psnr.mean()), "psnr_std": float(result.psnr.std()), "seconds": seconds,
-            "images": len(images)}
-
-
-def meta_learn(learner: MetaLearner, train: Tensor, cfg: EngineConfig, micro: int, stop_at: float,
-               max_iters: int | None) -> Result:
-    """Meta-iterations on shuffled batches of ``train`` ``[N, 1, S, S]`` (uint8, on the device) until the next
-    one would pass ``stop_at`` (or ``max_iters``): iterations, s/iteration, PSNR curve."""
-    gen = torch.Generator().manual_seed(0)
-    B, order, seconds, curve = cfg.meta.batch_size, torch.empty(0, dtype=torch.int64), [], []
-    device = learner.device
-    while max_iters is None or len(seconds) < max_iters:
-        if seconds and time.perf_counter() + 1.5 * seconds[-1] > stop_at:
-            break
-        if len(order) < B:  # a new epoch: a fresh permutation of the train images
-            order = torch.cat([order, torch.randperm(len(train), generator=gen)])
-        index, order = order[:B], order[B:]
-        batch = train[index.to(train.device)].float() / 255.0
-        dt, stats = timed(device, partial(learner.step, batch, micro_batch=micro))
-        seconds.append(dt)
-        curve.append([len(seconds), round(stats["psnr"], 3), round(stats["loss"], 6)])
-    last = curve[-10:]
-    return {"iterations": len(seconds), "seconds": sum(seconds),
-            "s_per_iter": statistics.median(seconds) if seconds else None,
-            "train_psnr_last10": statistics.mean(c[1] for c in last) if last else None,
-            "curve_every_10": [c for c in curve if c[0] % 10 == 0 or c[0] == len(curve)]}
-
-
-def part_breastmnist(s: Settings, root: Path, precision: str, device: torch.device, deadline: float) -> Result:
-    """Part 4: θ₀ test fit, meta-learning on the train split until the budget, test fit: test PSNR."""
-    data = breastmnist_data(root, s.size, s.fabricate)
-    if isinstance(data, str):
-        return {"status": "skipped", "note": data}
-    train, test, source = data
-    cfg = s.engine.replace(field={"precision": precision})
-    plan = plan_memory(cfg, (s.size, s.size), budget=resolve_budget(None, device), device=device)
-    learner = MetaLearner(cfg.field, cfg.meta, seed=0, device=device)
-    baseline = fit_split(learner.detached_params(), test, cfg, device)
-    reserve = 1.5 * baseline["seconds"] + (10.0 if device.type == "cuda" else 0.5)
-    if time.perf_counter() + reserve >= deadline:
-        return {"status": "skipped", "note": "time budget spent before meta-learning", "test_theta0": baseline}
-    build = meta_learn(learner, train.to(device), cfg, plan.micro_batch, deadline - reserve, s.build_max_iters)
-    final = fit_split(learner.detached_params(), test, cfg, device)
-    return {"source": source, "train_images": len(train), "test_images": len(test), "config": cfg.to_dict(),
-            "micro_batch": plan.micro_batch, "meta": build, "test_theta0": baseline, "test": final,
-            "test_psnr_mean": final["psnr_mean"],
-            "note": (f"meta.steps = {cfg.meta.steps} (cosine length): lr ≈ β = {cfg.meta.meta_lr:g} "
-                     "throughout this short run")}
-
-
 # ---------------------------------------------------------------------------------------------- report
+
+
+def _statuses(tree: Any) -> Iterator[str]:
+    """Every ``status`` value in a nested result (not inside an engine's ``compile_report``)."""
+    if isinstance(tree, dict):
+        if isinstance(tree.get("status"), str):
+            yield tree["status"]
+        for key, value in tree.items():
+            if not str(key).startswith("compile_report"):
+                yield from _statuses(value)
+
+
+def worst_status(tree: Any) -> str:
+    """``failed`` when a check anywhere in ``tree`` failed, else ``error`` when something raised, else ``ok``."""
+    found = set(_statuses(tree))
+    return "failed" if "failed" in found else "error" if "error" in found else "ok"
 
 
 def _field_text(cfg: FieldConfig, meta: MetaConfig | None = None) -> str:
@@ -618,7 +1017,8 @@ def environment(device: torch.device) -> Result:
     env: Result = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
                    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                    "device": str(device), "threads": torch.get_num_threads(), "git_commit": _git_commit(),
-                   "float32_matmul_precision": torch.get_float32_matmul_precision()}
+                   "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                   "engine_environment": {k: os.environ.get(k) for k in ENGINE_ENVIRONMENT}}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(device_name=props.name, capability=f"{props.major}.{props.minor}",
@@ -637,49 +1037,135 @@ def _fmt(value: Any, digits: int = 4) -> str:
 Row = tuple[str, str, str, str, str]  # part, check / metric, value, detail, status
 
 
+def _mib(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def _check_cell(c: Result) -> str:
+    status = c.get("status", "ok")
+    return status if status != "ok" else ("PASS" if c["passed"] else "FAIL")
+
+
 def _exactness_rows(part: Result) -> list[Row]:
     rows = []
     for name, c in part.get("checks", {}).items():
-        status = c["status"] if c["status"] != "ok" else ("PASS" if c["passed"] else "FAIL")
         detail = c.get("error") or f"≤ {_fmt(c.get('threshold'), 1)}"
-        rows.append(("1 exactness", name, _fmt(c.get("value"), 3), detail, status))
+        if "latents" in c:
+            detail += (f" (meta-gradient {_fmt(c['meta_gradient'], 3)}, latents {_fmt(c['latents'], 3)}; "
+                       f"{c['config']} at {c['size']}², B {c['batch']}, {c['dtype']})")
+        rows.append(("1 exactness", name, _fmt(c.get("value"), 3), detail, _check_cell(c)))
+    return rows
+
+
+def _memory_rows(part: Result) -> list[Row]:
+    if "runs" not in part:
+        return []
+    budget, runs, check = part["budget_mib"], part["runs"], part["check"]
+    rows: list[Row] = [("2 memory budget", f"micro-batch of B {part['batch']} in {budget:.0f} MiB",
+                        f"{part['micro_batch']} ({part['parts']} parts)",
+                        f"unsplit plan's estimate {part['unsplit_estimated_peak_mib']:.0f} MiB",
+                        "ok" if part["split"] else "not split")]
+    for label, run in runs.items():
+        rows.append(("2 memory budget", f"peak allocated / reserved, {label} (micro-batch {run['micro_batch']})",
+                     f"{_mib(run['peak_allocated_mib'])} / {_mib(run['peak_reserved_mib'])} MiB",
+                     f"estimate {_mib(run['estimated_peak_mib'])} MiB, {run['seconds']:.3g} s",
+                     "ok" if label != "split" else ("within budget" if part["within_budget"] else "over budget")))
+    rows.append(("2 memory budget", f"split vs unsplit: {check['compared']}", _fmt(check["value"], 3),
+                 f"≤ {_fmt(check['threshold'], 1)}; AdamW update {_fmt(check['update'], 3)}", _check_cell(check)))
+    return rows
+
+
+def _determinism_rows(part: Result) -> list[Row]:
+    if "theta" not in part:
+        return []
+    detail = "; ".join(f"{what}: {r['differing_values']} of {r['numel']} differ, max |Δ| {_fmt(r['max_abs_diff'], 3)}"
+                       for what, r in (("θ", part["theta"]), ("latents", part["latents"])))
+    what = f"two runs of {part['meta_iterations']} meta-iters + a fit of {part['fit_images']}: byte-identical"
+    return [("3 determinism", what, "yes" if part["identical"] else "no", detail, part["status"])]
+
+
+def _arm_rows(p: str, arm: str, r: Result, theta0: Result | None) -> list[Row]:
+    name = f"{p} {arm}"
+    if r["status"] != "ok":
+        return [("4 engine", name, "—", str(r.get("error", r.get("note", ""))), r["status"])]
+    m, f = r["meta"], r["fit"]
+    iters = f"{m['iterations']} iters{' (truncated)' if m['truncated'] else ''}"
+    rows: list[Row] = [
+        ("4 engine", f"{name}: s/meta-iter", _fmt(m["s_per_iter"]),
+         f"first {_fmt(m['first_s'], 3)} s, {iters}, micro-batch {m['micro_batch']}; {_fmt(m['tflops'], 3)} TFLOP/s "
+         f"= {m.get('fraction_of_peak', math.nan):.1%} of the GEMM peak", "ok"),
+        ("4 engine", f"{name}: meta peak allocated / reserved", f"{_mib(m['peak_allocated_mib'])} / "
+         f"{_mib(m['peak_reserved_mib'])} MiB", f"estimate {_mib(m['estimated_peak_mib'])} MiB", "ok"),
+        ("4 engine", f"{name}: fit images/s (batch {f['batch_size']}, H {f['steps']})", _fmt(f["images_per_s"]),
+         f"peak {_mib(f['peak_allocated_mib'])} / {_mib(f['peak_reserved_mib'])} MiB, estimate "
+         f"{_mib(f['estimated_peak_mib'])} MiB; {_fmt(f['tflops'], 3)} TFLOP/s"
+         + (f"; the planned batch {f['planned_batch']} ran out of memory" if "out_of_memory" in f else ""), "ok")]
+    if "test_psnr_mean" in r:
+        base = f"θ₀ {theta0['psnr_mean']:.3f} dB, " if theta0 else ""
+        rows.append(("4 engine", f"{name}: test PSNR ({r['test']['images']} images)", f"{r['test_psnr_mean']:.3f} dB",
+                     f"{base}after {m['iterations']} meta-iters from the same θ₀", "ok"))
+    if r.get("compile_report") is not None:
+        rows.append(("4 engine", f"{name}: compile report", "", json.dumps(r["compile_report"], default=str)[:300],
+                     "ok"))
     return rows
 
 
 def _engine_rows(part: Result) -> list[Row]:
-    rows = []
+    rows: list[Row] = []
     for p, r in part.get("precisions", {}).items():
         if r["status"] != "ok":
-            rows.append(("2 engine", p, "—", r.get("error", r.get("note", "")), r["status"]))
+            rows.append(("4 engine", p, "—", r.get("error", r.get("note", "")), r["status"]))
             continue
-        m, f, g = r["meta"], r["fit"], r["gemm_peak"]
-        memory = (f"peak {m['peak_mib']:.0f} MiB (planned {m['planned_peak_mib']:.0f}, "
-                  f"micro-batch {m['planned_micro_batch']})")
-        fit = f"{p} fit images/s (H={f['steps']}, batch {f['batch_size']})"
-        rows += [("2 engine", f"{p} (eff. {r['precision']['effective']}) s/meta-iter", _fmt(m["s_per_iter"]),
-                  memory, "ok"),
-                 ("2 engine", fit, _fmt(f["images_per_s"]), f"peak {f['peak_mib']:.0f} MiB", "ok"),
-                 ("2 engine", f"{p} TFLOP/s meta / fit / GEMM peak",
-                  f"{m['tflops']:.3g} / {f['tflops']:.3g} / {g['tflops']:.3g}",
-                  f"{m['fraction_of_peak']:.1%} / {f['fraction_of_peak']:.1%} of peak", "ok")]
+        g = r["gemm_peak"]
+        rows.append(("4 engine", f"{p} (eff. {r['precision']['effective']}): {g['n']}² GEMM peak",
+                     f"{g['tflops']:.3g} TFLOP/s", f"plan: micro-batch {r['plan']['micro_batch']}, fit batch "
+                     f"{r['plan']['fit_batch']}", "ok"))
+        for arm, a in r["arms"].items():
+            rows += _arm_rows(p, arm, a, r.get("test_theta0"))
+    return rows
+
+
+def _profile_row(what: str, r: Result) -> Row:
+    if r.get("status", "ok") != "ok" or "count" not in r:
+        return ("5 roofline", what, "—", r.get("error", ""), r.get("status", "?"))
+    idle = "—" if r["idle_share"] is None else f"{r['idle_share']:.0%}"
+    return ("5 roofline", what, f"{r['count']} events", f"{r['events']}: busy {_fmt(r['busy_s'], 3)} s of "
+            f"{_fmt(r['wall_s'], 3)} s wall (idle {idle}); {r['host_ops']} host ops", "ok")
+
+
+def _roofline_rows(part: Result) -> list[Row]:
+    rows: list[Row] = []
+    for p, shapes in part.get("gemms", {}).items():
+        for name, g in shapes.items():
+            if g["status"] != "ok":
+                rows.append(("5 roofline", f"{p} GEMM {name}", "—", g.get("error", ""), g["status"]))
+                continue
+            shape = "×".join(str(x) for x in g["shape"])
+            rows.append(("5 roofline", f"{p} GEMM {name} [{shape}]", f"{g['tflops']:.3g} TFLOP/s",
+                         f"{g['dtype']}, {g['intensity_flop_per_byte']:.0f} FLOP/B", "ok"))
+    copy = part.get("copy")
+    if copy:
+        value = f"{copy['read_write_gb_per_s']:.0f} GB/s" if copy["status"] == "ok" else "—"
+        detail = copy.get("error") or f"read + write, copy_ of {copy['bytes'] / MIB:.0f} MiB"
+        rows.append(("5 roofline", "copy bandwidth", value, detail, copy["status"]))
+    profile = part.get("profile", {})
+    if profile.get("status") == "ok":
+        rows.append(_profile_row(f"profile: 1 meta-iteration (micro-batch {profile['micro_batch']})",
+                                 profile["meta_iteration"]))
+        rows.append(_profile_row(f"profile: 1 fit step ({profile['fit_batch']} images)", profile["fit_step"]))
+    elif profile:
+        rows.append(_profile_row("profile", profile))
     return rows
 
 
 def _decode_rows(part: Result) -> list[Row]:
     what = f"images/s at {part.get('size', '?')}² (batch {part.get('batch', '?')})"
-    return [("3 decode", what, _fmt(part.get("images_per_s")), "", part["status"])]
-
-
-def _breast_rows(part: Result) -> list[Row]:
-    if part["status"] != "ok":
-        return [("4 breastmnist", "test PSNR", "—", part.get("note", ""), part["status"])]
-    what = f"test PSNR after {part['meta']['iterations']} meta-iters (θ₀: {part['test_theta0']['psnr_mean']:.2f} dB)"
-    detail = f"{_fmt(part['meta']['s_per_iter'])} s/iter, {part['source']}"
-    return [("4 breastmnist", what, f"{part['test_psnr_mean']:.3f} dB", detail, "ok")]
+    return [("6 decode", what, _fmt(part.get("images_per_s")), "", part["status"])]
 
 
 PART_ROWS: dict[str, Callable[[Result], list[Row]]] = {
-    "exactness": _exactness_rows, "engine": _engine_rows, "decode": _decode_rows, "breastmnist": _breast_rows,
+    "exactness": _exactness_rows, "memory_budget": _memory_rows, "determinism": _determinism_rows,
+    "engine": _engine_rows, "roofline": _roofline_rows, "decode": _decode_rows,
 }
 
 
@@ -688,18 +1174,18 @@ def markdown(results: Result) -> str:
     env, parts = results["environment"], results["parts"]
     rows: list[Row] = []
     for name, part in parts.items():
-        if "error" in part:  # the part raised as a whole
-            rows.append((name, "part", "—", part["error"], "error"))
+        if "error" in part or part["status"] == "skipped":  # the part raised as a whole, or did not start
+            rows.append((name, "part", "—", part.get("error", part.get("note", "")), part["status"]))
         rows += PART_ROWS[name](part)
     paper, engine = get_preset("2d-64"), parts.get("engine", {})
-    run = EngineConfig.from_dict(engine["config"]) if "config" in engine else None
+    run = EngineConfig.from_dict(results["config"])
     done = "" if results["complete"] else f" (incomplete: {len(parts)} of {len(PART_ROWS)} parts)"
     machine = (f"{env.get('device_name')} ({env['device']}), torch {env['torch']} (CUDA {env['cuda']}), "
                f"{env['date']}, commit {env.get('git_commit')}; total {results['total_seconds']:.1f} s, "
                f"exit code {results['exit_code']}{done}.")
     configs = (f"Paper config: {_field_text(paper.field, paper.meta)}; run config: "
-               f"{_field_text(run.field, run.meta) if run else '—'} at {engine.get('size', '?')}²; "
-               f"FLOP model: {engine.get('flop_model')}; memory: {engine.get('memory')}.")
+               f"{_field_text(run.field, run.meta)} at {results['size']}²; images: {engine.get('images', '—')}; "
+               f"FLOP model: {results['flop_model']}; memory: {memory_kind(torch.device(env['device']))}.")
     lines = [f"# mednf GPU check ({'dry run' if results['dry_run'] else 'GPU'})", "", machine, configs, "",
              "| part | check / metric | value | detail | status |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in row) + " |" for row in rows]
@@ -707,12 +1193,8 @@ def markdown(results: Result) -> str:
 
 
 def exit_code(parts: Result) -> int:
-    """1 when an exactness check failed, else 2 when anything raised, else 0."""
-    if parts.get("exactness", {}).get("status") == "failed":
-        return 1
-    statuses = [p["status"] for p in parts.values()]
-    statuses += [r["status"] for r in parts.get("engine", {}).get("precisions", {}).values()]
-    return 2 if "error" in statuses else 0
+    """1 when a check failed (exactness, the split meta-gradient), else 2 when anything raised, else 0."""
+    return {"failed": 1, "error": 2}.get(worst_status(parts), 0)
 
 
 def write_results(results: Result, out: Path) -> str:
@@ -736,17 +1218,16 @@ def write_results(results: Result, out: Path) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--device", default=None, help="default cuda:0 (cpu with --dry-run)")
-    p.add_argument("--dry-run", action="store_true", help="the same code path on the CPU with a tiny config (< 30 s)")
+    p.add_argument("--dry-run", action="store_true", help="the same code path on the CPU with a tiny config")
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default $OUT, else benchmarks/gpu_check_results)")
     p.add_argument("--medmnist-root", type=Path, default=DEFAULT_ROOT, help=f"folder holding {BREAST_FILE}")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds for the whole script; part 4 gets what is left (default 480, dry run 25)")
-    p.add_argument("--precisions", default="fp32,tf32,bf16", help="comma-separated precisions of part 2")
-    p.add_argument("--build-precision", default="fp32", help="precision of the BreastMNIST build (part 4)")
+                   help="seconds for the whole script (default 480, dry run 40)")
+    p.add_argument("--precisions", default="fp32,tf32,bf16", help="comma-separated precisions of parts 4 and 5")
+    p.add_argument("--arms", default="eager,compiled", help=f"comma-separated arms of part 4 ({', '.join(ARMS)})")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (dry run default: 1)")
-    p.add_argument("--meta-iters", type=int, default=None, help="timed meta-iterations per precision")
-    p.add_argument("--fit-signals", type=int, default=None, help="images in the timed fit of part 2")
+    p.add_argument("--meta-iters", type=int, default=None, help="meta-iterations per precision and arm")
     return p.parse_args(argv)
 
 
@@ -759,6 +1240,10 @@ def resolve_device(args: argparse.Namespace) -> torch.device | str:
     return device
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     args = parse_args(argv)
@@ -766,6 +1251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(device, str):
         print(device, file=sys.stderr)
         return 3
+    arms = _names(args.arms)
+    if unknown := [a for a in arms if a not in ARMS]:
+        print(f"gpu_check: --arms {args.arms!r}: unknown {unknown}; expected {', '.join(ARMS)}", file=sys.stderr)
+        return 2
     warnings.simplefilter("ignore", PrecisionWarning)  # the resolved precision is recorded instead
     if args.dry_run:  # the GPU's fit runs the eager kernel: the dry run mirrors it (and compiles nothing)
         os.environ.setdefault("MEDNF_FIT_KERNEL", "eager")
@@ -774,22 +1263,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     s = settings_for(args)
-    budget = args.time_budget if args.time_budget is not None else (25.0 if args.dry_run else 480.0)
+    budget = args.time_budget if args.time_budget is not None else (40.0 if args.dry_run else 480.0)
     deadline = start + budget
     out = args.out or Path(os.environ.get("OUT") or REPO / "benchmarks" / "gpu_check_results")
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    precisions = _names(args.precisions)
+    images = functools.cache(partial(load_images, s, args.medmnist_root))
+    clock = Clock(deadline, s.arm_guess_s, s.reserve_s)
     runs: dict[str, Callable[[], Result]] = {
-        "exactness": lambda: part_exactness(device),
-        "engine": lambda: part_engine(s, device, precisions, deadline),
+        "exactness": lambda: part_exactness(device, {"paper_cpu_gpu": partial(check_paper_cpu_gpu, s, images)}),
+        "memory_budget": lambda: part_memory_budget(s, images, device),
+        "determinism": lambda: part_determinism(s, images, device),
+        "engine": lambda: part_engine(s, device, precisions, arms, images, clock),
+        "roofline": lambda: part_roofline(s, device, precisions, images),
         "decode": lambda: part_decode(s, device),
-        "breastmnist": lambda: part_breastmnist(s, args.medmnist_root, args.build_precision, device, deadline),
     }
     results: Result = {"dry_run": bool(args.dry_run), "complete": False, "environment": environment(device),
-                       "time_budget_s": budget, "flop_model": FLOP_MODEL,
+                       "time_budget_s": budget, "flop_model": FLOP_MODEL, "config": s.engine.to_dict(), "size": s.size,
                        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                        "parts": {}}
     for name, run in runs.items():
-        results["parts"][name] = guarded(run, device)
+        if time.perf_counter() >= deadline:
+            results["parts"][name] = {"status": "skipped", "note": "time budget spent", "seconds": 0.0}
+        else:
+            with compile_mode(ARMS["eager"]):  # compiled only inside the engine's compiled arms
+                results["parts"][name] = guarded(run, device)
         results["complete"] = len(results["parts"]) == len(runs)
         results["exit_code"] = exit_code(results["parts"])
         results["total_seconds"] = time.perf_counter() - start
