@@ -182,16 +182,24 @@ def test_run_sh_dry_run_goes_through_every_step_from_the_checkout(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     for line in ("ok    mednf from the checkout: " + str(REPO / "mednf"), "ok    carried zarr: " + str(tmp_path),
-                 "ok    carried numcodecs: " + str(tmp_path), "build: ok (exit 0)", "check exit 0"):
+                 "ok    carried numcodecs: " + str(tmp_path), "build: ok (exit 0)", "decode: ok (exit 0)",
+                 "eval: ok (exit 0)", "check exit 0"):
         assert line in log, (line, log[-4000:])
     assert "FAIL" not in log
-    assert sorted(p.name for p in out.iterdir()) == ["build.json", "build.log", "environment.txt", "gpu_check.json",
-                                                     "gpu_check.md", "run.log", "training.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["build.json", "build.log", "decode.png", "environment.txt",
+                                                     "eval.png", "gpu_check.json", "gpu_check.md", "run.log",
+                                                     "training.png"]
     build = json.loads((out / "build.json").read_text(encoding="utf-8"))
     assert build["status"] == "ok" and build["manifest"] and "latents.zarr/zarr.json" in build["files"]
+    # what the build wrote, used through the CLI: decoded beside its inputs, and evaluated split by split
+    assert build["decode"]["status"] == "ok" and build["decode"]["result"]["inputs_shown"] is True
+    splits = build["eval"]["result"]["splits"]
+    assert build["eval"]["status"] == "ok" and set(splits) == {"train", "val", "test"}
+    for split, summary in splits.items():  # the latents as loaded decode to what the build measured
+        assert abs(summary["psnr_mean"] - build["manifest"]["splits"][split]["psnr_mean"]) < 1e-3, (split, summary)
     check = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))
     assert check["complete"] and check["exit_code"] == 0
     assert all(part["status"] == "ok" for part in check["parts"].values())
-    assert check["parts"]["breastmnist"]["source"].endswith(".gpudata/medmnist/breastmnist_64.npz")
+    assert check["parts"]["engine"]["images"].endswith(".gpudata/medmnist/breastmnist_64.npz")
     assert not list(tmp_path.glob("mednf-gpu.*")), "run.sh left its scratch folder"
     report(f"run.sh --dry-run with {_rehearsal_python()}: {log.splitlines()[-1]}")

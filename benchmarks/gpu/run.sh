@@ -4,26 +4,32 @@
 # The GPU machine is offline, and mednf is not pip-installed there: this script installs the wheels that
 # benchmarks/gpu/prepare.sh fetched (.whl/, carried) into a temporary folder with --no-index --no-deps, puts
 # that folder and the checkout on PYTHONPATH, points every cache of mednf, Hugging Face, matplotlib, Triton
-# and Inductor into temporary folders, and runs, each step timed and cut off before the budget is spent:
+# and Inductor into temporary folders, and runs, each step timed and cut off before the budget is spent (a
+# step that fails or is cut off is recorded, and the next one runs):
 #   1. preflight  imports torch, the carried packages and mednf from the checkout; sees the GPU (stops here
 #                 with exit 3 when something is missing, so a fixed rerun still fits the device time)
-#   2. build      the main command on the real BreastMNIST 64² file (.gpudata/, carried):
-#                 `mednf build breastnf --gpu 0`, shortened (--steps 50 --max-samples 64), capped at 150 s
-#   3. check      benchmarks/gpu_check.py (exactness, engine speed and memory, decode, BreastMNIST) with the
-#                 time left; it rewrites its results after every part
+#   2. build      the main command on the real BreastMNIST 64² file (.gpudata/, carried), all 780 images:
+#                 `mednf build breastnf --gpu 0 --steps 300`, capped at 180 s
+#   3. use        what the build wrote, through the CLI: `mednf decode` (test images 0-15 beside their
+#                 inputs, decode.png) and `mednf eval --split all` (load, decode every latent, PSNR / SSIM
+#                 against the source images, eval.png), each capped at 60 s; their results join build.json
+#   4. check      benchmarks/gpu_check.py (exactness, memory budget, determinism, engine speed / memory / PSNR
+#                 per precision and arm, roofline and profile, decode) with the time left; it rewrites its
+#                 results after every part
 # Results, written as they come (a run cut short returns what it measured), in $OUT (else --out, else
-# benchmarks/gpu_check_results/): run.log, environment.txt, build.json, build.log, training.png,
-# gpu_check.json, gpu_check.md. benchmarks/README.md says how to call it and how to read them.
+# benchmarks/gpu_check_results/): run.log, environment.txt, build.json, build.log, training.png, decode.png,
+# eval.png, gpu_check.json, gpu_check.md. benchmarks/README.md says how to call it and how to read them.
 #
 # Usage: benchmarks/gpu/run.sh [--dry-run] [--budget S] [--no-build] [--wheels DIR] [--out DIR] [-- CHECK_ARGS]
-#   --dry-run     the same flow on a CPU, with tiny sizes (about a minute): the rehearsal of a GPU run
+#   --dry-run     the same flow on a CPU, with tiny sizes (under a minute): the rehearsal of a GPU run
 #   --budget S    seconds for the whole run (default 540; dry run 300)
-#   --no-build    skip step 2 (a shorter rerun)
+#   --no-build    skip steps 2 and 3 (a shorter rerun)
 #   --wheels DIR  the wheels to install (default .whl for Python 3.12, else .whl-cpXY from prepare.sh --rehearsal)
 #   --out DIR     results folder when $OUT is unset
 #   -- ARGS       passed on to gpu_check.py (e.g. -- --precisions bf16)
 # Environment: PYTHON (default python3), the interpreter that holds torch.
-# Exit code: gpu_check.py's when it is not 0, else 4 when the build failed, else 0; 3 when the preflight failed.
+# Exit code: gpu_check.py's when it is not 0, else 4 when the build, decode or eval failed, else 0; 3 when the
+# preflight failed.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -43,7 +49,7 @@ while (($#)); do
         --no-build) BUILD=0 ;;
         --wheels) WHEELS="$2"; shift ;;
         --out) [[ -n "${OUT:-}" ]] || OUT_DIR="$2"; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -55,7 +61,8 @@ OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 START=$SECONDS
 left() { echo $((BUDGET - (SECONDS - START))); }
 
-RESULTS=(run.log environment.txt build.json build.log training.png gpu_check.json gpu_check.md)
+RESULTS=(run.log environment.txt build.json build.log training.png decode.png eval.png gpu_check.json
+         gpu_check.md)
 for file in "${RESULTS[@]}"; do rm -f "${OUT_DIR:?}/$file"; done  # no stale result from an earlier run
 
 # everything printed also goes to run.log, line by line as it comes
@@ -196,65 +203,123 @@ then
     exit 3
 fi
 
-# ------------------------------------------------------------------------------------------- 2. build
-BUILD_CODE=0
-if [[ "$BUILD" == 1 ]]; then
-    echo "== 2. build: mednf build breastnf ($(left) s left)"
-    data="$MEDMNIST_ROOT/breastmnist_64.npz"
-    if [[ "$DRY" == 1 ]]; then
-        cap=120
-        args=(--cpu --threads 1 --steps 3 --max-samples 8 --batch-size 4 --fit-steps 2
-              --set field.num_layers=3 --set field.hidden_dim=16 --set field.latent_dim=8)
-    else
-        cap=150
-        args=(--gpu 0 --steps 50 --max-samples 64)
-    fi
-    ((cap < $(left) - 120)) || cap=$(($(left) - 120))
-    dataset="$WORK/BreastNF"
-    if [[ ! -f "$data" ]]; then
-        echo "build skipped: $data is absent (run benchmarks/gpu/prepare.sh and carry .gpudata)"
-        echo "{\"status\": \"skipped\", \"note\": \"$data is absent\"}" >"$OUT_DIR/build.json"
-    elif ((cap < 20)); then
-        echo "build skipped: ${cap} s left for it"
-        echo "{\"status\": \"skipped\", \"note\": \"time budget spent\"}" >"$OUT_DIR/build.json"
-    else
-        cmd=("$PYTHON" -m mednf.cli build breastnf "${args[@]}" --no-download --medmnist-root "$MEDMNIST_ROOT"
-             --out "$dataset" --quiet)
-        echo "+ cd $WORK; PYTHONPATH=$SITE:$VIEW timeout ${cap} ${cmd[*]}"
-        t0=$SECONDS
-        # from $WORK: `python -m` puts the working folder first on sys.path, and the checkout's own mednf/
-        # (without builders/) must not shadow the view
-        (cd "$WORK" && PYTHONPATH="$SITE:$VIEW" timeout -k 10 "$cap" "${cmd[@]}") || BUILD_CODE=$?
-        seconds=$((SECONDS - t0))
-        for file in build.log training.png; do
-            if [[ -f "$dataset/$file" ]]; then cp "$dataset/$file" "$OUT_DIR/"; fi
-        done
-        "$PYTHON" - "$dataset" "$OUT_DIR/build.json" "$BUILD_CODE" "$seconds" "${cmd[*]}" <<'PY' || true
-"""build.json: the build's exit code, time, files and manifest (mednf.json)."""
+# ------------------------------------------------------------------------------------------- 2. build, 3. use
+# record STEP STATUS|CODE SECONDS COMMAND PATH: build.json gets STEP's record (exit code, seconds, command): the
+# build's (PATH its dataset folder: files and manifest) replaces the file, decode's and eval's (PATH the step's
+# stdout, parsed as JSON) join it under their names. STATUS "skipped" with the reason as COMMAND.
+record() {
+    "$PYTHON" - "$OUT_DIR/build.json" "$@" <<'PY' || true
+"""One step's record in build.json."""
 import json
 import sys
 from pathlib import Path
 
-dataset, out, command = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[5]
-code, seconds = int(sys.argv[3]), int(sys.argv[4])
-files = {p.relative_to(dataset).as_posix(): p.stat().st_size for p in sorted(dataset.rglob("*")) if p.is_file()}
-manifest = dataset / "mednf.json"
-status = "ok" if code == 0 else ("timeout" if code in (124, 137) else "error")
-record = {"status": status, "exit_code": code, "seconds": seconds, "command": command,
-          "files": files if len(files) <= 200 else f"{len(files)} files",
-          "manifest": json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None}
-out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-print(f"build: {status} (exit {code}) in {seconds} s; {len(files)} files")
+out, step, code, seconds, command, path = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), *sys.argv[5:]
+path = Path(path)
+if code == "skipped":
+    record = {"status": "skipped", "note": command}
+else:
+    status = "ok" if code == "0" else ("timeout" if code in ("124", "137") else "error")
+    record = {"status": status, "exit_code": int(code), "seconds": seconds, "command": command}
+if step == "build":
+    files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+    manifest = path / "mednf.json"
+    record |= {"files": files if len(files) <= 200 else f"{len(files)} files",
+               "manifest": json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None}
+    document = record
+else:
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    try:
+        record["result"] = json.loads(text)
+    except ValueError:
+        record["output_tail"] = text[-2000:]
+    document = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    document[step] = record
+out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+print(f"{step}: {record['status']}" + (f" (exit {code}) in {seconds} s" if code != "skipped" else f": {command}"))
 PY
+}
+
+# run_cli CAP OUTPUT ARGS...: `python -m mednf.cli ARGS` from $WORK with the view of the checkout, cut off
+# after CAP seconds, its stdout into OUTPUT; sets STEP_CODE and STEP_SECONDS. From $WORK: `python -m` puts the
+# working folder first on sys.path, and the checkout's own mednf/ (without builders/) must not shadow the view.
+run_cli() {
+    local cap=$1 output=$2
+    shift 2
+    local cmd=("$PYTHON" -m mednf.cli "$@")
+    STEP_COMMAND="${cmd[*]}"
+    echo "+ cd $WORK; PYTHONPATH=$SITE:$VIEW timeout ${cap} ${cmd[*]} > ${output}"
+    local t0=$SECONDS
+    STEP_CODE=0
+    (cd "$WORK" && PYTHONPATH="$SITE:$VIEW" timeout -k 10 "$cap" "${cmd[@]}" >"$output") || STEP_CODE=$?
+    STEP_SECONDS=$((SECONDS - t0))
+}
+
+# cap_for WANTED KEEP: WANTED seconds, or fewer so that KEEP seconds of the budget remain after the step
+cap_for() { local cap=$1 room=$(($(left) - $2)); echo $((cap < room ? cap : room)); }
+
+BUILD_CODE=0
+USE_CODE=0
+if [[ "$BUILD" == 1 ]]; then
+    echo "== 2. build: mednf build breastnf ($(left) s left)"
+    data="$MEDMNIST_ROOT/breastmnist_64.npz"
+    if [[ "$DRY" == 1 ]]; then
+        on=(--threads 1)
+        args=(--cpu --steps 3 --max-samples 8 --batch-size 4 --fit-steps 2
+              --set field.num_layers=3 --set field.hidden_dim=16 --set field.latent_dim=8)
+        keep=120  # for decode, eval and the check
+    else
+        on=(--gpu 0)
+        args=(--steps 300)  # about 0.1 s per paper-config meta-iteration on an H100 (modelled), all 780 images fitted
+        keep=240
     fi
+    cap=$(cap_for 180 "$keep")
+    dataset="$WORK/BreastNF"
+    if [[ ! -f "$data" ]]; then
+        echo "build skipped: $data is absent (run benchmarks/gpu/prepare.sh and carry .gpudata)"
+        record build skipped 0 "$data is absent" "$dataset"
+    elif ((cap < 20)); then
+        echo "build skipped: ${cap} s left for it"
+        record build skipped 0 "time budget spent" "$dataset"
+    else
+        run_cli "$cap" "$WORK/build.out" build breastnf "${on[@]}" "${args[@]}" --no-download \
+            --medmnist-root "$MEDMNIST_ROOT" --out "$dataset" --quiet
+        BUILD_CODE=$STEP_CODE
+        cat "$WORK/build.out"  # --quiet: nothing but errors (they are on stderr, in run.log already)
+        for file in build.log training.png; do
+            if [[ -f "$dataset/$file" ]]; then cp "$dataset/$file" "$OUT_DIR/"; fi
+        done
+        record build "$BUILD_CODE" "$STEP_SECONDS" "$STEP_COMMAND" "$dataset"
+    fi
+
+    echo "== 3. use: mednf decode, mednf eval ($(left) s left)"
+    for step in decode eval; do
+        cap=$(cap_for 60 $((keep - 60)))
+        if [[ ! -f "$dataset/mednf.json" ]]; then
+            record "$step" skipped 0 "the build wrote no complete dataset" "-"
+            continue
+        elif ((cap < 15)); then
+            record "$step" skipped 0 "time budget spent" "-"
+            continue
+        fi
+        if [[ "$step" == decode ]]; then
+            run_cli "$cap" "$WORK/decode.json" decode "$dataset" "${on[@]}" --split test --indices 0:16 \
+                --out "$OUT_DIR/decode.png" --medmnist-root "$MEDMNIST_ROOT" --json
+        else
+            run_cli "$cap" "$WORK/eval.json" eval "$dataset" "${on[@]}" --split all --out "$WORK/eval" \
+                --plot "$OUT_DIR/eval.png" --medmnist-root "$MEDMNIST_ROOT" --json
+        fi
+        ((STEP_CODE == 0)) || USE_CODE=$STEP_CODE
+        record "$step" "$STEP_CODE" "$STEP_SECONDS" "$STEP_COMMAND" "$WORK/$step.json"
+    done
 fi
 
-# ------------------------------------------------------------------------------------------- 3. check
+# ------------------------------------------------------------------------------------------- 4. check
 CHECK_CODE=0
 remaining=$(left)
 check_budget=$((remaining - 60))  # imports and CUDA start come before gpu_check.py's own clock starts
 if [[ "$DRY" == 1 ]] && ((check_budget > 90)); then check_budget=90; fi
-echo "== 3. check: benchmarks/gpu_check.py (${remaining} s left, --time-budget ${check_budget})"
+echo "== 4. check: benchmarks/gpu_check.py (${remaining} s left, --time-budget ${check_budget})"
 if ((check_budget < 60)); then
     echo "check skipped: too little time left"
     CHECK_CODE=2
@@ -267,7 +332,8 @@ else
     timeout -k 5 $((remaining - 10)) "${cmd[@]}" || CHECK_CODE=$?
 fi
 
-echo "run.sh: build exit $BUILD_CODE, check exit $CHECK_CODE, $((SECONDS - START)) s of $BUDGET; results in $OUT_DIR"
+echo "run.sh: build exit $BUILD_CODE, decode/eval exit $USE_CODE, check exit $CHECK_CODE," \
+     "$((SECONDS - START)) s of $BUDGET; results in $OUT_DIR"
 if ((CHECK_CODE != 0)); then exit "$CHECK_CODE"; fi
-if ((BUILD_CODE != 0)); then exit 4; fi
+if ((BUILD_CODE != 0 || USE_CODE != 0)); then exit 4; fi
 exit 0
