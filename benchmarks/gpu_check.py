@@ -52,8 +52,9 @@ guarded: an exception is recorded with its text and the next one runs):
    the arm creates and runs its learner and fits, restored after; the learner's ``compile_report`` and the fit's
    are recorded when they have one) and each ``field.precision`` (fp32 / tf32 / bf16; first the precision's plan,
    its n×n GEMM peak and the test PSNR at θ₀), from the same θ₀ on the same real batches:
-   ``meta_iters`` meta-iterations at B = 24 (micro-batch from the planner at the device's default budget; s per
-   iteration as the median after ``meta_warmup``, the first iteration's seconds apart: it holds any compiling),
+   ``meta_iters`` meta-iterations at B = 24 on uint8 batches uploaded ahead (micro-batch from the planner at the
+   device's default budget; the first ``meta_warmup`` one by one, the first holding any compiling, then the rest
+   back to back as a build runs them, without a host wait, timed as one block: s per iteration = block / count),
    peak allocated and reserved against the planner's meta estimate, achieved TFLOP/s (FLOP model of
    benchmarks/engine.py) and the fraction of the format's n×n GEMM peak; fit images/s at the planner's fit batch
    (``plan_memory(...).fit_batch``: one full batch of random images, after a warm-up fit), peak against the fit
@@ -79,7 +80,7 @@ Time: ``--time-budget`` (default 480 s from the start of ``main``, 40 s in the d
 part does not start once it is spent; the engine part starts a precision's setup or an arm only while the time
 left covers the longest step of that kind so far (before the first, the longest of any kind, at first
 ``arm_guess_s``) plus ``reserve_s`` for the parts after it, and stops an arm's meta-iterations once those after
-the first (which holds any compiling) pass ``cap_s`` (``truncated`` then says so); the other parts are short.
+the warm-up (which holds any compiling) pass ``cap_s`` (``truncated`` then says so); the other parts are short.
 The dry run compiles only the first precision's compiled arm (on a 2-core CPU compiling takes seconds per
 configuration: 17 s for fp32's meta-gradient on 2026-12-07).
 
@@ -127,6 +128,7 @@ from mednf.engine.meta import MetaLearner, accumulate_meta_gradient, meta_object
 from mednf.engine.planner import MemoryPlan, plan_memory
 from mednf.engine.precision import PrecisionWarning, matmul_switches, resolve_precision
 from mednf.engine.presets import get_preset
+from mednf.engine.transfer import upload
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "medmnist"
@@ -775,24 +777,32 @@ def bench_arm(cfg: EngineConfig, arm: str, plan: MemoryPlan, s: Settings, data: 
     with compile_mode(ARMS[arm]):
         learner = MetaLearner(cfg.field, cfg.meta, params=initial_theta(cfg), seed=0, device=device)
         out: Result = {"compile_env": ARMS[arm], "compile_report_at_creation": compile_report(learner)}
-        seconds: list[float] = []
-        psnr: list[float] = []
+        # the batches uploaded ahead as uint8, as a build's loader does (pinned, queued, on CUDA)
+        batches = [upload(data.train[index], device) for index in batch_order(len(data.train), B, s.meta_iters)]
+        step = partial(learner.step, micro_batch=plan.micro_batch)
         reset_peak(device)
-        for index in batch_order(len(data.train), B, s.meta_iters):
-            if sum(seconds[1:]) >= s.cap_s:  # the first iteration holds any compiling: not capped
+        warmup, stats = [], []
+        for batch in batches[: s.meta_warmup]:  # one by one, synchronised: the first holds any compiling
+            dt, row = timed(device, partial(step, batch))
+            warmup.append(dt)
+            stats.append(row)
+        synchronize(device)
+        start = time.perf_counter()
+        for batch in batches[s.meta_warmup:]:  # back to back, as a build runs them: no host wait in between
+            if time.perf_counter() - start >= s.cap_s:
                 break
-            batch = as_unit(data.train[index])
-            dt, stats = timed(device, partial(learner.step, batch, micro_batch=plan.micro_batch))
-            seconds.append(dt)
-            psnr.append(float(stats["psnr"]))
-        steady = seconds[s.meta_warmup:] or seconds
+            stats.append(step(batch))
+        synchronize(device)
+        steady, seconds = len(stats) - len(warmup), time.perf_counter() - start
+        per_iter = seconds / steady if steady else statistics.median(warmup)
+        psnr = [float(row["psnr"]) for row in stats]  # read after the timing
         flops = B * META_FLOPS(cfg, s.size**2)
-        out["meta"] = {"iterations": len(seconds), "planned_iterations": s.meta_iters,
-                       "truncated": len(seconds) < s.meta_iters, "first_s": seconds[0],
-                       "s_per_iter": statistics.median(steady), "s_per_iter_min": min(steady),
-                       "seconds": [round(x, 5) for x in seconds], "micro_batch": plan.micro_batch,
-                       "train_psnr_first": psnr[0], "train_psnr_last": psnr[-1], "flops_per_iter": flops,
-                       "tflops": flops / statistics.median(steady) / 1e12, **peak_record(device, plan.meta_peak)}
+        out["meta"] = {"iterations": len(stats), "planned_iterations": s.meta_iters,
+                       "truncated": len(stats) < s.meta_iters, "first_s": warmup[0] if warmup else None,
+                       "warmup_seconds": warmup, "steady_iterations": steady, "steady_seconds": seconds,
+                       "s_per_iter": per_iter, "micro_batch": plan.micro_batch, "train_psnr_first": psnr[0],
+                       "train_psnr_last": psnr[-1], "flops_per_iter": flops, "tflops": flops / per_iter / 1e12,
+                       **peak_record(device, plan.meta_peak)}
         out["compile_report"] = compile_report(learner)
         theta = learner.detached_params()
         del learner
