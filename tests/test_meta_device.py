@@ -63,8 +63,8 @@ GPU_BYTES = 80 * 2**30  # the planner's batches are those of an 80 GiB GPU (an H
 # ---------------------------------------------------------------------------------------------- ceilings
 # Measured 2026-12-07, torch 2.13.0 (see the module docstring to update). Per steady-state meta-iteration
 # (the second one: the first also creates AdamW's state), B = 24 in one micro-batch:
-META_KERNELS_CEILING = 3_590  # measured 3516 (4240 before the lean loop, 2026-12-07)
-META_OPS_CEILING = 7_150  # measured 7006 (kernels, views, allocations, host ops, transfers)
+META_KERNELS_CEILING = 3_610  # measured 3536 (4240 before the lean loop, 2026-12-07)
+META_OPS_CEILING = 6_870  # measured 6726 (kernels, views, allocations, host ops, transfers)
 META_BYTES_CEILING = 66_200 * 10**6  # measured 64.81 GB
 META_SYNCS_CEILING = 0  # the statistics stay on the device (MetaStats); the trainer reads them every k iterations
 META_UPLOADS_CEILING = 1  # meta.py step(): the batch of signals, as bytes (a build hands it over on the device)

@@ -23,7 +23,7 @@ from mednf.building.trainer import CURVES, TrainSummary
 from mednf.engine import field as nf
 from mednf.engine.baselines import MARGIN_DB, split_baselines, zero_latent_image
 from mednf.engine.execution import Execution
-from mednf.engine.fit import as_float_signals
+from mednf.engine.fit import as_float_signals, fit_compile_report
 from mednf.engine.fused_latent_grad import fit_kernel, kernel_record
 from mednf.engine.memory import peak_memory
 from mednf.engine.planner import MemoryPlan
@@ -77,11 +77,13 @@ def finalize(run: BuildRun, writer: DatasetWriter, source: SourceData, trained: 
                        "memory": plan.to_dict() | {"measured_peak_bytes": peak_memory(device)},
                        "precision": precision.to_dict(), "float32_products": float32_products(precision),
                        "curves": curves, "schedule": summary.schedule,
+                       **({"compiled": summary.compiled} if summary.compiled is not None else {}),
                        "baseline_check": {"val_mean_image_psnr": trained.val_baseline, "margin_db": MARGIN_DB,
                                           "learns_per_sample": summary.learns_per_sample}
                        | (summary.diagnosis.as_dict() if summary.diagnosis is not None else {})},
         fit={"seconds": fit_seconds, "signals_per_second": total / fit_seconds, "batch_size": fit_batch}
         | kernel_record(fit_kernel(precision, device))
+        | ({"check": check.to_dict()} if (check := fit_compile_report(cfg.field, precision, device)) else {})
         | ({"preview": preview} if preview else {}),
         device=run.device_name, world_size=run.dist.world, build_seconds=summary.seconds + fit_seconds)
     manifest = writer.finish(manifest, index, source_card_line(manifest.source))  # last: means "complete"

@@ -90,6 +90,7 @@ class TrainSummary:
     # the learning-rate schedule as run: segments {"from": first iteration, "length": the meta.steps whose
     # schedule it follows from there}; more than one after `mednf build --continue-to` (mednf.building.continuation)
     schedule: list[dict[str, int]] = field(default_factory=list)
+    compiled: dict[str, Any] | None = None  # the compiled meta-gradient's self-check (mednf.engine.compiled), if run
 
 
 def batch_positions(seed: int, iteration: int, batch: int, num_samples: int) -> np.ndarray:
@@ -327,7 +328,7 @@ class MetaTrainer:
                   else learns_per_sample(self.best_psnr, self.val_baseline))
         diagnosis = self._diagnosis() if learns is False else None
         return TrainSummary(steps, self.best_step, self.best_psnr, self.history, self.seconds, self.resumed_from,
-                            learns, diagnosis, self.schedule)
+                            learns, diagnosis, self.schedule, self.learner.compile_report)
 
     def _record(self, pending: list[tuple[int, MetaStats]], seconds: float, curves: TrainingLog | None,
                 board: TensorBoardLog | None, bar: tqdm) -> None:

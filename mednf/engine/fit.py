@@ -24,10 +24,11 @@ from torch import Tensor
 
 from mednf.engine import field as nf
 from mednf.engine.allocator import fit_memory
+from mednf.engine.compiled import EAGER, CompileReport, self_check
 from mednf.engine.config import FieldConfig, FitConfig
 from mednf.engine.context import observed_context_weights, random_context
 from mednf.engine.execution import Execution, given_or_resolved
-from mednf.engine.fused_latent_grad import fit_kernel, fused_latent_gradient
+from mednf.engine.fused_latent_grad import fit_kernel, fit_modes, fused_latent_gradient, note_failure
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.memory import MemoryBudget, resolve_budget
 from mednf.engine.metrics import SSIM_WINDOW, check_signals, mse_to_psnr, signal_mse, ssim
@@ -48,6 +49,7 @@ class FitResult:
     psnr: Tensor  # [S] dB (data range 1)
     ssim: Tensor | None = None  # [S] when asked for (images/volumes with every side ≥ 11)
     kernel: str = "eager"  # the latent-gradient kernel that ran: "compiled" or "eager" (fused_latent_grad)
+    compile_report: CompileReport | None = None  # the compiled kernel's self-check (None: none was run)
 
 
 def auto_batch_size(cfg: FieldConfig, num_points: int, fit: FitConfig, device: torch.device, *,
@@ -91,6 +93,7 @@ def fit_batch(
     chunk_rows: int | None = None,
     observed: Tensor | None = None,
     precision: Precision = FP32,
+    kernel: str | None = None,
 ) -> FittedBatch:
     """Fit latents for one batch.
 
@@ -109,6 +112,9 @@ def fit_batch(
             None: every point.
         seed: seed of the rescaling subsets (:mod:`mednf.engine.context`).
         precision: the resolved precision of the products (:func:`mednf.engine.field.prepare`).
+        kernel: the latent gradient's kernel: ``"eager"``, a ``torch.compile`` mode of the compiled one (which
+            then raises if it cannot compile), or None: as :func:`~mednf.engine.fused_latent_grad.fit_kernel`
+            says, in the default mode, falling back to eager with a warning.
 
     Returns:
         :class:`FittedBatch`: φ ``[B, P]``, the MSE ``[B]`` of the clamped reconstruction and that
@@ -123,7 +129,11 @@ def fit_batch(
     if observed is not None:
         counts = observed.sum(dim=1, keepdim=True).to(targets.dtype)  # [B, 1]
         point_weights = observed.to(targets.dtype) * (N / counts)  # [B, N]: N/m on the observed points
-    compiled = fit_kernel(field.precision, targets.device) == "compiled"
+    if kernel is None:
+        kernel = "default" if fit_kernel(field.precision, targets.device) == "compiled" else EAGER
+        checked = False  # the kernel falls back to eager by itself
+    else:
+        checked = True  # a self-check is watching: failures must show
     for step in range(fit.steps):
         weights = None
         if fit.grad_rescale and observed is not None:
@@ -131,9 +141,9 @@ def fit_batch(
         elif fit.grad_rescale:
             index = random_context(signal_ids, N, fit.rescale_ratio, seed=seed, step=step)  # [B, n]
             weights = targets.new_zeros(B, N).scatter_(1, index, N / index.shape[1])
-        if compiled:
+        if kernel != EAGER:
             grad, sub_grad, _ = fused_latent_gradient(field, phi, coords, targets, subset_weights=weights,
-                                                      point_weights=point_weights)
+                                                      point_weights=point_weights, mode=kernel, fallback=not checked)
         else:
             grad, sub_grad, _ = latent_gradient(field, phi, coords, targets, chunk_rows=chunk_rows,
                                                 subset_weights=weights, point_weights=point_weights)
@@ -362,14 +372,23 @@ def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Cal
     latents = host_buffer((total, cfg.latent_dim), torch.float32, device)  # filled by queued copies …
     mses = host_buffer((total,), torch.float32, device)
     ssims = host_buffer((total,), torch.float32, device, fill=float("nan")) if with_ssim else None
+    kernel = EAGER if total == 0 or fit_kernel(precision, device) == "eager" else None  # None: the self-check decides
+    report = None
     for start in range(0, total, size):
         stop = min(start + size, total)
         part = make_batch(start, stop)
         ids = torch.arange(first_index + start, first_index + stop, device=device, dtype=torch.int64)
         allocator = fit_memory() if device.type == "cpu" else contextlib.nullcontext()
+
+        def run(chosen: str) -> FittedBatch:
+            return fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed, observed=part.observed,
+                             precision=precision, kernel=chosen)
+
         with matmul_switches(precision), allocator:
-            phi, mse, recon = fit_batch(theta, part.targets, part.coords, cfg, fit, ids, seed=seed,
-                                        observed=part.observed, precision=precision)
+            if kernel is None:
+                kernel, (phi, mse, recon), report = _checked_kernel(run, cfg, precision, device)
+            else:
+                phi, mse, recon = run(kernel)
         if ssims is not None and part.signals is not None:
             download_into(ssims[start:stop], ssim(nf.from_points(recon, part.signals.shape[2:]), part.signals))
         download_into(latents[start:stop], phi)
@@ -377,5 +396,29 @@ def _fit_batches(params: nf.Params, total: int, num_points: int, make_batch: Cal
         if on_batch is not None:
             on_batch(stop, total)
     wait(device)  # … read from here on: one wait per fit, not one per batch
-    kernel = "eager" if total == 0 else fit_kernel(precision, device)  # after: a failed compile shows
-    return FitResult(latents, mses, mse_to_psnr(mses), ssims, kernel)
+    return FitResult(latents, mses, mse_to_psnr(mses), ssims, "eager" if kernel in (None, EAGER) else "compiled",
+                     report)
+
+
+_FIT_CHECKS: dict[tuple[object, ...], CompileReport] = {}  # one self-check per field, precision, device and process
+
+
+def fit_compile_report(cfg: FieldConfig, precision: Precision, device: torch.device) -> CompileReport | None:
+    """The self-check of the compiled fit kernel for this field, precision and device in this process, if one ran."""
+    return _FIT_CHECKS.get((cfg, precision.effective, device.type))
+
+
+def _checked_kernel(run: Callable[[str], FittedBatch], cfg: FieldConfig, precision: Precision,
+                    device: torch.device) -> tuple[str, FittedBatch, CompileReport]:
+    """The compiled fit kernel's mode after its self-check on this batch (the first of a fit), once per field,
+    precision and device in a process; later fits reuse the verdict."""
+    key = (cfg, precision.effective, device.type)
+    earlier = _FIT_CHECKS.get(key)
+    if earlier is not None:
+        return earlier.used, run(earlier.used), earlier
+    kernel, batch, report = self_check("fit", run, lambda result: (result.latents, result.mse), fit_modes(device),
+                                       precision.effective, warn=False)
+    _FIT_CHECKS[key] = report
+    if kernel == EAGER:
+        note_failure("; ".join(f"{mode}: {why}" for mode, why in report.tried.items()))
+    return kernel, batch, report

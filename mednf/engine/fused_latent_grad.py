@@ -16,9 +16,12 @@ are padded with points of weight 0: each point's backward is independent and lin
 point of weight 0 adds exactly nothing.
 
 When (:func:`fit_kernel`, ``MEDNF_FIT_KERNEL=auto|eager|compiled``): ``auto`` (default) uses it for the bf16
-fit on the CPU, where it pays; fp32 keeps the eager kernel, the reference numerics (``compiled`` uses it
-for fp32 too, ≈ 1.2× there). CUDA always runs the eager kernel (all points at once; not compiled here). If
-Inductor cannot compile (no C++ compiler, …) the fit says so once and runs the eager kernel.
+fit on the CPU, where it pays, and wherever ``MEDNF_COMPILE`` asks for compiled code (:mod:`mednf.engine.compiled`:
+on CUDA by default, where the whole batch is one chunk — one block of N points per signal — and CUDA graphs
+are tried first); fp32 on the CPU keeps the eager kernel, the reference numerics (``compiled`` uses it for fp32
+too, ≈ 1.2× there). A fit checks the compiled kernel against the eager one on its first batch
+(:func:`mednf.engine.fit.fit_latents`); if Inductor cannot compile (no C++ compiler, …) or the two differ,
+the fit says so once and runs the eager kernel.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from mednf.engine.compiled import compiled, modes, wanted
 from mednf.engine.field import PreparedField, check_coords, layer_biases
 from mednf.engine.latent_grad import latent_gradient
 from mednf.engine.planner import CPU_CHUNK_ROWS
@@ -48,7 +51,6 @@ class FitKernelWarning(UserWarning):
 
 
 _STATE: dict[str, str | None] = {"failed": None}  # why compiling failed in this process, once it has
-_COMPILED: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {}
 
 
 def requested_kernel() -> str:
@@ -60,15 +62,29 @@ def requested_kernel() -> str:
 
 
 def fit_kernel(precision: Precision, device: torch.device) -> str:
-    """Which kernel a fit in ``precision`` (the resolved one) on ``device`` runs: ``"compiled"`` or ``"eager"``."""
+    """Which kernel a fit in ``precision`` (the resolved one) on ``device`` runs: ``"compiled"`` or ``"eager"``
+    (before the self-check of :func:`mednf.engine.fit.fit_latents`, which may still fall back to eager)."""
     requested = requested_kernel()
-    if requested == "eager" or device.type != "cpu" or _STATE["failed"] is not None:
+    if requested == "eager" or _STATE["failed"] is not None:
         return "eager"
     if precision.measures_parts:  # measurement-only bf16 parts live in the eager kernel only
         return "eager"
-    if requested == "compiled":
+    if requested == "compiled" or wanted(device):  # MEDNF_COMPILE: auto compiles on CUDA, on everywhere
         return "compiled"
-    return "compiled" if precision.bf16 else "eager"
+    return "compiled" if precision.bf16 and device.type == "cpu" else "eager"
+
+
+def fit_modes(device: torch.device) -> tuple[str, ...]:
+    """The compile modes a fit's self-check tries: CUDA graphs, then plain fused kernels on CUDA; the CPU's
+    fixed chunks take the default mode."""
+    return modes(device, graphs=True)
+
+
+def note_failure(why: str) -> None:
+    """The compiled kernel is not used in this process (a failed compile or self-check): one warning, recorded."""
+    _STATE["failed"] = why
+    warnings.warn(f"the compiled fit kernel is not available ({why}); the fit runs the eager kernel (same maths, "
+                  f"slower); set {ENV}=eager to skip the attempt", FitKernelWarning, stacklevel=3)
 
 
 def kernel_record(kernel: str) -> dict[str, str]:
@@ -119,13 +135,6 @@ def _chunk_gradient(x: Tensor, biases: Tensor, targets: Tensor, point_weights: T
     return torch.stack(grads[::-1], dim=2), squared
 
 
-def _compiled_kernel() -> Callable[..., tuple[Tensor, Tensor]]:
-    kernel = _COMPILED.get("chunk")
-    if kernel is None:
-        kernel = _COMPILED["chunk"] = torch.compile(_chunk_gradient, fullgraph=True, dynamic=False)
-    return kernel
-
-
 def _blocks(values: Tensor, n: int, total: int) -> Tensor:
     """``[B, N, ...]`` → ``[total, n, ...]``: each signal's points in blocks of n (its last one padded with
     zeros), then zero blocks up to ``total``."""
@@ -146,33 +155,37 @@ def fused_latent_gradient(
     *,
     subset_weights: Tensor | None = None,
     point_weights: Tensor | None = None,
+    mode: str = "default",
+    fallback: bool = True,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """:func:`mednf.engine.latent_grad.latent_gradient` in compiled chunks (CPU); the same arguments (no
-    ``chunk_rows``: the chunks are fixed) and results. Falls back to that function, with one
-    :class:`FitKernelWarning`, when compiling fails."""
+    """:func:`mednf.engine.latent_grad.latent_gradient` in compiled chunks; the same arguments (no
+    ``chunk_rows``: the chunks are fixed — on the CPU cache-sized blocks, elsewhere the whole batch as one
+    chunk) and results. ``mode``: the ``torch.compile`` mode (:mod:`mednf.engine.compiled`). With
+    ``fallback``, a failure to compile runs that eager function instead, with one :class:`FitKernelWarning`;
+    without, it raises (the self-check records it)."""
     cfg = field.cfg
     B, N, D = targets.shape
     check_coords(coords, cfg, B)
+    if not fallback:
+        return _fused(field, latents, coords, targets, subset_weights, point_weights, mode)
     if _STATE["failed"] is None:
         try:
-            return _fused(field, latents, coords, targets, subset_weights, point_weights)
+            return _fused(field, latents, coords, targets, subset_weights, point_weights, mode)
         except Exception as error:  # noqa: BLE001 - any compiler failure: the eager kernel gives the same result
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-            _STATE["failed"] = f"{type(error).__name__}: {first_line}"
-            warnings.warn(f"the compiled fit kernel is not available ({_STATE['failed']}); the fit runs the eager "
-                          f"kernel (same maths, slower); set {ENV}=eager to skip the attempt", FitKernelWarning,
-                          stacklevel=2)
+            note_failure(f"{type(error).__name__}: {first_line}")
     return latent_gradient(field, latents, coords, targets, chunk_rows=CPU_CHUNK_ROWS,
                            subset_weights=subset_weights, point_weights=point_weights)
 
 
 def _fused(field: PreparedField, latents: Tensor, coords: Tensor, targets: Tensor, subset_weights: Tensor | None,
-           point_weights: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+           point_weights: Tensor | None, mode: str) -> tuple[Tensor, Tensor | None, Tensor]:
     cfg = field.cfg
     B, N, D = targets.shape
-    n = min(N, BLOCK_POINTS)
+    whole = targets.device.type != "cpu"  # a GPU takes the batch in one chunk: one block of N points per signal
+    n = N if whole else min(N, BLOCK_POINTS)
     per_signal = math.ceil(N / n)
-    G = max(1, CHUNK_ROWS // n)
+    G = B if whole else max(1, CHUNK_ROWS // n)
     total = math.ceil(B * per_signal / G) * G  # blocks, padded to whole chunks
     weights = targets.new_ones(B, N) if point_weights is None else point_weights
     target_blocks = _blocks(targets, n, total)  # [total, n, D]
@@ -190,7 +203,7 @@ def _fused(field: PreparedField, latents: Tensor, coords: Tensor, targets: Tenso
     biases = layer_biases(field, latents)  # [B, K-1, 1, L]
     hidden = field.lowp_weights[1:] if field.lowp_weights is not None else field.weights[1:]
     scale = targets.new_tensor(2.0 / (N * D))
-    kernel = _compiled_kernel()
+    kernel = compiled(_chunk_gradient, mode)
     bias_grad = latents.new_zeros(B, sums, cfg.num_sine_layers, cfg.hidden_dim)
     squared = latents.new_zeros(B)
     for start in range(0, total, G):
@@ -206,5 +219,5 @@ def _fused(field: PreparedField, latents: Tensor, coords: Tensor, targets: Tenso
     return grads[:, 0], (grads[:, 1] if sums == 2 else None), squared / (N * D)
 
 
-__all__ = ["BLOCK_POINTS", "CHUNK_ROWS", "ENV", "FitKernelWarning", "KERNELS", "fit_kernel", "fused_latent_gradient",
-           "kernel_record", "requested_kernel"]
+__all__ = ["BLOCK_POINTS", "CHUNK_ROWS", "ENV", "KERNELS", "FitKernelWarning", "fit_kernel", "fit_modes",
+           "fused_latent_gradient", "kernel_record", "note_failure", "requested_kernel"]

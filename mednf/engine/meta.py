@@ -35,6 +35,7 @@ from torch import Tensor
 
 from mednf.engine import field as nf
 from mednf.engine.allocator import graph_memory
+from mednf.engine.compiled import EAGER, modes, self_check, wanted
 from mednf.engine.config import FieldConfig, MetaConfig
 from mednf.engine.context import gather_context, random_contexts
 from mednf.engine.execution import Execution, given_or_resolved
@@ -54,6 +55,7 @@ def inner_loop(
     create_graph: bool,
     latents: Tensor | None = None,
     explicit: bool = True,
+    kernel: str = EAGER,
 ) -> tuple[Tensor, Tensor]:
     """Run ``len(contexts)`` SGD steps on the latents of a batch.
 
@@ -70,6 +72,7 @@ def inner_loop(
             backward; bf16 products as :mod:`mednf.engine.precision` says) instead of differentiating autograd's
             backward (used for the measurement-only bf16 parts).
             Both give the same meta-gradient (tests/test_meta_gradient.py); the explicit one is faster.
+        kernel: the explicit gradient's bodies, ``"eager"`` or a ``torch.compile`` mode (:mod:`mednf.engine.compiled`).
 
     Returns:
         ``(φ [B, P], MSE of the last step's context [B])``.
@@ -85,7 +88,7 @@ def inner_loop(
         else:
             sub_coords, sub_targets = gather_context(coords, targets, index)
         if create_graph and explicit and not field.precision.measures_parts:
-            grad, mse = inner_gradient(field, phi, sub_coords, sub_targets)  # hand-written second order
+            grad, mse = inner_gradient(field, phi, sub_coords, sub_targets, kernel=kernel)  # hand-written 2nd order
         else:
             mse = signal_mse(nf.forward_prepared(field, phi, sub_coords), sub_targets)  # [B]
             (grad,) = torch.autograd.grad(mse.sum(), phi, create_graph=create_graph)
@@ -114,6 +117,7 @@ def meta_objective(
     loss_divisor: int | None = None,
     explicit: bool = True,
     precision: Precision = FP32,
+    kernel: str = EAGER,
 ) -> MetaOutput:
     """Meta-loss of one batch, differentiable w.r.t. θ (second order unless ``meta.first_order``).
 
@@ -128,11 +132,12 @@ def meta_objective(
             batch of that size, so that summing the ranks' gradients gives the global mean).
         explicit: see :func:`inner_loop` (False: autograd's double backward, kept as a reference).
         precision: the resolved precision of the products (:func:`mednf.engine.field.prepare`).
+        kernel: see :func:`inner_loop`.
     """
     field = nf.prepare(params, cfg, precision)
     phi, inner_mse = inner_loop(
         field, targets, coords, lr=meta.inner_lr, contexts=contexts, create_graph=not meta.first_order,
-        explicit=explicit,
+        explicit=explicit, kernel=kernel,
     )
     outer = signal_mse(nf.forward_prepared(field, phi, coords), targets)  # [B]
     loss = outer.mean() if loss_divisor is None else outer.sum() / loss_divisor
@@ -170,6 +175,7 @@ def accumulate_meta_gradient(
     micro_batch: int | None = None,
     explicit: bool = True,
     precision: Precision = FP32,
+    kernel: str = EAGER,
 ) -> MetaOutput:
     """Backpropagate one meta-iteration's loss into the ``.grad`` of ``params``, ``micro_batch`` signals at a time.
 
@@ -188,6 +194,7 @@ def accumulate_meta_gradient(
             ``positions[s:e]``, exactly those a whole-batch call draws for these signals.
         explicit: see :func:`inner_loop`.
         precision: the resolved precision of the products (:func:`meta_objective`).
+        kernel: see :func:`inner_loop`.
 
     Returns:
         :class:`MetaOutput` of the whole batch: the loss summed over parts (detached), ``outer_mse [B]``,
@@ -205,13 +212,18 @@ def accumulate_meta_gradient(
         contexts = sample_contexts(meta, stop - start, N, seed=seed, iteration=iteration, device=targets.device,
                                    positions=positions[start:stop], global_batch=total)
         out = meta_objective(params, targets[start:stop], coords, cfg, meta, contexts, loss_divisor=total,
-                             explicit=explicit, precision=precision)
+                             explicit=explicit, precision=precision, kernel=kernel)
         out.loss.backward()  # frees this part's graph before the next part builds its own
         loss = loss + out.loss.detach()
         outer.append(out.outer_mse)
         inner.append(out.inner_mse)
         latents.append(out.latents.detach())
     return MetaOutput(loss, torch.cat(outer), torch.cat(inner), torch.cat(latents))
+
+
+def _kept(result: tuple[MetaOutput, list[Tensor]]) -> tuple[MetaOutput, list[Tensor]]:
+    """A meta-gradient's output with copies of its grads (the next run of the self-check overwrites .grad)."""
+    return result[0], [grad.clone() for grad in result[1]]
 
 
 def _fused_adamw(device: torch.device) -> bool | None:
@@ -303,6 +315,10 @@ class MetaLearner:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(meta_cfg, i))
         self.iteration = 0
+        # the inner gradient's bodies: decided by the self-check of the first step where compiling is wanted
+        compiles = explicit and not meta_cfg.first_order and not self.execution.precision.measures_parts
+        self.kernel: str | None = None if compiles and wanted(self.device) else EAGER
+        self.compile_report: dict[str, Any] | None = None  # what that self-check found (None: not wanted)
         self._grids: dict[tuple[tuple[int, ...], torch.dtype], Tensor] = {}
 
     def grid(self, spatial: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
@@ -359,13 +375,25 @@ class MetaLearner:
         targets = nf.to_points(signals)  # [B, N, D]
         allocator = graph_memory() if self.device.type == "cpu" else contextlib.nullcontext()
         precision = self.execution.precision
-        with matmul_switches(precision), allocator:  # allocator: no page fault per large tensor on the CPU
+        def meta_gradient(kernel: str) -> tuple[MetaOutput, list[Tensor]]:  # into .grad; returns the grads too
             self.optimizer.zero_grad(set_to_none=True)
             out = accumulate_meta_gradient(
                 self.params, targets, coords, cfg, self.meta_cfg, seed=self.seed, iteration=self.iteration,
                 positions=positions, global_batch=global_batch, micro_batch=micro_batch, explicit=self.explicit,
-                precision=precision,
+                precision=precision, kernel=kernel,
             )
+            return out, [p.grad for p in self.params.values() if p.grad is not None]
+
+        with matmul_switches(precision), allocator:  # allocator: no page fault per large tensor on the CPU
+            if self.kernel is None:  # the first step where compiling is wanted: compiled only if it agrees
+                self.kernel, (out, grads), report = self_check(
+                    "meta-gradient", lambda kernel: _kept(meta_gradient(kernel)), lambda result: result[1],
+                    modes(self.device, graphs=False), precision.effective)
+                self.compile_report = report.to_dict()
+                for param, grad in zip(self.params.values(), grads):
+                    param.grad = grad  # the grads of the kernel chosen (the last one run may be another)
+            else:
+                out, _ = meta_gradient(self.kernel)
         if reduce_grads is not None:
             reduce_grads([p.grad for p in self.params.values() if p.grad is not None])  # all have one
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.meta_cfg.grad_clip)

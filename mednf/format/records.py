@@ -121,6 +121,7 @@ class MetaTraining(JsonRecord):
     curves: dict[str, Any] | None  # csv, png, complete: the training curves' files
     schedule: list[Any] | None  # the runs that made the θ: from, length (a --continue-to adds one)
     baseline_check: dict[str, Any] | None  # does the latent carry per-sample information (mednf.engine.baselines)
+    compiled: dict[str, Any] | None  # the compiled meta-gradient's self-check (mednf.engine.compiled.CompileReport)
     by: str | None  # who meta-trained θ, when not mednf
     note: str | None
 
@@ -138,6 +139,7 @@ class FitRecord(JsonRecord):
     kernel: str  # "eager" | "compiled" (mednf.engine.fused_latent_grad.kernel_record)
     compiler: str | None
     why: str | None  # why a compiled kernel fell back to the eager one
+    check: dict[str, Any] | None  # the compiled kernel's self-check (mednf.engine.compiled.CompileReport)
     preview: dict[str, Any] | None  # png, split, samples: the reconstruction grid
 
     @classmethod
