@@ -929,7 +929,7 @@ def _profiled_runs(s: Settings, device: torch.device, images: Images) -> Result:
     out: Result = {"micro_batch": plan.micro_batch, "fit_batch": plan.fit_batch}
     with compile_mode(ARMS["eager"]):
         learner = MetaLearner(cfg.field, cfg.meta, seed=0, device=device)
-        batches = [as_unit(images.train[i]) for i in batch_order(len(images.train), cfg.meta.batch_size, 3)]
+        batches = [upload(images.train[i], device) for i in batch_order(len(images.train), cfg.meta.batch_size, 3)]
         for batch in batches[:2]:
             learner.step(batch, micro_batch=plan.micro_batch)
         out["meta_iteration"] = profile_summary(partial(learner.step, batches[2], micro_batch=plan.micro_batch),
