@@ -48,10 +48,11 @@ guarded: an exception is recorded with its text and the next one runs):
    values, the largest absolute difference). Nothing is forced: on CUDA some backward kernels of index
    operations accumulate with atomics; ``torch.are_deterministic_algorithms_enabled()`` and
    ``CUBLAS_WORKSPACE_CONFIG`` are recorded as they were.
-4. **engine**, for each arm (``eager``: ``MEDNF_COMPILE=off``, then ``compiled``: ``MEDNF_COMPILE=on``, set while
-   the arm creates and runs its learner and fits, restored after; the learner's ``compile_report`` and the fit's
-   are recorded when they have one) and each ``field.precision`` (fp32 / tf32 / bf16; first the precision's plan,
-   its n×n GEMM peak and the test PSNR at θ₀), from the same θ₀ on the same real batches:
+4. **engine**, for each arm (``eager``: ``MEDNF_COMPILE=off`` and ``MEDNF_FIT_KERNEL=eager``, then ``compiled``:
+   ``MEDNF_COMPILE=on`` and ``MEDNF_FIT_KERNEL`` unset, set while the arm creates and runs its learner and fits,
+   restored after; the learner's and the fit's ``compile_report`` are recorded when they have one) and each
+   ``field.precision`` (fp32 / tf32 / bf16; first the precision's plan, its n×n GEMM peak and the test PSNR at
+   θ₀), from the same θ₀ on the same real batches:
    ``meta_iters`` meta-iterations at B = 24 on uint8 batches uploaded ahead (micro-batch from the planner at the
    device's default budget; the first ``meta_warmup`` one by one, the first holding any compiling, then the rest
    back to back as a build runs them, without a host wait, timed as one block: s per iteration = block / count),
@@ -73,10 +74,10 @@ Results: ``gpu_check.json`` (every number, the configs, the environment) and ``g
 ``--out`` (default ``$OUT``, else benchmarks/gpu_check_results/), rewritten after every part, so that a run cut
 short still leaves what it measured.
 
-Every part but the engine's compiled arms runs with ``MEDNF_COMPILE=off`` (the eager engine; ``auto``, the
-default, would compile on CUDA in every new learner).
+Every part but the engine's compiled arms runs in the eager arm's environment (``auto``, the default, would
+compile on CUDA in every new learner and fit).
 
-Time: ``--time-budget`` (default 480 s from the start of ``main``, 40 s in the dry run) bounds the whole run: a
+Time: ``--time-budget`` (default 480 s from the start of ``main``, 90 s in the dry run) bounds the whole run: a
 part does not start once it is spent; the engine part starts a precision's setup or an arm only while the time
 left covers the longest step of that kind so far (before the first, the longest of any kind, at first
 ``arm_guess_s``) plus ``reserve_s`` for the parts after it, and stops an arm's meta-iterations once those after
@@ -143,8 +144,11 @@ CPU_GPU_PSNR_TOL = 0.05  # dB
 PAPER_F64_TOL = 1e-9  # relative, float64, the run config (module docstring, 1d)
 SPLIT_GRAD_TOL = 1e-3  # relative, float32, micro-batches vs the whole batch (module docstring, 2)
 COMPILE_ENV = "MEDNF_COMPILE"  # read when a MetaLearner or a fit is created: on, off, auto
-ARMS = {"eager": "off", "compiled": "on"}  # arm → the value of MEDNF_COMPILE it runs with
-ENGINE_ENVIRONMENT = (COMPILE_ENV, "MEDNF_FIT_KERNEL", "MEDNF_MALLOC")  # recorded as the run found them
+FIT_KERNEL_ENV = "MEDNF_FIT_KERNEL"  # eager: no compiled fit kernel, whatever MEDNF_COMPILE says
+# arm → the environment it runs in (None: unset): the eager engine, or everything MEDNF_COMPILE=on compiles
+ARMS: dict[str, dict[str, str | None]] = {"eager": {COMPILE_ENV: "off", FIT_KERNEL_ENV: "eager"},
+                                          "compiled": {COMPILE_ENV: "on", FIT_KERNEL_ENV: None}}
+ENGINE_ENVIRONMENT = (COMPILE_ENV, FIT_KERNEL_ENV, "MEDNF_MALLOC")  # recorded as the run found them
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -278,16 +282,17 @@ def guarded(fn: Callable[[], Result], device: torch.device) -> Result:
 
 
 @contextlib.contextmanager
-def compile_mode(value: str | None) -> Iterator[None]:
-    """``MEDNF_COMPILE`` set to ``value`` (None: unset) inside, restored after."""
-    def put(setting: str | None) -> None:
-        if setting is None:
-            os.environ.pop(COMPILE_ENV, None)
-        else:
-            os.environ[COMPILE_ENV] = setting
+def arm_environment(arm: str) -> Iterator[None]:
+    """The environment variables of ``arm`` (:data:`ARMS`) set inside, restored after."""
+    def put(settings: dict[str, str | None]) -> None:
+        for name, value in settings.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
-    before = os.environ.get(COMPILE_ENV)
-    put(value)
+    before = {name: os.environ.get(name) for name in ARMS[arm]}
+    put(ARMS[arm])
     try:
         yield
     finally:
@@ -295,8 +300,11 @@ def compile_mode(value: str | None) -> Iterator[None]:
 
 
 def compile_report(obj: object) -> Any:
-    """``obj.compile_report`` when it has one (a dict from the engine), else None."""
+    """``obj.compile_report`` when it has one (the engine's self-check: a dict, or an object with ``to_dict``),
+    else None."""
     report = getattr(obj, "compile_report", None)
+    if hasattr(report, "to_dict"):
+        return report.to_dict()
     return dict(report) if isinstance(report, dict) else report
 
 
@@ -774,9 +782,9 @@ def fit_throughput(cfg: EngineConfig, theta: dict[str, Tensor], plan: MemoryPlan
 def bench_arm(cfg: EngineConfig, arm: str, plan: MemoryPlan, s: Settings, data: Images, device: torch.device) -> Result:
     """One precision × arm: meta-iterations from θ₀ on the real batches, the fit throughput, the test PSNR."""
     B = cfg.meta.batch_size
-    with compile_mode(ARMS[arm]):
+    with arm_environment(arm):
         learner = MetaLearner(cfg.field, cfg.meta, params=initial_theta(cfg), seed=0, device=device)
-        out: Result = {"compile_env": ARMS[arm], "compile_report_at_creation": compile_report(learner)}
+        out: Result = {"environment": ARMS[arm], "compile_report_at_creation": compile_report(learner)}
         # the batches uploaded ahead as uint8, as a build's loader does (pinned, queued, on CUDA)
         batches = [upload(data.train[index], device) for index in batch_order(len(data.train), B, s.meta_iters)]
         step = partial(learner.step, micro_batch=plan.micro_batch)
@@ -927,7 +935,7 @@ def _profiled_runs(s: Settings, device: torch.device, images: Images) -> Result:
     cfg = s.engine
     plan = default_plan(cfg, s.size, device)
     out: Result = {"micro_batch": plan.micro_batch, "fit_batch": plan.fit_batch}
-    with compile_mode(ARMS["eager"]):
+    with arm_environment("eager"):
         learner = MetaLearner(cfg.field, cfg.meta, seed=0, device=device)
         batches = [upload(images.train[i], device) for i in batch_order(len(images.train), cfg.meta.batch_size, 3)]
         for batch in batches[:2]:
@@ -1114,9 +1122,11 @@ def _arm_rows(p: str, arm: str, r: Result, theta0: Result | None) -> list[Row]:
         base = f"θ₀ {theta0['psnr_mean']:.3f} dB, " if theta0 else ""
         rows.append(("4 engine", f"{name}: test PSNR ({r['test']['images']} images)", f"{r['test_psnr_mean']:.3f} dB",
                      f"{base}after {m['iterations']} meta-iters from the same θ₀", "ok"))
-    if r.get("compile_report") is not None:
-        rows.append(("4 engine", f"{name}: compile report", "", json.dumps(r["compile_report"], default=str)[:300],
-                     "ok"))
+    for what, report in (("meta-gradient", r.get("compile_report")), ("fit", f.get("compile_report"))):
+        if report is not None:
+            used = report.get("used", "?") if isinstance(report, dict) else "?"
+            rows.append(("4 engine", f"{name}: {what} compile report", str(used),
+                         json.dumps(report, default=str)[:300], "ok"))
     return rows
 
 
@@ -1233,7 +1243,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="results folder (default $OUT, else benchmarks/gpu_check_results)")
     p.add_argument("--medmnist-root", type=Path, default=DEFAULT_ROOT, help=f"folder holding {BREAST_FILE}")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds for the whole script (default 480, dry run 40)")
+                   help="seconds for the whole script (default 480, dry run 90)")
     p.add_argument("--precisions", default="fp32,tf32,bf16", help="comma-separated precisions of parts 4 and 5")
     p.add_argument("--arms", default="eager,compiled", help=f"comma-separated arms of part 4 ({', '.join(ARMS)})")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (dry run default: 1)")
@@ -1266,14 +1276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpu_check: --arms {args.arms!r}: unknown {unknown}; expected {', '.join(ARMS)}", file=sys.stderr)
         return 2
     warnings.simplefilter("ignore", PrecisionWarning)  # the resolved precision is recorded instead
-    if args.dry_run:  # the GPU's fit runs the eager kernel: the dry run mirrors it (and compiles nothing)
-        os.environ.setdefault("MEDNF_FIT_KERNEL", "eager")
     if args.dry_run and args.threads is None:
         args.threads = 1  # tiny tensors: a second thread only adds barrier waits on a busy 2-core machine
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     s = settings_for(args)
-    budget = args.time_budget if args.time_budget is not None else (40.0 if args.dry_run else 480.0)
+    budget = args.time_budget if args.time_budget is not None else (90.0 if args.dry_run else 480.0)
     deadline = start + budget
     out = args.out or Path(os.environ.get("OUT") or REPO / "benchmarks" / "gpu_check_results")
     precisions = _names(args.precisions)
@@ -1295,7 +1303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if time.perf_counter() >= deadline:
             results["parts"][name] = {"status": "skipped", "note": "time budget spent", "seconds": 0.0}
         else:
-            with compile_mode(ARMS["eager"]):  # compiled only inside the engine's compiled arms
+            with arm_environment("eager"):  # compiled only inside the engine's compiled arms
                 results["parts"][name] = guarded(run, device)
         results["complete"] = len(results["parts"]) == len(runs)
         results["exit_code"] = exit_code(results["parts"])

@@ -59,6 +59,8 @@ def test_dry_run_writes_every_part_and_passes_the_exactness_checks(tmp_path):
     env = results["environment"]
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["device_name"] and env["date"]
     assert set(env["engine_environment"]) == {"MEDNF_COMPILE", "MEDNF_FIT_KERNEL", "MEDNF_MALLOC"}
+    arms_environment = {"eager": {"MEDNF_COMPILE": "off", "MEDNF_FIT_KERNEL": "eager"},
+                        "compiled": {"MEDNF_COMPILE": "on", "MEDNF_FIT_KERNEL": None}}
 
     parts = results["parts"]
     assert list(parts) == ["exactness", "memory_budget", "determinism", "engine", "roofline", "decode"]
@@ -100,7 +102,7 @@ def test_dry_run_writes_every_part_and_passes_the_exactness_checks(tmp_path):
 
     engine = parts["engine"]
     assert engine["flop_model"] == "benchmarks/engine.py"  # the FLOP model is imported, not the fallback copy
-    assert engine["arms"] == {"eager": "off", "compiled": "on"}
+    assert engine["arms"] == arms_environment
     assert set(engine["precisions"]) == set(PRECISIONS)
     for index, (precision, bench) in enumerate(engine["precisions"].items()):
         assert bench["status"] == "ok", (precision, bench)
@@ -111,7 +113,9 @@ def test_dry_run_writes_every_part_and_passes_the_exactness_checks(tmp_path):
         if index > 0:  # the dry run compiles for the first precision only
             assert arms.pop("compiled")["status"] == "skipped"
         for arm, result in arms.items():
-            assert result["status"] == "ok" and result["compile_env"] == engine["arms"][arm], (precision, arm, result)
+            assert result["status"] == "ok" and result["environment"] == arms_environment[arm], (precision, arm, result)
+            # the engine's self-checks of the compiled meta-gradient and fit kernel, in the compiled arm only
+            assert (result["compile_report"] is None) == (result["fit"]["compile_report"] is None) == (arm == "eager")
             meta, fit = result["meta"], result["fit"]
             assert meta["iterations"] == meta["planned_iterations"] == 4 and not meta["truncated"]
             assert meta["micro_batch"] == B == bench["plan"]["micro_batch"]  # B fits whole
@@ -148,19 +152,23 @@ def test_dry_run_writes_every_part_and_passes_the_exactness_checks(tmp_path):
     assert engine["precisions"]["fp32"]["test_theta0"]["images"] == (156 if real else 16)
 
 
-def test_the_arms_set_mednf_compile_and_restore_it(monkeypatch):
+def test_the_arms_set_their_environment_and_restore_it(monkeypatch):
     gpu_check = _script()
     monkeypatch.setenv("MEDNF_COMPILE", "auto")
-    with gpu_check.compile_mode("off"):
-        assert os.environ["MEDNF_COMPILE"] == "off"
-    assert os.environ["MEDNF_COMPILE"] == "auto"
+    monkeypatch.delenv("MEDNF_FIT_KERNEL", raising=False)
+    with gpu_check.arm_environment("eager"):
+        assert os.environ["MEDNF_COMPILE"] == "off" and os.environ["MEDNF_FIT_KERNEL"] == "eager"
+    assert os.environ["MEDNF_COMPILE"] == "auto" and "MEDNF_FIT_KERNEL" not in os.environ
     monkeypatch.delenv("MEDNF_COMPILE")
-    with pytest.raises(RuntimeError), gpu_check.compile_mode("on"):
-        assert os.environ["MEDNF_COMPILE"] == "on"
+    monkeypatch.setenv("MEDNF_FIT_KERNEL", "eager")
+    with pytest.raises(RuntimeError), gpu_check.arm_environment("compiled"):
+        assert os.environ["MEDNF_COMPILE"] == "on" and "MEDNF_FIT_KERNEL" not in os.environ
         raise RuntimeError
-    assert "MEDNF_COMPILE" not in os.environ
+    assert "MEDNF_COMPILE" not in os.environ and os.environ["MEDNF_FIT_KERNEL"] == "eager"
     assert gpu_check.compile_report(object()) is None
-    assert gpu_check.compile_report(type("Learner", (), {"compile_report": {"compiled": True}})()) == {"compiled": True}
+    assert gpu_check.compile_report(type("Learner", (), {"compile_report": {"used": "eager"}})()) == {"used": "eager"}
+    report = type("Report", (), {"to_dict": lambda self: {"used": "default"}})()
+    assert gpu_check.compile_report(type("Fit", (), {"compile_report": report})()) == {"used": "default"}
 
 
 def test_status_and_profile_helpers():
