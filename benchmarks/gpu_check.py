@@ -60,7 +60,7 @@ guarded: an exception is recorded with its text and the next one runs):
    benchmarks/engine.py) and the fraction of the format's n×n GEMM peak; fit images/s at the planner's fit batch
    (``plan_memory(...).fit_batch``: one full batch of random images, after a warm-up fit), peak against the fit
    estimate (should that batch run out of device memory, that is recorded and half of it is measured); the test
-   split's PSNR after those meta-iterations. ``meta.steps`` stays the preset's 100 000 (the cosine schedule's
+   split's PSNR after those meta-iterations. ``meta.steps`` stays the preset's 250 000 (the cosine schedule's
    length), so lr ≈ β = 3e-6 throughout.
 5. **roofline**: engine-shaped GEMMs in fp32 / tf32 / bf16 (the meta-iteration's context and full-grid products
    ``[B·n, L] × [L, L]`` and ``[B·N, L] × [L, L]``, the fit's ``[b·N, L] × [L, L]`` at the planner's fit batch b,

@@ -25,6 +25,7 @@ from mednf.engine.execution import Execution
 from mednf.engine.fused_latent_grad import requested_kernel
 from mednf.engine.memory import MemoryBudget
 from mednf.engine.planner import MemoryPlan, plan_memory
+from mednf.engine.presets import shorter_than_paper
 from mednf.errors import BuildError, ConfigError, MednfError
 from mednf.format.layout import (
     CARD,
@@ -254,8 +255,12 @@ def resolve_execution(run: BuildRun) -> Execution:
 
 
 def describe(run: BuildRun, source: SourceData) -> None:
-    """One line in build.log: the source and the engine that meta-learns on it."""
+    """One line in build.log: the source and the engine that meta-learns on it (and a note when a paper preset
+    runs a shorter meta-training than the paper)."""
     cfg = run.cfg
     run.say(f"source: {source.description.get('file', source.description['kind'])}, splits {source.counts()}; "
             f"engine: K={cfg.field.num_layers} L={cfg.field.hidden_dim} P={cfg.field.latent_dim}, "
             f"{cfg.meta.steps} meta-iterations of B={cfg.meta.batch_size}")
+    shorter = shorter_than_paper(run.spec.preset, cfg.meta.steps)
+    if shorter:
+        run.say(f"note: {shorter}")

@@ -60,12 +60,14 @@ def _where(where: Availability) -> dict[str, Any]:
 def presets(printer: Printer) -> None:
     """List the engine presets.
 
-    The paper's configurations and mednf's CPU ones."""
+    The paper's configurations (their meta-training as long as the paper's: 250,000 iterations) and mednf's
+    CPU ones."""
     printer.result({name: {"description": preset_description(name), **get_preset(name).to_dict()}
                     for name in preset_names()})
     for name in preset_names():
-        f = get_preset(name).field
+        cfg = get_preset(name)
+        f = cfg.field
         printer.line(
               f"{name:16s} K={f.num_layers:<3d} L={f.hidden_dim:<4d} P={f.latent_dim:<6d} "
-              f"ω {f.omegas[0]:g}→{f.omegas[-1]:g}  {preset_description(name)}"
+              f"ω {f.omegas[0]:g}→{f.omegas[-1]:g}  {cfg.meta.steps:>7,} it  {preset_description(name)}"
           )

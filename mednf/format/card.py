@@ -10,6 +10,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from mednf.engine.presets import shorter_than_paper
 from mednf.format.manifest import Manifest
 from mednf.shipped import shipped_folder
 
@@ -53,6 +54,15 @@ def front_matter(manifest: Manifest, configs: list[dict[str, Any]] | None = None
     return data.to_yaml().strip()
 
 
+def _schedule_note(manifest: Manifest, steps: int) -> str:
+    """"; note: …" when a paper preset was meta-trained for fewer iterations than the paper (built here only)."""
+    preset = (manifest.builder or {}).get("preset")
+    if manifest.meta_training.by is not None or not isinstance(preset, str):
+        return ""
+    note = shorter_than_paper(preset, steps)
+    return f"; note: {note}" if note else ""
+
+
 def render_card(manifest: Manifest, source_line: str, configs: list[dict[str, Any]] | None = None,
                 root: Path | None = None) -> str:
     """The Markdown card of a built dataset (all numbers read from ``manifest``); ``source_line`` says in one
@@ -84,6 +94,7 @@ def render_card(manifest: Manifest, source_line: str, configs: list[dict[str, An
         omega_last=f"{(field['omega_last'] or field['omega_first']):g}",
         shift_mode=field["shift_mode"],
         meta_steps=meta["steps"],
+        schedule_note=_schedule_note(manifest, meta["steps"]),
         best_step=training.best_step if training.best_step is not None
         else "— (trained by the MedFuncta authors; settings shown are mednf's preset, assumed)",
         inner_steps=meta["inner_steps"],
