@@ -98,6 +98,8 @@ class FieldConfig:
     omega_increment: float | None = None
     shift_mode: ShiftMode = "inside"
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    learned_inner_lr: bool = False  # Meta-SGD: θ holds ``latent.lr`` [P], per-dimension multipliers of α (start 1)
+    learned_init: bool = False  # θ holds ``latent.init`` [P], the latent inner loop and fit start from (start 0)
 
     def __post_init__(self) -> None:
         _require(not isinstance(self.in_dims, bool) and self.in_dims in (1, 2, 3), "in_dims (C)", self.in_dims,
@@ -123,6 +125,8 @@ class FieldConfig:
         _require(self.shift_mode in ("inside", "outside"), "shift_mode", self.shift_mode,
                  "'inside' (official code) or 'outside' (paper Eq. 1)", "pick one of the two")
         check_precision(self.precision)
+        _flag("learned_inner_lr", self.learned_inner_lr, "use false (the paper) or true (Meta-SGD inner rates)")
+        _flag("learned_init", self.learned_init, "use false (the paper: φ₀ = 0) or true (a learned φ₀)")
 
     @property
     def num_sine_layers(self) -> int:
@@ -165,6 +169,8 @@ class MetaConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = 1.0
     first_order: bool = False  # ablation switch: drop the second-order terms
+    omega_lr: bool = False  # sine layer k's outer learning rate β·ω_1/ω_k (the others β)
+    warmup_steps: int = 0  # linear warm-up of the outer learning rate over this many iterations
 
     def __post_init__(self) -> None:
         _positive_int("inner_steps (G)", self.inner_steps, "use ≥ 1 inner SGD step (paper: 10)")
@@ -182,6 +188,10 @@ class MetaConfig:
                  "'cosine' or 'constant'", "pick one of the two")
         _finite_positive("grad_clip", self.grad_clip, "the paper clips the gradient norm at 1.0")
         _flag("first_order", self.first_order, "use false (the paper) or true (the first-order ablation)")
+        _flag("omega_lr", self.omega_lr, "use false (the paper: one β) or true (β·ω_1/ω_k for sine layer k)")
+        _require(isinstance(self.warmup_steps, int) and not isinstance(self.warmup_steps, bool)
+                 and self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer ≥ 0",
+                 "use 0 (the paper) or a few hundred iterations")
 
 
 @dataclass(frozen=True)
@@ -267,4 +277,8 @@ def param_shapes(cfg: FieldConfig) -> dict[str, tuple[int, ...]]:
     shapes["shift.bias"] = (cfg.modulation_dim,)
     shapes["last.weight"] = (cfg.out_dims, L)
     shapes["last.bias"] = (cfg.out_dims,)
+    if cfg.learned_inner_lr:
+        shapes["latent.lr"] = (P,)
+    if cfg.learned_init:
+        shapes["latent.init"] = (P,)
     return shapes

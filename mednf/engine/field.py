@@ -60,6 +60,9 @@ def init_params(
     next_omega = omegas[-1] + (omegas[-1] - omegas[-2]) if len(omegas) > 1 else omegas[-1]
     params: Params = {}
     for name, shape in param_shapes(cfg).items():
+        if name.startswith("latent."):  # Meta-SGD's multipliers of α start at 1, a learned φ₀ at 0: the paper's start
+            params[name] = torch.full(shape, 1.0 if name == "latent.lr" else 0.0, dtype=dtype, device=device)
+            continue
         if name.startswith("layers."):
             k = int(name.split(".")[1])
             n = cfg.in_dims if k == 0 else cfg.hidden_dim
@@ -140,6 +143,19 @@ class PreparedField:
     cfg: FieldConfig
     precision: Precision = FP32
     lowp_weights: tuple[Tensor, ...] | None = None  # bf16 copies of ``weights`` (bf16 precision only)
+    latent_lr: Tensor | None = None  # [P] multipliers of the latent's learning rate (field.learned_inner_lr)
+    latent_init: Tensor | None = None  # [P] the latent every fit starts from (field.learned_init; else zeros)
+
+    def start_latents(self, batch: int, like: Tensor) -> Tensor:
+        """φ₀ of ``batch`` signals ``[B, P]``: the learned initial latent (differentiable) or zeros."""
+        if self.latent_init is None:
+            return like.new_zeros(batch, self.cfg.latent_dim)
+        return self.latent_init.to(like.dtype).expand(batch, -1)
+
+    def latent_step(self, lr: float, grad: Tensor) -> Tensor:
+        """One SGD step's change of the latents ``[B, P]``: ``α ∇φ``, per dimension ``α · latent.lr ⊙ ∇φ``
+        with Meta-SGD's learned rates."""
+        return lr * grad if self.latent_lr is None else (lr * self.latent_lr) * grad
 
 
 def prepare(params: Params, cfg: FieldConfig, precision: Precision = FP32) -> PreparedField:
@@ -157,7 +173,7 @@ def prepare(params: Params, cfg: FieldConfig, precision: Precision = FP32) -> Pr
     weights = tuple(params[f"layers.{k}.weight"] * w for k, w in enumerate(cfg.omegas))
     lowp = tuple(w.to(torch.bfloat16) for w in weights) if precision.bf16 else None
     return PreparedField(weights, shift_weight, shift_bias, params["last.weight"], params["last.bias"] + 0.5, cfg,
-                         precision, lowp)
+                         precision, lowp, params.get("latent.lr"), params.get("latent.init"))
 
 
 def layer_biases(field: PreparedField, latents: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """Test-time fitting: one latent per signal, θ frozen, batched over signals (no drop_last).
 
-For each batch: φ₀ = 0, then H SGD steps ``φ ← φ − α ∇_φ MSE(full context)``, the gradient from the
+For each batch: φ₀ = 0 (or θ's learned initial latent), then H SGD steps ``φ ← φ − α ∇_φ MSE(full context)``
+(α per dimension with θ's Meta-SGD rates, :meth:`mednf.engine.field.PreparedField.latent_step`), the gradient from the
 chunked hand-written backward of :mod:`mednf.engine.latent_grad` (θ is frozen, only ∇_φ is needed). With
 ``grad_rescale`` (the official code's test-time variant) each step's gradient of signal s is scaled by
 ``‖∇ on a random γ-subset‖ / ‖∇ on the full context‖`` of that signal. Subsets come from
@@ -122,7 +123,7 @@ def fit_batch(
     """
     B, N = targets.shape[:2]
     field = nf.prepare(params, cfg, precision)
-    phi = targets.new_zeros(B, cfg.latent_dim)
+    phi = field.start_latents(B, targets)
     if chunk_rows is None and targets.device.type == "cpu":
         chunk_rows = _CPU_CHUNK_ROWS
     point_weights = None
@@ -149,7 +150,7 @@ def fit_batch(
                                                 subset_weights=weights, point_weights=point_weights)
         if sub_grad is not None:
             grad *= (sub_grad.norm(dim=1) / (grad.norm(dim=1) + 1e-16))[:, None]
-        phi = phi - fit.lr * grad
+        phi = phi - field.latent_step(fit.lr, grad)
     with torch.no_grad():
         recon = nf.forward_prepared(field, phi, coords).clamp_(0.0, 1.0)
         if point_weights is None:

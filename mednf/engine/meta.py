@@ -66,7 +66,7 @@ def inner_loop(
         lr: the inner learning rate α.
         contexts: per step, ``[B, n]`` context indices, or ``None`` for the full context.
         create_graph: keep the graph of each step (second-order meta-gradients).
-        latents: starting φ ``[B, P]`` (default zeros).
+        latents: starting φ ``[B, P]`` (default the field's φ₀: zeros, or the learned initial latent).
         explicit: with ``create_graph``, take each step's gradient from
             :class:`mednf.engine.inner_grad.InnerGradient` (explicit formulas, hand-written second-order
             backward; bf16 products as :mod:`mednf.engine.precision` says) instead of differentiating autograd's
@@ -78,7 +78,7 @@ def inner_loop(
         ``(φ [B, P], MSE of the last step's context [B])``.
     """
     B = targets.shape[0]
-    phi = latents if latents is not None else targets.new_zeros(B, field.cfg.latent_dim)
+    phi = latents if latents is not None else field.start_latents(B, targets)
     if not phi.requires_grad:
         phi = phi.requires_grad_(True)
     last_mse = targets.new_zeros(B)
@@ -92,7 +92,7 @@ def inner_loop(
         else:
             mse = signal_mse(nf.forward_prepared(field, phi, sub_coords), sub_targets)  # [B]
             (grad,) = torch.autograd.grad(mse.sum(), phi, create_graph=create_graph)
-        phi = phi - lr * grad
+        phi = phi - field.latent_step(lr, grad)
         last_mse = mse.detach()
     return phi, last_mse
 
@@ -221,6 +221,26 @@ def accumulate_meta_gradient(
     return MetaOutput(loss, torch.cat(outer), torch.cat(inner), torch.cat(latents))
 
 
+def outer_groups(params: nf.Params, field_cfg: FieldConfig, meta_cfg: MetaConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: one at β (θ's ``latent.*`` entries in one without weight decay); with
+    ``meta.omega_lr`` sine layer k's weight and bias in a group of its own at β·ω_1/ω_k (a layer's effective
+    step grows with its ω_k — the paper's Eq. 12 — so the deep, high-ω layers are slowed to the first layer's
+    pace). The first group is always the β one (the reported learning rate)."""
+    layer = {f"layers.{k}.{part}": k for k in range(field_cfg.num_sine_layers) for part in ("weight", "bias")}
+    own = {name for name in params if name.startswith("latent.")} | (set(layer) if meta_cfg.omega_lr else set())
+    groups: list[dict[str, Any]] = [{"params": [p for name, p in params.items() if name not in own]}]
+    latent = [p for name, p in params.items() if name.startswith("latent.")]
+    if latent:  # Meta-SGD's rates and a learned φ₀: no weight decay (it would pull the rates towards 0)
+        groups.append({"params": latent, "weight_decay": 0.0})
+    if not meta_cfg.omega_lr:
+        return groups
+    omegas = field_cfg.omegas
+    for k in range(field_cfg.num_sine_layers):
+        groups.append({"params": [params[f"layers.{k}.weight"], params[f"layers.{k}.bias"]],
+                       "lr": meta_cfg.meta_lr * omegas[0] / omegas[k]})
+    return groups
+
+
 def _kept(result: tuple[MetaOutput, list[Tensor]]) -> tuple[MetaOutput, list[Tensor]]:
     """A meta-gradient's output with copies of its grads (the next run of the self-check overwrites .grad)."""
     return result[0], [grad.clone() for grad in result[1]]
@@ -275,10 +295,11 @@ def read_stats(stats: Sequence[MetaStats]) -> list[dict[str, float]]:
 
 def lr_factor(meta_cfg: MetaConfig, iteration: int) -> float:
     """Learning rate of meta-iteration ``iteration`` (0-based) as a fraction of β: cosine annealing over
-    ``meta.steps`` iterations, or constant."""
+    ``meta.steps`` iterations, or constant; times a linear warm-up over ``meta.warmup_steps`` if set."""
+    warmup = min(1.0, (iteration + 1) / meta_cfg.warmup_steps) if meta_cfg.warmup_steps else 1.0
     if meta_cfg.lr_schedule == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(iteration, meta_cfg.steps) / meta_cfg.steps))
+        return warmup
+    return warmup * 0.5 * (1.0 + math.cos(math.pi * min(iteration, meta_cfg.steps) / meta_cfg.steps))
 
 
 class MetaLearner:
@@ -311,7 +332,8 @@ class MetaLearner:
         self.params = {k: v.detach().to(self.device).clone().requires_grad_(True) for k, v in params.items()}
         fused = _fused_adamw(self.device)
         self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=meta_cfg.meta_lr, weight_decay=meta_cfg.weight_decay, fused=fused
+            outer_groups(self.params, field_cfg, meta_cfg), lr=meta_cfg.meta_lr, weight_decay=meta_cfg.weight_decay,
+            fused=fused,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(meta_cfg, i))
         self.iteration = 0

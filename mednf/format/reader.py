@@ -40,6 +40,8 @@ from mednf.io.files import atomic_write_bytes, sha256_file
 Identity = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
 _FIX = "rebuild it or download it again"
 EXECUTION_FIELDS = ("precision",)  # field settings of how θ was computed, not of the function it defines
+# field settings added after datasets were written, with the value every earlier θ had (absent = that value)
+LATER_FIELDS = {"learned_inner_lr": False, "learned_init": False}
 
 
 def _identity(path: Path) -> Identity:
@@ -290,7 +292,8 @@ def check_theta(tensors: dict[str, Any], meta: dict[str, Any], manifest: Manifes
         raise FormatError(f"{where} holds NaN/inf weights (in {bad[:3]}); {_FIX}")
     recorded = _recorded_field(meta.get("field"), where)
     described = dataclasses.asdict(field)
-    differ = [k for k in described if k not in EXECUTION_FIELDS and recorded.get(k, _MISSING) != described[k]]
+    differ = [k for k in described if k not in EXECUTION_FIELDS
+              and recorded.get(k, LATER_FIELDS.get(k, _MISSING)) != described[k]]
     if differ:
         key = differ[0]
         was = repr(recorded[key]) if key in recorded else "nothing"
