@@ -54,14 +54,14 @@ def test_the_setting_is_checked_and_off_means_no_check(monkeypatch):
 
 
 def _spoiled(kind: str):
-    """A stand-in for ``compiled(fn, mode)`` whose first result is doubled (``kind="mismatch"``) or that cannot
+    """A stand-in for ``compiled(fn, mode)`` whose first result is −3 times the eager one (``kind="mismatch"``) or that cannot
     compile (``"failure"``)."""
     def make(fn, mode):
         def run(*args):
             if kind == "failure":
                 raise RuntimeError("InductorError: no working C++ compiler")
             out = fn(*args)
-            return (out[0] * 2.0, *out[1:])
+            return (out[0] * -3.0, *out[1:])
         return run
     return make
 
@@ -110,8 +110,8 @@ def test_a_compiled_build_records_its_self_checks_and_matches_the_eager_build(tm
     build("phantomnf", BuildOptions(out=tmp_path / "compiled", **options))
     eager, lean = (json.loads((tmp_path / name / "mednf.json").read_text()) for name in ("eager", "compiled"))
     meta_check, fit_check = lean["meta_training"]["compiled"], lean["fit"]["check"]
-    assert meta_check["used"] == "default" and meta_check["difference"] <= meta_check["tolerance"] == 1e-4
-    assert fit_check["used"] == "default" and fit_check["difference"] <= 1e-4 and lean["fit"]["kernel"] == "compiled"
+    assert meta_check["used"] == "default" and meta_check["difference"] <= 1e-6 and meta_check["tolerance"] == 1e-2
+    assert fit_check["used"] == "default" and fit_check["difference"] <= 1e-3 and lean["fit"]["kernel"] == "compiled"
     assert "compiled" not in eager["meta_training"] and "check" not in eager["fit"]
     for split in ("train", "test"):
         a, b = (m["splits"][split]["psnr_mean"] for m in (eager, lean))

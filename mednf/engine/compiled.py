@@ -32,10 +32,12 @@ from mednf.errors import ConfigError
 ENV = "MEDNF_COMPILE"
 CHOICES = ("auto", "on", "off")
 EAGER = "eager"
-# Relative L2 difference (‖compiled − eager‖ / ‖eager‖) allowed by the self-check, by effective precision:
-# fp32 leaves room for the reassociation of fused loops (measured ≈ 1e-7 on the CPU), tf32 and bf16 for
-# their 10- and 7-bit products, whose rounding the two paths take at different places.
-TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 2e-2}
+# Relative L2 difference (‖compiled − eager‖ / ‖eager‖) allowed by the self-check, by effective precision.
+# Rounding alone moves a result this much: at the paper configuration (2d-64, H = 20 with gradient
+# rescaling) the eager fp32 fit's latents differ from float64's by 1.8e-3 and the compiled kernel's (other
+# summation order) from eager fp32's by 1.9e-3 (2026-12-07, AMD EPYC); tf32 and bf16 round their 10- and
+# 7-bit products at different places in the two paths. A miscompiled body is off by far more.
+TOLERANCE = {"fp32": 1e-2, "tf32": 5e-2, "bf16": 1e-1}
 
 T = TypeVar("T")
 
