@@ -41,15 +41,16 @@ def test_the_feeder_hands_out_the_rows_of_batch_positions_ahead_or_not():
     images, mine = _images(), np.array([0, 2])  # rank 0 of 2, global batch 4: epochs cross every 2.5 iterations
     direct = [torch.from_numpy(images[batch_positions(1, it, 4, len(images))[mine]]) for it in range(6)]
     for ahead in (False, True):
-        feed = BatchFeeder(images, 1, 4, mine, CPU, ahead=ahead)
+        feed = BatchFeeder(images, 1, 4, mine, CPU, steps=6, ahead=ahead)
         for it in range(6):
             got = feed(it)
             assert got.dtype == torch.uint8 and torch.equal(got, direct[it])
+        assert feed._next is None  # nothing prepared beyond the run's last iteration
     floats = as_float_signals(images).numpy()
-    assert torch.equal(BatchFeeder(floats, 1, 4, mine, CPU)(2), as_float_signals(direct[2]))
+    assert torch.equal(BatchFeeder(floats, 1, 4, mine, CPU, steps=6)(2), as_float_signals(direct[2]))
     floats[batch_positions(1, 0, 4, len(images))[0]] = np.nan
     with pytest.raises(ConfigError, match="images of meta-iteration 1 contain 64 NaN/Inf"):
-        BatchFeeder(floats, 1, 4, mine, CPU)(0)
+        BatchFeeder(floats, 1, 4, mine, CPU, steps=6)(0)
 
 
 def _tiny_learner(seed: int = 0) -> MetaLearner:

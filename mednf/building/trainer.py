@@ -129,9 +129,11 @@ class BatchFeeder:
     """
 
     def __init__(self, images: np.ndarray, seed: int, batch: int, mine: np.ndarray, device: torch.device, *,
-                 ahead: bool | None = None) -> None:
-        """``ahead``: prepare the next batch when one is handed out (default: on CUDA)."""
+                 steps: int, ahead: bool | None = None) -> None:
+        """``steps``: the run's last iteration (none is prepared beyond it); ``ahead``: prepare the next batch when
+        one is handed out (default: on CUDA)."""
         self.images, self.seed, self.batch, self.mine, self.device = images, seed, batch, mine, device
+        self.steps = steps
         self.ahead = device.type == "cuda" if ahead is None else ahead
         self._next: tuple[int, torch.Tensor] | None = None
 
@@ -141,7 +143,7 @@ class BatchFeeder:
             ready = self._next[1]
         else:
             ready = self._load(iteration)
-        self._next = (iteration + 1, self._load(iteration + 1)) if self.ahead else None
+        self._next = (iteration + 1, self._load(iteration + 1)) if self.ahead and iteration + 1 < self.steps else None
         return ready
 
     def _load(self, iteration: int) -> torch.Tensor:
@@ -292,7 +294,7 @@ class MetaTrainer:
                 self.grad_norms = [float(row["grad_norm"] or "nan") for row in read_training(curves.path)
                                    if row["kind"] == "train"]
         board = TensorBoardLog(self.tensorboard) if dist.is_main and self.tensorboard is not None else None
-        feed = BatchFeeder(self.train_images, self.seed, batch, mine, self.device)
+        feed = BatchFeeder(self.train_images, self.seed, batch, mine, self.device, steps=steps)
         pending: list[tuple[int, MetaStats]] = []  # iterations whose statistics are still on the device
         stats_every = stats_interval(self.device)
         block_started = 0.0
