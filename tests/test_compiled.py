@@ -54,8 +54,8 @@ def test_the_setting_is_checked_and_off_means_no_check(monkeypatch):
 
 
 def _spoiled(kind: str):
-    """A stand-in for ``compiled(fn, mode)`` whose first result is −3 times the eager one (``kind="mismatch"``) or that cannot
-    compile (``"failure"``)."""
+    """A stand-in for ``compiled(fn, mode)`` whose first result is −3 times the eager one (``kind="mismatch"``)
+    or that cannot compile (``"failure"``)."""
     def make(fn, mode):
         def run(*args):
             if kind == "failure":
