@@ -8,12 +8,14 @@ when the session ends; subprocesses started by the tests inherit it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import site
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -76,6 +78,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("numbers measured by the tests")
         for line in MEASURED:
             terminalreporter.write_line(line)
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script of benchmarks/ imported as module ``name`` (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_npz(name: str) -> dict[str, np.ndarray]:

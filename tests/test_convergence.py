@@ -4,16 +4,15 @@ here, on real PneumoniaMNIST) writes the report's fields, tables and plot."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "convergence.py"
@@ -23,12 +22,7 @@ REAL = Path(os.environ.get("MEDNF_TEST_MEDMNIST", REPO.parent / "shared/data/med
 @pytest.fixture(scope="module")
 def convergence() -> ModuleType:
     """benchmarks/convergence.py imported as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("mednf_convergence", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "mednf_convergence")
 
 
 def test_every_variant_is_a_valid_config(convergence: ModuleType) -> None:

@@ -4,7 +4,6 @@ absent BreastMNIST file is a skip with a note on the GPU and fabricated images i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,7 +15,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import SHARED_MEDMNIST, report
+from conftest import SHARED_MEDMNIST, load_script, report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
@@ -25,12 +24,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 def _script() -> ModuleType:
     """benchmarks/gpu_check.py imported as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("mednf_gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "mednf_gpu_check")
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

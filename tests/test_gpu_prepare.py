@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import report
+from conftest import load_script, report
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -37,12 +37,7 @@ BUILD_PATH = ("mednf", "mednf.building.api", "mednf.building.pipeline", "mednf.f
 
 def _wheels() -> ModuleType:
     """benchmarks/gpu/wheels.py imported as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("mednf_gpu_wheels", GPU / "wheels.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(GPU / "wheels.py", "mednf_gpu_wheels")
 
 
 def _check_imports() -> tuple[str, ...]:
