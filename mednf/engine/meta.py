@@ -241,9 +241,9 @@ def outer_groups(params: nf.Params, field_cfg: FieldConfig, meta_cfg: MetaConfig
     return groups
 
 
-def _kept(result: tuple[MetaOutput, list[Tensor]]) -> tuple[MetaOutput, list[Tensor]]:
+def _kept(result: tuple[MetaOutput, dict[str, Tensor]]) -> tuple[MetaOutput, dict[str, Tensor]]:
     """A meta-gradient's output with copies of its grads (the next run of the self-check overwrites .grad)."""
-    return result[0], [grad.clone() for grad in result[1]]
+    return result[0], {name: grad.clone() for name, grad in result[1].items()}
 
 
 def _fused_adamw(device: torch.device) -> bool | None:
@@ -397,23 +397,23 @@ class MetaLearner:
         targets = nf.to_points(signals)  # [B, N, D]
         allocator = graph_memory() if self.device.type == "cpu" else contextlib.nullcontext()
         precision = self.execution.precision
-        def meta_gradient(kernel: str) -> tuple[MetaOutput, list[Tensor]]:  # into .grad; returns the grads too
+        def meta_gradient(kernel: str) -> tuple[MetaOutput, dict[str, Tensor]]:  # into .grad; returns the grads too
             self.optimizer.zero_grad(set_to_none=True)
             out = accumulate_meta_gradient(
                 self.params, targets, coords, cfg, self.meta_cfg, seed=self.seed, iteration=self.iteration,
                 positions=positions, global_batch=global_batch, micro_batch=micro_batch, explicit=self.explicit,
                 precision=precision, kernel=kernel,
             )
-            return out, [p.grad for p in self.params.values() if p.grad is not None]
+            return out, {name: p.grad for name, p in self.params.items() if p.grad is not None}
 
         with matmul_switches(precision), allocator:  # allocator: no page fault per large tensor on the CPU
             if self.kernel is None:  # the first step where compiling is wanted: compiled only if it agrees
                 self.kernel, (out, grads), report = self_check(
-                    "meta-gradient", lambda kernel: _kept(meta_gradient(kernel)), lambda result: result[1],
-                    modes(self.device, graphs=False), precision.effective)
+                    "meta-gradient", lambda kernel: _kept(meta_gradient(kernel)),
+                    lambda result: list(result[1].values()), modes(self.device, graphs=False), precision.effective)
                 self.compile_report = report.to_dict()
-                for param, grad in zip(self.params.values(), grads):
-                    param.grad = grad  # the grads of the kernel chosen (the last one run may be another)
+                for name, param in self.params.items():
+                    param.grad = grads.get(name)  # the grads of the kernel chosen (the last one run may be another)
             else:
                 out, _ = meta_gradient(self.kernel)
         if reduce_grads is not None:
