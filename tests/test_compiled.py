@@ -116,3 +116,15 @@ def test_a_compiled_build_records_its_self_checks_and_matches_the_eager_build(tm
     for split in ("train", "test"):
         a, b = (m["splits"][split]["psnr_mean"] for m in (eager, lean))
         assert abs(a - b) < 1e-3, (split, a, b)
+
+
+def test_a_bad_setting_stops_a_build_before_meta_learning(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mednf.cli import main
+
+    monkeypatch.setenv("MEDNF_COMPILE", "fast")
+    result = CliRunner().invoke(main, ["build", "phantomnf", "--steps", "2", "--out", str(tmp_path / "P")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: MEDNF_COMPILE = 'fast' is invalid")
+    assert not (tmp_path / "P" / "mednf.json").exists() and "meta-training" not in result.output

@@ -20,6 +20,7 @@ from mednf.building.distributed import on_every_rank
 from mednf.building.frame import BuildFrame
 from mednf.building.identity import build_identity, differences, source_identity, stored_identity
 from mednf.building.run import BuildRun
+from mednf.engine.compiled import requested as requested_compile
 from mednf.engine.config import EngineConfig
 from mednf.engine.execution import Execution
 from mednf.engine.fused_latent_grad import requested_kernel
@@ -244,8 +245,10 @@ def plan_with_source(run: BuildRun, source: SourceData) -> MemoryPlan:
 def resolve_execution(run: BuildRun) -> Execution:
     """The build's device and what ``field.precision`` becomes there, resolved once for meta-learning and every
     fit; a fallback (bf16 without matrix units, tf32 off CUDA) is one ``warning:`` line in build.log and on the
-    console. ``MEDNF_FIT_KERNEL`` is checked here too, so a bad value stops the build before meta-learning."""
+    console. ``MEDNF_FIT_KERNEL`` and ``MEDNF_COMPILE`` are checked here too, so a bad value stops the build before
+    meta-learning."""
     requested_kernel()
+    requested_compile()
     execution = Execution.resolve(run.cfg.precision, run.device, warn=False)  # said here, in the build's words
     used = execution.precision
     if used.effective != used.requested:
