@@ -4,6 +4,8 @@ Every candidate is measured against the paper's recipe (``baseline``) on real Me
 
 - ``pneumonia28``: PneumoniaMNIST 28², K6 L64 P128, B16;
 - ``breast64``: BreastMNIST 64², K8 L128 P512, B8;
+- the cross cells ``breast28`` (BreastMNIST box-filtered to 28², pneumonia28's field and B) and
+  ``pneumonia28-k8`` (PneumoniaMNIST 28² with breast64's field and B);
 
 both with the paper's ω-schedule 20→400, G 10, γ 0.25, α 1e-2, second order, the test-time fit H 20, α 1e-2
 with the official gradient rescaling, and a cosine schedule over the run's length. The base β is 1e-4: the
@@ -98,6 +100,14 @@ SETUPS: dict[str, dict[str, Any]] = {
                     "meta": {"batch_size": 16}},
     "breast64": {"file": "breastmnist_64.npz", "field": {"num_layers": 8, "hidden_dim": 128, "latent_dim": 512},
                  "meta": {"batch_size": 8}},
+    # The cross cells, which separate the dataset from the scale. BreastMNIST's 28² file is not among the shared
+    # data, so breast28 box-filters the 64² images to 28² (not byte-equal to MedMNIST's 28² file, which is made
+    # from the source images); PneumoniaMNIST at 64² is not there either, so pneumonia28-k8 keeps 28² and takes
+    # breast64's field (the model's scale without the image's).
+    "breast28": {"file": "breastmnist_64.npz", "resize": 28,
+                 "field": {"num_layers": 6, "hidden_dim": 64, "latent_dim": 128}, "meta": {"batch_size": 16}},
+    "pneumonia28-k8": {"file": "pneumoniamnist.npz", "field": {"num_layers": 8, "hidden_dim": 128, "latent_dim": 512},
+                       "meta": {"batch_size": 8}},
 }
 # Candidates, one line each. batch×2 scales β by √2: AdamW's step does not grow with the gradient, and halving
 # the gradient noise with a doubled batch calls for the square-root rule of adaptive optimisers (Malladi et
@@ -112,6 +122,12 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "omega-lr+beta×10+warm-up": {"meta": {"omega_lr": True, "meta_lr": Scale(10), "warmup_steps": OfSteps(0.05)}},
     "meta-sgd+learned-init": {"field": {"learned_inner_lr": True, "learned_init": True}},
     "omega-lr+beta×30+warm-up": {"meta": {"omega_lr": True, "meta_lr": Scale(30), "warmup_steps": OfSteps(0.05)}},
+    # θ's latent.* entries at 100 β: at β alone AdamW moves them ~β per step, too little to leave their start
+    "meta-sgd+latent-lr×100": {"field": {"learned_inner_lr": True}, "meta": {"latent_lr_scale": 100.0}},
+    "learned-init+latent-lr×100": {"field": {"learned_init": True}, "meta": {"latent_lr_scale": 100.0}},
+    "omega-lr+beta×20+warm-up": {"meta": {"omega_lr": True, "meta_lr": Scale(20), "warmup_steps": OfSteps(0.05)}},
+    "omega-lr+beta×10+warm-up+meta-sgd": {"field": {"learned_inner_lr": True}, "meta": {
+        "omega_lr": True, "meta_lr": Scale(10), "warmup_steps": OfSteps(0.05), "latent_lr_scale": 10.0}},
 }
 FIT_STEPS = (0, 5, 10, 20, 40)  # H of the fit sweep on the baseline's final θ
 WIN_SPEEDUP = 1.1  # wall-clock noise between runs on a shared CPU is a few per cent
@@ -169,10 +185,17 @@ def describe_overrides(variant: str) -> str:
 # ---------------------------------------------------------------------------------------------- worker
 
 
-def load_split(path: Path, split: str) -> np.ndarray:
-    """uint8 images ``[N, 1, H, W]`` of one split of a MedMNIST npz."""
+def load_split(path: Path, split: str, resize: int | None = None) -> np.ndarray:
+    """uint8 images ``[N, 1, H, W]`` of one split of a MedMNIST npz; ``resize``: box-filtered to that side
+    (Pillow's BOX filter: each output pixel the area-weighted mean of the input pixels it covers)."""
     with np.load(path) as archive:
-        return np.ascontiguousarray(archive[f"{split}_images"][:, None])
+        images = archive[f"{split}_images"]
+    if resize is not None and images.shape[1:3] != (resize, resize):
+        from PIL import Image
+
+        images = np.stack([np.asarray(Image.fromarray(im).resize((resize, resize), Image.Resampling.BOX))
+                           for im in images])
+    return np.ascontiguousarray(images[:, None])
 
 
 def subset(total: int, count: int, salt: int) -> np.ndarray:
@@ -194,10 +217,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     cfg = EngineConfig.from_dict(spec["config"])
-    path = Path(spec["data"])
-    train_np = load_split(path, "train")
+    path, resize = Path(spec["data"]), SETUPS[spec["setup"]].get("resize")
+    train_np = load_split(path, "train", resize)
     train = torch.from_numpy(train_np)
-    val_all, test_all = load_split(path, "val"), load_split(path, "test")
+    val_all, test_all = load_split(path, "val", resize), load_split(path, "test", resize)
     val = val_all[subset(len(val_all), spec["val_samples"], 1)]
     test = test_all[subset(len(test_all), spec["test_samples"], 2)]
     mean = mean_image(train_np)

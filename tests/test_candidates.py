@@ -83,8 +83,12 @@ def test_omega_tied_rates_and_warm_up():
     for k, omega in enumerate((20.0, 60.0)):
         assert groups[2 + k]["lr"] == pytest.approx(1e-3 / 4 * 20.0 / omega)
     assert [lr_factor(meta, i) for i in (0, 1, 3, 7)] == [0.25, 0.5, 1.0, 1.0]
+    scaled = MetaLearner(FIELD, dataclasses.replace(meta, latent_lr_scale=100.0), seed=0).optimizer.param_groups
+    assert scaled[1]["lr"] == pytest.approx(1e-3 / 4 * 100) and scaled[0]["lr"] == pytest.approx(1e-3 / 4)
     with pytest.raises(ConfigError, match="warmup_steps = -1 is invalid"):
         dataclasses.replace(META, warmup_steps=-1)
+    with pytest.raises(ConfigError, match="latent_lr_scale = 0.0 is invalid"):
+        dataclasses.replace(META, latent_lr_scale=0.0)
 
 
 def test_a_dataset_keeps_them_beside_theta_and_its_reader_checks_them(tmp_path):

@@ -110,3 +110,14 @@ def test_real_pneumonia_two_iterations(convergence: ModuleType, tmp_path: Path) 
     base = report["runs"]["pneumonia28/seed0/baseline"]["result"]
     assert base["steps_done"] == 4 and 15 < base["mean_image_val_psnr"] < 25
     assert len(base["test_final"]["psnr"]) == 4
+
+
+def test_the_cross_cell_box_filters_the_64_images_to_28(convergence: ModuleType, tmp_path: Path) -> None:
+    halves = np.zeros((2, 64, 64), np.uint8)
+    halves[:, :, 32:] = 200  # left half 0, right half 200: the box filter averages the straddling column
+    np.savez(tmp_path / "b.npz", train_images=halves)
+    small = convergence.load_split(tmp_path / "b.npz", "train", 28)
+    assert small.shape == (2, 1, 28, 28) and small.dtype == np.uint8
+    assert (small[..., :14] == 0).all() and (small[..., 14:] == 200).all()  # 32 is 14 output pixels exactly
+    assert convergence.load_split(tmp_path / "b.npz", "train").shape == (2, 1, 64, 64)
+    assert convergence.SETUPS["breast28"]["resize"] == 28

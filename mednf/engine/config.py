@@ -171,6 +171,7 @@ class MetaConfig:
     first_order: bool = False  # ablation switch: drop the second-order terms
     omega_lr: bool = False  # sine layer k's outer learning rate β·ω_1/ω_k (the others β)
     warmup_steps: int = 0  # linear warm-up of the outer learning rate over this many iterations
+    latent_lr_scale: float = 1.0  # outer learning rate of θ's latent.* entries (Meta-SGD rates, φ₀) as a multiple of β
 
     def __post_init__(self) -> None:
         _positive_int("inner_steps (G)", self.inner_steps, "use ≥ 1 inner SGD step (paper: 10)")
@@ -192,6 +193,8 @@ class MetaConfig:
         _require(isinstance(self.warmup_steps, int) and not isinstance(self.warmup_steps, bool)
                  and self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer ≥ 0",
                  "use 0 (the paper) or a few hundred iterations")
+        _finite_positive("latent_lr_scale", self.latent_lr_scale,
+                         "use 1 (β, as θ's other entries) or e.g. 100 so that rates that start at 1 can move")
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,9 @@ def accumulate_meta_gradient(
 
 
 def outer_groups(params: nf.Params, field_cfg: FieldConfig, meta_cfg: MetaConfig) -> list[dict[str, Any]]:
-    """AdamW's parameter groups: one at β (θ's ``latent.*`` entries in one without weight decay); with
+    """AdamW's parameter groups: one at β (θ's ``latent.*`` entries in one without weight decay, at
+    β·``meta.latent_lr_scale``: AdamW moves a parameter by about its rate per step, so at β = 1e-4 rates that
+    start at 1 move 2 % in 200 iterations); with
     ``meta.omega_lr`` sine layer k's weight and bias in a group of its own at β·ω_1/ω_k (a layer's effective
     step grows with its ω_k — the paper's Eq. 12 — so the deep, high-ω layers are slowed to the first layer's
     pace). The first group is always the β one (the reported learning rate)."""
@@ -231,7 +233,7 @@ def outer_groups(params: nf.Params, field_cfg: FieldConfig, meta_cfg: MetaConfig
     groups: list[dict[str, Any]] = [{"params": [p for name, p in params.items() if name not in own]}]
     latent = [p for name, p in params.items() if name.startswith("latent.")]
     if latent:  # Meta-SGD's rates and a learned φ₀: no weight decay (it would pull the rates towards 0)
-        groups.append({"params": latent, "weight_decay": 0.0})
+        groups.append({"params": latent, "weight_decay": 0.0, "lr": meta_cfg.meta_lr * meta_cfg.latent_lr_scale})
     if not meta_cfg.omega_lr:
         return groups
     omegas = field_cfg.omegas
