@@ -40,6 +40,8 @@ def test_every_variant_is_a_valid_config(convergence: ModuleType) -> None:
         assert math.isclose(doubled["meta"]["meta_lr"], base["meta"]["meta_lr"] * math.sqrt(2))
         warm = convergence.variant_config(setup, "omega-lr+beta×10+warm-up", 300, 64)
         assert warm["meta"]["warmup_steps"] == 15 and warm["meta"]["omega_lr"]
+        fast = convergence.variant_config(setup, "fast×4", 300, 64)
+        assert fast["meta"]["steps"] == 75 and fast["meta"]["warmup_steps"] == 4  # 5 % of its own 75 iterations
     assert convergence.variant_name("batchx2") == "batch×2"
 
 
