@@ -129,6 +129,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     # θ's latent.* entries at 100 β: at β alone AdamW moves them ~β per step, too little to leave their start
     "meta-sgd+latent-lr×100": {"field": {"learned_inner_lr": True}, "meta": {"latent_lr_scale": 100.0}},
     "learned-init+latent-lr×100": {"field": {"learned_init": True}, "meta": {"latent_lr_scale": 100.0}},
+    # the winner's rule against a β tuned down 3×: ω-tied rates at 10 × (β ÷ 3)
+    "omega-lr+beta×3+warm-up": {"meta": {"omega_lr": True, "meta_lr": Scale(3), "warmup_steps": OfSteps(0.05)}},
     "omega-lr+beta×20+warm-up": {"meta": {"omega_lr": True, "meta_lr": Scale(20), "warmup_steps": OfSteps(0.05)}},
     # the recipe of a fast preset: the winner on a schedule of its own, half and a quarter as long as the baseline's
     "fast×2": {"meta": {"omega_lr": True, "meta_lr": Scale(10), "warmup_steps": OfSteps(0.05), "steps": Scale(0.5)}},
