@@ -101,6 +101,14 @@ def test_a_short_run_reports_every_field(convergence: ModuleType, tmp_path: Path
     assert "**pneumonia28, seed 0**" in tables and "| beta×3 |" in tables and "**Verdict**" in tables
     assert (tmp_path / "curves.png").stat().st_size > 0
 
+    against = convergence.summarise(report["runs"], "pneumonia28", 0, ["baseline", "beta×3"], reference="beta×3")
+    assert [r["variant"] for r in against] == ["beta×3", "baseline"]  # every row against the reference
+    assert against[1]["delta_equal_iters"][0] == pytest.approx(-rows[1]["delta_equal_iters"][0])
+    assert against[0]["target_val_psnr"] == other["curve"][-1]["val_psnr"]
+    assert convergence.main(["--report-only", "--json", str(tmp_path / "runs.json"), "--reference", "beta×3",
+                             "--markdown", str(tmp_path / "against.md")]) == 0
+    assert "target: beta×3's final val PSNR" in (tmp_path / "against.md").read_text(encoding="utf-8")
+
     mtime = (tmp_path / "runs.json").stat().st_mtime_ns  # a rerun keeps what is there, runs nothing
     again = _run(convergence, tmp_path, tmp_path, "baseline,beta×3", "--fit-steps", "0,20")
     assert again["runs"] == report["runs"] and (tmp_path / "runs.json").stat().st_mtime_ns == mtime
