@@ -5,7 +5,8 @@ Every candidate is measured against the paper's recipe (``baseline``) on real Me
 - ``pneumonia28``: PneumoniaMNIST 28², K6 L64 P128, B16;
 - ``breast64``: BreastMNIST 64², K8 L128 P512, B8;
 - the cross cells ``breast28`` (BreastMNIST box-filtered to 28², pneumonia28's field and B) and
-  ``pneumonia28-k8`` (PneumoniaMNIST 28² with breast64's field and B);
+  ``pneumonia28-k8`` (PneumoniaMNIST 28² with breast64's field and B); ``pneumonia28-k10``: a larger field
+  (K10 L192 P1024, B8), to see how the best β moves with the field's size;
 
 both with the paper's ω-schedule 20→400, G 10, γ 0.25, α 1e-2, second order, the test-time fit H 20, α 1e-2
 with the official gradient rescaling, and a cosine schedule over the run's length. The base β is 1e-4: the
@@ -109,6 +110,9 @@ SETUPS: dict[str, dict[str, Any]] = {
                  "field": {"num_layers": 6, "hidden_dim": 64, "latent_dim": 128}, "meta": {"batch_size": 16}},
     "pneumonia28-k8": {"file": "pneumoniamnist.npz", "field": {"num_layers": 8, "hidden_dim": 128, "latent_dim": 512},
                        "meta": {"batch_size": 8}},
+    # a third field size, between breast64's and the paper's K15 L256 P2048: how the best β moves with the field
+    "pneumonia28-k10": {"file": "pneumoniamnist.npz",
+                        "field": {"num_layers": 10, "hidden_dim": 192, "latent_dim": 1024}, "meta": {"batch_size": 8}},
 }
 # Candidates, one line each. batch×2 scales β by √2: AdamW's step does not grow with the gradient, and halving
 # the gradient noise with a doubled batch calls for the square-root rule of adaptive optimisers (Malladi et
@@ -131,6 +135,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "learned-init+latent-lr×100": {"field": {"learned_init": True}, "meta": {"latent_lr_scale": 100.0}},
     # the winner's rule against a β tuned down 3×: ω-tied rates at 10 × (β ÷ 3)
     "omega-lr+beta×3+warm-up": {"meta": {"omega_lr": True, "meta_lr": Scale(3), "warmup_steps": OfSteps(0.05)}},
+    "omega-lr+warm-up": {"meta": {"omega_lr": True, "warmup_steps": OfSteps(0.05)}},  # 10 × (β ÷ 10)
     "omega-lr+beta×20+warm-up": {"meta": {"omega_lr": True, "meta_lr": Scale(20), "warmup_steps": OfSteps(0.05)}},
     # the recipe of a fast preset: the winner on a schedule of its own, half and a quarter as long as the baseline's
     "fast×2": {"meta": {"omega_lr": True, "meta_lr": Scale(10), "warmup_steps": OfSteps(0.05), "steps": Scale(0.5)}},
