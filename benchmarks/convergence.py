@@ -123,6 +123,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "beta×3": {"meta": {"meta_lr": Scale(3)}},
     # the recipe's β tuned down: is a variant's lead over the baseline a better rule, or only a gentler rate?
     "beta÷3": {"meta": {"meta_lr": Scale(1 / 3)}},
+    "beta÷5": {"meta": {"meta_lr": Scale(0.2)}},
     "beta÷10": {"meta": {"meta_lr": Scale(0.1)}},
     "meta-sgd": {"field": {"learned_inner_lr": True}},
     "learned-init": {"field": {"learned_init": True}},
