@@ -18,6 +18,7 @@ from mednf.building.continuation import keep_checkpoints
 from mednf.building.curves import plot_training, read_training
 from mednf.building.fitting import collect_records
 from mednf.building.metatrain import Trained
+from mednf.building.recipe import recipe_record
 from mednf.building.run import BuildRun
 from mednf.building.trainer import CURVES, TrainSummary
 from mednf.engine import field as nf
@@ -78,6 +79,7 @@ def finalize(run: BuildRun, writer: DatasetWriter, source: SourceData, trained: 
                        "precision": precision.to_dict(), "float32_products": float32_products(precision),
                        "curves": curves, "schedule": summary.schedule,
                        **({"compiled": summary.compiled} if summary.compiled is not None else {}),
+                       **({"recipe": recipe} if (recipe := recipe_record(spec.preset, cfg)) else {}),
                        "baseline_check": {"val_mean_image_psnr": trained.val_baseline, "margin_db": MARGIN_DB,
                                           "learns_per_sample": summary.learns_per_sample}
                        | (summary.diagnosis.as_dict() if summary.diagnosis is not None else {})},

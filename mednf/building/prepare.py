@@ -19,6 +19,7 @@ from mednf.building.continuation import keep_checkpoints
 from mednf.building.distributed import on_every_rank
 from mednf.building.frame import BuildFrame
 from mednf.building.identity import build_identity, differences, source_identity, stored_identity
+from mednf.building.recipe import recipe_record
 from mednf.building.run import BuildRun
 from mednf.engine.compiled import requested as requested_compile
 from mednf.engine.config import EngineConfig
@@ -26,7 +27,7 @@ from mednf.engine.execution import Execution
 from mednf.engine.fused_latent_grad import requested_kernel
 from mednf.engine.memory import MemoryBudget
 from mednf.engine.planner import MemoryPlan, plan_memory
-from mednf.engine.presets import shorter_than_paper
+from mednf.engine.presets import recipe_note, shorter_than_paper
 from mednf.errors import BuildError, ConfigError, MednfError
 from mednf.format.layout import (
     CARD,
@@ -267,3 +268,6 @@ def describe(run: BuildRun, source: SourceData) -> None:
     shorter = shorter_than_paper(run.spec.preset, cfg.meta.steps)
     if shorter:
         run.say(f"note: {shorter}")
+    recipe = recipe_record(run.spec.preset, cfg)
+    if recipe:
+        run.say(f"note: {recipe_note(recipe)}")

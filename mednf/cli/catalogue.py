@@ -13,7 +13,7 @@ import click
 from mednf.cli.errors import GuardedCommand
 from mednf.cli.options import CACHE_FOLDER, root_option
 from mednf.cli.output import Printer, printing_options
-from mednf.engine.presets import get_preset, preset_description, preset_names
+from mednf.engine.presets import get_preset, preset_description, preset_measured, preset_names, recipe_of
 from mednf.remote.catalogue import Availability, availability, cached_names
 from mednf.sources.kinds import kind_of
 from mednf.sources.spec import builder_names, load_builder
@@ -60,9 +60,13 @@ def _where(where: Availability) -> dict[str, Any]:
 def presets(printer: Printer) -> None:
     """List the engine presets.
 
-    The paper's configurations (their meta-training as long as the paper's: 250,000 iterations) and mednf's
-    CPU ones."""
-    printer.result({name: {"description": preset_description(name), **get_preset(name).to_dict()}
+    The paper's configurations (their meta-training as long as the paper's: 250,000 iterations), mednf's
+    recipes (a paper preset with measured changes: what they change and what that gave is in their description
+    and in every card built with one) and mednf's CPU ones."""
+    printer.result({name: {"description": preset_description(name),
+                           **({"recipe_of": recipe_of(name), "measured": preset_measured(name)} if recipe_of(name)
+                              else {}),
+                           **get_preset(name).to_dict()}
                     for name in preset_names()})
     for name in preset_names():
         cfg = get_preset(name)

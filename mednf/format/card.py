@@ -10,7 +10,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from mednf.engine.presets import shorter_than_paper
+from mednf.engine.presets import recipe_note, shorter_than_paper
 from mednf.format.manifest import Manifest
 from mednf.shipped import shipped_folder
 
@@ -55,11 +55,14 @@ def front_matter(manifest: Manifest, configs: list[dict[str, Any]] | None = None
 
 
 def _schedule_note(manifest: Manifest, steps: int) -> str:
-    """"; note: …" when a paper preset was meta-trained for fewer iterations than the paper (built here only)."""
+    """"; note: …" when a paper preset was meta-trained for fewer iterations than the paper, or θ was learned
+    with one of mednf's recipes (what it changes against the paper, and what that was measured to give); built
+    here only."""
     preset = (manifest.builder or {}).get("preset")
     if manifest.meta_training.by is not None or not isinstance(preset, str):
         return ""
-    note = shorter_than_paper(preset, steps)
+    recipe = manifest.meta_training.recipe
+    note = recipe_note(recipe) if recipe else shorter_than_paper(preset, steps)
     return f"; note: {note}" if note else ""
 
 

@@ -122,6 +122,7 @@ class MetaTraining(JsonRecord):
     schedule: list[Any] | None  # the runs that made the θ: from, length (a --continue-to adds one)
     baseline_check: dict[str, Any] | None  # does the latent carry per-sample information (mednf.engine.baselines)
     compiled: dict[str, Any] | None  # the compiled meta-gradient's self-check (mednf.engine.compiled.CompileReport)
+    recipe: dict[str, Any] | None  # a mednf recipe's changes against the paper (mednf.building.recipe.recipe_record)
     by: str | None  # who meta-trained θ, when not mednf
     note: str | None
 

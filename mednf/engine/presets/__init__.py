@@ -8,6 +8,7 @@ data, so callers override ``field.out_dims`` for RGB sets: ``get_preset("2d-64")
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -42,8 +43,11 @@ def _entry(name: str) -> dict[str, Any]:
 
 def get_preset(name: str) -> EngineConfig:
     """The named preset as a validated :class:`EngineConfig`."""
-    entry = {k: v for k, v in _entry(name).items() if k not in ("description", "paper")}
+    entry = {k: v for k, v in _entry(name).items() if k not in _ABOUT}
     return EngineConfig.from_dict(entry)
+
+
+_ABOUT = ("description", "paper", "recipe_of", "measured")  # keys of engine.toml that describe a preset
 
 
 PAPER_STEPS = 250_000  # the paper's meta-training length (Table 2), the paper presets' meta.steps
@@ -62,3 +66,26 @@ def shorter_than_paper(preset: str, steps: int) -> str:
     return (f"meta.steps = {steps:,} is shorter than the paper's {PAPER_STEPS:,} meta-iterations (MedFuncta Table 2) "
             f"for preset {preset}; the paper's Tables 5/6 show the cost of a shorter schedule (ChestMNIST 64²: "
             "35.6 dB after 100k iterations at B = 12, 40.7 dB after 250k at B = 24)")
+
+
+def recipe_of(name: str) -> str | None:
+    """The paper preset that mednf recipe ``name`` changes (``recipe_of`` in ``engine.toml``; None for the
+    paper's own presets and mednf's CPU presets)."""
+    if name not in _table():
+        return None
+    paper = _table()[name].get("recipe_of")
+    return str(paper) if paper is not None else None
+
+
+def preset_measured(name: str) -> str:
+    """What a recipe was measured to give against its paper preset (``measured`` in ``engine.toml``; "")."""
+    return str(_entry(name).get("measured", ""))
+
+
+def recipe_note(record: Mapping[str, Any]) -> str:
+    """One line of what a build's recipe changes against the paper and what that was measured to give (a
+    manifest's ``meta_training.recipe``): for the build log and the dataset card."""
+    changes = "; ".join(record["changes"]) or "nothing"
+    measured = f". Measured: {record['measured']}" if record.get("measured") else ""
+    return (f"preset {record['preset']} is mednf's recipe, not the paper's: against {record['paper_preset']} it "
+            f"changes {changes}{measured}")
