@@ -41,13 +41,13 @@ def _entry(name: str) -> dict[str, Any]:
     return table[name]
 
 
+_ABOUT = ("description", "paper", "recipe_of", "measured")  # keys of engine.toml that describe a preset
+
+
 def get_preset(name: str) -> EngineConfig:
     """The named preset as a validated :class:`EngineConfig`."""
     entry = {k: v for k, v in _entry(name).items() if k not in _ABOUT}
     return EngineConfig.from_dict(entry)
-
-
-_ABOUT = ("description", "paper", "recipe_of", "measured")  # keys of engine.toml that describe a preset
 
 
 PAPER_STEPS = 250_000  # the paper's meta-training length (Table 2), the paper presets' meta.steps
